@@ -1,0 +1,9 @@
+//! One module per subcommand of `vmta`.
+
+use std::process::ExitCode;
+
+/// `vmta version`.
+pub fn version() -> ExitCode {
+    println!("vmta {}", env!("CARGO_PKG_VERSION"));
+    ExitCode::SUCCESS
+}
