@@ -6,7 +6,11 @@ use std::process::ExitCode;
 mod cmd;
 
 #[derive(Debug, Parser)]
-#[command(name = "vmta", version, about = "vmta: an embeddable outbound mail delivery core")]
+#[command(
+    name = "vmta",
+    version,
+    about = "vmta: an embeddable outbound mail delivery core"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,11 +20,14 @@ struct Cli {
 enum Command {
     /// Print the library version.
     Version,
+    /// Deliver one message over one SMTP session and print the conversation summary.
+    Send(cmd::send::SendArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version(),
+        Command::Send(args) => cmd::send::run(args),
     }
 }

@@ -5,8 +5,10 @@
 //!
 //! - [`smtp`]: the sans-IO SMTP client session (RFC 5321 and its extensions), its reply parser and the
 //!   STARTTLS layer.
+//! - [`client`]: a mio driver running one session over one connection (for `vmta send` and tests).
 //!
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
 
+pub mod client;
 pub mod smtp;

@@ -163,7 +163,13 @@ fn parse_send(line: &str) -> Transaction {
                     r.orcpt = Some(v.clone());
                 }
             }
-            "ret" => env.dsn_ret = Some(if v == "full" { DsnRet::Full } else { DsnRet::Headers }),
+            "ret" => {
+                env.dsn_ret = Some(if v == "full" {
+                    DsnRet::Full
+                } else {
+                    DsnRet::Headers
+                })
+            }
             "envid" => env.dsn_envid = Some(v),
             other => panic!("unknown send key {other}"),
         }
@@ -323,7 +329,10 @@ fn run(name: &str, cfg: &SessionConfig, steps: &[Step], split: Option<(usize, us
         events.len(),
         event_cursor,
         "{}",
-        ctx(&format!("unexpected extra events {:?}", &events[event_cursor..]))
+        ctx(&format!(
+            "unexpected extra events {:?}",
+            &events[event_cursor..]
+        ))
     );
 }
 
@@ -336,7 +345,11 @@ fn transcripts() {
         .filter(|p| p.extension().is_some_and(|e| e == "txt"))
         .collect();
     files.sort();
-    assert!(files.len() >= 10, "transcripts missing in {}", dir.display());
+    assert!(
+        files.len() >= 10,
+        "transcripts missing in {}",
+        dir.display()
+    );
     let mut runs = 0;
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();

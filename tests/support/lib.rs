@@ -6,6 +6,8 @@
 //! leaves a server behind. A missing peer binary is a test failure with the command that installs it
 //! (`.ci/deps`), never a silent skip.
 
+pub mod smtp;
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,7 +30,9 @@ pub fn which(program: &str) -> Option<PathBuf> {
 /// Like [`which`], but a missing program fails the test with the way to install it.
 pub fn require(program: &str) -> PathBuf {
     which(program).unwrap_or_else(|| {
-        panic!("`{program}` is not installed: run .ci/deps (it installs the real peers the tests use)")
+        panic!(
+            "`{program}` is not installed: run .ci/deps (it installs the real peers the tests use)"
+        )
     })
 }
 
@@ -55,6 +59,11 @@ impl Peer {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Takes the child's standard output, when it was piped.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
     }
 
     /// Panics if the process has already exited (a peer that failed to start).

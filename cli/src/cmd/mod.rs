@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+pub mod send;
+
 /// `vmta version`.
 pub fn version() -> ExitCode {
     println!("vmta {}", env!("CARGO_PKG_VERSION"));

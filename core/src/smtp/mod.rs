@@ -18,8 +18,8 @@ pub mod tls;
 pub use capabilities::Capabilities;
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyLimits, ReplyParser, ReplyRef};
 pub use session::{
-    Body, CloseCause, Credentials, DsnNotify, DsnRet, Envelope, Event, MessageFailure, ProtocolError,
-    Recipient, Session, SessionConfig, Timeouts, Tls, Transaction,
+    Body, CloseCause, Credentials, DsnNotify, DsnRet, Envelope, Event, MessageFailure,
+    ProtocolError, Recipient, Session, SessionConfig, Timeouts, Tls, Transaction,
 };
 pub use tls::TlsSettings;
 

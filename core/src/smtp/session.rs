@@ -51,10 +51,10 @@
 //! SASL mechanisms other than PLAIN and LOGIN, and pipelining the next MAIL behind a previous message's
 //! end of data are not implemented.
 
+use super::Phase;
 use super::capabilities::Capabilities;
 use super::reply::{Parse, Reply, ReplyError, ReplyLimits, ReplyParser, ReplyRef};
 use super::tls::{TlsError, TlsLayer};
-use super::Phase;
 use base64::Engine as _;
 use rustls::ClientConfig;
 use std::collections::VecDeque;
@@ -323,7 +323,10 @@ impl fmt::Display for MessageFailure {
             MessageFailure::Reply(r) => write!(f, "{r}"),
             MessageFailure::NoValidRecipients => f.write_str("no valid recipients"),
             MessageFailure::TooLarge { limit, size } => {
-                write!(f, "message of {size} octets exceeds the server's SIZE {limit}")
+                write!(
+                    f,
+                    "message of {size} octets exceeds the server's SIZE {limit}"
+                )
             }
             MessageFailure::Smtputf8Unsupported => {
                 f.write_str("message needs SMTPUTF8 and the server does not offer it")
@@ -503,7 +506,9 @@ enum Expect {
     /// The reply to `BDAT n LAST` (the end of data).
     Bdat,
     /// The reply to the final `.`; `discard` when the `.` only closed a DATA without recipients.
-    DataEnd { discard: bool },
+    DataEnd {
+        discard: bool,
+    },
 }
 
 impl Expect {
@@ -669,7 +674,8 @@ impl Session {
             }
         };
         if let Some((phase, failure)) = early {
-            self.events.push_back(Event::MessageFailed { phase, failure });
+            self.events
+                .push_back(Event::MessageFailed { phase, failure });
             self.enter_idle(now);
             return Ok(());
         }
@@ -682,7 +688,11 @@ impl Session {
         let txn = Txn {
             tx,
             normalised,
-            next: if self.needs_rset { Next::Rset } else { Next::Mail },
+            next: if self.needs_rset {
+                Next::Rset
+            } else {
+                Next::Mail
+            },
             inflight: VecDeque::new(),
             mail_failed: None,
             accepted: 0,
@@ -850,7 +860,12 @@ impl Session {
         self.deadline = Some((now + self.config.timeouts.for_phase(phase), phase));
     }
 
-    fn send_command(&mut self, now: Instant, phase: Phase, f: impl FnOnce(&mut Vec<u8>, &SessionConfig)) {
+    fn send_command(
+        &mut self,
+        now: Instant,
+        phase: Phase,
+        f: impl FnOnce(&mut Vec<u8>, &SessionConfig),
+    ) {
         f(&mut self.outbuf, &self.config);
         self.arm(now, phase);
     }
@@ -914,8 +929,10 @@ impl Session {
                     used += n;
                     let was_starttls = matches!(self.state, State::AwaitStartTls);
                     self.on_reply(now, reply);
-                    if was_starttls && matches!(self.state, State::TlsHandshake) && used < buf.len() {
-                        let cause = CloseCause::Protocol(Phase::StartTls, ProtocolError::DataAfterStartTls);
+                    if was_starttls && matches!(self.state, State::TlsHandshake) && used < buf.len()
+                    {
+                        let cause =
+                            CloseCause::Protocol(Phase::StartTls, ProtocolError::DataAfterStartTls);
                         self.close(cause);
                     }
                 }
@@ -1006,7 +1023,10 @@ impl Session {
                     Phase::StartTls
                 };
                 self.state = state;
-                self.close(CloseCause::Protocol(phase, ProtocolError::UnexpectedReply(code)));
+                self.close(CloseCause::Protocol(
+                    phase,
+                    ProtocolError::UnexpectedReply(code),
+                ));
             }
             State::Closed => {}
         }
@@ -1203,7 +1223,8 @@ impl Session {
             Some(reply) => (Phase::Mail, MessageFailure::Reply(reply)),
             None => (Phase::Rcpt, MessageFailure::NoValidRecipients),
         };
-        self.events.push_back(Event::MessageFailed { phase, failure });
+        self.events
+            .push_back(Event::MessageFailed { phase, failure });
         self.needs_rset = true;
         self.enter_idle(now);
     }
@@ -1212,7 +1233,10 @@ impl Session {
         let Some(expect) = txn.inflight.pop_front() else {
             self.state = State::Transaction(txn);
             let phase = self.phase();
-            self.close(CloseCause::Protocol(phase, ProtocolError::UnexpectedReply(r.code())));
+            self.close(CloseCause::Protocol(
+                phase,
+                ProtocolError::UnexpectedReply(r.code()),
+            ));
             return;
         };
         let code = r.code();
@@ -1280,7 +1304,9 @@ impl Session {
             }
             Expect::Bdat => {
                 if r.is_positive() && txn.mail_failed.is_none() && txn.accepted > 0 {
-                    self.events.push_back(Event::MessageAccepted { reply: r.to_reply() });
+                    self.events.push_back(Event::MessageAccepted {
+                        reply: r.to_reply(),
+                    });
                     self.end_transaction(now, None, false);
                 } else {
                     let failure = self.failure_of(&mut txn, Phase::EndOfData, r.to_reply());
@@ -1293,7 +1319,9 @@ impl Session {
                     let failure = self.failure_of(&mut txn, Phase::EndOfData, r.to_reply());
                     self.end_transaction(now, failure, true);
                 } else if r.is_positive() {
-                    self.events.push_back(Event::MessageAccepted { reply: r.to_reply() });
+                    self.events.push_back(Event::MessageAccepted {
+                        reply: r.to_reply(),
+                    });
                     self.end_transaction(now, None, false);
                 } else {
                     let failure = Some((Phase::EndOfData, MessageFailure::Reply(r.to_reply())));
@@ -1332,7 +1360,8 @@ impl Session {
         needs_rset: bool,
     ) {
         if let Some((phase, failure)) = failure {
-            self.events.push_back(Event::MessageFailed { phase, failure });
+            self.events
+                .push_back(Event::MessageFailed { phase, failure });
         }
         self.body_out = None;
         self.needs_rset = needs_rset;
@@ -1422,7 +1451,11 @@ fn write_rcpt_to(out: &mut Vec<u8>, rcpt: &Recipient, dsn: bool) {
                 out.extend_from_slice(b"NEVER");
             } else {
                 let mut first = true;
-                for (on, name) in [(n.success, "SUCCESS"), (n.failure, "FAILURE"), (n.delay, "DELAY")] {
+                for (on, name) in [
+                    (n.success, "SUCCESS"),
+                    (n.failure, "FAILURE"),
+                    (n.delay, "DELAY"),
+                ] {
                     if on {
                         if !first {
                             out.push(b',');
@@ -1583,7 +1616,12 @@ mod tests {
             (b"\r", b"\r\n.\r\n"),
         ];
         for (input, want) in cases {
-            assert_eq!(&stuff(&[input]), want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                &stuff(&[input]),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
             for cut in 0..=input.len() {
                 assert_eq!(&stuff(&[&input[..cut], &input[cut..]]), want, "cut {cut}");
             }

@@ -20,7 +20,9 @@
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use std::io::{Read, Write};
 use std::sync::Arc;
 
@@ -176,7 +178,11 @@ impl TlsLayer {
     }
 
     /// Feeds wire bytes; appends any plaintext they carry to `plaintext`.
-    pub(crate) fn feed(&mut self, mut wire: &[u8], plaintext: &mut Vec<u8>) -> Result<(), TlsError> {
+    pub(crate) fn feed(
+        &mut self,
+        mut wire: &[u8],
+        plaintext: &mut Vec<u8>,
+    ) -> Result<(), TlsError> {
         while !wire.is_empty() {
             let n = self
                 .conn
