@@ -76,7 +76,8 @@ impl MemoryServer {
                 b"RCPT" => self.out.extend_from_slice(b"250 2.1.5 Ok\r\n"),
                 b"DATA" => {
                     self.in_data = true;
-                    self.out.extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+                    self.out
+                        .extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
                 }
                 b"BDAT" => {
                     let text = std::str::from_utf8(&line[5..]).unwrap();
@@ -93,7 +94,9 @@ impl MemoryServer {
 fn body_2k() -> Vec<u8> {
     let mut b = b"From: sender@x.example\r\nTo: rcpt@y.example\r\nSubject: benchmark\r\nMessage-ID: <1@x.example>\r\n\r\n".to_vec();
     while b.len() < 2048 {
-        b.extend_from_slice(b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem\r\n");
+        b.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem\r\n",
+        );
     }
     b
 }
@@ -110,7 +113,11 @@ struct Pair {
 impl Pair {
     fn new(chunking: bool) -> Pair {
         let now = Instant::now();
-        let session = Session::new(Arc::new(SessionConfig::new("client.example")), "mem.example", now);
+        let session = Session::new(
+            Arc::new(SessionConfig::new("client.example")),
+            "mem.example",
+            now,
+        );
         let tx = Transaction {
             envelope: Envelope {
                 mail_from: "sender@x.example".into(),
@@ -169,7 +176,10 @@ impl Pair {
 fn transaction(c: &mut Criterion) {
     let mut g = c.benchmark_group("transaction");
     g.throughput(Throughput::Elements(1));
-    for (name, chunking) in [("pipelining_chunking_2k", true), ("pipelining_data_2k", false)] {
+    for (name, chunking) in [
+        ("pipelining_chunking_2k", true),
+        ("pipelining_data_2k", false),
+    ] {
         let mut pair = Pair::new(chunking);
         assert!(pair.one_message(), "the in-memory transaction must succeed");
         g.bench_function(name, |b| b.iter(|| assert!(pair.one_message())));

@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Print the library version.
     Version,
+    /// Run the quick start: a campaign delivered to the built-in test world on loopback.
+    Demo(cmd::demo::DemoArgs),
     /// Deliver one message over one SMTP session and print the conversation summary.
     Send(cmd::send::SendArgs),
 }
@@ -29,5 +31,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Version => cmd::version(),
         Command::Send(args) => cmd::send::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     }
 }

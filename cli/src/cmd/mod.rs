@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+pub mod demo;
 pub mod send;
 
 /// `vmta version`.
