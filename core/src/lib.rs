@@ -5,8 +5,11 @@
 //!
 //! - [`smtp`]: the sans-IO SMTP client session (RFC 5321 and its extensions), its reply parser and the
 //!   STARTTLS layer.
+//! - [`dns`]: the stub resolver (MX per RFC 5321 §5.1, A/AAAA, TXT, PTR) as a sans-IO core over
+//!   hickory-proto, with a mio driver and a blocking front end.
 //!
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
 
+pub mod dns;
 pub mod smtp;
