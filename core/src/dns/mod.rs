@@ -94,6 +94,8 @@ mod cache;
 pub mod config;
 mod driver;
 mod resolver;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use std::fmt;

@@ -181,14 +181,6 @@ impl Resolver {
                 Query::Ptr(_) => Answer::Ptr(Err(f)),
             }
         };
-        if self.lookups.len() >= self.config.max_lookups {
-            let answer = fail(Failure::temporary(
-                Reason::SystemError,
-                format!("resolver busy: {} lookups in progress", self.lookups.len()),
-            ));
-            self.events.push_back(Event { token, answer });
-            return;
-        }
         let kind = match &query {
             Query::Ptr(ip) => Ok(Kind::Ptr {
                 name: Name::from(*ip),
@@ -215,6 +207,14 @@ impl Resolver {
                 return;
             }
         };
+        if self.lookups.len() >= self.config.max_lookups {
+            let answer = fail(Failure::temporary(
+                Reason::SystemError,
+                format!("resolver busy: {} lookups in progress", self.lookups.len()),
+            ));
+            self.events.push_back(Event { token, answer });
+            return;
+        }
         let id = self.next_id();
         let asks: Vec<(Name, RecordType)> = match &kind {
             Kind::Mx { domain, .. } => vec![(domain.clone(), RecordType::MX)],
