@@ -20,11 +20,14 @@ struct Cli {
 enum Command {
     /// Print the library version.
     Version,
+    /// Resolve like the delivery engine does: MX targets, addresses, TXT, PTR.
+    Dns(cmd::dns::DnsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version(),
+        Command::Dns(args) => cmd::dns::run(args),
     }
 }
