@@ -24,6 +24,8 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Deliver one message over one SMTP session and print the conversation summary.
     Send(cmd::send::SendArgs),
+    /// Resolve like the delivery engine does: MX targets, addresses, TXT, PTR.
+    Dns(cmd::dns::DnsArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +34,6 @@ fn main() -> ExitCode {
         Command::Version => cmd::version(),
         Command::Send(args) => cmd::send::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Dns(args) => cmd::dns::run(args),
     }
 }

@@ -6,6 +6,7 @@
 //! leaves a server behind. A missing peer binary is a test failure with the command that installs it
 //! (`.ci/deps`), never a silent skip.
 
+pub mod dns;
 pub mod smtp;
 
 use std::net::{SocketAddr, TcpStream};

@@ -1,5 +1,7 @@
 //! One module per subcommand of `vmta`.
 
+pub mod dns;
+
 use std::process::ExitCode;
 
 pub mod demo;
