@@ -8,6 +8,8 @@
 //! - [`client`]: a mio driver running one session over one connection (for `vmta send` and tests).
 //! - [`dns`]: the stub resolver (MX per RFC 5321 §5.1, A/AAAA, TXT, PTR) as a sans-IO core over
 //!   hickory-proto, with a mio driver and a blocking front end.
+//! - [`spool`]: the durable queue: append-only, checksummed, memory-mapped segment files with group
+//!   commit, crash recovery and compaction.
 //!
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
@@ -15,3 +17,4 @@
 pub mod client;
 pub mod dns;
 pub mod smtp;
+pub mod spool;
