@@ -8,6 +8,8 @@
 //! - [`client`]: a mio driver running one session over one connection (for `vmta send` and tests).
 //! - [`dns`]: the stub resolver (MX per RFC 5321 §5.1, A/AAAA, TXT, PTR) as a sans-IO core over
 //!   hickory-proto, with a mio driver and a blocking front end.
+//! - [`engine`]: the thread-per-core delivery engine joining sessions, resolver and spool: queues,
+//!   routing, connection pools, retries, events and metrics.
 //! - [`spool`]: the durable queue: append-only, checksummed, memory-mapped segment files with group
 //!   commit, crash recovery and compaction.
 //!
@@ -16,5 +18,6 @@
 
 pub mod client;
 pub mod dns;
+pub mod engine;
 pub mod smtp;
 pub mod spool;

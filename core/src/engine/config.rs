@@ -394,10 +394,7 @@ impl EngineConfig {
         toml::from_str(text).map_err(|e| {
             let msg = e.message().to_string();
             // toml names unknown keys in the message; point at the table for type errors.
-            let key = e
-                .span()
-                .map(|s| key_at(text, s.start))
-                .unwrap_or_default();
+            let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
             err(key, msg)
         })
     }
@@ -430,10 +427,16 @@ impl EngineConfig {
             return Err(err("engine.submission_queue", "must be at least 1"));
         }
         if e.max_recipients_per_transaction == 0 {
-            return Err(err("engine.max_recipients_per_transaction", "must be at least 1"));
+            return Err(err(
+                "engine.max_recipients_per_transaction",
+                "must be at least 1",
+            ));
         }
         if e.helo_name.trim().is_empty() || e.helo_name.contains(char::is_whitespace) {
-            return Err(err("engine.helo_name", "must be a host name without spaces"));
+            return Err(err(
+                "engine.helo_name",
+                "must be a host name without spaces",
+            ));
         }
         if e.spool_dir.as_os_str().is_empty() {
             return Err(err("engine.spool_dir", "must not be empty"));
@@ -443,10 +446,16 @@ impl EngineConfig {
             return Err(err("delivery.port", "must not be 0"));
         }
         if d.max_connections_per_host == 0 {
-            return Err(err("delivery.max_connections_per_host", "must be at least 1"));
+            return Err(err(
+                "delivery.max_connections_per_host",
+                "must be at least 1",
+            ));
         }
         if d.max_messages_per_connection == 0 {
-            return Err(err("delivery.max_messages_per_connection", "must be at least 1"));
+            return Err(err(
+                "delivery.max_messages_per_connection",
+                "must be at least 1",
+            ));
         }
         if d.connect_timeout_s == 0 {
             return Err(err("delivery.connect_timeout_s", "must be at least 1"));
@@ -465,7 +474,10 @@ impl EngineConfig {
             nameservers.push(addr);
         }
         if self.dns.timeout_ms == 0 || self.dns.attempts == 0 {
-            return Err(err("dns.timeout_ms", "timeout and attempts must be at least 1"));
+            return Err(err(
+                "dns.timeout_ms",
+                "timeout and attempts must be at least 1",
+            ));
         }
         let mut sources = Vec::new();
         for (i, s) in self.sources.iter().enumerate() {
@@ -473,16 +485,26 @@ impl EngineConfig {
                 return Err(err(format!("sources[{i}].name"), "must not be empty"));
             }
             if sources.iter().any(|x: &Source| x.name == s.name) {
-                return Err(err(format!("sources[{i}].name"), format!("duplicate source {:?}", s.name)));
+                return Err(err(
+                    format!("sources[{i}].name"),
+                    format!("duplicate source {:?}", s.name),
+                ));
             }
             let ip = if s.ip.is_empty() {
                 None
             } else {
                 Some(s.ip.parse::<IpAddr>().map_err(|_| {
-                    err(format!("sources[{i}].ip"), format!("{:?} is not an IP address", s.ip))
+                    err(
+                        format!("sources[{i}].ip"),
+                        format!("{:?} is not an IP address", s.ip),
+                    )
                 })?)
             };
-            let ehlo = if s.ehlo.is_empty() { e.helo_name.clone() } else { s.ehlo.clone() };
+            let ehlo = if s.ehlo.is_empty() {
+                e.helo_name.clone()
+            } else {
+                s.ehlo.clone()
+            };
             sources.push(Source {
                 name: s.name.clone(),
                 ip,
@@ -499,13 +521,22 @@ impl EngineConfig {
         let mut pools = Vec::new();
         for (i, p) in self.pools.iter().enumerate() {
             if p.sources.is_empty() {
-                return Err(err(format!("pools[{i}].sources"), "a pool needs at least one source"));
+                return Err(err(
+                    format!("pools[{i}].sources"),
+                    "a pool needs at least one source",
+                ));
             }
             let mut idx = Vec::new();
             for (j, name) in p.sources.iter().enumerate() {
-                let k = sources.iter().position(|s| &s.name == name).ok_or_else(|| {
-                    err(format!("pools[{i}].sources[{j}]"), format!("no source named {name:?}"))
-                })?;
+                let k = sources
+                    .iter()
+                    .position(|s| &s.name == name)
+                    .ok_or_else(|| {
+                        err(
+                            format!("pools[{i}].sources[{j}]"),
+                            format!("no source named {name:?}"),
+                        )
+                    })?;
                 idx.push(k);
             }
             pools.push((p.name.clone(), idx));
@@ -526,7 +557,10 @@ impl EngineConfig {
         };
         let mut tenant_pools = std::collections::HashMap::new();
         for (tenant, pool) in &self.routing.tenants {
-            tenant_pools.insert(tenant.clone(), pool_index(pool, format!("routing.tenants.{tenant}"))?);
+            tenant_pools.insert(
+                tenant.clone(),
+                pool_index(pool, format!("routing.tenants.{tenant}"))?,
+            );
         }
         let smarthost = match &self.smarthost {
             None => None,
@@ -574,7 +608,10 @@ impl EngineConfig {
 fn key_at(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line = before.rsplit('\n').next().unwrap_or("");
-    let line_end = text[offset.min(text.len())..].split('\n').next().unwrap_or("");
+    let line_end = text[offset.min(text.len())..]
+        .split('\n')
+        .next()
+        .unwrap_or("");
     let whole = format!("{line}{line_end}");
     let key = whole.split('=').next().unwrap_or("").trim().to_string();
     let table = before
@@ -582,7 +619,8 @@ fn key_at(text: &str, offset: usize) -> String {
         .rev()
         .find_map(|l| {
             let l = l.trim();
-            l.strip_prefix('[').map(|t| t.trim_matches(|c| c == '[' || c == ']').to_string())
+            l.strip_prefix('[')
+                .map(|t| t.trim_matches(|c| c == '[' || c == ']').to_string())
         })
         .unwrap_or_default();
     match (table.is_empty(), key.starts_with('[') || key.is_empty()) {
@@ -741,7 +779,8 @@ mod tests {
         assert_eq!(e.key, "engine.durability", "{e}");
         let c = EngineConfig::from_toml("[[sources]]\nname = \"a\"\nip = \"nope\"\n").unwrap();
         assert_eq!(c.resolve().unwrap_err().key, "sources[0].ip");
-        let c = EngineConfig::from_toml("[[pools]]\nname = \"p\"\nsources = [\"ghost\"]\n").unwrap();
+        let c =
+            EngineConfig::from_toml("[[pools]]\nname = \"p\"\nsources = [\"ghost\"]\n").unwrap();
         assert_eq!(c.resolve().unwrap_err().key, "pools[0].sources[0]");
         let c = EngineConfig::from_toml("[retry]\njitter = 0.9\n").unwrap();
         assert_eq!(c.resolve().unwrap_err().key, "retry.jitter");

@@ -139,7 +139,10 @@ mod tests {
                 d => panic!("{d:?}"),
             }
         }
-        assert_eq!(r.decide(&attempt(20, 72 * 3600 - 60), &mut rng), Decision::Expire);
+        assert_eq!(
+            r.decide(&attempt(20, 72 * 3600 - 60), &mut rng),
+            Decision::Expire
+        );
         let mut p = attempt(1, 10);
         p.permanent = true;
         assert_eq!(r.decide(&p, &mut rng), Decision::Bounce);

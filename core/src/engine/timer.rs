@@ -104,7 +104,9 @@ mod tests {
         let mut reference = Vec::new();
         let mut x: u64 = 12345;
         for i in 0..5000u64 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let d = (x >> 33) % 200_000;
             w.insert(d, i);
             reference.push((d, i));
