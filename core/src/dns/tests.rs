@@ -695,3 +695,119 @@ fn busy_and_invalid_names_fail_at_once() {
     assert_eq!(f.token, 3);
     assert!(f.answer.failure().unwrap().permanent);
 }
+
+#[test]
+fn resolver_and_driver_can_move_to_a_shard_thread() {
+    fn is_send<T: Send>() {}
+    is_send::<Resolver>();
+    is_send::<Driver>();
+    is_send::<BlockingResolver>();
+}
+
+#[test]
+fn null_mx_mixed_with_real_hosts_keeps_the_real_ones() {
+    let mut r = Resolver::new(Sim::config(), [4; 32]).unwrap();
+    let now = Instant::now();
+    r.lookup(now, 1, Query::Mx("mixed.test".into()));
+    let (ex, server, query) = take_send(&mut r);
+    let mut m = answer(&query);
+    m.answers.clear();
+    m.authorities.clear();
+    m.metadata.response_code = ResponseCode::NoError;
+    for (p, h) in [(0, Name::root()), (10, n("mx1.alpha.test."))] {
+        m.add_answer(Record::from_rdata(
+            n("mixed.test."),
+            60,
+            RData::MX(MX::new(p, h)),
+        ));
+    }
+    r.handle_datagram(now, ex, server, &m.to_vec().unwrap());
+    // Answer the address questions from the zone.
+    while let Some(t) = r.poll_transmit() {
+        if let Transmit::Send {
+            exchange,
+            server,
+            payload,
+            ..
+        } = t
+        {
+            let q = Message::from_vec(&payload).unwrap();
+            r.handle_datagram(now, exchange, server, &answer(&q).to_vec().unwrap());
+        }
+    }
+    match r.poll_event().unwrap().answer {
+        Answer::Mx(Ok(hosts)) => {
+            assert_eq!(hosts.len(), 1);
+            assert_eq!(hosts[0].name, "mx1.alpha.test");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn cname_answer_without_target_records_asks_for_the_target() {
+    let mut r = Resolver::new(Sim::config(), [5; 32]).unwrap();
+    let now = Instant::now();
+    r.lookup(now, 1, Query::Ip("alias.example".into()));
+    let (ex_a, server, qa) = take_send(&mut r);
+    let (ex_aaaa, _, qaaaa) = take_send(&mut r);
+    for (ex, q) in [(ex_a, qa), (ex_aaaa, qaaaa)] {
+        let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        m.add_query(q.queries[0].clone());
+        m.add_answer(Record::from_rdata(
+            n("alias.example."),
+            60,
+            RData::CNAME(CNAME(n("mx1.alpha.test."))),
+        ));
+        r.handle_datagram(now, ex, server, &m.to_vec().unwrap());
+    }
+    let mut asked = Vec::new();
+    while let Some(t) = r.poll_transmit() {
+        if let Transmit::Send {
+            exchange,
+            server,
+            payload,
+            ..
+        } = t
+        {
+            let q = Message::from_vec(&payload).unwrap();
+            asked.push((q.queries[0].name().to_ascii(), q.queries[0].query_type()));
+            r.handle_datagram(now, exchange, server, &answer(&q).to_vec().unwrap());
+        }
+    }
+    asked.sort();
+    assert_eq!(
+        asked,
+        vec![
+            ("mx1.alpha.test.".to_string(), RecordType::A),
+            ("mx1.alpha.test.".to_string(), RecordType::AAAA)
+        ]
+    );
+    assert_eq!(
+        r.poll_event().unwrap().answer,
+        Answer::Ip(Ok(vec![ip("127.0.0.2")]))
+    );
+}
+
+#[test]
+fn full_cache_evicts_and_stays_bounded() {
+    let mut sim = Sim::new(Config {
+        cache_capacity: 4,
+        ..Sim::config()
+    });
+    for (i, d) in ["alpha.test", "beta.test", "nomx.test", "cname.test"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            sim.lookup(i as u64, Query::Mx((*d).into()))
+                .failure()
+                .is_none()
+        );
+    }
+    let s = sim.r.stats();
+    assert_eq!(s.cache_entries, 4);
+    assert!(s.evictions > 0);
+    // Still correct after evictions.
+    assert_eq!(sim.mx("alpha.test").unwrap().len(), 2);
+}
