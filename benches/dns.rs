@@ -4,9 +4,11 @@
 //!   `poll_event`), the cost every queued message pays once its domain is warm.
 //! - `dns/dnsmasq_mx_uncached`: MX lookups against a local dnsmasq (started by the bench on
 //!   127.0.10.1) through the mio driver with the cache disabled (max TTL 0), one lookup at a time: the
-//!   MX question and the A/AAAA questions of both MX hosts (5 UDP exchanges per lookup).
-//! - `dns/dnsmasq_mx_cached_blocking`: the same through `BlockingResolver` with a warm cache (the
-//!   front end's own overhead).
+//!   MX question and the A/AAAA questions of both MX hosts (5 UDP exchanges per lookup), through
+//!   `BlockingResolver`.
+//! - `dns/nsd_ip_40_concurrent_uncached`: 40 address lookups (80 questions) in flight at once through
+//!   the mio driver against a local nsd (127.0.10.2), cache disabled: throughput with many exchanges
+//!   open, as a shard resolving many domains sees it.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -14,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hickory_proto::op::{Message, MessageType, OpCode};
-use hickory_proto::rr::rdata::{A, MX};
+use hickory_proto::rr::rdata::{A, MX, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use vmta::dns::{Answer, BlockingResolver, Config, Query, Resolver, Transmit};
+use vmta::dns::{Answer, BlockingResolver, Config, Driver, Query, Resolver, Transmit};
 
-/// Answers any query the way a server for `dN.bench.` would: two MX hosts, one A each, no AAAA.
+/// Answers any query the way a recursive resolver would for `dN.bench.`: two MX hosts, one A each, no
+/// AAAA.
 fn answer(query: &[u8]) -> Vec<u8> {
     let q = Message::from_vec(query).unwrap();
     let question = q.queries[0].clone();
@@ -46,7 +49,23 @@ fn answer(query: &[u8]) -> Vec<u8> {
                 RData::A(A(Ipv4Addr::new(192, 0, 2, 1))),
             ));
         }
-        _ => {}
+        _ => {
+            // NODATA with the zone's SOA, as a recursive resolver sends it (negatively cacheable).
+            let soa = SOA::new(
+                Name::from_ascii("ns.bench.").unwrap(),
+                Name::from_ascii("hostmaster.bench.").unwrap(),
+                1,
+                3600,
+                600,
+                86400,
+                3600,
+            );
+            m.add_authority(Record::from_rdata(
+                Name::from_ascii("bench.").unwrap(),
+                3600,
+                RData::SOA(soa),
+            ));
+        }
     }
     m.to_vec().unwrap()
 }
@@ -92,33 +111,76 @@ fn cached_mx(c: &mut Criterion) {
     g.finish();
 }
 
-fn dnsmasq(c: &mut Criterion) {
-    let server = vmta_tests::dns::start_dnsmasq();
-    let mut g = c.benchmark_group("dns");
-    g.throughput(Throughput::Elements(1));
-    let mut uncached = BlockingResolver::new(Config {
+fn uncached(overrides: Config) -> Config {
+    Config {
         min_ttl: Duration::ZERO,
         max_ttl: Duration::ZERO,
         max_negative_ttl: Duration::ZERO,
         timeout: Duration::from_secs(2),
-        ..Config::with_nameservers(vec![server.addr])
-    })
-    .unwrap();
+        ..overrides
+    }
+}
+
+fn dnsmasq(c: &mut Criterion) {
+    let server = vmta_tests::dns::start_dnsmasq();
+    let mut g = c.benchmark_group("dns");
+    g.throughput(Throughput::Elements(1));
+    let mut r =
+        BlockingResolver::new(uncached(Config::with_nameservers(vec![server.addr]))).unwrap();
     g.bench_function("dnsmasq_mx_uncached", |b| {
         b.iter(|| {
-            let hosts = uncached.lookup_mx("alpha.test").unwrap();
+            let hosts = r.lookup_mx("alpha.test").unwrap();
             assert_eq!(hosts.len(), 2);
         })
     });
-    let mut cached = BlockingResolver::new(Config::with_nameservers(vec![server.addr])).unwrap();
-    cached.lookup_mx("alpha.test").unwrap();
-    g.bench_function("dnsmasq_mx_cached_blocking", |b| {
-        b.iter(|| black_box(cached.lookup_mx("alpha.test").unwrap()))
-    });
     g.finish();
-    let s = uncached.stats();
+    let s = r.stats();
     assert_eq!((s.timeouts, s.malformed, s.mismatched), (0, 0, 0), "{s:?}");
 }
 
-criterion_group!(benches, cached_mx, dnsmasq);
+fn nsd_concurrent(c: &mut Criterion) {
+    let server = vmta_tests::dns::start_nsd();
+    let names: Vec<String> = (0..40)
+        .map(|i| format!("mx{i:02}.a-rather-long-label-to-inflate-the-response.many.test"))
+        .collect();
+    let mut poll = mio::Poll::new().unwrap();
+    let mut events = mio::Events::with_capacity(256);
+    let resolver = Resolver::new(
+        uncached(Config::with_nameservers(vec![server.addr])),
+        [1; 32],
+    )
+    .unwrap();
+    let mut dns = Driver::new(resolver, 0);
+    let mut g = c.benchmark_group("dns");
+    g.throughput(Throughput::Elements(names.len() as u64));
+    g.bench_function("nsd_ip_40_concurrent_uncached", |b| {
+        b.iter(|| {
+            let now = Instant::now();
+            for (i, n) in names.iter().enumerate() {
+                dns.lookup(poll.registry(), now, i as u64, Query::Ip(n.clone()));
+            }
+            let mut done = 0;
+            while done < names.len() {
+                let timeout = dns
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(Instant::now()));
+                poll.poll(&mut events, timeout).unwrap();
+                let now = Instant::now();
+                for e in events.iter() {
+                    dns.handle_ready(poll.registry(), now, e.token());
+                }
+                dns.handle_timeout(poll.registry(), now);
+                while let Some(e) = dns.poll_event() {
+                    assert!(matches!(e.answer, Answer::Ip(Ok(ref a)) if a.len() == 1));
+                    done += 1;
+                }
+            }
+        })
+    });
+    g.finish();
+    let s = dns.stats();
+    assert_eq!((s.timeouts, s.malformed, s.mismatched), (0, 0, 0), "{s:?}");
+}
+
+criterion_group!(benches, cached_mx, dnsmasq, nsd_concurrent);
 criterion_main!(benches);

@@ -360,46 +360,49 @@ impl Resolver {
         self.next_id
     }
 
-    /// Gives lookup `id` one slot per ask and starts a chase for each.
+    /// Gives lookup `id` one slot per ask; each is answered from the cache or becomes a chase.
     fn ask(&mut self, now: Instant, id: u64, asks: Vec<(Name, RecordType)>) {
         if let Some(l) = self.lookups.get_mut(&id) {
             l.slots = vec![None; asks.len()];
             l.pending = asks.len();
         }
         for (slot, (name, qtype)) in asks.into_iter().enumerate() {
-            let cid = self.next_id();
-            self.chases.insert(
-                cid,
-                Chase {
-                    lookup: id,
-                    slot,
-                    name,
-                    qtype,
-                    hops: 0,
-                },
-            );
-            self.step_chase(now, cid);
+            match self.from_cache(now, name, qtype, 0) {
+                Ok(fin) => self.done.push_back((id, slot, fin)),
+                Err((name, hops)) => {
+                    let cid = self.next_id();
+                    self.chases.insert(
+                        cid,
+                        Chase {
+                            lookup: id,
+                            slot,
+                            name: name.clone(),
+                            qtype,
+                            hops,
+                        },
+                    );
+                    self.attach(now, cid, name, qtype);
+                }
+            }
         }
     }
 
-    /// Moves a chase on: from the cache (following cached CNAMEs), else onto a question.
-    fn step_chase(&mut self, now: Instant, cid: u64) {
+    /// Answers `name`/`qtype` from the cache, following cached CNAMEs (counting `hops`). `Err` is the
+    /// name to ask the wire for, with the hops so far.
+    fn from_cache(
+        &mut self,
+        now: Instant,
+        mut name: Name,
+        qtype: RecordType,
+        mut hops: u32,
+    ) -> Result<Final, (Name, u32)> {
         let limit = self.config.cname_limit;
-        let Some((mut name, qtype, mut hops)) = self
-            .chases
-            .get(&cid)
-            .map(|c| (c.name.clone(), c.qtype, c.hops))
-        else {
-            return;
-        };
         loop {
             if hops > limit {
-                let f = Failure::temporary(
+                return Ok(Final::Failed(Failure::temporary(
                     Reason::NetworkError,
                     format!("CNAME chain longer than {limit} at {name}"),
-                );
-                self.finish_chase(cid, Final::Failed(f));
-                return;
+                )));
             }
             let hit = match self.cache.get(now, &name, qtype) {
                 Some(Data::Records(r)) => Some(Final::Records(r.clone())),
@@ -409,22 +412,44 @@ impl Resolver {
             };
             if let Some(fin) = hit {
                 self.stats.cache_hits += 1;
-                self.finish_chase(cid, fin);
-                return;
+                return Ok(fin);
             }
             match self.cache.get(now, &name, RecordType::CNAME) {
                 Some(Data::Cname(target)) => {
                     name = target.clone();
                     hops += 1;
                 }
-                _ => break,
+                _ => {
+                    self.stats.cache_misses += 1;
+                    return Err((name, hops));
+                }
             }
         }
-        if let Some(chase) = self.chases.get_mut(&cid) {
-            chase.name = name.clone();
-            chase.hops = hops;
+    }
+
+    /// Moves a chase on after its question ended in a CNAME: from the cache, else onto a question.
+    fn step_chase(&mut self, now: Instant, cid: u64) {
+        let Some((name, qtype, hops)) = self
+            .chases
+            .get(&cid)
+            .map(|c| (c.name.clone(), c.qtype, c.hops))
+        else {
+            return;
+        };
+        match self.from_cache(now, name, qtype, hops) {
+            Ok(fin) => self.finish_chase(cid, fin),
+            Err((name, hops)) => {
+                if let Some(chase) = self.chases.get_mut(&cid) {
+                    chase.name = name.clone();
+                    chase.hops = hops;
+                }
+                self.attach(now, cid, name, qtype);
+            }
         }
-        self.stats.cache_misses += 1;
+    }
+
+    /// Puts a chase on the question for `name`/`qtype`, joining one already on the wire.
+    fn attach(&mut self, now: Instant, cid: u64, name: Name, qtype: RecordType) {
         let key = (name.to_lowercase(), qtype);
         if let Some(qid) = self.question_index.get(&key) {
             self.stats.coalesced += 1;
@@ -768,8 +793,19 @@ impl Resolver {
         }
         hosts.retain(|(h, _)| !h.is_root());
         hosts.sort_by_key(|(_, p)| *p);
-        let mut seen = std::collections::HashSet::new();
-        hosts.retain(|(h, _)| seen.insert(h.to_lowercase()));
+        // Drop repeated hosts (keeping the best preference); names compare case-insensitively.
+        if hosts.len() <= 32 {
+            let mut kept: Vec<(Name, u16)> = Vec::with_capacity(hosts.len());
+            for (h, p) in hosts {
+                if !kept.iter().any(|(k, _)| *k == h) {
+                    kept.push((h, p));
+                }
+            }
+            hosts = kept;
+        } else {
+            let mut seen = std::collections::HashSet::new();
+            hosts.retain(|(h, _)| seen.insert(h.clone()));
+        }
         // Fisher-Yates within each run of equal preference.
         let mut start = 0;
         while start < hosts.len() {
