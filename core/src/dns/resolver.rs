@@ -367,7 +367,7 @@ impl Resolver {
             l.pending = asks.len();
         }
         for (slot, (name, qtype)) in asks.into_iter().enumerate() {
-            match self.from_cache(now, name, qtype, 0) {
+            match self.answer_from_cache(now, name, qtype, 0) {
                 Ok(fin) => self.done.push_back((id, slot, fin)),
                 Err((name, hops)) => {
                     let cid = self.next_id();
@@ -389,7 +389,7 @@ impl Resolver {
 
     /// Answers `name`/`qtype` from the cache, following cached CNAMEs (counting `hops`). `Err` is the
     /// name to ask the wire for, with the hops so far.
-    fn from_cache(
+    fn answer_from_cache(
         &mut self,
         now: Instant,
         mut name: Name,
@@ -436,7 +436,7 @@ impl Resolver {
         else {
             return;
         };
-        match self.from_cache(now, name, qtype, hops) {
+        match self.answer_from_cache(now, name, qtype, hops) {
             Ok(fin) => self.finish_chase(cid, fin),
             Err((name, hops)) => {
                 if let Some(chase) = self.chases.get_mut(&cid) {
