@@ -235,6 +235,15 @@ impl Resolver {
         self.run(now);
     }
 
+    /// Forgets every lookup started with `token`: no [`Event`] will come for it. Returns how many were
+    /// dropped. Questions already on the wire run to their end (their answers still fill the cache and
+    /// any other lookup waiting on them). Cost: a scan over the lookups in progress.
+    pub fn cancel(&mut self, token: u64) -> usize {
+        let before = self.lookups.len();
+        self.lookups.retain(|_, l| l.token != token);
+        before - self.lookups.len()
+    }
+
     /// The next socket operation for the driver, in order.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()

@@ -812,3 +812,25 @@ fn full_cache_evicts_and_stays_bounded() {
     // Still correct after evictions.
     assert_eq!(sim.mx("alpha.test").unwrap().len(), 2);
 }
+
+#[test]
+fn cancelled_lookup_sends_no_event_but_its_answers_are_cached() {
+    let mut sim = Sim::new(Sim::config());
+    sim.r.lookup(sim.now, 1, Query::Mx("alpha.test".into()));
+    sim.r.lookup(sim.now, 2, Query::Mx("beta.test".into()));
+    assert_eq!(sim.r.cancel(1), 1);
+    assert_eq!(sim.r.cancel(1), 0);
+    sim.settle();
+    assert_eq!(sim.events.len(), 1);
+    assert_eq!(sim.events[0].token, 2);
+    assert_eq!(sim.r.lookups_in_progress(), 0);
+    // The cancelled lookup's MX question still completed and was cached.
+    let sent = sim.sent.len();
+    sim.r.lookup(sim.now, 3, Query::Mx("alpha.test".into()));
+    sim.settle();
+    assert!(
+        sim.sent.len() > sent,
+        "host addresses were never asked: more questions now"
+    );
+    assert!(sim.sent[sent..].iter().all(|s| s.3 != RecordType::MX));
+}
