@@ -801,6 +801,13 @@ impl Resolver {
             ));
         }
         hosts.retain(|(h, _)| !h.is_root());
+        if hosts.is_empty() {
+            // MX-typed records that did not decode as MX data (an empty RDATA, say).
+            return Err(Failure::temporary(
+                Reason::NetworkError,
+                format!("{domain} has MX records without a usable exchange"),
+            ));
+        }
         hosts.sort_by_key(|(_, p)| *p);
         // Drop repeated hosts (keeping the best preference); names compare case-insensitively.
         if hosts.len() <= 32 {

@@ -834,3 +834,27 @@ fn cancelled_lookup_sends_no_event_but_its_answers_are_cached() {
     );
     assert!(sim.sent[sent..].iter().all(|s| s.3 != RecordType::MX));
 }
+
+#[test]
+fn mx_record_with_empty_rdata_is_malformed() {
+    let mut r = Resolver::new(Sim::config(), [6; 32]).unwrap();
+    let now = Instant::now();
+    r.lookup(now, 1, Query::Mx("empty.test".into()));
+    let (ex, server, query) = take_send(&mut r);
+    let mut m = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    m.add_query(query.queries[0].clone());
+    m.add_answer(Record::update0(n("empty.test."), 60, RecordType::MX));
+    r.handle_datagram(now, ex, server, &m.to_vec().unwrap());
+    assert_eq!(r.stats().malformed, 1);
+    assert!(r.poll_event().is_none());
+    // The try still times out and the lookup ends after the last one.
+    let mut t = now;
+    while let Some(deadline) = r.poll_timeout() {
+        t = deadline;
+        r.handle_timeout(t);
+        while let Some(Transmit::Send { .. } | Transmit::Close { .. }) = r.poll_transmit() {}
+    }
+    let f = r.poll_event().expect("the lookup ends").answer;
+    assert!(!f.failure().unwrap().permanent);
+    assert_eq!(t - now, Duration::from_secs(8));
+}
