@@ -503,7 +503,12 @@ impl Resolver {
     }
 
     fn open(&mut self, now: Instant, qid: u64, server: SocketAddr, transport: Transport) {
-        let (Some(q), Some(slot)) = (self.questions.get(&qid), self.free_slots.pop_front()) else {
+        let Some(q) = self.questions.get(&qid) else {
+            return;
+        };
+        let Some(slot) = self.free_slots.pop_front() else {
+            // Callers free a slot first; should none be free, the question waits for one (over UDP).
+            self.waiting.push_back(qid);
             return;
         };
         let id: u16 = self.rng.random();
