@@ -858,3 +858,56 @@ fn mx_record_with_empty_rdata_is_malformed() {
     assert!(!f.failure().unwrap().permanent);
     assert_eq!(t - now, Duration::from_secs(8));
 }
+
+#[test]
+fn tcp_answer_split_at_every_position() {
+    let mut sim_answer = None;
+    for cut in 0.. {
+        let mut r = Resolver::new(
+            Config {
+                family: AddressFamily::Ipv4Only,
+                ..Sim::config()
+            },
+            [8; 32],
+        )
+        .unwrap();
+        let now = Instant::now();
+        r.lookup(now, 1, Query::Ip("mx1.alpha.test".into()));
+        let (ex, server, query) = take_send(&mut r);
+        let mut tc = answer(&query);
+        tc.answers.clear();
+        tc.metadata.truncation = true;
+        r.handle_datagram(now, ex, server, &tc.to_vec().unwrap());
+        assert_eq!(r.poll_transmit(), Some(Transmit::Close { exchange: ex }));
+        let (tcp_ex, payload) = match r.poll_transmit() {
+            Some(Transmit::Send {
+                exchange,
+                transport: Transport::Tcp,
+                payload,
+                ..
+            }) => (exchange, payload),
+            other => panic!("{other:?}"),
+        };
+        let q = Message::from_vec(&payload[2..]).unwrap();
+        let bytes = answer(&q).to_vec().unwrap();
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        if cut > framed.len() {
+            break;
+        }
+        r.handle_stream(now, tcp_ex, &framed[..cut]);
+        if cut < framed.len() {
+            assert!(
+                r.poll_event().is_none(),
+                "complete before the last byte at cut {cut}"
+            );
+        }
+        r.handle_stream(now, tcp_ex, &framed[cut..]);
+        let e = r.poll_event().expect("answer after the whole message");
+        match &sim_answer {
+            None => sim_answer = Some(e.answer),
+            Some(a) => assert_eq!(a, &e.answer, "cut {cut}"),
+        }
+    }
+    assert_eq!(sim_answer, Some(Answer::Ip(Ok(vec![ip("127.0.0.2")]))));
+}
