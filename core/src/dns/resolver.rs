@@ -90,6 +90,8 @@ struct Question {
     name: Name,
     qtype: RecordType,
     waiters: Vec<u64>,
+    /// Index of the nameserver for the first try; try `k` goes to `first_server + k`.
+    first_server: usize,
     tries: u32,
     last_error: String,
 }
@@ -122,6 +124,9 @@ pub struct Resolver {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_id: u64,
+    /// Per nameserver: until when it is skipped for first tries after a timeout.
+    server_suspect_until: Vec<Option<Instant>>,
+    rotation: usize,
     stats: Stats,
 }
 
@@ -145,6 +150,8 @@ impl Resolver {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 0,
+            server_suspect_until: vec![None; config.nameservers.len()],
+            rotation: config.nameservers.len().saturating_sub(1),
             stats: Stats::default(),
             config,
         })
@@ -266,6 +273,9 @@ impl Resolver {
             let expired = matches!(&self.exchanges[slot], Some(e) if e.deadline <= now);
             if expired && let Some(ex) = self.close(slot) {
                 self.stats.timeouts += 1;
+                if let Some(i) = self.server_index(ex.server) {
+                    self.server_suspect_until[i] = Some(now + self.config.server_holddown);
+                }
                 let error = format!(
                     "no answer from {} within {:?} ({:?})",
                     ex.server, self.config.timeout, ex.transport
@@ -468,6 +478,7 @@ impl Resolver {
             return;
         }
         let qid = self.next_id();
+        let first_server = self.pick_first_server(now);
         self.question_index.insert(key.clone(), qid);
         self.questions.insert(
             qid,
@@ -476,6 +487,7 @@ impl Resolver {
                 qtype: key.1,
                 waiters: vec![cid],
                 tries: 0,
+                first_server,
                 last_error: String::new(),
             },
         );
@@ -488,13 +500,33 @@ impl Resolver {
         }
     }
 
+    /// The nameserver a new question tries first: the next in turn with `rotate`, else the first; either
+    /// way skipping servers that timed out within [`Config::server_holddown`] while another is not.
+    fn pick_first_server(&mut self, now: Instant) -> usize {
+        let n = self.config.nameservers.len();
+        let start = if self.config.rotate {
+            self.rotation = (self.rotation + 1) % n;
+            self.rotation
+        } else {
+            0
+        };
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.server_suspect_until[i].is_none_or(|t| t <= now))
+            .unwrap_or(start)
+    }
+
+    fn server_index(&self, server: SocketAddr) -> Option<usize> {
+        self.config.nameservers.iter().position(|s| *s == server)
+    }
+
     /// Sends the question's next try over UDP, or queues it until an exchange slot is free.
     fn start_try(&mut self, now: Instant, qid: u64) {
         let Some(q) = self.questions.get(&qid) else {
             return;
         };
         let servers = &self.config.nameservers;
-        let server = servers[q.tries as usize % servers.len()];
+        let server = servers[(q.first_server + q.tries as usize) % servers.len()];
         if self.free_slots.is_empty() {
             self.waiting.push_back(qid);
         } else {
@@ -580,6 +612,9 @@ impl Resolver {
             return;
         };
         self.stats.answers += 1;
+        if let Some(i) = self.server_index(ex.server) {
+            self.server_suspect_until[i] = None;
+        }
         let (qname, qtype) = (q.name.clone(), q.qtype);
         match wire::read_answer(msg, &qname, qtype, self.config.cname_limit) {
             Reading::Truncated if ex.transport == Transport::Udp => {

@@ -911,3 +911,46 @@ fn tcp_answer_split_at_every_position() {
     }
     assert_eq!(sim_answer, Some(Answer::Ip(Ok(vec![ip("127.0.0.2")]))));
 }
+
+#[test]
+fn timed_out_server_is_held_down_for_new_questions() {
+    let mut sim = Sim::new(Sim::config());
+    sim.servers.insert(S1.parse().unwrap(), Behaviour::Silent);
+    let t0 = sim.now;
+    sim.lookup(1, Query::Txt("alpha.test".into()));
+    assert_eq!(sim.now - t0, Duration::from_secs(2), "one timeout on S1");
+    // A new question starts at S2 at once.
+    let t1 = sim.now;
+    let n = sim.sent.len();
+    sim.lookup(2, Query::Txt("nomx.test".into()));
+    assert_eq!(sim.now, t1);
+    assert_eq!(sim.sent[n].0, S2.parse().unwrap());
+    // After the hold-down S1 is first again (and, still silent, held down again).
+    sim.now += Duration::from_secs(31);
+    let n = sim.sent.len();
+    sim.lookup(3, Query::Txt("beta.test".into()));
+    assert_eq!(sim.sent[n].0, S1.parse().unwrap());
+    // S1 answers again: an answer ends its hold-down.
+    sim.servers.insert(S1.parse().unwrap(), Behaviour::Answer);
+    sim.now += Duration::from_secs(31);
+    sim.lookup(4, Query::Txt("mx1.alpha.test".into()));
+    let n = sim.sent.len();
+    sim.lookup(5, Query::Txt("mx2.alpha.test".into()));
+    assert_eq!(sim.sent[n].0, S1.parse().unwrap());
+}
+
+#[test]
+fn rotate_spreads_first_tries() {
+    let mut sim = Sim::new(Config {
+        rotate: true,
+        ..Sim::config()
+    });
+    for (i, d) in ["alpha.test", "beta.test", "nomx.test", "nullmx.test"]
+        .iter()
+        .enumerate()
+    {
+        sim.lookup(i as u64, Query::Txt((*d).into()));
+    }
+    let servers: Vec<_> = sim.sent.iter().map(|s| s.0.to_string()).collect();
+    assert_eq!(servers, vec![S1, S2, S1, S2]);
+}
