@@ -260,7 +260,10 @@ mod tests {
         assert_eq!(body(b"\r\n\r\n", Canonicalization::Simple), b"\r\n");
         assert_eq!(body(b"\r\n \r\n", Canonicalization::Relaxed), b"");
         assert_eq!(body(b"abc", Canonicalization::Simple), b"abc\r\n");
-        assert_eq!(body(b"a\r\n\r\nb", Canonicalization::Relaxed), b"a\r\n\r\nb\r\n");
+        assert_eq!(
+            body(b"a\r\n\r\nb", Canonicalization::Relaxed),
+            b"a\r\n\r\nb\r\n"
+        );
         assert_eq!(body(b"a  \n", Canonicalization::Relaxed), b"a\r\n");
     }
 

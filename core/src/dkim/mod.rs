@@ -23,4 +23,6 @@ pub mod signer;
 pub use canonical::Canonicalization;
 pub use key::{Algorithm, KeyError, MIN_RSA_BITS, SigningKey};
 pub use record::KeyRecord;
-pub use signer::{DEFAULT_OVERSIGNED_HEADERS, DEFAULT_SIGNED_HEADERS, SignError, Signer, SignerConfig};
+pub use signer::{
+    DEFAULT_OVERSIGNED_HEADERS, DEFAULT_SIGNED_HEADERS, SignError, Signer, SignerConfig,
+};

@@ -104,7 +104,10 @@ impl KeyRecord {
                         .map_err(|e| RecordError::BadPublicKey(e.to_string()))?;
                 }
                 "h" => {
-                    if !value.split(':').any(|h| h.trim().eq_ignore_ascii_case("sha256")) {
+                    if !value
+                        .split(':')
+                        .any(|h| h.trim().eq_ignore_ascii_case("sha256"))
+                    {
                         return Err(RecordError::NotForUs(format!(
                             "h={value} does not allow sha256"
                         )));
@@ -154,8 +157,14 @@ mod tests {
             parse_tag_list(" v = DKIM1 ; p=AB CD;").unwrap(),
             [("v".into(), "DKIM1".into()), ("p".into(), "AB CD".into())]
         );
-        assert!(matches!(parse_tag_list("v=1; v=2"), Err(RecordError::DuplicateTag(_))));
-        assert!(matches!(parse_tag_list("novalue"), Err(RecordError::BadTag(_))));
+        assert!(matches!(
+            parse_tag_list("v=1; v=2"),
+            Err(RecordError::DuplicateTag(_))
+        ));
+        assert!(matches!(
+            parse_tag_list("novalue"),
+            Err(RecordError::BadTag(_))
+        ));
         assert!(matches!(parse_tag_list("=x"), Err(RecordError::BadTag(_))));
     }
 

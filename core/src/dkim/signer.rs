@@ -81,7 +81,10 @@ impl SignerConfig {
             selector: selector.to_ascii_lowercase(),
             header_canonicalization: Canonicalization::Relaxed,
             body_canonicalization: Canonicalization::Relaxed,
-            headers: DEFAULT_SIGNED_HEADERS.iter().map(|s| s.to_string()).collect(),
+            headers: DEFAULT_SIGNED_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             oversign: Vec::new(),
             identity: None,
             expire_after: None,
@@ -98,7 +101,11 @@ impl SignerConfig {
     }
 
     /// Sets both canonicalizations.
-    pub fn with_canonicalization(mut self, header: Canonicalization, body: Canonicalization) -> Self {
+    pub fn with_canonicalization(
+        mut self,
+        header: Canonicalization,
+        body: Canonicalization,
+    ) -> Self {
         self.header_canonicalization = header;
         self.body_canonicalization = body;
         self
@@ -303,7 +310,12 @@ impl Signer {
                 continue;
             }
             let mut n = count(name);
-            if self.config.oversign.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+            if self
+                .config
+                .oversign
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(name))
+            {
                 n += 1;
             }
             for _ in 0..n {
@@ -458,7 +470,12 @@ mod tests {
     #[test]
     fn header_list_counts_and_oversigns() {
         let cfg = SignerConfig {
-            headers: vec!["From".into(), "To".into(), "Subject".into(), "X-Absent".into()],
+            headers: vec![
+                "From".into(),
+                "To".into(),
+                "Subject".into(),
+                "X-Absent".into(),
+            ],
             ..SignerConfig::new("football.example.com", "brisbane")
         };
         let s = Signer::new(rfc_key(), cfg.clone()).unwrap();
