@@ -90,10 +90,8 @@ impl KeyRecord {
         let mut have_p = false;
         for (i, (name, value)) in tags.iter().enumerate() {
             match name.as_str() {
-                "v" => {
-                    if i != 0 || value != "DKIM1" {
-                        return Err(RecordError::BadVersion(value.clone()));
-                    }
+                "v" if i != 0 || value != "DKIM1" => {
+                    return Err(RecordError::BadVersion(value.clone()));
                 }
                 "k" => record.key_type = value.to_ascii_lowercase(),
                 "p" => {
@@ -103,25 +101,21 @@ impl KeyRecord {
                         .decode(compact)
                         .map_err(|e| RecordError::BadPublicKey(e.to_string()))?;
                 }
-                "h" => {
-                    if !value
-                        .split(':')
-                        .any(|h| h.trim().eq_ignore_ascii_case("sha256"))
-                    {
-                        return Err(RecordError::NotForUs(format!(
-                            "h={value} does not allow sha256"
-                        )));
-                    }
+                "h" if !value
+                    .split(':')
+                    .any(|h| h.trim().eq_ignore_ascii_case("sha256")) =>
+                {
+                    return Err(RecordError::NotForUs(format!(
+                        "h={value} does not allow sha256"
+                    )));
                 }
-                "s" => {
-                    if !value
-                        .split(':')
-                        .any(|s| s.trim() == "*" || s.trim().eq_ignore_ascii_case("email"))
-                    {
-                        return Err(RecordError::NotForUs(format!(
-                            "s={value} does not include email"
-                        )));
-                    }
+                "s" if !value
+                    .split(':')
+                    .any(|s| s.trim() == "*" || s.trim().eq_ignore_ascii_case("email")) =>
+                {
+                    return Err(RecordError::NotForUs(format!(
+                        "s={value} does not include email"
+                    )));
                 }
                 "t" => {
                     for flag in value.split(':') {
