@@ -20,11 +20,20 @@ struct Cli {
 enum Command {
     /// Print the library version.
     Version,
+    /// Run the quick start: a campaign delivered to the built-in test world on loopback.
+    Demo(cmd::demo::DemoArgs),
+    /// Deliver one message over one SMTP session and print the conversation summary.
+    Send(cmd::send::SendArgs),
+    /// Resolve like the delivery engine does: MX targets, addresses, TXT, PTR.
+    Dns(cmd::dns::DnsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version(),
+        Command::Send(args) => cmd::send::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Dns(args) => cmd::dns::run(args),
     }
 }

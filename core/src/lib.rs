@@ -5,6 +5,9 @@
 //!
 //! - [`smtp`]: the sans-IO SMTP client session (RFC 5321 and its extensions), its reply parser and the
 //!   STARTTLS layer.
+//! - [`client`]: a mio driver running one session over one connection (for `vmta send` and tests).
+//! - [`dns`]: the stub resolver (MX per RFC 5321 §5.1, A/AAAA, TXT, PTR) as a sans-IO core over
+//!   hickory-proto, with a mio driver and a blocking front end.
 //! - [`policy`]: tenants, approved senders, locked accounts, message validation at submission (RFC 5322)
 //!   and the headers vmta adds (Received, List-Unsubscribe, Feedback-ID).
 //! - [`dkim`]: DKIM signing (RFC 6376, RFC 8463).
@@ -14,7 +17,9 @@
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
 
+pub mod client;
 pub mod dkim;
+pub mod dns;
 pub mod policy;
 pub mod preflight;
 pub mod smtp;

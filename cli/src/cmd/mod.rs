@@ -1,6 +1,11 @@
 //! One module per subcommand of `vmta`.
 
+pub mod dns;
+
 use std::process::ExitCode;
+
+pub mod demo;
+pub mod send;
 
 /// `vmta version`.
 pub fn version() -> ExitCode {

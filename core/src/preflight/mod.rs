@@ -20,12 +20,14 @@
 //! - `mx`: the sending domain has an MX (or at least an address for the implicit MX of RFC 5321
 //!   §5.1, which warns) so bounces and replies reach someone; a null MX (RFC 7505) fails.
 //!
-//! The checks are written against [`DnsLookup`], a five-method trait, so they are sans-IO: the tests
-//! use an in-memory zone, the CLI and the integration tests a real resolver.
+//! The checks are written against [`DnsLookup`], a five-method trait, so they are sans-IO: the unit
+//! tests use an in-memory zone; the CLI and the integration tests use [`resolver::ResolverLookup`],
+//! vmta's own resolver, against real DNS servers.
 
 #![forbid(unsafe_code)]
 
 pub mod dmarc;
+pub mod resolver;
 pub mod spf;
 
 use std::fmt;
