@@ -16,7 +16,7 @@ use vmta::preflight::{
     check_ip_blocklist, check_mx, check_rdns, run,
 };
 use vmta_tests::data_dir;
-use vmta_tests::policy::{Zone, start_zone, txt_record};
+use vmta_tests::policy::{Zone, preflight_zone};
 
 fn key(file: &str) -> SigningKey {
     SigningKey::from_pem(&std::fs::read_to_string(data_dir().join("policy").join(file)).unwrap())
@@ -24,67 +24,7 @@ fn key(file: &str) -> SigningKey {
 }
 
 fn zone() -> Zone {
-    let ed = key("ed25519.pem");
-    let rsa = key("rsa2048.pem");
-    let mut lines: Vec<String> = vec![
-        // The good sender.
-        txt_record("good.test", "v=spf1 include:_spf.good.test -all"),
-        txt_record(
-            "_spf.good.test",
-            "v=spf1 ip4:192.0.2.8/29 a:mta.good.test mx:good.test ~all",
-        ),
-        "host-record=mta.good.test,192.0.2.10".into(),
-        "mx-host=good.test,mx.good.test,10".into(),
-        "host-record=mx.good.test,192.0.2.25".into(),
-        txt_record("ed._domainkey.good.test", &ed.public_key_record()),
-        txt_record(
-            "_dmarc.good.test",
-            "v=DMARC1; p=reject; rua=mailto:dmarc@good.test",
-        ),
-        // DKIM: another key, a revoked key.
-        txt_record("rsa._domainkey.good.test", &rsa.public_key_record()),
-        txt_record("old._domainkey.good.test", "v=DKIM1; k=ed25519; p="),
-        // SPF variants.
-        txt_record("spf-fail.test", "v=spf1 ip4:198.51.100.0/24 -all"),
-        "mx-host=spf-fail.test,mx.good.test,10".into(),
-        txt_record(
-            "void.test",
-            "v=spf1 a:v1.void.test a:v2.void.test a:v3.void.test -all",
-        ),
-        txt_record("redir.test", "v=spf1 redirect=good.test"),
-        txt_record("exists.test", "v=spf1 exists:%{i}._ip.%{d} -all"),
-        "address=/192.0.2.10._ip.exists.test/127.0.0.2".into(),
-        "mx-host=nospf.test,mx.good.test,10".into(),
-        txt_record("twospf.test", "v=spf1 -all"),
-        txt_record("twospf.test", "v=spf1 +all"),
-        // DMARC variants.
-        txt_record("_dmarc.monitor.test", "v=DMARC1; p=none"),
-        txt_record("monitor.test", "v=spf1 ip4:192.0.2.10 -all"),
-        txt_record(
-            "_dmarc.other.test",
-            "v=DMARC1; p=quarantine; adkim=s; aspf=s",
-        ),
-        // Reverse DNS: a PTR whose name has no address; a HELO name that is not the PTR name.
-        "ptr-record=30.2.0.192.in-addr.arpa,liar.good.test".into(),
-        "address=/alias.good.test/192.0.2.10".into(),
-        // Blocklists.
-        "address=/66.2.0.192.bl.test/127.0.0.2".into(),
-        txt_record("66.2.0.192.bl.test", "listed: sent spam to our traps"),
-        "address=/77.2.0.192.bl.test/127.255.255.254".into(),
-        "address=/listed.test.dbl.test/127.0.1.2".into(),
-        // MX variants.
-        "mx-host=nullmx.test,.,0".into(),
-        "host-record=nomx.test,192.0.2.40".into(),
-    ];
-    // An include chain eleven deep.
-    for i in 0..11 {
-        lines.push(txt_record(
-            &format!("l{i}.loop.test"),
-            &format!("v=spf1 include:l{}.loop.test -all", i + 1),
-        ));
-    }
-    lines.push(txt_record("l11.loop.test", "v=spf1 +all"));
-    start_zone("127.0.20.2", &["test", "2.0.192.in-addr.arpa"], &lines)
+    preflight_zone("127.0.20.2")
 }
 
 fn dns(zone: &Zone) -> ResolverLookup {
