@@ -94,7 +94,7 @@ fn field(raw: &[u8]) -> HeaderField<'_> {
 }
 
 fn memchr_lf(s: &[u8]) -> Option<usize> {
-    s.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', s)
 }
 
 fn trim_eol(line: &[u8]) -> &[u8] {
@@ -167,54 +167,64 @@ pub fn canonical_header(field: &[u8], canon: Canonicalization, with_crlf: bool, 
 /// `relaxed` leaves it empty (RFC 6376 erratum 1384 on §3.4.4). A last line without a line ending gets
 /// a CRLF.
 pub fn canonical_body(body: &[u8], canon: Canonicalization, mut sink: impl FnMut(&[u8])) -> u64 {
+    // Canonical bytes are gathered in a buffer and handed over in blocks: one digest update per
+    // few KiB instead of two or three per line.
+    const BLOCK: usize = 16 * 1024;
+    let mut buf: Vec<u8> = Vec::with_capacity(BLOCK + 1024);
     let mut fed: u64 = 0;
     let mut empty_lines: u64 = 0;
     let mut any_line = false;
-    let mut line_buf: Vec<u8> = Vec::new();
     let mut pos = 0;
     while pos < body.len() {
-        let end = match memchr_lf(&body[pos..]) {
+        let end = match memchr::memchr(b'\n', &body[pos..]) {
             Some(i) => pos + i + 1,
             None => body.len(),
         };
-        let content = trim_eol(&body[pos..end]);
+        let mut content = trim_eol(&body[pos..end]);
         pos = end;
-        let content: &[u8] = match canon {
-            Canonicalization::Simple => content,
-            Canonicalization::Relaxed => {
-                line_buf.clear();
-                let mut pending_space = false;
-                for &b in content {
-                    if is_wsp(b) {
-                        pending_space = true;
-                    } else {
-                        if pending_space {
-                            line_buf.push(b' ');
-                            pending_space = false;
-                        }
-                        line_buf.push(b);
-                    }
-                }
-                &line_buf
-            }
-        };
+        if canon == Canonicalization::Relaxed {
+            content = trim_wsp_end(content);
+        }
         if content.is_empty() {
             empty_lines += 1;
             continue;
         }
         for _ in 0..empty_lines {
-            sink(b"\r\n");
-            fed += 2;
+            buf.extend_from_slice(b"\r\n");
         }
         empty_lines = 0;
-        sink(content);
-        sink(b"\r\n");
-        fed += content.len() as u64 + 2;
+        match canon {
+            Canonicalization::Simple => buf.extend_from_slice(content),
+            Canonicalization::Relaxed => {
+                // Copy runs without white space whole; each run of WSP becomes one SP. The line
+                // has no trailing WSP any more.
+                let mut rest = content;
+                while let Some(i) = memchr::memchr2(b' ', b'\t', rest) {
+                    buf.extend_from_slice(&rest[..i]);
+                    buf.push(b' ');
+                    let mut j = i + 1;
+                    while j < rest.len() && is_wsp(rest[j]) {
+                        j += 1;
+                    }
+                    rest = &rest[j..];
+                }
+                buf.extend_from_slice(rest);
+            }
+        }
+        buf.extend_from_slice(b"\r\n");
         any_line = true;
+        if buf.len() >= BLOCK {
+            sink(&buf);
+            fed += buf.len() as u64;
+            buf.clear();
+        }
     }
     if !any_line && canon == Canonicalization::Simple {
-        sink(b"\r\n");
-        fed += 2;
+        buf.extend_from_slice(b"\r\n");
+    }
+    if !buf.is_empty() {
+        sink(&buf);
+        fed += buf.len() as u64;
     }
     fed
 }
@@ -265,6 +275,92 @@ mod tests {
             b"a\r\n\r\nb\r\n"
         );
         assert_eq!(body(b"a  \n", Canonicalization::Relaxed), b"a\r\n");
+    }
+
+    /// The canonical forms written out naively, line by line, byte by byte, as RFC 6376 §3.4.3 and
+    /// §3.4.4 describe them.
+    fn naive(body: &[u8], canon: Canonicalization) -> Vec<u8> {
+        let text = body.to_vec();
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut cur = Vec::new();
+        let mut i = 0;
+        while i < text.len() {
+            if text[i] == b'\n' {
+                if cur.last() == Some(&b'\r') {
+                    cur.pop();
+                }
+                lines.push(std::mem::take(&mut cur));
+            } else {
+                cur.push(text[i]);
+            }
+            i += 1;
+        }
+        if !cur.is_empty() {
+            lines.push(cur);
+        }
+        if canon == Canonicalization::Relaxed {
+            for l in &mut lines {
+                let mut out = Vec::new();
+                for &b in l.iter() {
+                    if is_wsp(b) {
+                        if out.last() != Some(&b' ') {
+                            out.push(b' ');
+                        }
+                    } else {
+                        out.push(b);
+                    }
+                }
+                while out.last() == Some(&b' ') {
+                    out.pop();
+                }
+                *l = out;
+            }
+        }
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        let mut out = Vec::new();
+        for l in &lines {
+            out.extend_from_slice(l);
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.is_empty() && canon == Canonicalization::Simple {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn agrees_with_the_naive_reading() {
+        let alphabet = [b'a', b' ', b'\t', b'\r', b'\n', b'b', b'\n'];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for round in 0..3000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = if round % 100 == 0 {
+                40_000
+            } else {
+                (seed % 40) as usize
+            };
+            let body: Vec<u8> = (0..len)
+                .map(|i| {
+                    let x = seed.wrapping_mul(i as u64 + 1).rotate_left((i % 61) as u32);
+                    alphabet[(x % alphabet.len() as u64) as usize]
+                })
+                // Bare CRs are not line ends for the naive reading; the signer only sees CRLF input.
+                .collect::<Vec<u8>>()
+                .split(|&b| b == b'\r')
+                .collect::<Vec<_>>()
+                .join(&b"\r\n"[..]);
+            for canon in [Canonicalization::Simple, Canonicalization::Relaxed] {
+                assert_eq!(
+                    self::body(&body, canon),
+                    naive(&body, canon),
+                    "{canon:?} {body:?}"
+                );
+            }
+        }
     }
 
     #[test]
