@@ -248,6 +248,29 @@ impl Tenant {
         self.feedback_sender_id.as_deref()
     }
 
+    /// The List-Unsubscribe fields for one recipient of a message, from the tenant's template.
+    pub fn unsubscribe_fields(
+        &self,
+        recipient: &str,
+        message_id: &str,
+    ) -> Option<super::headers::UnsubscribeFields> {
+        self.unsubscribe
+            .as_ref()
+            .map(|t| t.render(&self.name, recipient, message_id))
+    }
+
+    /// The Feedback-ID field `campaign:tenant:mail_type:sender_id` (Gmail's feedback loop), when the
+    /// tenant has a sender id.
+    pub fn feedback_id(
+        &self,
+        campaign: Option<&str>,
+        mail_type: Option<&str>,
+    ) -> Option<Result<String, HeaderError>> {
+        self.feedback_sender_id
+            .as_deref()
+            .map(|id| super::headers::feedback_id(campaign, Some(&self.name), mail_type, id))
+    }
+
     /// The DKIM signers.
     pub fn signers(&self) -> &[Signer] {
         &self.signers
@@ -607,6 +630,20 @@ locked = true
             "unknown tenant"
         );
         assert!(t.signer_for("acme.example").is_some());
+        assert_eq!(
+            t.feedback_id(Some("spring"), Some("promo"))
+                .unwrap()
+                .unwrap(),
+            "Feedback-ID: spring:acme:promo:vmta\r\n"
+        );
+        let u = t
+            .unsubscribe_fields("ann@example.net", "<m1@acme.example>")
+            .unwrap();
+        assert!(
+            u.list_unsubscribe
+                .starts_with("List-Unsubscribe: <https://u.acme.example/")
+        );
+        assert!(u.list_unsubscribe_post.is_some());
         assert!(t.signer_for("eu.mail.acme.example").is_some());
         assert!(t.signer_for("other.example").is_none());
     }
