@@ -26,6 +26,10 @@ enum Command {
     Send(cmd::send::SendArgs),
     /// Resolve like the delivery engine does: MX targets, addresses, TXT, PTR.
     Dns(cmd::dns::DnsArgs),
+    /// Sign a message with a DKIM key, or print the key record to publish.
+    Dkim(cmd::dkim::DkimArgs),
+    /// Check SPF, DKIM, DMARC, reverse DNS, blocklists and MX of a sender, as receivers will.
+    Preflight(cmd::preflight::PreflightArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,5 +39,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cmd::send::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Dns(args) => cmd::dns::run(args),
+        Command::Dkim(args) => cmd::dkim::run(args),
+        Command::Preflight(args) => cmd::preflight::run(args),
     }
 }

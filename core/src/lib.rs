@@ -12,12 +12,20 @@
 //!   routing, connection pools, retries, events and metrics.
 //! - [`spool`]: the durable queue: append-only, checksummed, memory-mapped segment files with group
 //!   commit, crash recovery and compaction.
+//! - [`policy`]: tenants, approved senders, locked accounts, message validation at submission (RFC 5322)
+//!   and the headers vmta adds (Received, List-Unsubscribe, Feedback-ID).
+//! - [`dkim`]: DKIM signing (RFC 6376, RFC 8463).
+//! - [`preflight`]: the checks receivers apply to a sender (SPF, DKIM, DMARC, reverse DNS, blocklists,
+//!   MX), written against a small DNS lookup trait.
 //!
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
 
 pub mod client;
+pub mod dkim;
 pub mod dns;
 pub mod engine;
+pub mod policy;
+pub mod preflight;
 pub mod smtp;
 pub mod spool;

@@ -8,6 +8,7 @@
 
 pub mod dns;
 pub mod engine;
+pub mod policy;
 pub mod smtp;
 
 use std::net::{SocketAddr, TcpStream};

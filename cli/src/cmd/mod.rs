@@ -5,6 +5,8 @@ pub mod dns;
 use std::process::ExitCode;
 
 pub mod demo;
+pub mod dkim;
+pub mod preflight;
 pub mod send;
 
 /// `vmta version`.
