@@ -31,6 +31,7 @@ mod io;
 pub mod metrics;
 pub mod retry;
 pub(crate) mod shard;
+pub mod sim;
 pub mod timer;
 
 pub use config::{ConfigError, EngineConfig};
