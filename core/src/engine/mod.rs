@@ -315,7 +315,7 @@ struct ShardHandle {
     ring: Arc<ArrayQueue<SubmitPart>>,
     control: crossbeam::channel::Sender<Control>,
     waker: Arc<mio::Waker>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A running engine. Every method takes `&self` and is safe from any thread.
@@ -486,7 +486,7 @@ impl Engine {
                 ring,
                 control: ctl_tx,
                 waker,
-                thread: None,
+                thread: Mutex::new(None),
             });
             metrics.push(m);
         }
@@ -503,7 +503,7 @@ impl Engine {
                     thread.run();
                 })
                 .map_err(|e| EngineError::Io(e.to_string()))?;
-            shards[i].thread = Some(handle);
+            *shards[i].thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         }
         let seed = Now::system().unix_ms << 16;
         Ok(Engine {
@@ -634,14 +634,15 @@ impl Engine {
 
     /// Stops intake, lets in-flight transactions finish within `grace`, then stops the shards.
     /// Everything not delivered stays in the spool.
-    pub fn shutdown(&mut self, grace: Duration) {
+    pub fn shutdown(&self, grace: Duration) {
         self.accepting.store(false, Ordering::Release);
         for s in &self.shards {
             let _ = s.control.send(Control::Shutdown(grace));
             let _ = s.waker.wake();
         }
-        for s in &mut self.shards {
-            if let Some(t) = s.thread.take() {
+        for s in &self.shards {
+            let t = s.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(t) = t {
                 let _ = t.join();
             }
         }
@@ -651,9 +652,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        if self.shards.iter().any(|s| s.thread.is_some()) {
-            self.shutdown(Duration::from_secs(5));
-        }
+        self.shutdown(Duration::from_secs(5));
     }
 }
 
