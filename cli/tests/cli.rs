@@ -11,7 +11,15 @@ fn vmta() -> Command {
 #[test]
 fn demo_delivers_its_campaign_and_reports_it() {
     let out = vmta()
-        .args(["demo", "--messages", "3000", "--domains", "50", "--hosts", "3"])
+        .args([
+            "demo",
+            "--messages",
+            "3000",
+            "--domains",
+            "50",
+            "--hosts",
+            "3",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -22,7 +30,11 @@ fn demo_delivers_its_campaign_and_reports_it() {
     );
     // One recipient in 50 is unknown to the sink.
     assert!(text.contains("delivered:              2940"), "{text}");
-    assert!(text.contains("  550 5.1.1             60"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("550 5.1.1") && l.trim_end().ends_with(" 60")),
+        "{text}"
+    );
     assert!(
         text.contains("sinks received:       2940 messages"),
         "{text}"
