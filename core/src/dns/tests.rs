@@ -954,3 +954,30 @@ fn rotate_spreads_first_tries() {
     let servers: Vec<_> = sim.sent.iter().map(|s| s.0.to_string()).collect();
     assert_eq!(servers, vec![S1, S2, S1, S2]);
 }
+
+#[test]
+fn formerr_to_edns_is_asked_again_without_it() {
+    let mut r = Resolver::new(Sim::config(), [10; 32]).unwrap();
+    let now = Instant::now();
+    r.lookup(now, 1, Query::Txt("alpha.test".into()));
+    let (ex, server, query) = take_send(&mut r);
+    assert!(query.edns.is_some());
+    let mut formerr = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    formerr.add_query(query.queries[0].clone());
+    formerr.metadata.response_code = ResponseCode::FormErr;
+    r.handle_datagram(now, ex, server, &formerr.to_vec().unwrap());
+    assert_eq!(r.poll_transmit(), Some(Transmit::Close { exchange: ex }));
+    let (ex2, server2, query2) = take_send(&mut r);
+    assert_eq!(server2, server, "same server, same try");
+    assert!(query2.edns.is_none());
+    // A second FORMERR (without EDNS0) is a failed try: the next server is asked.
+    let mut again = formerr.clone();
+    again.metadata.id = query2.metadata.id;
+    r.handle_datagram(now, ex2, server2, &again.to_vec().unwrap());
+    assert_eq!(r.poll_transmit(), Some(Transmit::Close { exchange: ex2 }));
+    let (ex3, server3, query3) = take_send(&mut r);
+    assert_eq!(server3, S2.parse().unwrap());
+    assert!(query3.edns.is_none());
+    r.handle_datagram(now, ex3, server3, &answer(&query3).to_vec().unwrap());
+    assert!(matches!(r.poll_event().unwrap().answer, Answer::Txt(Ok(ref t)) if t.len() == 1));
+}
