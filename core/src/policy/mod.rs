@@ -56,6 +56,9 @@ pub fn submit(
     if registry.get(tenant).is_none() {
         return Err(Refusal::UnknownTenant(tenant.to_string()));
     }
+    if registry.is_locked(tenant) {
+        return Err(Refusal::AccountLocked(tenant.to_string()));
+    }
     let message = validate(message, options, stamp).map_err(Refusal::InvalidMessage)?;
     let tenant = registry.admit(tenant, envelope_sender, &message.from)?;
     Ok(Admitted { tenant, message })
@@ -127,6 +130,11 @@ mod tests {
         r.lock("acme").unwrap();
         let e = submit(&r, "acme", "a@acme.example", msg, &o, &stamp());
         assert_eq!(e.unwrap_err().kind(), "account locked");
+        // Even an invalid message from a locked tenant is refused as locked, before it is read.
+        let e = submit(&r, "acme", "a@acme.example", b"junk", &o, &stamp());
+        assert_eq!(e.unwrap_err().kind(), "account locked");
+        r.unlock("acme").unwrap();
+        assert!(submit(&r, "acme", "a@acme.example", msg, &o, &stamp()).is_ok());
         let e = submit(&r, "other", "a@acme.example", msg, &o, &stamp());
         assert_eq!(e.unwrap_err().kind(), "unknown tenant");
     }
