@@ -2,7 +2,8 @@
 //!
 //! What is checked and done, in the order the bytes arrive:
 //!
-//! - size: at most [`ValidationOptions::max_size`] octets, before and after normalisation;
+//! - size: at most [`ValidationOptions::max_size`] octets, before and after normalisation (not
+//!   counting the Received field; added Date and Message-ID fields get [`ADDED_ALLOWANCE`] octets);
 //! - line endings: a bare CR or a bare LF becomes CRLF (RFC 5322 §2.3, RFC 5321 §2.3.8); a last line
 //!   without an ending gets one;
 //! - line length: at most 998 octets before CRLF (RFC 5322 §2.1.1);
@@ -32,6 +33,10 @@ use super::headers::{Trace, rfc5322_date};
 
 /// The longest line RFC 5322 §2.1.1 allows, without its CRLF.
 pub const MAX_LINE: usize = 998;
+
+/// Octets allowed beyond [`ValidationOptions::max_size`] for the Date and Message-ID fields validation
+/// adds.
+pub const ADDED_ALLOWANCE: usize = 256;
 
 /// What validation adds and how large a message may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +249,8 @@ pub fn validate(
     if let Some(trace) = &stamp.trace {
         trace.write_received(stamp.now, &mut out);
     }
+    let received_len = out.len();
+    let limit = options.max_size.saturating_add(ADDED_ALLOWANCE);
 
     let mut in_header = true;
     let mut header_len = None;
@@ -401,9 +408,9 @@ pub fn validate(
         out.extend_from_slice(content);
         out.extend_from_slice(b"\r\n");
         line += 1;
-        if out.len() > options.max_size.saturating_add(512 + 256) {
+        if out.len() - received_len > limit {
             return Err(MessageError::TooLarge {
-                size: out.len(),
+                size: out.len() - received_len,
                 max: options.max_size,
             });
         }
@@ -446,9 +453,9 @@ pub fn validate(
             .to_string(),
         None => added_id_value,
     };
-    if out.len() > options.max_size.saturating_add(1024) {
+    if out.len() - received_len > limit {
         return Err(MessageError::TooLarge {
-            size: out.len(),
+            size: out.len() - received_len,
             max: options.max_size,
         });
     }
@@ -659,6 +666,17 @@ Message-ID: <x@example.com>\r\nSubject: hi\r\n\r\nbody\r\n";
             validate(b"From: a@example.com\r\n\r\n", &opts, &stamp()),
             Err(MessageError::TooLarge { size: 23, max: 20 })
         );
+        // Bare LFs that become CRLF can push a message over the limit.
+        let mut m = b"From: a@example.com\n\n".to_vec();
+        m.extend(std::iter::repeat_n(b'\n', 400));
+        let opts = ValidationOptions {
+            max_size: 500,
+            ..ValidationOptions::default()
+        };
+        assert!(matches!(
+            validate(&m, &opts, &stamp()),
+            Err(MessageError::TooLarge { .. })
+        ));
     }
 
     #[test]
