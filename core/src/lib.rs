@@ -8,6 +8,10 @@
 //! - [`client`]: a mio driver running one session over one connection (for `vmta send` and tests).
 //! - [`dns`]: the stub resolver (MX per RFC 5321 §5.1, A/AAAA, TXT, PTR) as a sans-IO core over
 //!   hickory-proto, with a mio driver and a blocking front end.
+//! - [`engine`]: the thread-per-core delivery engine joining sessions, resolver and spool: queues,
+//!   routing, connection pools, retries, events and metrics.
+//! - [`spool`]: the durable queue: append-only, checksummed, memory-mapped segment files with group
+//!   commit, crash recovery and compaction.
 //! - [`policy`]: tenants, approved senders, locked accounts, message validation at submission (RFC 5322)
 //!   and the headers vmta adds (Received, List-Unsubscribe, Feedback-ID).
 //! - [`dkim`]: DKIM signing (RFC 6376, RFC 8463).
@@ -20,6 +24,8 @@
 pub mod client;
 pub mod dkim;
 pub mod dns;
+pub mod engine;
 pub mod policy;
 pub mod preflight;
 pub mod smtp;
+pub mod spool;

@@ -7,6 +7,7 @@
 //! (`.ci/deps`), never a silent skip.
 
 pub mod dns;
+pub mod engine;
 pub mod policy;
 pub mod smtp;
 

@@ -22,9 +22,13 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// Starts `smtp-sink` on `ip` (a free port) with extra flags such as `["-r", "RCPT"]`.
     pub fn start(ip: &str, flags: &[&str]) -> SmtpSink {
-        let bin = require("smtp-sink");
         let port = free_tcp_port(ip);
-        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        SmtpSink::start_on(format!("{ip}:{port}").parse().unwrap(), flags)
+    }
+
+    /// Starts `smtp-sink` on `addr` with extra flags.
+    pub fn start_on(addr: SocketAddr, flags: &[&str]) -> SmtpSink {
+        let bin = require("smtp-sink");
         let dump = TempDir::new("sink");
         // smtp-sink drops privileges to `nobody` when run as root; let it write the dumps.
         let _ = std::fs::set_permissions(
@@ -39,7 +43,7 @@ impl SmtpSink {
             .arg(format!("{}/%Y%m%d%H%M%S.", dump.path().display()))
             .args(flags)
             .arg(addr.to_string())
-            .arg("64")
+            .arg("256")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let mut peer = Peer::spawn("smtp-sink", &mut cmd);

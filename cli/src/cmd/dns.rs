@@ -233,3 +233,80 @@ fn to_json(subject: &str, answer: &Answer) -> serde_json::Value {
     };
     json!({ "query": subject, "ok": true, "result": result })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use vmta::dns::{MxHost, Reason};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DnsArgs,
+    }
+
+    fn parse(argv: &[&str]) -> DnsArgs {
+        Cli::try_parse_from(std::iter::once("vmta-dns").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn options_build_the_config() {
+        let args = parse(&[
+            "mx",
+            "alpha.test",
+            "--nameserver",
+            "127.0.10.1:5353",
+            "--nameserver",
+            "[::1]",
+            "--timeout",
+            "3",
+            "--attempts",
+            "1",
+            "--family",
+            "ipv6-first",
+        ]);
+        let c = config(&args.options).unwrap();
+        assert_eq!(
+            c.nameservers,
+            vec![
+                "127.0.10.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        assert_eq!(c.attempts, 1);
+        assert_eq!(c.family, AddressFamily::Ipv6First);
+        assert!(matches!(args.command, DnsCommand::Mx { ref domain } if domain == "alpha.test"));
+        let bad = parse(&["mx", "x.test", "--nameserver", "ns.example"]);
+        assert!(config(&bad.options).is_err());
+        assert!(Cli::try_parse_from(["vmta-dns", "ptr", "not-an-ip"]).is_err());
+    }
+
+    #[test]
+    fn json_output() {
+        let ok = Answer::Mx(Ok(vec![MxHost {
+            name: "mx1.alpha.test".into(),
+            preference: 10,
+            addresses: vec!["127.0.0.2".parse().unwrap()],
+            implicit: false,
+        }]));
+        assert_eq!(
+            to_json("alpha.test", &ok),
+            json!({"query": "alpha.test", "ok": true, "result": [
+                {"host": "mx1.alpha.test", "preference": 10, "addresses": ["127.0.0.2"], "implicit": false}
+            ]})
+        );
+        let failed = Answer::Mx(Err(Failure {
+            reason: Reason::NotAccept,
+            permanent: true,
+            detail: "null MX".into(),
+        }));
+        assert_eq!(
+            to_json("nullmx.test", &failed),
+            json!({"query": "nullmx.test", "ok": false, "reason": "notaccept", "permanent": true, "detail": "null MX"})
+        );
+    }
+}

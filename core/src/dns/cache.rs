@@ -32,14 +32,28 @@ struct Entry {
     seq: u64,
 }
 
-/// A bounded TTL cache keyed by lower-cased name and type.
+/// A bounded TTL cache keyed by type and lower-cased name.
+///
+/// The key is the type (two bytes) followed by the name's labels in wire form (length byte, lower-cased
+/// bytes), built in a reused buffer: a lookup costs one pass over the name and one hash of a byte slice,
+/// with no allocation.
 #[derive(Debug)]
 pub(crate) struct Cache {
-    entries: HashMap<(Name, RecordType), Entry>,
-    by_expiry: BTreeMap<(Instant, u64), (Name, RecordType)>,
+    entries: HashMap<Box<[u8]>, Entry>,
+    by_expiry: BTreeMap<(Instant, u64), Box<[u8]>>,
     capacity: usize,
     seq: u64,
+    scratch: Vec<u8>,
     pub(crate) evictions: u64,
+}
+
+fn write_key(buf: &mut Vec<u8>, name: &Name, rtype: RecordType) {
+    buf.clear();
+    buf.extend_from_slice(&u16::from(rtype).to_be_bytes());
+    for label in name.iter() {
+        buf.push(label.len() as u8);
+        buf.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
 }
 
 impl Cache {
@@ -49,6 +63,7 @@ impl Cache {
             by_expiry: BTreeMap::new(),
             capacity: capacity.max(1),
             seq: 0,
+            scratch: Vec::with_capacity(258),
             evictions: 0,
         }
     }
@@ -59,18 +74,18 @@ impl Cache {
 
     /// The live entry for `name`/`rtype`; an expired entry is removed and not returned.
     pub(crate) fn get(&mut self, now: Instant, name: &Name, rtype: RecordType) -> Option<&Data> {
-        let key = (name.to_lowercase(), rtype);
-        let expired = match self.entries.get(&key) {
+        write_key(&mut self.scratch, name, rtype);
+        let expired = match self.entries.get(&self.scratch[..]) {
             None => return None,
             Some(e) => e.expires <= now,
         };
         if expired {
-            if let Some(e) = self.entries.remove(&key) {
+            if let Some(e) = self.entries.remove(&self.scratch[..]) {
                 self.by_expiry.remove(&(e.expires, e.seq));
             }
             return None;
         }
-        self.entries.get(&key).map(|e| &e.data)
+        self.entries.get(&self.scratch[..]).map(|e| &e.data)
     }
 
     /// Stores `data` for `ttl` from `now`. A zero TTL stores nothing (RFC 1035 §3.2.1: use only for the
@@ -86,7 +101,8 @@ impl Cache {
         if ttl.is_zero() {
             return;
         }
-        let key = (name.to_lowercase(), rtype);
+        write_key(&mut self.scratch, name, rtype);
+        let key: Box<[u8]> = self.scratch.as_slice().into();
         if let Some(old) = self.entries.remove(&key) {
             self.by_expiry.remove(&(old.expires, old.seq));
         }

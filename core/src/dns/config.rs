@@ -1,10 +1,10 @@
 //! Resolver configuration: nameservers, per-query timeout and attempts, cache bounds, address family
 //! preference; read from `/etc/resolv.conf` (resolv.conf(5): `nameserver`, `options timeout:n attempts:n
-//! ndots:n`) or built in code, with `host:port` nameservers for tests and non-standard setups.
+//! ndots:n rotate`) or built in code, with `host:port` nameservers for tests and non-standard setups.
 //!
-//! Not implemented from resolv.conf: `search`/`domain` lists (mail domains are always absolute, so `ndots`
-//! is parsed and kept but never applied), `sortlist`, `options rotate` (servers are always tried in order,
-//! as glibc does without `rotate`), `edns0`/`use-vc` (EDNS0 is always on, TCP is used after truncation).
+//! `options rotate` is honoured. Not implemented from resolv.conf: `search`/`domain` lists (mail domains
+//! are always absolute, so `ndots` is parsed and kept but never applied), `sortlist`, `edns0`/`use-vc`
+//! (EDNS0 is on unless [`Config::edns_payload`] is 0, TCP is used after truncation).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +55,11 @@ pub struct Config {
     pub max_negative_ttl: Duration,
     /// Maximum number of cache entries (one per name and type); the entry closest to expiry is evicted.
     pub cache_capacity: usize,
+    /// `options rotate`: new questions start at the next nameserver in turn instead of the first.
+    pub rotate: bool,
+    /// After a try to a nameserver times out, new questions start at another nameserver for this long
+    /// (the timed-out one is still tried when the others fail); an answer from it ends the hold-down.
+    pub server_holddown: Duration,
     /// Maximum number of exchanges (sockets) open at once; further questions wait in a queue. The mio
     /// driver needs this many consecutive tokens.
     pub max_in_flight: usize,
@@ -80,6 +85,8 @@ impl Default for Config {
             min_ttl: Duration::from_secs(5),
             max_ttl: Duration::from_secs(86_400),
             max_negative_ttl: Duration::from_secs(3_600),
+            rotate: false,
+            server_holddown: Duration::from_secs(30),
             cache_capacity: 10_000,
             max_in_flight: 64,
             max_lookups: 100_000,
@@ -140,6 +147,10 @@ impl Config {
                 }
                 Some("options") => {
                     for option in words {
+                        if option == "rotate" {
+                            config.rotate = true;
+                            continue;
+                        }
                         let (key, value) = option.split_once(':').unwrap_or((option, ""));
                         let Ok(n) = value.parse::<u32>() else {
                             continue;
@@ -235,6 +246,7 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(3));
         assert_eq!(c.attempts, 5);
         assert_eq!(c.ndots, 2);
+        assert!(c.rotate);
         let empty = Config::from_resolv_conf("");
         assert_eq!(empty.nameservers, Config::default().nameservers);
         assert!(empty.validate().is_ok());

@@ -87,6 +87,11 @@ impl Driver {
         self.flush(registry, now);
     }
 
+    /// Forgets the lookups started with `token` (see [`Resolver::cancel`]).
+    pub fn cancel(&mut self, token: u64) -> usize {
+        self.resolver.cancel(token)
+    }
+
     /// The next finished lookup.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.resolver.poll_event()

@@ -20,7 +20,8 @@
 //!   port) per exchange; an answer is accepted only from the server the query went to, with the same ID
 //!   and the same question. Malformed and mismatched messages are counted ([`Stats`]) and dropped.
 //! - Retries: each try waits [`Config::timeout`]; tries rotate over the nameservers, `attempts` rounds in
-//!   all (resolv.conf semantics). A truncated UDP answer (TC bit) is asked again over TCP (RFC 7766) to
+//!   all (resolv.conf semantics, `options rotate` included). A nameserver that timed out is not asked
+//!   first for [`Config::server_holddown`]. A truncated UDP answer (TC bit) is asked again over TCP (RFC 7766) to
 //!   the same server. EDNS0 (RFC 6891) advertises a 1232-byte UDP payload.
 //! - `/etc/resolv.conf` (`nameserver`, `options timeout attempts ndots`) or explicit `host:port`
 //!   nameservers ([`config`]).
@@ -28,7 +29,7 @@
 //! # What it does not do
 //!
 //! No iterative resolution (it needs a recursive nameserver), no DNSSEC validation, no DNS over TLS/HTTPS,
-//! no search lists (every name is absolute), no `options rotate`, no retry without EDNS0 after FORMERR
+//! no search lists (every name is absolute), no retry without EDNS0 after FORMERR
 //! (such a server counts as failed and the next one is tried), no use of additional-section records, no
 //! cancellation of a lookup once started (its answer arrives and can be ignored).
 //!

@@ -90,6 +90,8 @@ struct Question {
     name: Name,
     qtype: RecordType,
     waiters: Vec<u64>,
+    /// Index of the nameserver for the first try; try `k` goes to `first_server + k`.
+    first_server: usize,
     tries: u32,
     last_error: String,
 }
@@ -122,6 +124,9 @@ pub struct Resolver {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_id: u64,
+    /// Per nameserver: until when it is skipped for first tries after a timeout.
+    server_suspect_until: Vec<Option<Instant>>,
+    rotation: usize,
     stats: Stats,
 }
 
@@ -145,6 +150,8 @@ impl Resolver {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 0,
+            server_suspect_until: vec![None; config.nameservers.len()],
+            rotation: config.nameservers.len().saturating_sub(1),
             stats: Stats::default(),
             config,
         })
@@ -235,6 +242,15 @@ impl Resolver {
         self.run(now);
     }
 
+    /// Forgets every lookup started with `token`: no [`Event`] will come for it. Returns how many were
+    /// dropped. Questions already on the wire run to their end (their answers still fill the cache and
+    /// any other lookup waiting on them). Cost: a scan over the lookups in progress.
+    pub fn cancel(&mut self, token: u64) -> usize {
+        let before = self.lookups.len();
+        self.lookups.retain(|_, l| l.token != token);
+        before - self.lookups.len()
+    }
+
     /// The next socket operation for the driver, in order.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
@@ -257,6 +273,9 @@ impl Resolver {
             let expired = matches!(&self.exchanges[slot], Some(e) if e.deadline <= now);
             if expired && let Some(ex) = self.close(slot) {
                 self.stats.timeouts += 1;
+                if let Some(i) = self.server_index(ex.server) {
+                    self.server_suspect_until[i] = Some(now + self.config.server_holddown);
+                }
                 let error = format!(
                     "no answer from {} within {:?} ({:?})",
                     ex.server, self.config.timeout, ex.transport
@@ -360,46 +379,49 @@ impl Resolver {
         self.next_id
     }
 
-    /// Gives lookup `id` one slot per ask and starts a chase for each.
+    /// Gives lookup `id` one slot per ask; each is answered from the cache or becomes a chase.
     fn ask(&mut self, now: Instant, id: u64, asks: Vec<(Name, RecordType)>) {
         if let Some(l) = self.lookups.get_mut(&id) {
             l.slots = vec![None; asks.len()];
             l.pending = asks.len();
         }
         for (slot, (name, qtype)) in asks.into_iter().enumerate() {
-            let cid = self.next_id();
-            self.chases.insert(
-                cid,
-                Chase {
-                    lookup: id,
-                    slot,
-                    name,
-                    qtype,
-                    hops: 0,
-                },
-            );
-            self.step_chase(now, cid);
+            match self.answer_from_cache(now, name, qtype, 0) {
+                Ok(fin) => self.done.push_back((id, slot, fin)),
+                Err((name, hops)) => {
+                    let cid = self.next_id();
+                    self.chases.insert(
+                        cid,
+                        Chase {
+                            lookup: id,
+                            slot,
+                            name: name.clone(),
+                            qtype,
+                            hops,
+                        },
+                    );
+                    self.attach(now, cid, name, qtype);
+                }
+            }
         }
     }
 
-    /// Moves a chase on: from the cache (following cached CNAMEs), else onto a question.
-    fn step_chase(&mut self, now: Instant, cid: u64) {
+    /// Answers `name`/`qtype` from the cache, following cached CNAMEs (counting `hops`). `Err` is the
+    /// name to ask the wire for, with the hops so far.
+    fn answer_from_cache(
+        &mut self,
+        now: Instant,
+        mut name: Name,
+        qtype: RecordType,
+        mut hops: u32,
+    ) -> Result<Final, (Name, u32)> {
         let limit = self.config.cname_limit;
-        let Some((mut name, qtype, mut hops)) = self
-            .chases
-            .get(&cid)
-            .map(|c| (c.name.clone(), c.qtype, c.hops))
-        else {
-            return;
-        };
         loop {
             if hops > limit {
-                let f = Failure::temporary(
+                return Ok(Final::Failed(Failure::temporary(
                     Reason::NetworkError,
                     format!("CNAME chain longer than {limit} at {name}"),
-                );
-                self.finish_chase(cid, Final::Failed(f));
-                return;
+                )));
             }
             let hit = match self.cache.get(now, &name, qtype) {
                 Some(Data::Records(r)) => Some(Final::Records(r.clone())),
@@ -409,22 +431,44 @@ impl Resolver {
             };
             if let Some(fin) = hit {
                 self.stats.cache_hits += 1;
-                self.finish_chase(cid, fin);
-                return;
+                return Ok(fin);
             }
             match self.cache.get(now, &name, RecordType::CNAME) {
                 Some(Data::Cname(target)) => {
                     name = target.clone();
                     hops += 1;
                 }
-                _ => break,
+                _ => {
+                    self.stats.cache_misses += 1;
+                    return Err((name, hops));
+                }
             }
         }
-        if let Some(chase) = self.chases.get_mut(&cid) {
-            chase.name = name.clone();
-            chase.hops = hops;
+    }
+
+    /// Moves a chase on after its question ended in a CNAME: from the cache, else onto a question.
+    fn step_chase(&mut self, now: Instant, cid: u64) {
+        let Some((name, qtype, hops)) = self
+            .chases
+            .get(&cid)
+            .map(|c| (c.name.clone(), c.qtype, c.hops))
+        else {
+            return;
+        };
+        match self.answer_from_cache(now, name, qtype, hops) {
+            Ok(fin) => self.finish_chase(cid, fin),
+            Err((name, hops)) => {
+                if let Some(chase) = self.chases.get_mut(&cid) {
+                    chase.name = name.clone();
+                    chase.hops = hops;
+                }
+                self.attach(now, cid, name, qtype);
+            }
         }
-        self.stats.cache_misses += 1;
+    }
+
+    /// Puts a chase on the question for `name`/`qtype`, joining one already on the wire.
+    fn attach(&mut self, now: Instant, cid: u64, name: Name, qtype: RecordType) {
         let key = (name.to_lowercase(), qtype);
         if let Some(qid) = self.question_index.get(&key) {
             self.stats.coalesced += 1;
@@ -434,6 +478,7 @@ impl Resolver {
             return;
         }
         let qid = self.next_id();
+        let first_server = self.pick_first_server(now);
         self.question_index.insert(key.clone(), qid);
         self.questions.insert(
             qid,
@@ -442,6 +487,7 @@ impl Resolver {
                 qtype: key.1,
                 waiters: vec![cid],
                 tries: 0,
+                first_server,
                 last_error: String::new(),
             },
         );
@@ -454,13 +500,33 @@ impl Resolver {
         }
     }
 
+    /// The nameserver a new question tries first: the next in turn with `rotate`, else the first; either
+    /// way skipping servers that timed out within [`Config::server_holddown`] while another is not.
+    fn pick_first_server(&mut self, now: Instant) -> usize {
+        let n = self.config.nameservers.len();
+        let start = if self.config.rotate {
+            self.rotation = (self.rotation + 1) % n;
+            self.rotation
+        } else {
+            0
+        };
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.server_suspect_until[i].is_none_or(|t| t <= now))
+            .unwrap_or(start)
+    }
+
+    fn server_index(&self, server: SocketAddr) -> Option<usize> {
+        self.config.nameservers.iter().position(|s| *s == server)
+    }
+
     /// Sends the question's next try over UDP, or queues it until an exchange slot is free.
     fn start_try(&mut self, now: Instant, qid: u64) {
         let Some(q) = self.questions.get(&qid) else {
             return;
         };
         let servers = &self.config.nameservers;
-        let server = servers[q.tries as usize % servers.len()];
+        let server = servers[(q.first_server + q.tries as usize) % servers.len()];
         if self.free_slots.is_empty() {
             self.waiting.push_back(qid);
         } else {
@@ -469,7 +535,12 @@ impl Resolver {
     }
 
     fn open(&mut self, now: Instant, qid: u64, server: SocketAddr, transport: Transport) {
-        let (Some(q), Some(slot)) = (self.questions.get(&qid), self.free_slots.pop_front()) else {
+        let Some(q) = self.questions.get(&qid) else {
+            return;
+        };
+        let Some(slot) = self.free_slots.pop_front() else {
+            // Callers free a slot first; should none be free, the question waits for one (over UDP).
+            self.waiting.push_back(qid);
             return;
         };
         let id: u16 = self.rng.random();
@@ -541,6 +612,9 @@ impl Resolver {
             return;
         };
         self.stats.answers += 1;
+        if let Some(i) = self.server_index(ex.server) {
+            self.server_suspect_until[i] = None;
+        }
         let (qname, qtype) = (q.name.clone(), q.qtype);
         match wire::read_answer(msg, &qname, qtype, self.config.cname_limit) {
             Reading::Truncated if ex.transport == Transport::Udp => {
@@ -767,9 +841,27 @@ impl Resolver {
             ));
         }
         hosts.retain(|(h, _)| !h.is_root());
+        if hosts.is_empty() {
+            // MX-typed records that did not decode as MX data (an empty RDATA, say).
+            return Err(Failure::temporary(
+                Reason::NetworkError,
+                format!("{domain} has MX records without a usable exchange"),
+            ));
+        }
         hosts.sort_by_key(|(_, p)| *p);
-        let mut seen = std::collections::HashSet::new();
-        hosts.retain(|(h, _)| seen.insert(h.to_lowercase()));
+        // Drop repeated hosts (keeping the best preference); names compare case-insensitively.
+        if hosts.len() <= 32 {
+            let mut kept: Vec<(Name, u16)> = Vec::with_capacity(hosts.len());
+            for (h, p) in hosts {
+                if !kept.iter().any(|(k, _)| *k == h) {
+                    kept.push((h, p));
+                }
+            }
+            hosts = kept;
+        } else {
+            let mut seen = std::collections::HashSet::new();
+            hosts.retain(|(h, _)| seen.insert(h.clone()));
+        }
         // Fisher-Yates within each run of equal preference.
         let mut start = 0;
         while start < hosts.len() {

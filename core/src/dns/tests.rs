@@ -695,3 +695,262 @@ fn busy_and_invalid_names_fail_at_once() {
     assert_eq!(f.token, 3);
     assert!(f.answer.failure().unwrap().permanent);
 }
+
+#[test]
+fn resolver_and_driver_can_move_to_a_shard_thread() {
+    fn is_send<T: Send>() {}
+    is_send::<Resolver>();
+    is_send::<Driver>();
+    is_send::<BlockingResolver>();
+}
+
+#[test]
+fn null_mx_mixed_with_real_hosts_keeps_the_real_ones_once() {
+    let mut r = Resolver::new(Sim::config(), [4; 32]).unwrap();
+    let now = Instant::now();
+    r.lookup(now, 1, Query::Mx("mixed.test".into()));
+    let (ex, server, query) = take_send(&mut r);
+    let mut m = answer(&query);
+    m.answers.clear();
+    m.authorities.clear();
+    m.metadata.response_code = ResponseCode::NoError;
+    let dup = n("MX1.Alpha.test.");
+    for (p, h) in [(0, Name::root()), (10, n("mx1.alpha.test.")), (20, dup)] {
+        m.add_answer(Record::from_rdata(
+            n("mixed.test."),
+            60,
+            RData::MX(MX::new(p, h)),
+        ));
+    }
+    r.handle_datagram(now, ex, server, &m.to_vec().unwrap());
+    // Answer the address questions from the zone.
+    while let Some(t) = r.poll_transmit() {
+        if let Transmit::Send {
+            exchange,
+            server,
+            payload,
+            ..
+        } = t
+        {
+            let q = Message::from_vec(&payload).unwrap();
+            r.handle_datagram(now, exchange, server, &answer(&q).to_vec().unwrap());
+        }
+    }
+    match r.poll_event().unwrap().answer {
+        Answer::Mx(Ok(hosts)) => {
+            assert_eq!(hosts.len(), 1);
+            assert_eq!(hosts[0].name, "mx1.alpha.test");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn cname_answer_without_target_records_asks_for_the_target() {
+    let mut r = Resolver::new(Sim::config(), [5; 32]).unwrap();
+    let now = Instant::now();
+    r.lookup(now, 1, Query::Ip("alias.example".into()));
+    let (ex_a, server, qa) = take_send(&mut r);
+    let (ex_aaaa, _, qaaaa) = take_send(&mut r);
+    for (ex, q) in [(ex_a, qa), (ex_aaaa, qaaaa)] {
+        let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        m.add_query(q.queries[0].clone());
+        m.add_answer(Record::from_rdata(
+            n("alias.example."),
+            60,
+            RData::CNAME(CNAME(n("mx1.alpha.test."))),
+        ));
+        r.handle_datagram(now, ex, server, &m.to_vec().unwrap());
+    }
+    let mut asked = Vec::new();
+    while let Some(t) = r.poll_transmit() {
+        if let Transmit::Send {
+            exchange,
+            server,
+            payload,
+            ..
+        } = t
+        {
+            let q = Message::from_vec(&payload).unwrap();
+            asked.push((q.queries[0].name().to_ascii(), q.queries[0].query_type()));
+            r.handle_datagram(now, exchange, server, &answer(&q).to_vec().unwrap());
+        }
+    }
+    asked.sort();
+    assert_eq!(
+        asked,
+        vec![
+            ("mx1.alpha.test.".to_string(), RecordType::A),
+            ("mx1.alpha.test.".to_string(), RecordType::AAAA)
+        ]
+    );
+    assert_eq!(
+        r.poll_event().unwrap().answer,
+        Answer::Ip(Ok(vec![ip("127.0.0.2")]))
+    );
+}
+
+#[test]
+fn full_cache_evicts_and_stays_bounded() {
+    let mut sim = Sim::new(Config {
+        cache_capacity: 4,
+        ..Sim::config()
+    });
+    for (i, d) in ["alpha.test", "beta.test", "nomx.test", "cname.test"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            sim.lookup(i as u64, Query::Mx((*d).into()))
+                .failure()
+                .is_none()
+        );
+    }
+    let s = sim.r.stats();
+    assert_eq!(s.cache_entries, 4);
+    assert!(s.evictions > 0);
+    // Still correct after evictions.
+    assert_eq!(sim.mx("alpha.test").unwrap().len(), 2);
+}
+
+#[test]
+fn cancelled_lookup_sends_no_event_but_its_answers_are_cached() {
+    let mut sim = Sim::new(Sim::config());
+    sim.r.lookup(sim.now, 1, Query::Mx("alpha.test".into()));
+    sim.r.lookup(sim.now, 2, Query::Mx("beta.test".into()));
+    assert_eq!(sim.r.cancel(1), 1);
+    assert_eq!(sim.r.cancel(1), 0);
+    sim.settle();
+    assert_eq!(sim.events.len(), 1);
+    assert_eq!(sim.events[0].token, 2);
+    assert_eq!(sim.r.lookups_in_progress(), 0);
+    // The cancelled lookup's MX question still completed and was cached.
+    let sent = sim.sent.len();
+    sim.r.lookup(sim.now, 3, Query::Mx("alpha.test".into()));
+    sim.settle();
+    assert!(
+        sim.sent.len() > sent,
+        "host addresses were never asked: more questions now"
+    );
+    assert!(sim.sent[sent..].iter().all(|s| s.3 != RecordType::MX));
+}
+
+#[test]
+fn mx_record_with_empty_rdata_is_malformed() {
+    let mut r = Resolver::new(Sim::config(), [6; 32]).unwrap();
+    let now = Instant::now();
+    r.lookup(now, 1, Query::Mx("empty.test".into()));
+    let (ex, server, query) = take_send(&mut r);
+    let mut m = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    m.add_query(query.queries[0].clone());
+    m.add_answer(Record::update0(n("empty.test."), 60, RecordType::MX));
+    r.handle_datagram(now, ex, server, &m.to_vec().unwrap());
+    assert_eq!(r.stats().malformed, 1);
+    assert!(r.poll_event().is_none());
+    // The try still times out and the lookup ends after the last one.
+    let mut t = now;
+    while let Some(deadline) = r.poll_timeout() {
+        t = deadline;
+        r.handle_timeout(t);
+        while let Some(Transmit::Send { .. } | Transmit::Close { .. }) = r.poll_transmit() {}
+    }
+    let f = r.poll_event().expect("the lookup ends").answer;
+    assert!(!f.failure().unwrap().permanent);
+    assert_eq!(t - now, Duration::from_secs(8));
+}
+
+#[test]
+fn tcp_answer_split_at_every_position() {
+    let mut sim_answer = None;
+    for cut in 0.. {
+        let mut r = Resolver::new(
+            Config {
+                family: AddressFamily::Ipv4Only,
+                ..Sim::config()
+            },
+            [8; 32],
+        )
+        .unwrap();
+        let now = Instant::now();
+        r.lookup(now, 1, Query::Ip("mx1.alpha.test".into()));
+        let (ex, server, query) = take_send(&mut r);
+        let mut tc = answer(&query);
+        tc.answers.clear();
+        tc.metadata.truncation = true;
+        r.handle_datagram(now, ex, server, &tc.to_vec().unwrap());
+        assert_eq!(r.poll_transmit(), Some(Transmit::Close { exchange: ex }));
+        let (tcp_ex, payload) = match r.poll_transmit() {
+            Some(Transmit::Send {
+                exchange,
+                transport: Transport::Tcp,
+                payload,
+                ..
+            }) => (exchange, payload),
+            other => panic!("{other:?}"),
+        };
+        let q = Message::from_vec(&payload[2..]).unwrap();
+        let bytes = answer(&q).to_vec().unwrap();
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        if cut > framed.len() {
+            break;
+        }
+        r.handle_stream(now, tcp_ex, &framed[..cut]);
+        if cut < framed.len() {
+            assert!(
+                r.poll_event().is_none(),
+                "complete before the last byte at cut {cut}"
+            );
+        }
+        r.handle_stream(now, tcp_ex, &framed[cut..]);
+        let e = r.poll_event().expect("answer after the whole message");
+        match &sim_answer {
+            None => sim_answer = Some(e.answer),
+            Some(a) => assert_eq!(a, &e.answer, "cut {cut}"),
+        }
+    }
+    assert_eq!(sim_answer, Some(Answer::Ip(Ok(vec![ip("127.0.0.2")]))));
+}
+
+#[test]
+fn timed_out_server_is_held_down_for_new_questions() {
+    let mut sim = Sim::new(Sim::config());
+    sim.servers.insert(S1.parse().unwrap(), Behaviour::Silent);
+    let t0 = sim.now;
+    sim.lookup(1, Query::Txt("alpha.test".into()));
+    assert_eq!(sim.now - t0, Duration::from_secs(2), "one timeout on S1");
+    // A new question starts at S2 at once.
+    let t1 = sim.now;
+    let n = sim.sent.len();
+    sim.lookup(2, Query::Txt("nomx.test".into()));
+    assert_eq!(sim.now, t1);
+    assert_eq!(sim.sent[n].0, S2.parse().unwrap());
+    // After the hold-down S1 is first again (and, still silent, held down again).
+    sim.now += Duration::from_secs(31);
+    let n = sim.sent.len();
+    sim.lookup(3, Query::Txt("beta.test".into()));
+    assert_eq!(sim.sent[n].0, S1.parse().unwrap());
+    // S1 answers again: an answer ends its hold-down.
+    sim.servers.insert(S1.parse().unwrap(), Behaviour::Answer);
+    sim.now += Duration::from_secs(31);
+    sim.lookup(4, Query::Txt("mx1.alpha.test".into()));
+    let n = sim.sent.len();
+    sim.lookup(5, Query::Txt("mx2.alpha.test".into()));
+    assert_eq!(sim.sent[n].0, S1.parse().unwrap());
+}
+
+#[test]
+fn rotate_spreads_first_tries() {
+    let mut sim = Sim::new(Config {
+        rotate: true,
+        ..Sim::config()
+    });
+    for (i, d) in ["alpha.test", "beta.test", "nomx.test", "nullmx.test"]
+        .iter()
+        .enumerate()
+    {
+        sim.lookup(i as u64, Query::Txt((*d).into()));
+    }
+    let servers: Vec<_> = sim.sent.iter().map(|s| s.0.to_string()).collect();
+    assert_eq!(servers, vec![S1, S2, S1, S2]);
+}
