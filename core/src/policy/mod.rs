@@ -30,7 +30,10 @@ use std::sync::Arc;
 
 pub use headers::{Trace, UnsubscribeFields, UnsubscribeTemplate, feedback_id, rfc5322_date};
 pub use message::{MessageError, Stamp, ValidatedMessage, ValidationOptions, validate};
-pub use tenant::{ConfigError, PolicyConfig, Refusal, Tenant, TenantConfig, TenantRegistry};
+pub use tenant::{
+    ConfigError, PolicyConfig, Refusal, Tenant, TenantConfig, TenantRegistry,
+    address_needs_smtputf8,
+};
 
 /// A submission that passed policy: the tenant it belongs to and the normalised message.
 #[derive(Debug, Clone)]

@@ -300,6 +300,25 @@ impl Tenant {
             })
             .max_by_key(|s| s.config().domain.len())
     }
+
+    /// Every signer for mail from `domain` with the `d=` [`Self::signer_for`] picks: a tenant with an
+    /// RSA and an Ed25519 key for one domain signs twice (RFC 8463 §4 recommends it while receivers
+    /// that know only RSA remain). Apply them in order, each on the output of the one before.
+    pub fn signers_for(&self, domain: &str) -> Vec<&Signer> {
+        let Some(best) = self.signer_for(domain) else {
+            return Vec::new();
+        };
+        let d = &best.config().domain;
+        self.signers
+            .iter()
+            .filter(|s| s.config().domain == *d)
+            .collect()
+    }
+}
+
+/// Whether an envelope address needs SMTPUTF8 (RFC 6531): it holds a non-ASCII character.
+pub fn address_needs_smtputf8(address: &str) -> bool {
+    !address.is_ascii()
 }
 
 fn load_signer(tenant: &str, k: &DkimKeyConfig, base_dir: &Path) -> Result<Signer, ConfigError> {
@@ -646,6 +665,10 @@ locked = true
         assert!(u.list_unsubscribe_post.is_some());
         assert!(t.signer_for("eu.mail.acme.example").is_some());
         assert!(t.signer_for("other.example").is_none());
+        assert_eq!(t.signers_for("eu.mail.acme.example").len(), 1);
+        assert!(t.signers_for("other.example").is_empty());
+        assert!(address_needs_smtputf8("jörg@example.com"));
+        assert!(!address_needs_smtputf8("jorg@example.com"));
     }
 
     #[test]
