@@ -211,6 +211,24 @@ impl Tenant {
         if let Some(u) = &config.unsubscribe {
             u.validate()
                 .map_err(|e: HeaderError| invalid(format!("unsubscribe: {e}")))?;
+            // RFC 8058 §4: one-click only counts when a DKIM signature covers both fields.
+            if u.one_click {
+                for s in &signers {
+                    let covers = |name: &str| {
+                        s.config()
+                            .headers
+                            .iter()
+                            .any(|h| h.eq_ignore_ascii_case(name))
+                    };
+                    if !covers("List-Unsubscribe") || !covers("List-Unsubscribe-Post") {
+                        return Err(invalid(format!(
+                            "one-click unsubscribe needs List-Unsubscribe and List-Unsubscribe-Post \
+                             in the signed header list of the {} key (RFC 8058 §4)",
+                            s.config().domain
+                        )));
+                    }
+                }
+            }
         }
         if let Some(id) = &config.feedback_sender_id {
             super::headers::feedback_id(None, None, None, id)
@@ -717,8 +735,16 @@ locked = true
             Err(ConfigError::Invalid { .. })
         ));
         let mut c = config();
-        c.tenants[0].dkim[0].key_file = Some("/nonexistent.pem".into());
-        assert!(TenantRegistry::from_config(&c, Path::new(".")).is_err());
+        c.tenants[0].dkim[0].headers = Some(vec!["From".into(), "Subject".into()]);
+        let e = TenantRegistry::from_config(&c, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("RFC 8058"), "{e}");
+        let mut c = config();
+        c.tenants[0].dkim[0].key_file = Some("no-such-dir/key.pem".into());
+        let e = TenantRegistry::from_config(&c, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("exactly one"), "{e}");
+        c.tenants[0].dkim[0].key_pem = None;
+        let e = TenantRegistry::from_config(&c, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("no-such-dir/key.pem"), "{e}");
         assert!(PolicyConfig::from_toml("[[tenant]]\nname = 1").is_err());
         assert!(
             PolicyConfig::from_toml("[[tenant]]\nname = \"a\"\npool = \"p\"\ncolour = 1").is_err()
