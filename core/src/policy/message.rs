@@ -98,6 +98,8 @@ pub enum MessageError {
         /// The line.
         line: usize,
     },
+    /// The message starts with an mbox `From ` separator line, which is not part of the message.
+    MboxSeparator,
     /// A header line with no colon: not a field.
     NotAHeaderField {
         /// The line.
@@ -149,6 +151,9 @@ impl fmt::Display for MessageError {
                 "line {line}: {length} octets, longer than the {MAX_LINE} RFC 5322 allows"
             ),
             MessageError::NulByte { line } => write!(f, "line {line}: NUL octet"),
+            MessageError::MboxSeparator => f.write_str(
+                "line 1: an mbox \"From \" separator line, not a header field (strip it before submitting)",
+            ),
             MessageError::NotAHeaderField { line } => {
                 write!(f, "line {line}: header line without a colon (not a field)")
             }
@@ -378,6 +383,9 @@ pub fn validate(
                     &mut message_id,
                     &mut sender,
                 )?;
+                if line == 1 && content.starts_with(b"From ") {
+                    return Err(MessageError::MboxSeparator);
+                }
                 let colon = match content.iter().position(|&b| b == b':') {
                     Some(c) => c,
                     None => return Err(MessageError::NotAHeaderField { line }),
@@ -604,6 +612,10 @@ Message-ID: <x@example.com>\r\nSubject: hi\r\n\r\nbody\r\n";
             }
         );
         assert_eq!(err(b"Subject: x\r\n\r\nbody"), MessageError::MissingFrom);
+        assert_eq!(
+            err(b"From MAILER-DAEMON Fri Feb  2 18:30:22 2018\nFrom: a@b.c\n\n"),
+            MessageError::MboxSeparator
+        );
         assert_eq!(
             err(b"From: a@b.c\r\n\r\nx\0y\r\n"),
             MessageError::NulByte { line: 3 }
