@@ -266,3 +266,89 @@ fn find_after_signature(signed: &[u8]) -> usize {
     }
     signed.len()
 }
+
+/// A tenant from TOML with an RSA and an Ed25519 key for one domain: the submission pipeline admits
+/// the message, adds the per-recipient fields, and both signatures verify in dkimpy.
+#[test]
+fn tenant_configuration_signs_twice_and_both_verify() {
+    let toml = r#"
+[[tenant]]
+name = "acme"
+pool = "shared"
+sender_domains = ["dual.test"]
+feedback_sender_id = "vmta"
+
+[[tenant.dkim]]
+domain = "dual.test"
+selector = "r"
+key_file = "rsa2048.pem"
+algorithm = "rsa-sha256"
+oversign = true
+
+[[tenant.dkim]]
+domain = "dual.test"
+selector = "e"
+key_file = "ed25519.pem"
+canonicalization = "simple/simple"
+
+[tenant.unsubscribe]
+url = "https://u.dual.test/u/{token}?r={recipient}"
+one_click = true
+secret = "s"
+"#;
+    let config = policy::PolicyConfig::from_toml(toml).unwrap();
+    let registry =
+        policy::TenantRegistry::from_config(&config, &data_dir().join("policy")).unwrap();
+    let stamp = Stamp {
+        now: T,
+        unique_id: "q7",
+        trace: None,
+    };
+    let options = ValidationOptions {
+        message_id_domain: "dual.test".into(),
+        ..ValidationOptions::default()
+    };
+    let admitted = policy::submit(
+        &registry,
+        "acme",
+        "bounces@dual.test",
+        b"From: Acme <news@dual.test>\nTo: ann@example.net\nSubject: two signatures\n\nHello.\n",
+        &options,
+        &stamp,
+    )
+    .unwrap();
+    let tenant = admitted.tenant.clone();
+    let mut fields = Vec::new();
+    tenant
+        .unsubscribe_fields("ann@example.net", &admitted.message.message_id)
+        .unwrap()
+        .write(&mut fields);
+    fields.extend_from_slice(
+        tenant
+            .feedback_id(Some("c9"), None)
+            .unwrap()
+            .unwrap()
+            .as_bytes(),
+    );
+    let mut message = policy::with_fields(&admitted.message, &fields);
+    let signers = tenant.signers_for("dual.test");
+    assert_eq!(signers.len(), 2);
+    for s in &signers {
+        message = s.sign_message(&message, T).unwrap();
+    }
+    let records: Vec<String> = signers
+        .iter()
+        .map(|s| {
+            txt_record(
+                &format!("{}._domainkey.dual.test", s.config().selector),
+                &s.key().public_key_record(),
+            )
+        })
+        .collect();
+    let zone = start_zone("127.0.20.5", &["test"], &records);
+    let dir = TempDir::new("policy-dual");
+    let path = write(dir.path(), "dual.eml", &message);
+    let (ok, out) = dkimpy_verify(zone.addr, &[&path]);
+    assert!(ok, "{out}");
+    assert!(out.contains("pass (2 signatures)"), "{out}");
+}

@@ -174,4 +174,29 @@ fn preflight_prints_verdicts_and_exit_status() {
         text.contains("blocklist  fail  192.0.2.66 is LISTED on bl.test"),
         "{text}"
     );
+
+    // JSON: one object per check.
+    let out = vmta()
+        .args([
+            "preflight",
+            "--json",
+            "--domain",
+            "good.test",
+            "--ip",
+            "192.0.2.10",
+            "--selector",
+            "ed",
+        ])
+        .args(["--nameserver", &zone.addr.to_string(), "--no-blocklists"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = v.as_array().unwrap();
+    assert_eq!(checks.len(), 5, "{v}");
+    assert_eq!(checks[0]["check"], "spf");
+    assert_eq!(checks[0]["verdict"], "pass");
+    // Without --key the published key cannot be compared: a warning.
+    assert_eq!(checks[1]["check"], "dkim");
+    assert_eq!(checks[1]["verdict"], "warn");
 }

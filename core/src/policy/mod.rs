@@ -30,7 +30,10 @@ use std::sync::Arc;
 
 pub use headers::{Trace, UnsubscribeFields, UnsubscribeTemplate, feedback_id, rfc5322_date};
 pub use message::{MessageError, Stamp, ValidatedMessage, ValidationOptions, validate};
-pub use tenant::{ConfigError, PolicyConfig, Refusal, Tenant, TenantConfig, TenantRegistry};
+pub use tenant::{
+    ConfigError, PolicyConfig, Refusal, Tenant, TenantConfig, TenantRegistry,
+    address_needs_smtputf8,
+};
 
 /// A submission that passed policy: the tenant it belongs to and the normalised message.
 #[derive(Debug, Clone)]
@@ -55,6 +58,9 @@ pub fn submit(
     // Unknown and locked tenants are refused before the message is even read.
     if registry.get(tenant).is_none() {
         return Err(Refusal::UnknownTenant(tenant.to_string()));
+    }
+    if registry.is_locked(tenant) {
+        return Err(Refusal::AccountLocked(tenant.to_string()));
     }
     let message = validate(message, options, stamp).map_err(Refusal::InvalidMessage)?;
     let tenant = registry.admit(tenant, envelope_sender, &message.from)?;
@@ -127,6 +133,11 @@ mod tests {
         r.lock("acme").unwrap();
         let e = submit(&r, "acme", "a@acme.example", msg, &o, &stamp());
         assert_eq!(e.unwrap_err().kind(), "account locked");
+        // Even an invalid message from a locked tenant is refused as locked, before it is read.
+        let e = submit(&r, "acme", "a@acme.example", b"junk", &o, &stamp());
+        assert_eq!(e.unwrap_err().kind(), "account locked");
+        r.unlock("acme").unwrap();
+        assert!(submit(&r, "acme", "a@acme.example", msg, &o, &stamp()).is_ok());
         let e = submit(&r, "other", "a@acme.example", msg, &o, &stamp());
         assert_eq!(e.unwrap_err().kind(), "unknown tenant");
     }

@@ -211,6 +211,24 @@ impl Tenant {
         if let Some(u) = &config.unsubscribe {
             u.validate()
                 .map_err(|e: HeaderError| invalid(format!("unsubscribe: {e}")))?;
+            // RFC 8058 §4: one-click only counts when a DKIM signature covers both fields.
+            if u.one_click {
+                for s in &signers {
+                    let covers = |name: &str| {
+                        s.config()
+                            .headers
+                            .iter()
+                            .any(|h| h.eq_ignore_ascii_case(name))
+                    };
+                    if !covers("List-Unsubscribe") || !covers("List-Unsubscribe-Post") {
+                        return Err(invalid(format!(
+                            "one-click unsubscribe needs List-Unsubscribe and List-Unsubscribe-Post \
+                             in the signed header list of the {} key (RFC 8058 §4)",
+                            s.config().domain
+                        )));
+                    }
+                }
+            }
         }
         if let Some(id) = &config.feedback_sender_id {
             super::headers::feedback_id(None, None, None, id)
@@ -300,6 +318,25 @@ impl Tenant {
             })
             .max_by_key(|s| s.config().domain.len())
     }
+
+    /// Every signer for mail from `domain` with the `d=` [`Self::signer_for`] picks: a tenant with an
+    /// RSA and an Ed25519 key for one domain signs twice (RFC 8463 §4 recommends it while receivers
+    /// that know only RSA remain). Apply them in order, each on the output of the one before.
+    pub fn signers_for(&self, domain: &str) -> Vec<&Signer> {
+        let Some(best) = self.signer_for(domain) else {
+            return Vec::new();
+        };
+        let d = &best.config().domain;
+        self.signers
+            .iter()
+            .filter(|s| s.config().domain == *d)
+            .collect()
+    }
+}
+
+/// Whether an envelope address needs SMTPUTF8 (RFC 6531): it holds a non-ASCII character.
+pub fn address_needs_smtputf8(address: &str) -> bool {
+    !address.is_ascii()
 }
 
 fn load_signer(tenant: &str, k: &DkimKeyConfig, base_dir: &Path) -> Result<Signer, ConfigError> {
@@ -646,6 +683,10 @@ locked = true
         assert!(u.list_unsubscribe_post.is_some());
         assert!(t.signer_for("eu.mail.acme.example").is_some());
         assert!(t.signer_for("other.example").is_none());
+        assert_eq!(t.signers_for("eu.mail.acme.example").len(), 1);
+        assert!(t.signers_for("other.example").is_empty());
+        assert!(address_needs_smtputf8("jörg@example.com"));
+        assert!(!address_needs_smtputf8("jorg@example.com"));
     }
 
     #[test]
@@ -694,8 +735,16 @@ locked = true
             Err(ConfigError::Invalid { .. })
         ));
         let mut c = config();
-        c.tenants[0].dkim[0].key_file = Some("/nonexistent.pem".into());
-        assert!(TenantRegistry::from_config(&c, Path::new(".")).is_err());
+        c.tenants[0].dkim[0].headers = Some(vec!["From".into(), "Subject".into()]);
+        let e = TenantRegistry::from_config(&c, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("RFC 8058"), "{e}");
+        let mut c = config();
+        c.tenants[0].dkim[0].key_file = Some("no-such-dir/key.pem".into());
+        let e = TenantRegistry::from_config(&c, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("exactly one"), "{e}");
+        c.tenants[0].dkim[0].key_pem = None;
+        let e = TenantRegistry::from_config(&c, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("no-such-dir/key.pem"), "{e}");
         assert!(PolicyConfig::from_toml("[[tenant]]\nname = 1").is_err());
         assert!(
             PolicyConfig::from_toml("[[tenant]]\nname = \"a\"\npool = \"p\"\ncolour = 1").is_err()
