@@ -5,8 +5,11 @@
 //!
 //! - [`smtp`]: the sans-IO SMTP client session (RFC 5321 and its extensions), its reply parser and the
 //!   STARTTLS layer.
+//! - [`shaping`]: traffic shaping — per-source token buckets (shard-local or lock-free shared), connection
+//!   caps, hourly/daily caps, warm-up schedules, adaptive backoff, TOML rule sets with provider defaults.
 //!
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
 
+pub mod shaping;
 pub mod smtp;
