@@ -332,6 +332,12 @@ impl Shaper {
         }
     }
 
+    /// The engine-wide state this shard was made from.
+    #[cfg(test)]
+    pub(crate) fn shared_for_tests(&self) -> &Arc<ShapingShared> {
+        &self.shared
+    }
+
     /// The rule set this shard currently uses.
     pub fn rules(&self) -> &RuleSet {
         &self.rules
@@ -684,7 +690,9 @@ impl Shaper {
                 self.mx[mx].failing = false;
                 self.destinations[dest].backoff.succeeded();
             }
-            ReplySignal::Throttled | ReplySignal::Transient | ReplySignal::Permanent if setup => {
+            // A throttling greeting ("421 too many connections") is the receiver working and asking for
+            // fewer connections: the lane backs off, the MX host is not counted as failing.
+            ReplySignal::Transient | ReplySignal::Permanent if setup => {
                 self.mx_failed(dest, mx, now);
             }
             _ => {}
