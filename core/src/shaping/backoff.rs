@@ -1,7 +1,8 @@
 //! Adaptive backoff: replies that say "slow down" lower the message rate and the connection cap of one
 //! (source, receiver) lane; quiet time brings them back (additive increase, multiplicative decrease, as
 //! in TCP congestion control). A destination whose MX hosts all fail is backed off as a whole,
-//! exponentially.
+//! exponentially; when the backoff ends, one probe connection goes first, and the others wait until
+//! it gets a greeting (or fails, or a minute passes).
 //!
 //! What counts as "slow down" ([`classify`]): any 421 (RFC 5321 §3.8: the receiver is closing the
 //! channel; receivers use it for "too many connections" and volume deferrals), and any other 4xx whose
@@ -203,6 +204,8 @@ pub struct DestinationBackoff {
     pub streak: u32,
     /// No new connection before this.
     pub not_before: Option<Nanos>,
+    /// After a backoff, one probe connection at a time: no other until it succeeds, fails, or this time.
+    pub probe_until: Option<Nanos>,
 }
 
 impl DestinationBackoff {
@@ -216,13 +219,45 @@ impl DestinationBackoff {
             .min(p.destination_max_ns);
         let t = Nanos(now.0.saturating_add(wait));
         self.not_before = Some(t);
+        self.probe_until = None;
         t
+    }
+
+    /// Whether a connection may start at `now`: `Err((t, false))` while backed off, `Err((t, true))` while
+    /// a probe is under way. Call [`DestinationBackoff::attempt`] when the connection does start.
+    pub fn check(&self, now: Nanos) -> Result<(), (Nanos, bool)> {
+        if let Some(t) = self.not_before
+            && t > now
+        {
+            return Err((t, false));
+        }
+        if self.streak > 0
+            && let Some(t) = self.probe_until
+            && t > now
+        {
+            return Err((t, true));
+        }
+        Ok(())
+    }
+
+    /// A connection starts at `now`: while the destination recovers from a backoff it is the probe, and
+    /// others wait until it succeeds or fails (at most `probe_ns`).
+    pub fn attempt(&mut self, now: Nanos, probe_ns: u64) {
+        if self.streak > 0 {
+            self.probe_until = Some(Nanos(now.0.saturating_add(probe_ns)));
+        }
+    }
+
+    /// The probe (or another attempt) failed at one MX host: the next MX host may be probed at once.
+    pub fn probe_failed(&mut self) {
+        self.probe_until = None;
     }
 
     /// An MX host of the destination accepted a session.
     pub fn succeeded(&mut self) {
         self.streak = 0;
         self.not_before = None;
+        self.probe_until = None;
     }
 }
 
@@ -236,9 +271,18 @@ mod tests {
     fn replies_are_classified() {
         let e = EnhancedCode::parse;
         assert_eq!(classify(250, None, b"ok"), ReplySignal::Accepted);
-        assert_eq!(classify(550, e("5.1.1"), b"no such user"), ReplySignal::Permanent);
-        assert_eq!(classify(421, e("4.7.0"), b"Too many connections"), ReplySignal::Throttled);
-        assert_eq!(classify(421, None, b"Service not available"), ReplySignal::Throttled);
+        assert_eq!(
+            classify(550, e("5.1.1"), b"no such user"),
+            ReplySignal::Permanent
+        );
+        assert_eq!(
+            classify(421, e("4.7.0"), b"Too many connections"),
+            ReplySignal::Throttled
+        );
+        assert_eq!(
+            classify(421, None, b"Service not available"),
+            ReplySignal::Throttled
+        );
         assert_eq!(
             classify(451, e("4.7.500"), b"Server busy. Please try again later"),
             ReplySignal::Throttled
@@ -252,10 +296,17 @@ mod tests {
             ReplySignal::Transient
         );
         assert_eq!(
-            classify(450, e("4.2.1"), b"The user you are trying to contact is receiving mail at a rate"),
+            classify(
+                450,
+                e("4.2.1"),
+                b"The user you are trying to contact is receiving mail at a rate"
+            ),
             ReplySignal::Transient
         );
-        assert_eq!(classify(452, e("4.3.1"), b"Insufficient system storage"), ReplySignal::Transient);
+        assert_eq!(
+            classify(452, e("4.3.1"), b"Insufficient system storage"),
+            ReplySignal::Transient
+        );
         assert_eq!(
             classify(451, None, b"Too many messages from your IP, slow down"),
             ReplySignal::Throttled
@@ -295,7 +346,17 @@ mod tests {
             d.all_failed(&p, Nanos(0));
         }
         assert_eq!(d.not_before, Some(Nanos(3_600 * S)));
+        // Recovering: one probe at a time.
+        let t = d.not_before.expect("backed off");
+        assert_eq!(d.check(Nanos(t.0 - 1)), Err((t, false)));
+        assert_eq!(d.check(t), Ok(()));
+        d.attempt(t, 60 * S);
+        assert_eq!(d.check(t), Err((Nanos(t.0 + 60 * S), true)));
+        d.probe_failed();
+        assert_eq!(d.check(t), Ok(()));
         d.succeeded();
+        d.attempt(t, 60 * S);
+        assert_eq!(d.check(t), Ok(()), "healthy again: no probe");
         assert_eq!(d.streak, 0);
         assert_eq!(d.not_before, None);
     }

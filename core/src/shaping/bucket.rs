@@ -141,7 +141,12 @@ impl SharedTokenBucket {
         }
         if self
             .minted_until
-            .compare_exchange(last, last + n * p.interval_ns, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(
+                last,
+                last + n * p.interval_ns,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
             return; // another thread minted this span
@@ -179,7 +184,9 @@ impl SharedTokenBucket {
     pub fn refund(&self, n: u64) {
         let _ = self
             .taken
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(t.saturating_sub(n)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.saturating_sub(n))
+            });
     }
 
     /// Tokens available at `now` (a racy snapshot for display).
@@ -262,7 +269,10 @@ mod tests {
                     assert!(t.0 > now, "not-before must lie in the future");
                     // Taking exactly at the announced time succeeds on a copy.
                     let mut c = local.clone();
-                    assert!(c.try_take(p, t, n).is_ok(), "seed {seed}: announced time too early");
+                    assert!(
+                        c.try_take(p, t, n).is_ok(),
+                        "seed {seed}: announced time too early"
+                    );
                 }
             }
         }
@@ -327,7 +337,11 @@ mod tests {
             granted += g;
             max_now = max_now.max(m);
         }
-        assert_eq!(granted, bucket.taken(), "a grant was lost or double counted");
+        assert_eq!(
+            granted,
+            bucket.taken(),
+            "a grant was lost or double counted"
+        );
         let bound = p.burst + max_now / p.interval_ns;
         assert!(granted <= bound, "granted {granted} > bound {bound}");
         assert!(bucket.allowance() <= bound);
@@ -376,6 +390,9 @@ mod tests {
         }
         assert!(tail <= p.burst);
         assert_eq!(granted + tail, bucket.allowance());
-        assert!(bucket.allowance() >= end / p.interval_ns, "tokens minted were lost");
+        assert!(
+            bucket.allowance() >= end / p.interval_ns,
+            "tokens minted were lost"
+        );
     }
 }

@@ -451,10 +451,11 @@ pub fn glob_match(pattern: &str, host: &str) -> bool {
 fn suffix_match(suffix: &str, host: &str) -> bool {
     // ".google.com" matches "aspmx.l.google.com"; "google.com" also matches "google.com" itself.
     let bare = suffix.trim_start_matches('.');
-    host == bare || (host.len() > bare.len() && host.ends_with(bare) && {
-        let cut = host.len() - bare.len();
-        host.as_bytes()[cut - 1] == b'.'
-    })
+    host == bare
+        || (host.len() > bare.len() && host.ends_with(bare) && {
+            let cut = host.len() - bare.len();
+            host.as_bytes()[cut - 1] == b'.'
+        })
 }
 
 fn domain_match(pattern: &str, domain: &str) -> bool {
@@ -484,7 +485,10 @@ impl RuleSet {
             daily_cap: None,
         };
         let d = file.defaults.unwrap_or_default();
-        if d.name.is_some() || !d.mx_suffixes.is_empty() || !d.domains.is_empty() || !d.patterns.is_empty()
+        if d.name.is_some()
+            || !d.mx_suffixes.is_empty()
+            || !d.domains.is_empty()
+            || !d.patterns.is_empty()
         {
             return Err(invalid("[defaults] takes limits only, no name or patterns"));
         }
@@ -503,10 +507,14 @@ impl RuleSet {
                 .clone()
                 .ok_or_else(|| invalid(format!("provider #{}: missing name", i + 1)))?;
             if t.mx_suffixes.is_empty() && t.domains.is_empty() {
-                return Err(invalid(format!("provider {name}: needs mx_suffixes or domains")));
+                return Err(invalid(format!(
+                    "provider {name}: needs mx_suffixes or domains"
+                )));
             }
             if !t.patterns.is_empty() {
-                return Err(invalid(format!("provider {name}: use mx_suffixes, not patterns")));
+                return Err(invalid(format!(
+                    "provider {name}: use mx_suffixes, not patterns"
+                )));
             }
             providers.push(Rule {
                 kind: RuleKind::Provider,
@@ -519,7 +527,10 @@ impl RuleSet {
         let mut domains = Vec::new();
         for (i, t) in file.domain.iter().enumerate() {
             if t.domains.is_empty() || !t.mx_suffixes.is_empty() || !t.patterns.is_empty() {
-                return Err(invalid(format!("domain rule #{}: needs domains (and only domains)", i + 1)));
+                return Err(invalid(format!(
+                    "domain rule #{}: needs domains (and only domains)",
+                    i + 1
+                )));
             }
             let name = t.name.clone().unwrap_or_else(|| norm_host(&t.domains[0]));
             domains.push(Rule {
@@ -533,7 +544,10 @@ impl RuleSet {
         let mut mx = Vec::new();
         for (i, t) in file.mx.iter().enumerate() {
             if t.patterns.is_empty() || !t.mx_suffixes.is_empty() || !t.domains.is_empty() {
-                return Err(invalid(format!("mx rule #{}: needs patterns (and only patterns)", i + 1)));
+                return Err(invalid(format!(
+                    "mx rule #{}: needs patterns (and only patterns)",
+                    i + 1
+                )));
             }
             let name = t.name.clone().unwrap_or_else(|| norm_host(&t.patterns[0]));
             mx.push(Rule {
@@ -580,17 +594,19 @@ impl RuleSet {
                     warmups.push(WarmupSchedule::standard());
                     Some(warmups.len() - 1)
                 }
-                Some(w) => Some(
-                    warmups
-                        .iter()
-                        .position(|x| &x.name == w)
-                        .ok_or_else(|| invalid(format!("source {}: no warmup named {w:?}", s.name)))?,
-                ),
+                Some(w) => {
+                    Some(warmups.iter().position(|x| &x.name == w).ok_or_else(|| {
+                        invalid(format!("source {}: no warmup named {w:?}", s.name))
+                    })?)
+                }
             };
             let warmup_started = match &s.warmup_started {
                 None => None,
                 Some(d) => Some(parse_date(d).ok_or_else(|| {
-                    invalid(format!("source {}: warmup_started {d:?} is not YYYY-MM-DD", s.name))
+                    invalid(format!(
+                        "source {}: warmup_started {d:?} is not YYYY-MM-DD",
+                        s.name
+                    ))
                 })?),
             };
             if warmup.is_some() != warmup_started.is_some() {
@@ -613,9 +629,9 @@ impl RuleSet {
                 let dur = |field: &str, v: &Option<String>, cur: u64| -> Result<u64, RulesError> {
                     match v {
                         None => Ok(cur),
-                        Some(s) => parse_duration(s)
-                            .filter(|&n| n > 0)
-                            .ok_or_else(|| invalid(format!("backoff.{field} = {s:?}: expected like \"10s\""))),
+                        Some(s) => parse_duration(s).filter(|&n| n > 0).ok_or_else(|| {
+                            invalid(format!("backoff.{field} = {s:?}: expected like \"10s\""))
+                        }),
                     }
                 };
                 let pct = |field: &str, v: Option<u32>, cur: u32| -> Result<u32, RulesError> {
@@ -625,19 +641,31 @@ impl RuleSet {
                         Some(n) => Err(invalid(format!("backoff.{field} = {n}: expected 1..=100"))),
                     }
                 };
-                p.decrease_permille = pct("decrease_percent", b.decrease_percent, p.decrease_permille)?;
+                p.decrease_permille =
+                    pct("decrease_percent", b.decrease_percent, p.decrease_permille)?;
                 p.floor_permille = pct("floor_percent", b.floor_percent, p.floor_permille)?;
-                p.recover_step_permille =
-                    pct("recover_percent", b.recover_percent, p.recover_step_permille)?;
+                p.recover_step_permille = pct(
+                    "recover_percent",
+                    b.recover_percent,
+                    p.recover_step_permille,
+                )?;
                 p.recover_every_ns = dur("recover_every", &b.recover_every, p.recover_every_ns)?;
                 p.cooldown_ns = dur("cooldown", &b.cooldown, p.cooldown_ns)?;
-                p.destination_base_ns = dur("destination_base", &b.destination_base, p.destination_base_ns)?;
-                p.destination_max_ns = dur("destination_max", &b.destination_max, p.destination_max_ns)?;
+                p.destination_base_ns = dur(
+                    "destination_base",
+                    &b.destination_base,
+                    p.destination_base_ns,
+                )?;
+                p.destination_max_ns =
+                    dur("destination_max", &b.destination_max, p.destination_max_ns)?;
                 p
             }
         };
         let mut exact_domains = HashMap::new();
-        for (kind, rules) in [(RuleKind::Domain, &domains), (RuleKind::Provider, &providers)] {
+        for (kind, rules) in [
+            (RuleKind::Domain, &domains),
+            (RuleKind::Provider, &providers),
+        ] {
             for (i, r) in rules.iter().enumerate() {
                 for d in r.domains.iter().filter(|d| !d.starts_with("*.")) {
                     exact_domains.entry(d.clone()).or_insert((kind, i));
@@ -676,7 +704,10 @@ impl RuleSet {
                 scope: Scope::Domain(domain),
             };
         }
-        if let Some(r) = self.provider_by_mx(&mx).or_else(|| self.provider_by_domain(&domain)) {
+        if let Some(r) = self
+            .provider_by_mx(&mx)
+            .or_else(|| self.provider_by_domain(&domain))
+        {
             return Resolved {
                 rule: r,
                 scope: Scope::Provider(r.name.clone()),
@@ -735,16 +766,49 @@ mod tests {
     #[test]
     fn rates_and_durations_parse() {
         const S: u64 = 1_000_000_000;
-        assert_eq!(Rate::parse("100/min"), Some(Rate { count: 100, period_ns: 60 * S }));
-        assert_eq!(Rate::parse("5/s"), Some(Rate { count: 5, period_ns: S }));
-        assert_eq!(Rate::parse("10_000/hour"), Some(Rate { count: 10_000, period_ns: 3_600 * S }));
-        assert_eq!(Rate::parse("3/5min"), Some(Rate { count: 3, period_ns: 300 * S }));
+        assert_eq!(
+            Rate::parse("100/min"),
+            Some(Rate {
+                count: 100,
+                period_ns: 60 * S
+            })
+        );
+        assert_eq!(
+            Rate::parse("5/s"),
+            Some(Rate {
+                count: 5,
+                period_ns: S
+            })
+        );
+        assert_eq!(
+            Rate::parse("10_000/hour"),
+            Some(Rate {
+                count: 10_000,
+                period_ns: 3_600 * S
+            })
+        );
+        assert_eq!(
+            Rate::parse("3/5min"),
+            Some(Rate {
+                count: 3,
+                period_ns: 300 * S
+            })
+        );
         assert_eq!(Rate::parse("0/s"), None);
         assert_eq!(Rate::parse("fast"), None);
         assert_eq!(Rate::parse("5/fortnight"), None);
-        assert_eq!(Rate::parse("100/min").map(|r| r.to_string()), Some("100/min".into()));
-        assert_eq!(Rate::parse("100/min").map(|r| r.interval_ns(1000)), Some(600_000_000));
-        assert_eq!(Rate::parse("100/min").map(|r| r.interval_ns(100)), Some(6_000_000_000));
+        assert_eq!(
+            Rate::parse("100/min").map(|r| r.to_string()),
+            Some("100/min".into())
+        );
+        assert_eq!(
+            Rate::parse("100/min").map(|r| r.interval_ns(1000)),
+            Some(600_000_000)
+        );
+        assert_eq!(
+            Rate::parse("100/min").map(|r| r.interval_ns(100)),
+            Some(6_000_000_000)
+        );
         assert_eq!(parse_duration("90m"), Some(5_400 * S));
         assert_eq!(parse_duration("1 day"), Some(86_400 * S));
         assert_eq!(parse_duration("250ms"), Some(250_000_000));
@@ -803,16 +867,26 @@ mod tests {
         assert_eq!(g.scope, Scope::Provider("google".into()));
         assert_eq!(g.rule.limits.max_connections, Some(5));
         assert_eq!(g.rule.limits.daily_cap, None, "0 removes a default");
-        assert_eq!(g.rule.limits.message_rate, Rate::parse("120/min"), "inherited");
+        assert_eq!(
+            g.rule.limits.message_rate,
+            Rate::parse("120/min"),
+            "inherited"
+        );
         // A Workspace domain is recognised by its MX.
         let w = r.resolve("corp.example", "aspmx.l.google.com");
         assert_eq!(w.scope, Scope::Provider("google".into()));
         // gmail.com with an unknown MX is still Google (by domain).
-        assert_eq!(r.resolve("gmail.com", "mx.other").rule.kind, RuleKind::Provider);
+        assert_eq!(
+            r.resolve("gmail.com", "mx.other").rule.kind,
+            RuleKind::Provider
+        );
         let d = r.resolve("sub.example.org", "mail.example.org");
         assert_eq!(d.rule.kind, RuleKind::Domain);
         assert_eq!(d.scope, Scope::Domain("sub.example.org".into()));
-        assert_eq!(d.rule.limits.message_burst, 10, "burst follows the rule's own rate");
+        assert_eq!(
+            d.rule.limits.message_burst, 10,
+            "burst follows the rule's own rate"
+        );
         let m = r.resolve("example.com", "mx7.example.net");
         assert_eq!(m.rule.kind, RuleKind::Mx, "mx rules win over domain rules");
         assert_eq!(m.rule.limits.max_connections, Some(2));
@@ -836,8 +910,14 @@ mod tests {
             ("[[provider]]\nname = \"x\"", "needs mx_suffixes"),
             ("[[domain]]\npatterns = [\"x\"]", "needs domains"),
             ("[[source]]\nname = \"a\"\nlevel = \"turbo\"", "level"),
-            ("[[source]]\nname = \"a\"\nwarmup = \"nope\"\nwarmup_started = \"2026-01-01\"", "no warmup"),
-            ("[[source]]\nname = \"a\"\nwarmup = \"standard\"", "go together"),
+            (
+                "[[source]]\nname = \"a\"\nwarmup = \"nope\"\nwarmup_started = \"2026-01-01\"",
+                "no warmup",
+            ),
+            (
+                "[[source]]\nname = \"a\"\nwarmup = \"standard\"",
+                "go together",
+            ),
             ("[backoff]\ndecrease_percent = 0", "1..=100"),
             ("[backoff]\ncooldown = \"soon\"", "cooldown"),
             ("[[warmup]]\nname = \"w\"\nsteps = [[0, 5]]", "0 days"),
@@ -854,8 +934,16 @@ mod tests {
         for (domain, mx, provider) in [
             ("gmail.com", "gmail-smtp-in.l.google.com", "google"),
             ("workspace.example", "aspmx.l.google.com", "google"),
-            ("outlook.com", "outlook-com.olc.protection.outlook.com", "outlook"),
-            ("contoso.example", "contoso-example.mail.protection.outlook.com", "office365"),
+            (
+                "outlook.com",
+                "outlook-com.olc.protection.outlook.com",
+                "outlook",
+            ),
+            (
+                "contoso.example",
+                "contoso-example.mail.protection.outlook.com",
+                "office365",
+            ),
             ("yahoo.com", "mta5.am0.yahoodns.net", "yahoo"),
             ("aol.com", "mx-aol.mail.gm0.yahoodns.net", "yahoo"),
             ("icloud.com", "mx01.mail.icloud.com", "apple"),

@@ -1,12 +1,12 @@
 //! The shaper: per-shard decisions ([`Shaper`]) over cross-shard state ([`ShapingShared`]).
 
+use super::Nanos;
 use super::backoff::{DestinationBackoff, LaneBackoff, ReplySignal, classify};
 use super::bucket::{BucketParams, SharedTokenBucket, TokenBucket};
 use super::level::{ThroughputLevel, scale_up};
 use super::rules::{Limits, RuleKind, RuleSet, Scope};
 use super::warmup::{DAY_NS, WarmupSchedule};
 use super::window::{SharedWindowCounter, WindowCounter, Windows};
-use super::Nanos;
 use crate::smtp::{EnhancedCode, Phase};
 use std::collections::HashMap;
 use std::fmt;
@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+/// How long a probe connection to a recovering destination holds off the others at most.
+const PROBE_NS: u64 = 60 * 1_000_000_000;
 
 /// State shared by all shards of one engine: the current rule set (swapped whole on reload), the lanes
 /// whose limits cross shards, and the sources' warm-up counters.
@@ -234,6 +236,8 @@ pub enum Reason {
     Warmup,
     /// All MX hosts of the destination failed recently.
     DestinationBackoff,
+    /// The destination is recovering from a backoff and one probe connection is under way.
+    DestinationProbe,
 }
 
 impl Reason {
@@ -246,6 +250,7 @@ impl Reason {
             Reason::DailyCap => "daily-cap",
             Reason::Warmup => "warmup",
             Reason::DestinationBackoff => "destination-backoff",
+            Reason::DestinationProbe => "destination-probe",
         }
     }
 }
@@ -369,15 +374,22 @@ impl Shaper {
             (Some(i), Some(day)) => {
                 let start = i128::from(day) * 86_400 - i128::from(self.shared.unix_secs_at_epoch);
                 let start_ns = start * 1_000_000_000;
-                let (origin, day_offset) = if start_ns >= 0 {
-                    (start_ns as u64, 0)
+                let day_ns = i128::from(DAY_NS);
+                let windows = if start_ns >= 0 {
+                    (Windows::new(Nanos(start_ns as u64), DAY_NS), 0)
                 } else {
-                    let k = ((-start_ns) as u128).div_ceil(u128::from(DAY_NS)) as i128;
-                    ((start_ns + k * i128::from(DAY_NS)) as u64, k as u64)
+                    // Started before the epoch: day `(-start) / DAY` is under way at `Nanos(0)`.
+                    let ago = -start_ns;
+                    let shift = (ago % day_ns) as u64;
+                    (
+                        Windows::shifted(Nanos(0), shift, DAY_NS),
+                        (ago / day_ns) as u64,
+                    )
                 };
+                let (windows, day_offset) = windows;
                 Some(Warmup {
                     schedule: self.rules.warmups[i].clone(),
-                    windows: Windows::new(Nanos(origin), DAY_NS),
+                    windows,
                     day_offset,
                 })
             }
@@ -445,7 +457,10 @@ impl Shaper {
         let eff = Effective::new(&resolved.rule.limits, src.level);
         let cross_shard = self.shared.shards > 1 && !matches!(resolved.scope, Scope::Domain(_));
         let (shared, local) = if cross_shard {
-            (self.shared.lane(&src.name, &resolved.scope, &eff, now), None)
+            (
+                self.shared.lane(&src.name, &resolved.scope, &eff, now),
+                None,
+            )
         } else {
             let one = BucketParams::new(1, 1);
             (
@@ -522,13 +537,21 @@ impl Shaper {
 
     /// Hook: before opening a connection for `route`. On `Ok` the engine connects and keeps the permit for
     /// as long as the connection lives.
-    pub fn may_connect(&mut self, route: RouteId, now: Nanos) -> Result<ConnectionPermit, Deferral> {
+    pub fn may_connect(
+        &mut self,
+        route: RouteId,
+        now: Nanos,
+    ) -> Result<ConnectionPermit, Deferral> {
         self.refresh(now);
         let r = &self.routes[route.0 as usize];
-        if let Some(t) = self.destinations[r.destination].backoff.not_before
-            && t > now
-        {
-            return Err(Deferral::NotBefore(t, Reason::DestinationBackoff));
+        let dest = r.destination;
+        if let Err((t, probe)) = self.destinations[dest].backoff.check(now) {
+            let reason = if probe {
+                Reason::DestinationProbe
+            } else {
+                Reason::DestinationBackoff
+            };
+            return Err(Deferral::NotBefore(t, reason));
         }
         let src = &self.sources[r.source.0 as usize];
         if let Some(w) = &src.warmup {
@@ -562,7 +585,9 @@ impl Shaper {
         let shared = Arc::clone(&lane.shared);
         if shared
             .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| (c < cap).then_some(c + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < cap).then_some(c + 1)
+            })
             .is_err()
         {
             return Err(Deferral::ConnectionsBusy);
@@ -585,6 +610,7 @@ impl Shaper {
                 return Err(Deferral::NotBefore(t, Reason::ConnectionRate));
             }
         }
+        self.destinations[dest].backoff.attempt(now, PROBE_NS);
         Ok(permit)
     }
 
@@ -715,8 +741,12 @@ impl Shaper {
     }
 
     fn mx_failed(&mut self, dest: usize, mx: usize, now: Nanos) {
-        self.mx[mx].failing = true;
         let d = &mut self.destinations[dest];
+        if d.backoff.not_before.is_some_and(|t| t > now) {
+            // An attempt that started before the destination was backed off: already counted.
+            return;
+        }
+        self.mx[mx].failing = true;
         if d.mx.iter().all(|&m| self.mx[m].failing) {
             d.backoff.all_failed(&self.rules.backoff, now);
             // Each MX host gets another chance when the backoff ends.
@@ -744,8 +774,12 @@ impl Shaper {
         let days = Windows::new(Nanos(0), DAY_NS);
         let (message_tokens, connection_tokens, hour, day) = match &mut lane.local {
             Some(m) => (
-                lane.eff.messages.map(|p| m.messages.available(p.slowed(factor), now)),
-                lane.eff.connects.map(|p| m.connects.available(p.slowed(factor), now)),
+                lane.eff
+                    .messages
+                    .map(|p| m.messages.available(p.slowed(factor), now)),
+                lane.eff
+                    .connects
+                    .map(|p| m.connects.available(p.slowed(factor), now)),
                 m.hourly.count(hours, now),
                 m.daily.count(days, now),
             ),
@@ -822,7 +856,9 @@ impl EffectiveLimits {
     pub fn new(limits: &Limits, level: ThroughputLevel, factor: u32) -> EffectiveLimits {
         let e = Effective::new(limits, level);
         EffectiveLimits {
-            max_connections: e.max_connections.map(|c| scale_up(u64::from(c), factor) as u32),
+            max_connections: e
+                .max_connections
+                .map(|c| scale_up(u64::from(c), factor) as u32),
             messages_per_second: e.messages.map(|p| p.slowed(factor).per_second()),
             message_burst: e.messages.map(|p| p.burst),
             connections_per_second: e.connects.map(|p| p.slowed(factor).per_second()),
@@ -931,7 +967,9 @@ impl Snapshot {
         let warmup = src.and_then(|s| {
             let w = &rules.warmups[s.warmup?];
             let today = (unix_now / 86_400) as i64;
-            let day = s.warmup_started.map(|d| today.saturating_sub(d).max(0) as u64);
+            let day = s
+                .warmup_started
+                .map(|d| today.saturating_sub(d).max(0) as u64);
             Some(WarmupView {
                 schedule: w.name.clone(),
                 day,
@@ -966,17 +1004,33 @@ impl fmt::Display for Snapshot {
             write!(f, " via {mx}")?;
         }
         writeln!(f)?;
-        writeln!(f, "rule:          {} ({})", self.rule_name, self.rule_kind.as_str())?;
+        writeln!(
+            f,
+            "rule:          {} ({})",
+            self.rule_name,
+            self.rule_kind.as_str()
+        )?;
         match &self.scope {
             Some(s) => writeln!(f, "budget per:    source × {s}")?,
-            None => writeln!(f, "budget per:    source × MX host (give --mx to see which rule the MX selects)")?,
+            None => writeln!(
+                f,
+                "budget per:    source × MX host (give --mx to see which rule the MX selects)"
+            )?,
         }
         if let Some(s) = &self.source {
-            writeln!(f, "source:        {s} (level {}, {}%)", self.level, self.level.permille() / 10)?;
+            writeln!(
+                f,
+                "source:        {s} (level {}, {}%)",
+                self.level,
+                self.level.permille() / 10
+            )?;
         }
         let l = &self.limits;
         let e = &self.effective;
-        writeln!(f, "limits:                      configured        effective")?;
+        writeln!(
+            f,
+            "limits:                      configured        effective"
+        )?;
         writeln!(
             f,
             "  max connections            {:<17} {}",
@@ -986,19 +1040,28 @@ impl fmt::Display for Snapshot {
         writeln!(
             f,
             "  message rate               {:<17} {}",
-            l.message_rate.map_or("unlimited".into(), |r| format!("{r} (burst {})", l.message_burst)),
+            l.message_rate.map_or("unlimited".into(), |r| format!(
+                "{r} (burst {})",
+                l.message_burst
+            )),
             e.messages_per_second
-                .map_or("unlimited".into(), |r| format!("{r:.3}/s (burst {})", e.message_burst.unwrap_or(1)))
+                .map_or("unlimited".into(), |r| format!(
+                    "{r:.3}/s (burst {})",
+                    e.message_burst.unwrap_or(1)
+                ))
         )?;
         writeln!(
             f,
             "  connection rate            {:<17} {}",
-            l.connection_rate
-                .map_or("unlimited".into(), |r| format!("{r} (burst {})", l.connection_burst)),
-            e.connections_per_second.map_or("unlimited".into(), |r| format!(
-                "{r:.3}/s (burst {})",
-                e.connection_burst.unwrap_or(1)
-            ))
+            l.connection_rate.map_or("unlimited".into(), |r| format!(
+                "{r} (burst {})",
+                l.connection_burst
+            )),
+            e.connections_per_second
+                .map_or("unlimited".into(), |r| format!(
+                    "{r:.3}/s (burst {})",
+                    e.connection_burst.unwrap_or(1)
+                ))
         )?;
         writeln!(
             f,
@@ -1006,8 +1069,18 @@ impl fmt::Display for Snapshot {
             opt(l.max_messages_per_connection),
             opt(e.max_messages_per_connection)
         )?;
-        writeln!(f, "  hourly cap                 {:<17} {}", opt(l.hourly_cap), opt(e.hourly_cap))?;
-        writeln!(f, "  daily cap                  {:<17} {}", opt(l.daily_cap), opt(e.daily_cap))?;
+        writeln!(
+            f,
+            "  hourly cap                 {:<17} {}",
+            opt(l.hourly_cap),
+            opt(e.hourly_cap)
+        )?;
+        writeln!(
+            f,
+            "  daily cap                  {:<17} {}",
+            opt(l.daily_cap),
+            opt(e.daily_cap)
+        )?;
         if let Some(w) = &self.warmup {
             let allow = match w.allowance_today {
                 Some(u64::MAX) => "warm (no limit)".to_string(),
@@ -1020,11 +1093,15 @@ impl fmt::Display for Snapshot {
                 w.schedule,
                 opt(w.day),
                 allow,
-                w.sent_today.map_or(String::new(), |s| format!(", sent {s}"))
+                w.sent_today
+                    .map_or(String::new(), |s| format!(", sent {s}"))
             )?;
         }
         match &self.live {
-            None => writeln!(f, "live state:    none (no running engine; configured limits shown)")?,
+            None => writeln!(
+                f,
+                "live state:    none (no running engine; configured limits shown)"
+            )?,
             Some(s) => {
                 writeln!(
                     f,
@@ -1040,9 +1117,14 @@ impl fmt::Display for Snapshot {
                     "               {} this hour, {} today{}{}",
                     s.hour_count,
                     s.day_count,
-                    if s.shared_across_shards { ", shared across shards" } else { ", shard-local" },
-                    s.destination_not_before
-                        .map_or(String::new(), |t| format!(", destination backed off until {t}"))
+                    if s.shared_across_shards {
+                        ", shared across shards"
+                    } else {
+                        ", shard-local"
+                    },
+                    s.destination_not_before.map_or(String::new(), |t| format!(
+                        ", destination backed off until {t}"
+                    ))
                 )?;
             }
         }

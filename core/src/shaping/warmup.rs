@@ -44,10 +44,22 @@ impl WarmupSchedule {
         WarmupSchedule {
             name: "standard".into(),
             steps: vec![
-                WarmupStep { days: 5, volume: 1_000 },
-                WarmupStep { days: 3, volume: 2_000 },
-                WarmupStep { days: 2, volume: 5_000 },
-                WarmupStep { days: 1, volume: 10_000 },
+                WarmupStep {
+                    days: 5,
+                    volume: 1_000,
+                },
+                WarmupStep {
+                    days: 3,
+                    volume: 2_000,
+                },
+                WarmupStep {
+                    days: 2,
+                    volume: 5_000,
+                },
+                WarmupStep {
+                    days: 1,
+                    volume: 10_000,
+                },
             ],
             increase: 3_000,
             ceiling: Some(1_000_000),
@@ -112,7 +124,11 @@ pub fn parse_date(s: &str) -> Option<i64> {
 pub fn started_at(start_unix_day: i64, unix_now_secs: u64, mono_now: Nanos) -> Nanos {
     let start_secs = start_unix_day.saturating_mul(86_400);
     let ago_secs = (unix_now_secs as i64).saturating_sub(start_secs).max(0) as u64;
-    Nanos(mono_now.0.saturating_sub(ago_secs.saturating_mul(1_000_000_000)))
+    Nanos(
+        mono_now
+            .0
+            .saturating_sub(ago_secs.saturating_mul(1_000_000_000)),
+    )
 }
 
 #[cfg(test)]
@@ -123,7 +139,8 @@ mod tests {
     fn standard_schedule_follows_the_issue() {
         let s = WarmupSchedule::standard();
         let want = [
-            1_000, 1_000, 1_000, 1_000, 1_000, 2_000, 2_000, 2_000, 5_000, 5_000, 10_000, 13_000, 16_000,
+            1_000, 1_000, 1_000, 1_000, 1_000, 2_000, 2_000, 2_000, 5_000, 5_000, 10_000, 13_000,
+            16_000,
         ];
         for (day, v) in want.iter().enumerate() {
             assert_eq!(s.allowance(day as u64), *v, "day {day}");

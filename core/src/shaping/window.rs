@@ -16,11 +16,16 @@ const COUNT_BITS: u32 = 64 - INDEX_BITS;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 
-/// Where windows start and how long they last.
+/// Where windows start and how long they last: window `k` is
+/// `[origin + k·len - shift, origin + (k+1)·len - shift)`, and everything before `origin` counts as
+/// window 0. `shift` (less than `len`) lets window boundaries fall at any phase after the origin, for
+/// windows that began before the monotonic epoch (a warm-up day that started yesterday at midnight).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {
-    /// The start of window 0.
+    /// The earliest time counted.
     pub origin: Nanos,
+    /// How far window 0 started before `origin` (nanoseconds, less than `len_ns`).
+    pub shift_ns: u64,
     /// The length of a window in nanoseconds (at least 1).
     pub len_ns: u64,
 }
@@ -28,17 +33,36 @@ pub struct Windows {
 impl Windows {
     /// Windows of `len_ns` starting at `origin`.
     pub const fn new(origin: Nanos, len_ns: u64) -> Windows {
-        Windows { origin, len_ns }
+        Windows {
+            origin,
+            shift_ns: 0,
+            len_ns,
+        }
+    }
+
+    /// Windows of `len_ns` whose window 0 started `shift_ns` before `origin`.
+    pub const fn shifted(origin: Nanos, shift_ns: u64, len_ns: u64) -> Windows {
+        Windows {
+            origin,
+            shift_ns,
+            len_ns,
+        }
     }
 
     /// The index of the window holding `now` (0 before the origin).
     pub fn index(&self, now: Nanos) -> u64 {
-        now.0.saturating_sub(self.origin.0) / self.len_ns.max(1)
+        (now.0.saturating_sub(self.origin.0) + self.shift_ns) / self.len_ns.max(1)
     }
 
-    /// The start of window `k`.
+    /// The start of window `k` (`k` at least 1, or the origin for 0).
     pub fn start(&self, k: u64) -> Nanos {
-        Nanos(self.origin.0.saturating_add(k.saturating_mul(self.len_ns)))
+        Nanos(
+            self.origin
+                .0
+                .saturating_add(k.saturating_mul(self.len_ns))
+                .saturating_sub(self.shift_ns)
+                .max(self.origin.0),
+        )
     }
 }
 
@@ -52,7 +76,12 @@ pub struct WindowCounter {
 impl WindowCounter {
     /// Counts one more unless `cap` is reached in the current window; refused, says when the next window
     /// starts. `cap` may differ from window to window (a warm-up schedule).
-    pub fn try_add(&mut self, w: Windows, now: Nanos, cap: impl Fn(u64) -> u64) -> Result<(), Nanos> {
+    pub fn try_add(
+        &mut self,
+        w: Windows,
+        now: Nanos,
+        cap: impl Fn(u64) -> u64,
+    ) -> Result<(), Nanos> {
         let k = w.index(now);
         if k != self.index {
             self.index = k;
@@ -131,10 +160,12 @@ impl SharedWindowCounter {
     /// Takes back one count made in the window holding `now`.
     pub fn refund(&self, w: Windows, now: Nanos) {
         let kk = w.index(now) & INDEX_MASK;
-        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-            let (idx, count) = unpack(v);
-            (idx == kk).then(|| pack(idx, count.saturating_sub(1)))
-        });
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let (idx, count) = unpack(v);
+                (idx == kk).then(|| pack(idx, count.saturating_sub(1)))
+            });
     }
 
     /// The count in the window holding `now`.
@@ -211,6 +242,20 @@ mod tests {
         let total: usize = handles.into_iter().map(|h| h.join().expect("thread")).sum();
         assert_eq!(total, 77_777);
         assert_eq!(s.count(w, Nanos(5)), 77_777);
+    }
+
+    #[test]
+    fn shifted_windows_start_before_the_origin() {
+        // Window 0 began 10 ns before the origin: window 1 starts at origin + 90.
+        let w = Windows::shifted(Nanos(1_000), 10, 100);
+        assert_eq!(w.index(Nanos(0)), 0);
+        assert_eq!(w.index(Nanos(1_089)), 0);
+        assert_eq!(w.index(Nanos(1_090)), 1);
+        assert_eq!(w.start(1), Nanos(1_090));
+        assert_eq!(w.start(0), Nanos(1_000));
+        let mut c = WindowCounter::default();
+        assert!(c.try_add(w, Nanos(1_050), |_| 1).is_ok());
+        assert_eq!(c.try_add(w, Nanos(1_051), |_| 1), Err(Nanos(1_090)));
     }
 
     #[test]
