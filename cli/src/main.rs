@@ -20,11 +20,14 @@ struct Cli {
 enum Command {
     /// Print the library version.
     Version,
+    /// Traffic shaping: the rule and limits that apply to a domain.
+    Shaping(cmd::shaping::ShapingArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version(),
+        Command::Shaping(args) => cmd::shaping::run(args),
     }
 }

@@ -1029,17 +1029,17 @@ impl fmt::Display for Snapshot {
         let e = &self.effective;
         writeln!(
             f,
-            "limits:                      configured        effective"
+            "limits:                      configured             effective"
         )?;
         writeln!(
             f,
-            "  max connections            {:<17} {}",
+            "  max connections            {:<22} {}",
             opt(l.max_connections),
             opt(e.max_connections)
         )?;
         writeln!(
             f,
-            "  message rate               {:<17} {}",
+            "  message rate               {:<22} {}",
             l.message_rate.map_or("unlimited".into(), |r| format!(
                 "{r} (burst {})",
                 l.message_burst
@@ -1052,7 +1052,7 @@ impl fmt::Display for Snapshot {
         )?;
         writeln!(
             f,
-            "  connection rate            {:<17} {}",
+            "  connection rate            {:<22} {}",
             l.connection_rate.map_or("unlimited".into(), |r| format!(
                 "{r} (burst {})",
                 l.connection_burst
@@ -1065,19 +1065,19 @@ impl fmt::Display for Snapshot {
         )?;
         writeln!(
             f,
-            "  messages per connection    {:<17} {}",
+            "  messages per connection    {:<22} {}",
             opt(l.max_messages_per_connection),
             opt(e.max_messages_per_connection)
         )?;
         writeln!(
             f,
-            "  hourly cap                 {:<17} {}",
+            "  hourly cap                 {:<22} {}",
             opt(l.hourly_cap),
             opt(e.hourly_cap)
         )?;
         writeln!(
             f,
-            "  daily cap                  {:<17} {}",
+            "  daily cap                  {:<22} {}",
             opt(l.daily_cap),
             opt(e.daily_cap)
         )?;
