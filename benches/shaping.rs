@@ -1,0 +1,137 @@
+//! Shaping decision cost: `may_send` per message (shard-local lane and lane shared by shards, 1 and 2
+//! threads), and the token buckets alone.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vmta::shaping::{
+    BucketParams, Nanos, RuleSet, Shaper, ShapingShared, SharedTokenBucket, TokenBucket,
+};
+
+/// Limits high enough that every decision is granted: the bench measures the decision, not waiting.
+const RULES: &str = r#"
+    [defaults]
+    max_connections = 100
+    message_rate = "100000000/s"
+    message_burst = 100000
+    max_messages_per_connection = 0
+    hourly_cap = 1000000000
+    daily_cap = 10000000000
+    [[warmup]]
+    name = "huge"
+    steps = [[1000, 100000000000]]
+    [[source]]
+    name = "192.0.2.1"
+    warmup = "huge"
+    warmup_started = "1970-01-01"
+"#;
+
+fn shaper(shards: usize) -> (Arc<ShapingShared>, Shaper) {
+    let rules = RuleSet::from_toml(RULES).expect("bench rules");
+    let shared = ShapingShared::new(rules, shards, 0);
+    let s = Shaper::new(Arc::clone(&shared));
+    (shared, s)
+}
+
+fn decide(s: &mut Shaper, source: &str, iters: u64) -> Duration {
+    let src = s.source(source);
+    let route = s.route(src, "example.com", "mx.example.com", Nanos(0));
+    let mut permit = s.may_connect(route, Nanos(0)).expect("permit");
+    let mut now = 1_000u64;
+    let start = Instant::now();
+    for _ in 0..iters {
+        now += 100;
+        black_box(s.may_send(&mut permit, Nanos(black_box(now)))).expect("granted");
+    }
+    start.elapsed()
+}
+
+fn shaping_decision(c: &mut Criterion) {
+    let mut g = c.benchmark_group("shaping");
+    g.throughput(Throughput::Elements(1));
+    for (name, source) in [("rate_only", "198.51.100.1"), ("rate_caps_warmup", "192.0.2.1")] {
+        g.bench_function(format!("may_send_local_{name}"), |b| {
+            let (_shared, mut s) = shaper(1);
+            b.iter_custom(|iters| decide(&mut s, source, iters))
+        });
+        g.bench_function(format!("may_send_shared_{name}_1_thread"), |b| {
+            let (_shared, mut s) = shaper(2);
+            b.iter_custom(|iters| decide(&mut s, source, iters))
+        });
+    }
+    // Two shards (threads) deciding for the same shared lane at once: time for both to make `iters`
+    // decisions each, so throughput counts 2 per iteration.
+    g.throughput(Throughput::Elements(2));
+    for (name, source) in [("rate_only", "198.51.100.1"), ("rate_caps_warmup", "192.0.2.1")] {
+        g.bench_function(format!("may_send_shared_{name}_2_threads"), |b| {
+            let (shared, _) = shaper(2);
+            b.iter_custom(|iters| {
+                let hs: Vec<_> = (0..2)
+                    .map(|_| {
+                        let shared = Arc::clone(&shared);
+                        std::thread::spawn(move || {
+                            let mut s = Shaper::new(shared);
+                            decide(&mut s, source, iters)
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("thread"))
+                    .max()
+                    .unwrap_or_default()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn buckets(c: &mut Criterion) {
+    let mut g = c.benchmark_group("bucket");
+    let p = BucketParams::new(10, 1_000_000);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("local_try_take", |b| {
+        let mut bucket = TokenBucket::new(p, Nanos(0));
+        let mut now = 0u64;
+        b.iter(|| {
+            now += 100;
+            black_box(bucket.try_take(p, Nanos(black_box(now)), 1))
+        })
+    });
+    g.bench_function("shared_try_take_1_thread", |b| {
+        let bucket = SharedTokenBucket::new(p, Nanos(0));
+        let mut now = 0u64;
+        b.iter(|| {
+            now += 100;
+            black_box(bucket.try_take(p, Nanos(black_box(now)), 1))
+        })
+    });
+    g.throughput(Throughput::Elements(2));
+    g.bench_function("shared_try_take_2_threads", |b| {
+        let bucket = Arc::new(SharedTokenBucket::new(p, Nanos(0)));
+        b.iter_custom(|iters| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    let bucket = Arc::clone(&bucket);
+                    std::thread::spawn(move || {
+                        let start = Instant::now();
+                        let mut now = 0u64;
+                        for _ in 0..iters {
+                            now += 100;
+                            let _ = black_box(bucket.try_take(p, Nanos(black_box(now)), 1));
+                        }
+                        start.elapsed()
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("thread"))
+                .max()
+                .unwrap_or_default()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, shaping_decision, buckets);
+criterion_main!(benches);
