@@ -50,7 +50,10 @@ fn decide(s: &mut Shaper, source: &str, iters: u64) -> Duration {
 fn shaping_decision(c: &mut Criterion) {
     let mut g = c.benchmark_group("shaping");
     g.throughput(Throughput::Elements(1));
-    for (name, source) in [("rate_only", "198.51.100.1"), ("rate_caps_warmup", "192.0.2.1")] {
+    for (name, source) in [
+        ("rate_only", "198.51.100.1"),
+        ("rate_caps_warmup", "192.0.2.1"),
+    ] {
         g.bench_function(format!("may_send_local_{name}"), |b| {
             let (_shared, mut s) = shaper(1);
             b.iter_custom(|iters| decide(&mut s, source, iters))
@@ -63,7 +66,10 @@ fn shaping_decision(c: &mut Criterion) {
     // Two shards (threads) deciding for the same shared lane at once: time for both to make `iters`
     // decisions each, so throughput counts 2 per iteration.
     g.throughput(Throughput::Elements(2));
-    for (name, source) in [("rate_only", "198.51.100.1"), ("rate_caps_warmup", "192.0.2.1")] {
+    for (name, source) in [
+        ("rate_only", "198.51.100.1"),
+        ("rate_caps_warmup", "192.0.2.1"),
+    ] {
         g.bench_function(format!("may_send_shared_{name}_2_threads"), |b| {
             let (shared, _) = shaper(2);
             b.iter_custom(|iters| {

@@ -6,6 +6,8 @@
 //! leaves a server behind. A missing peer binary is a test failure with the command that installs it
 //! (`.ci/deps`), never a silent skip.
 
+pub mod shaping;
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -72,7 +72,8 @@ pub fn run(args: ShapingArgs) -> ExitCode {
             let unix_now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let snap = Snapshot::configured(&set, &domain, mx.as_deref(), source.as_deref(), unix_now);
+            let snap =
+                Snapshot::configured(&set, &domain, mx.as_deref(), source.as_deref(), unix_now);
             if json {
                 match serde_json::to_string_pretty(&snap) {
                     Ok(s) => println!("{s}"),
@@ -84,7 +85,9 @@ pub fn run(args: ShapingArgs) -> ExitCode {
             } else {
                 let from = rules
                     .as_ref()
-                    .map_or("shipped default rules".to_string(), |p| p.display().to_string());
+                    .map_or("shipped default rules".to_string(), |p| {
+                        p.display().to_string()
+                    });
                 println!("rules:         {from}");
                 print!("{snap}");
             }
