@@ -4,6 +4,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use vmta::shaping::{
     BucketParams, Nanos, RuleSet, Shaper, ShapingShared, SharedTokenBucket, TokenBucket,
@@ -34,11 +35,19 @@ fn shaper(shards: usize) -> (Arc<ShapingShared>, Shaper) {
     (shared, s)
 }
 
-fn decide(s: &mut Shaper, source: &str, iters: u64) -> Duration {
+/// Virtual time for the benches: every batch starts later than the previous one, so the buckets (which
+/// live across batches) always see time moving forward.
+static CLOCK: AtomicU64 = AtomicU64::new(1_000);
+
+fn batch_start(iters: u64) -> u64 {
+    CLOCK.fetch_add(iters * 100 + 1_000, Ordering::AcqRel)
+}
+
+fn decide(s: &mut Shaper, source: &str, iters: u64, start_now: u64) -> Duration {
     let src = s.source(source);
-    let route = s.route(src, "example.com", "mx.example.com", Nanos(0));
-    let mut permit = s.may_connect(route, Nanos(0)).expect("permit");
-    let mut now = 1_000u64;
+    let route = s.route(src, "example.com", "mx.example.com", Nanos(start_now));
+    let mut permit = s.may_connect(route, Nanos(start_now)).expect("permit");
+    let mut now = start_now;
     let start = Instant::now();
     for _ in 0..iters {
         now += 100;
@@ -56,11 +65,11 @@ fn shaping_decision(c: &mut Criterion) {
     ] {
         g.bench_function(format!("may_send_local_{name}"), |b| {
             let (_shared, mut s) = shaper(1);
-            b.iter_custom(|iters| decide(&mut s, source, iters))
+            b.iter_custom(|iters| decide(&mut s, source, iters, batch_start(iters)))
         });
         g.bench_function(format!("may_send_shared_{name}_1_thread"), |b| {
             let (_shared, mut s) = shaper(2);
-            b.iter_custom(|iters| decide(&mut s, source, iters))
+            b.iter_custom(|iters| decide(&mut s, source, iters, batch_start(iters)))
         });
     }
     // Two shards (threads) deciding for the same shared lane at once: time for both to make `iters`
@@ -73,12 +82,13 @@ fn shaping_decision(c: &mut Criterion) {
         g.bench_function(format!("may_send_shared_{name}_2_threads"), |b| {
             let (shared, _) = shaper(2);
             b.iter_custom(|iters| {
+                let start_now = batch_start(iters);
                 let hs: Vec<_> = (0..2)
                     .map(|_| {
                         let shared = Arc::clone(&shared);
                         std::thread::spawn(move || {
                             let mut s = Shaper::new(shared);
-                            decide(&mut s, source, iters)
+                            decide(&mut s, source, iters, start_now)
                         })
                     })
                     .collect();
@@ -116,12 +126,13 @@ fn buckets(c: &mut Criterion) {
     g.bench_function("shared_try_take_2_threads", |b| {
         let bucket = Arc::new(SharedTokenBucket::new(p, Nanos(0)));
         b.iter_custom(|iters| {
+            let start_now = batch_start(iters);
             let hs: Vec<_> = (0..2)
                 .map(|_| {
                     let bucket = Arc::clone(&bucket);
                     std::thread::spawn(move || {
                         let start = Instant::now();
-                        let mut now = 0u64;
+                        let mut now = start_now;
                         for _ in 0..iters {
                             now += 100;
                             let _ = black_box(bucket.try_take(p, Nanos(black_box(now)), 1));

@@ -1131,3 +1131,163 @@ impl fmt::Display for Snapshot {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn shaper(rules: &str, shards: usize) -> Shaper {
+        Shaper::new(ShapingShared::new(
+            RuleSet::from_toml(rules).expect("rules"),
+            shards,
+            0,
+        ))
+    }
+
+    const RULES: &str = r#"
+        [defaults]
+        max_connections = 3
+        max_messages_per_connection = 2
+        [[domain]]
+        domains = ["local.test"]
+        [[source]]
+        name = "new-ip"
+        level = "new"
+    "#;
+
+    #[test]
+    fn permits_count_connections_and_give_them_back_when_dropped() {
+        let mut s = shaper(RULES, 1);
+        let src = s.source("192.0.2.1");
+        let r = s.route(src, "example.com", "mx.example.com", Nanos(0));
+        let a = s.may_connect(r, Nanos(0)).expect("1");
+        let b = s.may_connect(r, Nanos(0)).expect("2");
+        let c = s.may_connect(r, Nanos(0)).expect("3");
+        assert_eq!(
+            s.may_connect(r, Nanos(0)).err(),
+            Some(Deferral::ConnectionsBusy)
+        );
+        assert_eq!(s.connections(r), 3);
+        drop(a);
+        s.on_connection_closed(b, Nanos(1));
+        s.on_connect_failed(c, Nanos(1));
+        assert_eq!(s.connections(r), 0);
+        // The only MX host failed to connect: the destination waits a minute.
+        assert_eq!(
+            s.may_connect(r, Nanos(2)).err(),
+            Some(Deferral::NotBefore(
+                Nanos(60 * S + 1),
+                Reason::DestinationBackoff
+            ))
+        );
+        // A permit dropped during unwinding still gives its slot back.
+        let p = s.may_connect(r, Nanos(60 * S + 1)).expect("again");
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _held = p;
+            panic!("session code failed");
+        }));
+        assert_eq!(s.connections(r), 0);
+    }
+
+    #[test]
+    fn a_connection_is_spent_after_its_maximum_of_messages() {
+        let mut s = shaper(RULES, 1);
+        let src = s.source("192.0.2.1");
+        let r = s.route(src, "example.com", "mx.example.com", Nanos(0));
+        let mut p = s.may_connect(r, Nanos(0)).expect("permit");
+        assert_eq!(s.may_send(&mut p, Nanos(1)), Ok(()));
+        assert_eq!(s.may_send(&mut p, Nanos(2)), Ok(()));
+        assert_eq!(s.may_send(&mut p, Nanos(3)), Err(Deferral::ConnectionSpent));
+        assert_eq!(p.messages(), 2);
+    }
+
+    #[test]
+    fn levels_scale_limits_and_throttles_lower_the_connection_cap() {
+        let mut s = shaper(RULES, 1);
+        let new = s.source("new-ip");
+        let r = s.route(new, "example.com", "mx.example.com", Nanos(0));
+        let p = s.may_connect(r, Nanos(0)).expect("1");
+        assert_eq!(
+            s.may_connect(r, Nanos(0)).err(),
+            Some(Deferral::ConnectionsBusy),
+            "10 % of 3 is 1"
+        );
+        drop(p);
+        let full = s.source("192.0.2.1");
+        let r = s.route(full, "example.com", "mx.example.com", Nanos(0));
+        let p = s.may_connect(r, Nanos(0)).expect("permit");
+        let sig = s.on_reply(
+            &p,
+            Phase::Greeting,
+            421,
+            EnhancedCode::parse("4.7.0"),
+            b"too many connections",
+            Nanos(S),
+        );
+        assert_eq!(sig, ReplySignal::Throttled);
+        // Halved: 3 → 2 connections (rounded up).
+        let q = s.may_connect(r, Nanos(S)).expect("second");
+        assert_eq!(
+            s.may_connect(r, Nanos(S)).err(),
+            Some(Deferral::ConnectionsBusy)
+        );
+        let snap = s.snapshot(r, Nanos(S));
+        assert_eq!(snap.effective.max_connections, Some(2));
+        let live = snap.live.expect("live");
+        assert_eq!(
+            (live.backoff_permille, live.throttles, live.connections),
+            (500, 1, 2)
+        );
+        drop((p, q));
+        // Recovered after 10 quiet minutes (+5 % a minute).
+        let snap = s.snapshot(r, Nanos(11 * 60 * S));
+        assert_eq!(snap.live.expect("live").backoff_permille, 1000);
+    }
+
+    #[test]
+    fn domain_lanes_stay_shard_local_and_mx_lanes_are_shared_between_shards() {
+        let shared = ShapingShared::new(RuleSet::from_toml(RULES).expect("rules"), 2, 0);
+        let mut a = Shaper::new(Arc::clone(&shared));
+        let mut b = Shaper::new(Arc::clone(&shared));
+        let (sa, sb) = (a.source("ip"), b.source("ip"));
+        let ra = a.route(sa, "one.test", "mx.shared.test", Nanos(0));
+        let rb = b.route(sb, "two.test", "mx.shared.test", Nanos(0));
+        let _p1 = a.may_connect(ra, Nanos(0)).expect("1");
+        let _p2 = b.may_connect(rb, Nanos(0)).expect("2");
+        let _p3 = a.may_connect(ra, Nanos(0)).expect("3");
+        assert_eq!(
+            b.may_connect(rb, Nanos(0)).err(),
+            Some(Deferral::ConnectionsBusy),
+            "cap is across shards"
+        );
+        assert!(
+            a.snapshot(ra, Nanos(0))
+                .live
+                .expect("live")
+                .shared_across_shards
+        );
+        let rl = a.route(sa, "local.test", "mx.shared.test", Nanos(0));
+        let snap = a.snapshot(rl, Nanos(0));
+        assert_eq!(snap.rule_kind, RuleKind::Domain);
+        assert!(!snap.live.expect("live").shared_across_shards);
+    }
+
+    #[test]
+    fn configured_snapshot_of_the_shipped_rules_names_the_provider() {
+        let rules = RuleSet::shipped();
+        let snap = Snapshot::configured(&rules, "GMAIL.com", None, None, 0);
+        assert_eq!(
+            (snap.rule_kind, snap.rule_name.as_str()),
+            (RuleKind::Provider, "google")
+        );
+        assert_eq!(snap.scope, Some(Scope::Provider("google".into())));
+        assert!(snap.live.is_none());
+        let text = snap.to_string();
+        assert!(text.contains("google (provider)"), "{text}");
+        assert!(text.contains("no running engine"), "{text}");
+        let other = Snapshot::configured(&rules, "example.net", Some("mx.example.net"), None, 0);
+        assert_eq!(other.rule_kind, RuleKind::Default);
+    }
+}
