@@ -82,7 +82,10 @@ impl TokenBucket {
             Ok(())
         } else {
             let missing = n - self.tokens;
-            Err(Nanos(self.minted_until + missing * p.interval_ns))
+            Err(Nanos(
+                self.minted_until
+                    .saturating_add(missing.saturating_mul(p.interval_ns)),
+            ))
         }
     }
 
@@ -176,7 +179,10 @@ impl SharedTokenBucket {
                 continue;
             }
             let last = self.minted_until.load(Ordering::Acquire);
-            return Err(Nanos(last + (t + n - a) * p.interval_ns));
+            let missing = (t + n).saturating_sub(a);
+            return Err(Nanos(
+                last.saturating_add(missing.saturating_mul(p.interval_ns)),
+            ));
         }
     }
 

@@ -51,7 +51,10 @@ impl Windows {
 
     /// The index of the window holding `now` (0 before the origin).
     pub fn index(&self, now: Nanos) -> u64 {
-        (now.0.saturating_sub(self.origin.0) + self.shift_ns) / self.len_ns.max(1)
+        now.0
+            .saturating_sub(self.origin.0)
+            .saturating_add(self.shift_ns)
+            / self.len_ns.max(1)
     }
 
     /// The start of window `k` (`k` at least 1, or the origin for 0).
