@@ -98,33 +98,48 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
             let busy = busy.clone();
             let step = args.submitters.max(1);
             std::thread::spawn(move || -> Result<(), String> {
-                let mut i = t;
-                while i < total {
-                    // One recipient in fifty does not exist: the receiver refuses it (550 5.1.1).
-                    let local = if i % 50 == 7 {
-                        format!("unknown{i}")
-                    } else {
-                        format!("user{i}")
-                    };
-                    let to = format!("{local}@{}", domains[i % domains.len()]);
-                    let s = Submission {
-                        sender: "bounces@sender.vmta.test".into(),
-                        recipients: vec![to.clone()],
-                        tenant: "demo".into(),
-                        tags: vec![("campaign".into(), "demo".into())],
-                        body: message(i, &to),
-                        ..Submission::default()
-                    };
-                    match engine.submit(&s) {
-                        Ok(_) => {
-                            submitted.fetch_add(1, Ordering::Relaxed);
-                            i += step;
+                // Batches of up to 64 messages: one spool commit covers many submissions.
+                let mine: Vec<usize> = (t..total).step_by(step).collect();
+                for chunk in mine.chunks(64) {
+                    let mut batch: Vec<Submission> = chunk
+                        .iter()
+                        .map(|&i| {
+                            // One recipient in fifty does not exist: the receiver refuses it.
+                            let local = if i % 50 == 7 {
+                                format!("unknown{i}")
+                            } else {
+                                format!("user{i}")
+                            };
+                            let to = format!("{local}@{}", domains[i % domains.len()]);
+                            Submission {
+                                sender: "bounces@sender.vmta.test".into(),
+                                recipients: vec![to.clone()],
+                                tenant: "demo".into(),
+                                tags: vec![("campaign".into(), "demo".into())],
+                                body: message(i, &to),
+                                ..Submission::default()
+                            }
+                        })
+                        .collect();
+                    while !batch.is_empty() {
+                        let results = engine.submit_batch(&batch);
+                        let mut retry = Vec::new();
+                        for (s, r) in batch.into_iter().zip(results) {
+                            match r {
+                                Ok(_) => {
+                                    submitted.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(SubmitError::Busy) => {
+                                    busy.fetch_add(1, Ordering::Relaxed);
+                                    retry.push(s);
+                                }
+                                Err(e) => return Err(e.to_string()),
+                            }
                         }
-                        Err(SubmitError::Busy) => {
-                            busy.fetch_add(1, Ordering::Relaxed);
-                            std::thread::sleep(Duration::from_micros(200));
+                        if !retry.is_empty() {
+                            std::thread::sleep(Duration::from_micros(500));
                         }
-                        Err(e) => return Err(e.to_string()),
+                        batch = retry;
                     }
                 }
                 Ok(())

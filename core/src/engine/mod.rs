@@ -215,6 +215,21 @@ pub(crate) struct SubmitPart {
     pub ack: Arc<Ack>,
 }
 
+/// A submission handed to its shards, not yet acknowledged.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    ack: Arc<Ack>,
+    shards: Vec<usize>,
+}
+
+impl Pending {
+    fn finish(self) -> Result<u64, SubmitError> {
+        self.ack.wait(Duration::from_secs(300))?;
+        Ok(self.id)
+    }
+}
+
 /// Messages to a shard that must not be refused.
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -519,6 +534,32 @@ impl Engine {
     /// Queues a message. Returns its id once every part is durable, or why it was refused (nothing is
     /// queued then).
     pub fn submit(&self, s: &Submission) -> Result<u64, SubmitError> {
+        let pending = self.push_parts(s)?;
+        for &shard in &pending.shards {
+            let _ = self.shards[shard].waker.wake();
+        }
+        pending.finish()
+    }
+
+    /// Queues several messages at once: every part is handed to its shard before any is waited for,
+    /// so one spool commit can cover the whole batch. Results are in the batch's order.
+    pub fn submit_batch(&self, batch: &[Submission]) -> Vec<Result<u64, SubmitError>> {
+        let pending: Vec<Result<Pending, SubmitError>> =
+            batch.iter().map(|s| self.push_parts(s)).collect();
+        let mut woken = vec![false; self.shards.len()];
+        for p in pending.iter().flatten() {
+            for &shard in &p.shards {
+                if !woken[shard] {
+                    woken[shard] = true;
+                    let _ = self.shards[shard].waker.wake();
+                }
+            }
+        }
+        pending.into_iter().map(|p| p?.finish()).collect()
+    }
+
+    /// Checks a submission and pushes its parts to their shards' rings (without waking them).
+    fn push_parts(&self, s: &Submission) -> Result<Pending, SubmitError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -569,7 +610,10 @@ impl Engine {
                 ack: ack.clone(),
             };
             if self.shards[shard].ring.push(part).is_err() {
-                // Parts already pushed are abandoned (skipped, or cancelled once written).
+                // The parts not pushed count as refused; the ones pushed are written, then cancelled.
+                for _ in pushed.len()..parts {
+                    ack.done(Err(SubmitError::Busy));
+                }
                 for &p in &pushed {
                     let shard: &ShardHandle = &self.shards[p];
                     let _ = shard.waker.wake();
@@ -586,10 +630,12 @@ impl Engine {
                 return Err(SubmitError::Busy);
             }
             pushed.push(shard);
-            let _ = self.shards[shard].waker.wake();
         }
-        ack.wait(Duration::from_secs(300))?;
-        Ok(id)
+        Ok(Pending {
+            id,
+            ack,
+            shards: pushed,
+        })
     }
 
     /// Cancels every recipient of a message not yet delivered; returns how many were cancelled (a
