@@ -345,3 +345,38 @@ fn refuses_bad_submissions_with_named_errors() {
     );
     drop(e1);
 }
+
+#[test]
+fn a_full_ring_is_busy_for_the_submitter_and_nothing_stalls() {
+    let spool = TempDir::new("engine-busy");
+    let mut cfg = config(&spool, "127.0.50.59:53".parse().unwrap(), 2525);
+    cfg.engine.submission_queue = 2;
+    let e = Engine::start(&cfg).unwrap();
+    let batch: Vec<Submission> = (0..300)
+        .map(|n| Submission {
+            sender: "a@x.test".into(),
+            // Two domains: parts land on both shards.
+            recipients: vec![
+                format!("u{n}@one.engine.test"),
+                format!("u{n}@two.engine.test"),
+            ],
+            body: body(n),
+            ..Submission::default()
+        })
+        .collect();
+    let started = Instant::now();
+    let results = e.submit_batch(&batch);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(vmta::engine::SubmitError::Busy)))
+        .count();
+    assert_eq!(ok + busy, 300, "{results:?}");
+    assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+    // Only accepted submissions stay queued (two recipients each); a part written before its sibling
+    // was refused is cancelled.
+    let t = e.metrics().total();
+    assert_eq!(t.submitted - t.cancelled, 2 * ok as u64);
+    e.shutdown(Duration::from_secs(1));
+}
