@@ -23,6 +23,7 @@ fn config(spool: &TempDir, dns: std::net::SocketAddr, port: u16) -> EngineConfig
         .port(port)
         .tls(TlsPolicy::Disabled)
         .max_connections_per_host(4)
+        .shaping_rules(vmta_testworld::world::UNSHAPED)
         .with(|c| {
             c.delivery.connect_timeout_s = 5;
             c.delivery.idle_timeout_s = 1;

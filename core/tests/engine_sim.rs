@@ -142,11 +142,12 @@ fn every_recipient_reaches_exactly_one_final_state_over_three_days() {
     let delivered = out.count(EventKind::Delivered);
     assert_eq!(delivered, out.accepted.len());
     assert!(out.accepted.values().all(|n| *n == 1));
-    // Domains whose only MX is dead expire after the 72-hour maximum age, not before.
+    // Domains whose only MX is dead expire after the 72-hour maximum age, not before (the last attempt
+    // may wait for the shaping layer's destination backoff, at most an hour).
     for e in out.events.iter().filter(|e| e.kind == EventKind::Expired) {
         let age = e.at_ms / 1000 - e.submitted_at;
         assert!(
-            (72 * 3600..72 * 3600 + 60).contains(&age),
+            (72 * 3600..73 * 3600 + 60).contains(&age),
             "expired after {age} s: {e:?}"
         );
         assert!(e.attempts > 5, "{e:?}");
@@ -245,5 +246,61 @@ fn retries_follow_the_exponential_schedule_until_expiry() {
     assert!(
         (72 * 3600..72 * 3600 + 60).contains(&age),
         "expired at {age} s"
+    );
+}
+
+#[test]
+fn shaping_limits_hold_at_the_receiver_and_messages_wait_instead_of_bouncing() {
+    let dir = Dir::new("shaping");
+    let world = World {
+        hosts: vec![HostBehaviour::default()],
+        domains: (0..5)
+            .map(|i| SimDomain {
+                name: format!("s{i}.sim.test"),
+                mx: vec![0],
+            })
+            .collect(),
+        dns_latency: Duration::from_millis(1),
+    };
+    // Two connections at most, 60 messages a minute, 20 per connection.
+    let rules = "[defaults]\nmax_connections = 2\nconnection_rate = \"unlimited\"\nmax_messages_per_connection = 20\nmessage_rate = \"60/min\"\nmessage_burst = 1\n";
+    let mut cfg = config(10);
+    cfg.shaping.rules = rules.into();
+    let mut sim = Simulation::new(
+        world,
+        &cfg,
+        Arc::new(ExponentialRetry::default()),
+        &dir.0,
+        3,
+    );
+    for m in 0..300 {
+        sim.submit_at(Duration::ZERO, vec![format!("u{m}@s{}.sim.test", m % 5)]);
+    }
+    let out = sim.run(2 * HOUR);
+    assert_eq!(out.count(EventKind::Delivered), 300);
+    assert_eq!(out.count(EventKind::Bounced), 0);
+    assert_eq!(
+        out.count(EventKind::Deferred),
+        0,
+        "shaping waits, it does not defer"
+    );
+    assert!(out.peak_connections[0] <= 2, "{:?}", out.peak_connections);
+    // At most 60 (+1 burst) deliveries in any minute: 300 messages take about 5 minutes.
+    let mut at: Vec<u64> = out.events.iter().map(|e| e.at_ms).collect();
+    at.sort_unstable();
+    for (i, t) in at.iter().enumerate() {
+        let in_minute = at[i..].iter().take_while(|u| **u < t + 60_000).count();
+        assert!(
+            in_minute <= 61,
+            "{in_minute} deliveries in the minute from {t}"
+        );
+    }
+    let span = (at[at.len() - 1] - at[0]) / 1000;
+    assert!((290..=320).contains(&span), "300 messages over {span} s");
+    // 20 messages per connection: at least 15 connections.
+    assert!(
+        out.connections[0] >= 15,
+        "{} connections",
+        out.connections[0]
     );
 }

@@ -76,6 +76,7 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         .tls(TlsPolicy::Disabled)
         .max_connections_per_host(8)
         .max_messages_per_connection(10_000)
+        .shaping_rules(vmta_testworld::world::UNSHAPED)
         .with(|c| c.engine.submission_queue = 16_384)
         .build();
     let result = run_campaign(args, &world, &config);

@@ -38,6 +38,10 @@
 //! jitter = 0.2                # ... each spread by up to ±20% ...
 //! max_age_s = 259200          # ... until the message is 72 hours old: then it expires
 //!
+//! [shaping]                   # traffic shaping (see core/src/shaping): limits per source and receiver
+//! rules_file = ""             # a TOML rule set; empty = the shipped provider defaults
+//! rules = ""                  # an inline TOML rule set (wins over rules_file), e.g. for tests
+//!
 //! [[sources]]                 # sending identities ("virtual MTAs")
 //! name = "mta1"
 //! ip = "192.0.2.10"           # local address to bind; "" = let the kernel choose
@@ -256,6 +260,37 @@ impl Default for RetrySection {
     }
 }
 
+/// `[shaping]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingSection {
+    /// A TOML rule set file; empty = the shipped defaults.
+    pub rules_file: PathBuf,
+    /// An inline TOML rule set; wins over `rules_file`.
+    pub rules: String,
+}
+
+impl ShapingSection {
+    /// The rule set this section names.
+    pub fn rule_set(&self) -> Result<crate::shaping::RuleSet, ConfigError> {
+        if !self.rules.trim().is_empty() {
+            return crate::shaping::RuleSet::from_toml(&self.rules)
+                .map_err(|e| err("shaping.rules", e.to_string()));
+        }
+        if self.rules_file.as_os_str().is_empty() {
+            return Ok(crate::shaping::RuleSet::shipped());
+        }
+        let text = std::fs::read_to_string(&self.rules_file).map_err(|e| {
+            err(
+                "shaping.rules_file",
+                format!("{}: {e}", self.rules_file.display()),
+            )
+        })?;
+        crate::shaping::RuleSet::from_toml(&text)
+            .map_err(|e| err("shaping.rules_file", e.to_string()))
+    }
+}
+
 /// `[[sources]]`: a sending identity.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -329,6 +364,8 @@ pub struct EngineConfig {
     pub delivery: DeliverySection,
     /// `[retry]`.
     pub retry: RetrySection,
+    /// `[shaping]`.
+    pub shaping: ShapingSection,
     /// `[[sources]]`.
     pub sources: Vec<SourceConfig>,
     /// `[[pools]]`.
@@ -467,6 +504,7 @@ impl EngineConfig {
         if !(0.0..=0.5).contains(&r.jitter) {
             return Err(err("retry.jitter", "must be between 0.0 and 0.5"));
         }
+        self.shaping.rule_set()?;
         let mut nameservers = Vec::new();
         for (i, ns) in self.dns.nameservers.iter().enumerate() {
             let addr = crate::dns::parse_nameserver(ns)
@@ -697,6 +735,11 @@ impl EngineConfigBuilder {
             ip: ip.into(),
             ehlo: ehlo.into(),
         });
+        self
+    }
+    /// An inline shaping rule set (TOML).
+    pub fn shaping_rules(mut self, rules: &str) -> Self {
+        self.0.shaping.rules = rules.into();
         self
     }
     /// JSON-lines event log.

@@ -447,6 +447,10 @@ impl Engine {
             }
             config::Durability::None => SyncPolicy::None,
         };
+        let rules = config.shaping.rule_set().map_err(EngineError::Config)?;
+        let epoch = Instant::now();
+        let shaping =
+            crate::shaping::ShapingShared::new(rules, resolved.shards, Now::system().unix());
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let mut shards = Vec::new();
         let mut metrics = Vec::new();
@@ -470,6 +474,8 @@ impl Engine {
                 tls.as_ref(),
                 seed,
                 m.clone(),
+                crate::shaping::Shaper::new(shaping.clone()),
+                epoch,
                 now,
             );
             let poll = mio::Poll::new().map_err(|e| EngineError::Io(e.to_string()))?;

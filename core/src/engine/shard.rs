@@ -31,6 +31,7 @@ use super::metrics::ShardMetrics;
 use super::retry::{Decision, FailedAttempt, RetryPolicy};
 use super::timer::TimerWheel;
 use crate::dns::{Failure as DnsFailure, MxHost};
+use crate::shaping::{ConnectionPermit, Deferral, Nanos, RouteId, Shaper, SourceId};
 use crate::smtp::session::Tls;
 use crate::smtp::{
     CloseCause, Credentials, EnhancedCode, Envelope, Event as SessionEvent, MessageFailure, Phase,
@@ -41,7 +42,8 @@ use crate::spool::{
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -172,6 +174,8 @@ struct HostPool {
     connecting: usize,
     open: usize,
     down_until: Option<Instant>,
+    /// The shaper said "not before" for a message on this pool's connections.
+    paused_until: Option<Instant>,
     waiters: VecDeque<QueueKey>,
 }
 
@@ -186,10 +190,23 @@ struct InFlight {
 struct Conn {
     key: PoolKey,
     mx: Arc<str>,
+    /// The shaping layer's leave to hold this connection (released when dropped).
+    permit: ConnectionPermit,
     session: Option<Session>,
     ready: bool,
     connect_deadline: Instant,
     txn: Option<InFlight>,
+}
+
+/// What is left of a connection once its permit went back to the shaping layer.
+#[derive(Debug)]
+struct ClosedConn {
+    key: PoolKey,
+    mx: Arc<str>,
+    session: Option<Session>,
+    ready: bool,
+    txn: Option<InFlight>,
+    _deadline: Instant,
 }
 
 /// An attempt's outcome for one recipient.
@@ -285,6 +302,13 @@ pub(crate) struct ShardCore {
     commit: Option<Ticket>,
     metrics: Arc<ShardMetrics>,
     shutting_down: bool,
+    shaper: Shaper,
+    /// Shaping time zero.
+    epoch: Instant,
+    shaping_sources: Vec<SourceId>,
+    routes: HashMap<(u16, u32, Arc<str>), RouteId>,
+    /// Queues to dispatch again at a time (shaping said "not before").
+    wakeups: BinaryHeap<Reverse<(Instant, u32, u16)>>,
 }
 
 impl ShardCore {
@@ -298,8 +322,19 @@ impl ShardCore {
         tls: Option<&TlsSettings>,
         seed: u64,
         metrics: Arc<ShardMetrics>,
+        mut shaper: Shaper,
+        epoch: Instant,
         now: Now,
     ) -> ShardCore {
+        // A source is known to the rules by its address (or its name when it binds none).
+        let shaping_sources = cfg
+            .sources
+            .iter()
+            .map(|s| match s.ip {
+                Some(ip) => shaper.source(&ip.to_string()),
+                None => shaper.source(&s.name),
+            })
+            .collect();
         let d = &cfg.config.delivery;
         let make = |ehlo: &str, policy: TlsPolicy, auth: Option<(String, String)>, plain: bool| {
             let mut s = SessionConfig::new(ehlo);
@@ -349,8 +384,41 @@ impl ShardCore {
             commit: None,
             metrics,
             shutting_down: false,
+            shaper,
+            epoch,
+            shaping_sources,
+            routes: HashMap::new(),
+            wakeups: BinaryHeap::new(),
             cfg,
         }
+    }
+
+    fn nanos(&self, now: Now) -> Nanos {
+        Nanos::since(self.epoch, now.mono)
+    }
+
+    fn instant(&self, t: Nanos) -> Instant {
+        self.epoch + Duration::from_nanos(t.0)
+    }
+
+    /// Dispatches `key` again at `at` (at least a millisecond from `now`, so a "not before now" can
+    /// never spin the loop).
+    fn wake_at(&mut self, now: Now, at: Instant, key: QueueKey) {
+        let at = at.max(now.mono + Duration::from_millis(1));
+        self.wakeups.push(Reverse((at, key.domain, key.source)));
+    }
+
+    /// The shaping route of (source, domain, MX host).
+    fn shaping_route(&mut self, key: QueueKey, mx: &Arc<str>, now: Now) -> RouteId {
+        if let Some(r) = self.routes.get(&(key.source, key.domain, mx.clone())) {
+            return *r;
+        }
+        let source = self.shaping_sources[key.source as usize];
+        let domain = self.domains[key.domain as usize].name.clone();
+        let nanos = self.nanos(now);
+        let r = self.shaper.route(source, &domain, mx, nanos);
+        self.routes.insert((key.source, key.domain, mx.clone()), r);
+        r
     }
 
     /// The spool, for submission.
@@ -589,23 +657,55 @@ impl ShardCore {
                 q.waiting_on = Some(pk);
             }
         }
+        // The shaper paused this pool's messages: come back when it allows.
+        if let Some(until) = self.pools.get(&pk).and_then(|p| p.paused_until) {
+            if until > now.mono {
+                self.wake_at(now, until, key);
+                return;
+            }
+            if let Some(p) = self.pools.get_mut(&pk) {
+                p.paused_until = None;
+            }
+        }
         // Idle connections first.
         while let Some(conn) = self.pools.get_mut(&pk).and_then(|p| p.idle.pop()) {
             self.assign_work(now, conn);
             if self.queues.get(&key).is_none_or(|q| q.len() == 0) {
                 return;
             }
+            if self
+                .pools
+                .get(&pk)
+                .is_some_and(|p| p.paused_until.is_some())
+            {
+                // The shaper paused the pool; its wake-up dispatches again.
+                return;
+            }
         }
-        // Then new connections, up to the cap, no more at once than there is work.
+        // Then new connections, up to the cap, no more at once than there is work, each with the
+        // shaping layer's leave.
         let cap = self.cfg.config.delivery.max_connections_per_host;
         let remaining = self.queues.get(&key).map_or(0, |q| q.len());
+        let route = self.shaping_route(key, &target.mx, now);
         loop {
             let p = self.pools.entry(pk).or_default();
             if p.open + p.connecting >= cap || p.connecting >= remaining {
                 break;
             }
-            p.connecting += 1;
-            self.open_connection(now, pk, target.mx.clone());
+            let nanos = self.nanos(now);
+            match self.shaper.may_connect(route, nanos) {
+                Ok(permit) => {
+                    self.pools.entry(pk).or_default().connecting += 1;
+                    self.open_connection(now, pk, target.mx.clone(), permit);
+                }
+                Err(Deferral::NotBefore(t, _)) => {
+                    let at = self.instant(t);
+                    self.wake_at(now, at, key);
+                    break;
+                }
+                // Wait for one of the lane's connections to close (the queue waits on its pool).
+                Err(Deferral::ConnectionsBusy) | Err(Deferral::ConnectionSpent) => break,
+            }
         }
     }
 
@@ -623,10 +723,11 @@ impl ShardCore {
         }
     }
 
-    fn open_connection(&mut self, now: Now, key: PoolKey, mx: Arc<str>) {
+    fn open_connection(&mut self, now: Now, key: PoolKey, mx: Arc<str>, permit: ConnectionPermit) {
         let conn = Conn {
             key,
             mx,
+            permit,
             session: None,
             ready: false,
             connect_deadline: now.mono
@@ -685,13 +786,21 @@ impl ShardCore {
                     self.fail_domain(now, domain, false, &why);
                     return;
                 }
+                let mut names: Vec<Arc<str>> = targets.iter().map(|t| t.mx.clone()).collect();
+                names.dedup();
                 d.route = Route::Ready {
                     targets: Arc::from(targets),
                     expires: now.mono + ROUTE_TTL,
                 };
                 let sources = d.sources.clone();
                 for source in sources {
-                    self.pending.push_back(QueueKey { domain, source });
+                    let key = QueueKey { domain, source };
+                    // The shaping layer learns every MX host of the destination, so one failing host
+                    // is not taken for the whole destination failing.
+                    for mx in &names {
+                        self.shaping_route(key, mx, now);
+                    }
+                    self.pending.push_back(key);
                 }
                 self.dispatch_pending(now);
             }
@@ -844,6 +953,9 @@ impl ShardCore {
                 None => min(c.connect_deadline),
             }
         }
+        if let Some(Reverse((at, _, _))) = self.wakeups.peek() {
+            min(*at);
+        }
         if !self.wheel.is_empty() {
             // Deadlines are whole seconds: wake at the next second.
             let into = Duration::from_millis(1000 - now.unix_ms % 1000);
@@ -875,6 +987,13 @@ impl ShardCore {
                 self.pump(now, id);
             }
         }
+        while let Some(Reverse((at, domain, source))) = self.wakeups.peek().copied() {
+            if at > now.mono {
+                break;
+            }
+            self.wakeups.pop();
+            self.pending.push_back(QueueKey { domain, source });
+        }
         let mut due = Vec::new();
         self.wheel.advance(now.unix(), |rid| due.push(rid));
         for rid in due {
@@ -891,6 +1010,7 @@ impl ShardCore {
         while let Some(ev) = self.session_mut(conn).and_then(|s| s.poll_event()) {
             match ev {
                 SessionEvent::Ready => {
+                    self.shaping_reply(now, conn, Phase::Ehlo, 250, None, "");
                     if let Some(c) = self.conns[conn].as_mut() {
                         c.ready = true;
                         let key = c.key;
@@ -911,6 +1031,14 @@ impl ShardCore {
                     }
                 }
                 SessionEvent::RcptRejected { index, reply } => {
+                    self.shaping_reply(
+                        now,
+                        conn,
+                        Phase::Rcpt,
+                        reply.code,
+                        reply.enhanced,
+                        &reply.text,
+                    );
                     self.finish_in_flight(
                         now,
                         conn,
@@ -923,11 +1051,17 @@ impl ShardCore {
                     self.after_transaction(now, conn);
                 }
                 SessionEvent::MessageFailed { phase, failure } => {
+                    if let MessageFailure::Reply(r) = &failure {
+                        self.shaping_reply(now, conn, phase, r.code, r.enhanced, &r.text);
+                    }
                     let outcome = Outcome::from_failure(&failure, phase);
                     self.finish_in_flight(now, conn, None, outcome);
                     self.after_transaction(now, conn);
                 }
                 SessionEvent::Closed(cause) => {
+                    if let CloseCause::Refused(phase, r) = &cause {
+                        self.shaping_reply(now, conn, *phase, r.code, r.enhanced, &r.text);
+                    }
                     let ready = self.conns[conn].as_ref().is_some_and(|c| c.ready);
                     let failure = (!ready && cause != CloseCause::Quit).then(|| {
                         let c = self.conns[conn].as_ref().expect("live connection");
@@ -938,6 +1072,24 @@ impl ShardCore {
                     return;
                 }
             }
+        }
+    }
+
+    /// Tells the shaping layer about a reply (throttling lowers the lane's limits; setup failures mark
+    /// the MX host failing; a good EHLO marks it healthy).
+    fn shaping_reply(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        phase: Phase,
+        code: u16,
+        enhanced: Option<EnhancedCode>,
+        text: &str,
+    ) {
+        let nanos = self.nanos(now);
+        if let Some(c) = self.conns.get(conn).and_then(|c| c.as_ref()) {
+            self.shaper
+                .on_reply(&c.permit, phase, code, enhanced, text.as_bytes(), nanos);
         }
     }
 
@@ -1184,6 +1336,43 @@ impl ShardCore {
                 }
                 return;
             };
+            if self.queues.get(&key).is_none_or(|q| q.len() == 0) {
+                if let Some(q) = self.queues.get_mut(&key) {
+                    q.waiting_on = None;
+                }
+                continue;
+            }
+            // The shaping layer decides whether this connection may carry another message now.
+            let nanos = self.nanos(now);
+            let decision = match self.conns[conn].as_mut() {
+                Some(c) => self.shaper.may_send(&mut c.permit, nanos),
+                None => return,
+            };
+            match decision {
+                Ok(()) => {}
+                Err(Deferral::NotBefore(t, _)) => {
+                    let at = self.instant(t);
+                    if let Some(p) = self.pools.get_mut(&pk) {
+                        p.waiters.push_front(key);
+                        p.paused_until = Some(at);
+                        if !p.idle.contains(&conn) {
+                            p.idle.push(conn);
+                        }
+                    }
+                    self.wake_at(now, at, key);
+                    return;
+                }
+                Err(Deferral::ConnectionSpent) | Err(Deferral::ConnectionsBusy) => {
+                    if let Some(p) = self.pools.get_mut(&pk) {
+                        p.waiters.push_front(key);
+                    }
+                    if let Some(s) = self.session_mut(conn) {
+                        s.quit(now.mono);
+                    }
+                    self.pump(now, conn);
+                    return;
+                }
+            }
             let Some(tx) = self.build_transaction(key) else {
                 if let Some(q) = self.queues.get_mut(&key) {
                     q.waiting_on = None;
@@ -1277,6 +1466,31 @@ impl ShardCore {
         };
         self.free_conns.push(conn);
         self.live_conns -= 1;
+        let nanos = self.nanos(now);
+        let c = {
+            let Conn {
+                key,
+                mx,
+                permit,
+                session,
+                ready,
+                connect_deadline,
+                txn,
+            } = c;
+            if !ready && failure.is_some() {
+                self.shaper.on_connect_failed(permit, nanos);
+            } else {
+                self.shaper.on_connection_closed(permit, nanos);
+            }
+            ClosedConn {
+                key,
+                mx,
+                session,
+                ready,
+                txn,
+                _deadline: connect_deadline,
+            }
+        };
         if c.session.is_some() {
             self.metrics
                 .connections_open

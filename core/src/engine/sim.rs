@@ -90,6 +90,8 @@ pub struct Outcome {
     pub connections: Vec<usize>,
     /// Virtual time at the end.
     pub elapsed: Duration,
+    /// Simulation events processed.
+    pub steps: u64,
 }
 
 impl Outcome {
@@ -183,6 +185,8 @@ impl Simulation {
             mono: base,
             unix_ms: base_unix_ms,
         };
+        let rules = config.shaping.rule_set().expect("valid shaping rules");
+        let shaping = crate::shaping::ShapingShared::new(rules, 1, base_unix_ms / 1000);
         let core = ShardCore::new(
             0,
             resolved,
@@ -191,6 +195,8 @@ impl Simulation {
             None,
             seed,
             Arc::new(ShardMetrics::default()),
+            crate::shaping::Shaper::new(shaping),
+            base,
             now,
         );
         let hosts = world.hosts.len();
@@ -247,6 +253,17 @@ impl Simulation {
                 break;
             }
             self.now = t;
+            self.out.steps += 1;
+            if std::env::var_os("VMTA_SIM_TRACE").is_some()
+                && self.out.steps.is_multiple_of(100_000)
+            {
+                eprintln!(
+                    "sim: step {} at {:?}, {} events",
+                    self.out.steps,
+                    self.now,
+                    self.out.events.len()
+                );
+            }
             let Some(ev) = self.pending.remove(&id) else {
                 continue;
             };
