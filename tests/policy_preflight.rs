@@ -105,6 +105,10 @@ fn spf_results_over_real_dns() {
         ("twospf.test", "192.0.2.10", SpfResult::PermError),
         ("l0.loop.test", "192.0.2.10", SpfResult::PermError),
         ("l1.loop.test", "192.0.2.10", SpfResult::Pass),
+        ("v6.test", "2001:db8::10", SpfResult::Pass),
+        ("v6.test", "2001:db8:1::99", SpfResult::Pass),
+        ("v6.test", "2001:db8::11", SpfResult::Fail),
+        ("v6.test", "192.0.2.10", SpfResult::Fail),
     ] {
         let o = check(domain, addr);
         assert_eq!(o.result, want, "{domain} {addr}: {}", o.reason);
@@ -176,6 +180,13 @@ fn reverse_dns_and_helo() {
     let (c, _) = check_rdns(&d, ip("192.0.2.30"));
     assert_eq!(c.verdict, Verdict::Fail, "{c:?}");
     assert_eq!(c.record.as_deref(), Some("liar.good.test"));
+    let (c, _) = check_rdns(&d, ip("2001:db8::10"));
+    assert_eq!(c.verdict, Verdict::Pass, "{c:?}");
+    assert_eq!(c.record.as_deref(), Some("v6.good.test"));
+    assert_eq!(
+        check_ip_blocklist(&d, ip("2001:db8::10"), "bl.test").verdict,
+        Verdict::Pass
+    );
     let (c, confirmed) = check_rdns(&d, ip("192.0.2.10"));
     assert_eq!(c.verdict, Verdict::Pass);
     assert_eq!(
