@@ -34,6 +34,14 @@ fn dns(zone: &Zone) -> ResolverLookup {
     ResolverLookup::new(BlockingResolver::new(config).unwrap())
 }
 
+/// A resolver that gives up fast, for the zone whose nameserver is down.
+fn impatient_dns(zone: &Zone) -> ResolverLookup {
+    let mut config = Config::with_nameservers(vec![zone.addr]);
+    config.timeout = Duration::from_millis(400);
+    config.attempts = 1;
+    ResolverLookup::new(BlockingResolver::new(config).unwrap())
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -119,7 +127,17 @@ fn spf_results_over_real_dns() {
             .contains("more than 10")
     );
     assert!(check("void.test", "192.0.2.10").reason.contains("void"));
-    // The preflight verdicts.
+    // The preflight verdicts: a DNS failure warns (could not decide), it does not fail.
+    let slow = impatient_dns(&z);
+    for domain in ["broken.test", "usesbroken.test"] {
+        let o = spf::check_host(&slow, ip("192.0.2.10"), domain, "", "mta.good.test");
+        assert_eq!(o.result, SpfResult::TempError, "{domain}: {}", o.reason);
+    }
+    let r = run(&slow, &input("broken.test", "192.0.2.10"));
+    assert_eq!(get(&r, "spf").verdict, Verdict::Warn, "{r:#?}");
+    assert_eq!(get(&r, "dkim").verdict, Verdict::Warn, "{r:#?}");
+    assert_eq!(get(&r, "dmarc").verdict, Verdict::Warn, "{r:#?}");
+    assert_eq!(get(&r, "mx").verdict, Verdict::Warn, "{r:#?}");
     let r = run(&d, &input("spf-fail.test", "192.0.2.10"));
     assert_eq!(get(&r, "spf").verdict, Verdict::Fail);
     let r = run(&d, &input("nospf.test", "192.0.2.10"));

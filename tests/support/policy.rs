@@ -164,6 +164,9 @@ pub fn preflight_zone(ip: &str) -> Zone {
         // MX variants.
         "mx-host=nullmx.test,.,0".into(),
         "host-record=nomx.test,192.0.2.40".into(),
+        // A zone whose nameserver is down: dnsmasq forwards to a port where nothing listens.
+        "server=/broken.test/127.0.20.250#9".into(),
+        txt_record("usesbroken.test", "v=spf1 include:broken.test -all"),
         // IPv6: an address record (and its ip6.arpa PTR) and an SPF record naming it.
         "host-record=v6.good.test,2001:db8::10".into(),
         txt_record("v6.test", "v=spf1 a:v6.good.test ip6:2001:db8:1::/48 -all"),
