@@ -334,7 +334,8 @@ pub fn check_dkim(dns: &dyn DnsLookup, input: &PreflightInput) -> CheckResult {
         }
     };
     if let Some((alg, public)) = &input.public_key
-        && (alg.key_type() != record.key_type || *public != record.public_key)
+        && (alg.key_type() != record.key_type
+            || !same_key(&record.key_type, public, &record.public_key))
     {
         return result(
             "dkim",
@@ -383,16 +384,33 @@ pub fn check_dkim(dns: &dyn DnsLookup, input: &PreflightInput) -> CheckResult {
     )
 }
 
-/// The modulus length of an RSA public key in `p=` (SubjectPublicKeyInfo, or a bare RSAPublicKey as
-/// some publish it).
-fn rsa_bits(der: &[u8]) -> Option<usize> {
+/// An RSA public key in `p=`: SubjectPublicKeyInfo (RFC 6376 §3.6.1), or a bare RSAPublicKey as some
+/// publish it (and receivers accept).
+fn rsa_public(der: &[u8]) -> Option<rsa::PublicKey> {
     use rsa::pkcs1::DecodeRsaPublicKey;
     use rsa::pkcs8::DecodePublicKey;
-    use rsa::traits::PublicKeyParts;
-    let key = rsa::PublicKey::from_public_key_der(der)
+    rsa::PublicKey::from_public_key_der(der)
         .or_else(|_| rsa::PublicKey::from_pkcs1_der(der))
-        .ok()?;
-    Some(key.size() * 8)
+        .ok()
+}
+
+/// The modulus length of an RSA public key in `p=`.
+fn rsa_bits(der: &[u8]) -> Option<usize> {
+    use rsa::traits::PublicKeyParts;
+    rsa_public(der).map(|k| k.size() * 8)
+}
+
+/// Whether two encodings hold the same public key: byte equality for Ed25519, equal modulus and
+/// exponent for RSA (whichever of the two DER forms each uses).
+fn same_key(key_type: &str, a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    key_type == "rsa"
+        && match (rsa_public(a), rsa_public(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        }
 }
 
 /// The DMARC check, given the SPF result (for the sending domain) and whether DKIM (`d=` the sending
@@ -956,6 +974,31 @@ pub(crate) mod tests {
         assert_eq!(check("test"), Verdict::Warn);
         assert_eq!(check("temp"), Verdict::Warn);
         assert_eq!(check("absent"), Verdict::Fail);
+    }
+
+    #[test]
+    fn rsa_keys_compare_across_der_forms() {
+        use rsa::pkcs1::EncodeRsaPublicKey;
+        use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+        // The public half of tests/data/policy/rsa2048.pem, in both DER forms.
+        let spki = BASE64
+            .decode(concat!(
+                "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAv6zilGy5kzPKnKuqUOJU2rimwT6EP7T3oh3EKat0ehcPig",
+                "aBJ+7+zCF89bU/UghKBOegrXDQrENuXhNnPN0F6NSEgIIctUKt0OQLsnOSWbzSjueBCIQdC29KYHNSmJ+zvgykk1RF",
+                "4HdySbU7xixmQZBv0HqMc9m0SV5AiiMTc/ZeEXLkLIWIjkYCgmlGgyPWQ6068cX5zFXgPdT2yFuPR0t+vWDEwn3+8G",
+                "bJjk9cRYNUFrt9Si5P3y5XmYap43YGvbMnwbwFsM5Oyg8rPMIL5etrUsLrUioUhjdZJoNrAJRRk70Wz0cVlbtGISTM",
+                "fXHyPTVmaGxnlOTS6QJJFV3aswIDAQAB",
+            ))
+            .unwrap();
+        let key = rsa::PublicKey::from_public_key_der(&spki).unwrap();
+        let pkcs1 = key.to_pkcs1_der().unwrap().as_bytes().to_vec();
+        assert_ne!(spki, pkcs1);
+        assert!(same_key("rsa", &spki, &pkcs1));
+        assert_eq!(rsa_bits(&pkcs1), Some(2048));
+        let spki_again = key.to_public_key_der().unwrap().as_bytes().to_vec();
+        assert!(same_key("rsa", &spki_again, &spki));
+        assert!(!same_key("rsa", &spki, &pkcs1[..pkcs1.len() - 1]));
+        assert!(!same_key("ed25519", &spki, &pkcs1));
     }
 
     #[test]
