@@ -7,18 +7,24 @@
 //! - `spf`: SPF (RFC 7208, [`spf`]) for the IP and the sending domain: pass is a pass; neutral,
 //!   softfail and temperror warn; fail, none and permerror fail.
 //! - `dkim`: the selector's key record (RFC 6376 §3.6.1) is published, not revoked, of a known type,
-//!   and, when the configured private key is given, is its public key.
-//! - `dmarc`: a DMARC record (RFC 7489, [`dmarc`]) exists for the From domain; its policy; SPF or DKIM
-//!   (as the checks above found them, with `d=` the sending domain) aligned with the From domain.
-//!   `p=none` warns (monitoring only).
+//!   not under 1024 bits (RFC 8301), and, when the configured private key is given, is its public key
+//!   (pass); without a key to compare, or in test mode (`t=y`), or RSA under 2048 bits, it warns.
+//! - `dmarc`: a DMARC record (RFC 7489, [`dmarc`]) exists for the From domain or its organizational
+//!   domain; its policy (`sp=` for a subdomain); SPF and DKIM (as the checks above found them, with
+//!   `d=` the sending domain) aligned with the From domain. Both aligned under `p=quarantine` or
+//!   `p=reject` passes; one aligned, or `p=none` (monitoring only), warns; neither fails.
 //! - `rdns`: the IP has a PTR record whose name resolves back to the IP (forward-confirmed reverse DNS,
 //!   RFC 8601 §3's `iprev`).
-//! - `helo`: the HELO name resolves to the IP and is the forward-confirmed PTR name.
+//! - `helo`: the HELO name resolves to the IP and is the forward-confirmed PTR name (pass); resolves
+//!   to the IP under another name (warn); does not resolve to the IP (fail).
 //! - `blocklist`: the IP (reversed octets, or nibbles for IPv6) and the domain are not listed on the
 //!   configured DNS blocklists (RFC 5782); an answer in 127.255.255.0/24 means the list refused the
 //!   query (Spamhaus' convention) and warns.
 //! - `mx`: the sending domain has an MX (or at least an address for the implicit MX of RFC 5321
 //!   §5.1, which warns) so bounces and replies reach someone; a null MX (RFC 7505) fails.
+//!
+//! A DNS failure (timeout, SERVFAIL) makes a check warn: it could not be decided. Not checked: TLS
+//! (STARTTLS, MTA-STS, DANE) of the sender's own MX, BIMI, ARC.
 //!
 //! The checks are written against [`DnsLookup`], a five-method trait, so they are sans-IO: the unit
 //! tests use an in-memory zone; the CLI and the integration tests use [`resolver::ResolverLookup`],
