@@ -87,7 +87,7 @@ fn delivers_through_mx_records_with_preference_and_reuses_connections() {
     let s3 = sink_at(ips[2], port, &[]);
     let s4 = sink_at(ips[3], port, &[]);
     let spool = TempDir::new("engine-mx");
-    let mut e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
+    let e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
     let per = 40;
     for n in 0..per {
         submit(&e, &format!("u{n}@alpha.engine.test"), n);
@@ -145,7 +145,7 @@ fn fails_over_to_the_backup_mx_when_the_primary_refuses_connections() {
     // Nothing listens on the primary.
     let backup = sink_at(ips[1], port, &[]);
     let spool = TempDir::new("engine-failover");
-    let mut e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
+    let e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
     for n in 0..10 {
         submit(&e, &format!("u{n}@delta.engine.test"), n);
     }
@@ -179,7 +179,7 @@ fn bounces_5xx_without_retry_and_dns_failures_by_kind() {
         &["-f", "RCPT", "-B", "550 5.1.1 No such user"],
     );
     let spool = TempDir::new("engine-bounce");
-    let mut e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
+    let e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
     submit(&e, "nobody@hard.engine.test", 0);
     submit(&e, "x@nullmx.engine.test", 1);
     submit(&e, "x@nxdomain.engine.test", 2);
@@ -228,7 +228,7 @@ fn retries_a_4xx_then_delivers() {
         c.retry.jitter = 0.0;
         c
     };
-    let mut e = Engine::start(&cfg).unwrap();
+    let e = Engine::start(&cfg).unwrap();
     let greylist = sink_at(ips[0], port, &["-r", "RCPT"]);
     let id = submit(&e, "user@grey.engine.test", 0);
     let first = collect(&e, Duration::from_secs(20), |ev| {
@@ -277,7 +277,7 @@ fn a_restart_mid_queue_delivers_the_rest_once() {
         c
     };
     // The MX is down: everything is deferred and stays in the spool.
-    let mut e = Engine::start(&cfg).unwrap();
+    let e = Engine::start(&cfg).unwrap();
     let n = 25;
     for i in 0..n {
         submit(&e, &format!("u{i}@later.engine.test"), i);
@@ -291,7 +291,7 @@ fn a_restart_mid_queue_delivers_the_rest_once() {
     drop(e);
     // The MX comes up; a new engine on the same spool delivers each message exactly once.
     let sink = sink_at(ips[0], port, &[]);
-    let mut e = Engine::start(&cfg).unwrap();
+    let e = Engine::start(&cfg).unwrap();
     let events = collect(&e, Duration::from_secs(30), |ev| {
         count(ev, EventKind::Delivered) >= n
     });
@@ -306,7 +306,7 @@ fn a_restart_mid_queue_delivers_the_rest_once() {
 fn refuses_bad_submissions_with_named_errors() {
     let spool = TempDir::new("engine-refuse");
     let cfg = config(&spool, "127.0.50.49:53".parse().unwrap(), 2525);
-    let mut e = Engine::start(&cfg).unwrap();
+    let e = Engine::start(&cfg).unwrap();
     let mut s = Submission {
         sender: "a@x.test".into(),
         recipients: vec![],
@@ -344,4 +344,39 @@ fn refuses_bad_submissions_with_named_errors() {
         "{e2:?}"
     );
     drop(e1);
+}
+
+#[test]
+fn a_full_ring_is_busy_for_the_submitter_and_nothing_stalls() {
+    let spool = TempDir::new("engine-busy");
+    let mut cfg = config(&spool, "127.0.50.59:53".parse().unwrap(), 2525);
+    cfg.engine.submission_queue = 2;
+    let e = Engine::start(&cfg).unwrap();
+    let batch: Vec<Submission> = (0..300)
+        .map(|n| Submission {
+            sender: "a@x.test".into(),
+            // Two domains: parts land on both shards.
+            recipients: vec![
+                format!("u{n}@one.engine.test"),
+                format!("u{n}@two.engine.test"),
+            ],
+            body: body(n),
+            ..Submission::default()
+        })
+        .collect();
+    let started = Instant::now();
+    let results = e.submit_batch(&batch);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(vmta::engine::SubmitError::Busy)))
+        .count();
+    assert_eq!(ok + busy, 300, "{results:?}");
+    assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+    // Only accepted submissions stay queued (two recipients each); a part written before its sibling
+    // was refused is cancelled.
+    let t = e.metrics().total();
+    assert_eq!(t.submitted - t.cancelled, 2 * ok as u64);
+    e.shutdown(Duration::from_secs(1));
 }

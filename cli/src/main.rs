@@ -30,6 +30,8 @@ enum Command {
     Dkim(cmd::dkim::DkimArgs),
     /// Check SPF, DKIM, DMARC, reverse DNS, blocklists and MX of a sender, as receivers will.
     Preflight(cmd::preflight::PreflightArgs),
+    /// Traffic shaping: the rule and limits that apply to a domain.
+    Shaping(cmd::shaping::ShapingArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +43,6 @@ fn main() -> ExitCode {
         Command::Dns(args) => cmd::dns::run(args),
         Command::Dkim(args) => cmd::dkim::run(args),
         Command::Preflight(args) => cmd::preflight::run(args),
+        Command::Shaping(args) => cmd::shaping::run(args),
     }
 }

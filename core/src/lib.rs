@@ -17,6 +17,8 @@
 //! - [`dkim`]: DKIM signing (RFC 6376, RFC 8463).
 //! - [`preflight`]: the checks receivers apply to a sender (SPF, DKIM, DMARC, reverse DNS, blocklists,
 //!   MX), written against a small DNS lookup trait.
+//! - [`shaping`]: traffic shaping — per-source token buckets (shard-local or lock-free shared), connection
+//!   caps, hourly/daily caps, warm-up schedules, adaptive backoff, TOML rule sets with provider defaults.
 //!
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
@@ -27,5 +29,6 @@ pub mod dns;
 pub mod engine;
 pub mod policy;
 pub mod preflight;
+pub mod shaping;
 pub mod smtp;
 pub mod spool;

@@ -1,6 +1,7 @@
 //! One module per subcommand of `vmta`.
 
 pub mod dns;
+pub mod shaping;
 
 use std::process::ExitCode;
 

@@ -19,19 +19,20 @@
 //! - RFC 5452 defences: a random message ID per exchange and a fresh socket (kernel-chosen random source
 //!   port) per exchange; an answer is accepted only from the server the query went to, with the same ID
 //!   and the same question. Malformed and mismatched messages are counted ([`Stats`]) and dropped.
-//! - Retries: each try waits [`Config::timeout`]; tries rotate over the nameservers, `attempts` rounds in
-//!   all (resolv.conf semantics, `options rotate` included). A nameserver that timed out is not asked
-//!   first for [`Config::server_holddown`]. A truncated UDP answer (TC bit) is asked again over TCP (RFC 7766) to
-//!   the same server. EDNS0 (RFC 6891) advertises a 1232-byte UDP payload.
-//! - `/etc/resolv.conf` (`nameserver`, `options timeout attempts ndots`) or explicit `host:port`
+//! - Retries: each try waits [`Config::timeout`]; tries rotate over the nameservers, `attempts` rounds
+//!   in all (resolv.conf semantics, `options rotate` included). A nameserver that timed out is not asked
+//!   first for [`Config::server_holddown`]. A truncated UDP answer (TC bit) is asked again over TCP
+//!   (RFC 7766) to the same server. EDNS0 (RFC 6891) advertises a 1232-byte UDP payload; a FORMERR
+//!   answer to it gets the query again without EDNS0 (§7).
+//! - `/etc/resolv.conf` (`nameserver`, `options timeout attempts ndots rotate`) or explicit `host:port`
 //!   nameservers ([`config`]).
 //!
 //! # What it does not do
 //!
 //! No iterative resolution (it needs a recursive nameserver), no DNSSEC validation, no DNS over TLS/HTTPS,
-//! no search lists (every name is absolute), no retry without EDNS0 after FORMERR
-//! (such a server counts as failed and the next one is tried), no use of additional-section records, no
-//! cancellation of a lookup once started (its answer arrives and can be ignored).
+//! no search lists (every name is absolute), no use of additional-section records (glue), no SMTP
+//! address literals (`[192.0.2.1]` is the caller's business). [`Resolver::cancel`] drops a lookup but
+//! not the questions it already put on the wire.
 //!
 //! # Driving the sans-IO core
 //!
@@ -50,6 +51,9 @@
 //!    (connection refused, reset, EOF before the answer).
 //! 4. Arm a timer for [`Resolver::poll_timeout`] and call [`Resolver::handle_timeout`] when it passes.
 //! 5. Drain [`Resolver::poll_event`] for finished lookups.
+//!
+//! Every lookup ends with exactly one event (unless cancelled): each question gives up after
+//! `attempts * nameservers` tries.
 //!
 //! At most [`Config::max_in_flight`] exchanges are open at once, numbered `0..max_in_flight`.
 //!

@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::Message;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -92,6 +92,8 @@ struct Question {
     waiters: Vec<u64>,
     /// Index of the nameserver for the first try; try `k` goes to `first_server + k`.
     first_server: usize,
+    /// A server answered FORMERR to the query with EDNS0: ask without it from then on (RFC 6891 §7).
+    no_edns: bool,
     tries: u32,
     last_error: String,
 }
@@ -488,6 +490,7 @@ impl Resolver {
                 waiters: vec![cid],
                 tries: 0,
                 first_server,
+                no_edns: false,
                 last_error: String::new(),
             },
         );
@@ -544,7 +547,12 @@ impl Resolver {
             return;
         };
         let id: u16 = self.rng.random();
-        let mut payload = wire::encode_query(id, &q.name, q.qtype, self.config.edns_payload);
+        let edns = if q.no_edns {
+            0
+        } else {
+            self.config.edns_payload
+        };
+        let mut payload = wire::encode_query(id, &q.name, q.qtype, edns);
         match transport {
             Transport::Udp => self.stats.udp_queries += 1,
             Transport::Tcp => {
@@ -628,6 +636,17 @@ impl Resolver {
                     qid,
                     format!("{}: truncated answer over TCP", ex.server),
                 );
+            }
+            Reading::ServerError(ResponseCode::FormErr)
+                if self.config.edns_payload > 0
+                    && self.questions.get(&qid).is_some_and(|q| !q.no_edns) =>
+            {
+                // RFC 6891 §7: a server that does not understand EDNS0 gets the query without it.
+                self.stats.server_errors += 1;
+                if let Some(q) = self.questions.get_mut(&qid) {
+                    q.no_edns = true;
+                }
+                self.open(now, qid, ex.server, ex.transport);
             }
             Reading::ServerError(rcode) => {
                 self.stats.server_errors += 1;

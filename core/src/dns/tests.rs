@@ -165,6 +165,8 @@ struct Sim {
     /// Exchanges currently open.
     open: HashMap<usize, (SocketAddr, Transport)>,
     events: Vec<Event>,
+    /// When set, every query gets a random behaviour (including garbage and wrong IDs).
+    chaos: Option<rand::rngs::StdRng>,
 }
 
 impl Sim {
@@ -185,6 +187,7 @@ impl Sim {
             sent: Vec::new(),
             open: HashMap::new(),
             events: Vec::new(),
+            chaos: None,
         }
     }
 
@@ -248,7 +251,40 @@ impl Sim {
     }
 
     fn respond(&mut self, exchange: ExchangeId, server: SocketAddr, t: Transport, query: &Message) {
-        let behaviour = self.servers[&server];
+        let mut behaviour = self.servers[&server];
+        if let Some(rng) = self.chaos.as_mut() {
+            use rand::RngExt;
+            let id = query.metadata.id;
+            match rng.random_range(0..8u8) {
+                0 => behaviour = Behaviour::Silent,
+                1 => behaviour = Behaviour::ServFail,
+                2 => behaviour = Behaviour::Truncate,
+                3 => {
+                    let len = rng.random_range(0..40usize);
+                    let mut junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                    if junk.len() >= 2 {
+                        junk[..2].copy_from_slice(&id.to_be_bytes());
+                    }
+                    match t {
+                        Transport::Udp => self.r.handle_datagram(self.now, exchange, server, &junk),
+                        Transport::Tcp => {
+                            let mut framed = (junk.len() as u16).to_be_bytes().to_vec();
+                            framed.extend_from_slice(&junk);
+                            self.r.handle_stream(self.now, exchange, &framed);
+                        }
+                    }
+                    return;
+                }
+                4 if t == Transport::Udp => {
+                    let mut wrong = answer(query);
+                    wrong.metadata.id = id.wrapping_add(1);
+                    self.r
+                        .handle_datagram(self.now, exchange, server, &wrong.to_vec().unwrap());
+                    return;
+                }
+                _ => behaviour = Behaviour::Answer,
+            }
+        }
         let mut reply = match behaviour {
             Behaviour::Silent => return,
             Behaviour::ServFail => {
@@ -953,4 +989,76 @@ fn rotate_spreads_first_tries() {
     }
     let servers: Vec<_> = sim.sent.iter().map(|s| s.0.to_string()).collect();
     assert_eq!(servers, vec![S1, S2, S1, S2]);
+}
+
+#[test]
+fn formerr_to_edns_is_asked_again_without_it() {
+    let mut r = Resolver::new(Sim::config(), [10; 32]).unwrap();
+    let now = Instant::now();
+    r.lookup(now, 1, Query::Txt("alpha.test".into()));
+    let (ex, server, query) = take_send(&mut r);
+    assert!(query.edns.is_some());
+    let mut formerr = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    formerr.add_query(query.queries[0].clone());
+    formerr.metadata.response_code = ResponseCode::FormErr;
+    r.handle_datagram(now, ex, server, &formerr.to_vec().unwrap());
+    assert_eq!(r.poll_transmit(), Some(Transmit::Close { exchange: ex }));
+    let (ex2, server2, query2) = take_send(&mut r);
+    assert_eq!(server2, server, "same server, same try");
+    assert!(query2.edns.is_none());
+    // A second FORMERR (without EDNS0) is a failed try: the next server is asked.
+    let mut again = formerr.clone();
+    again.metadata.id = query2.metadata.id;
+    r.handle_datagram(now, ex2, server2, &again.to_vec().unwrap());
+    assert_eq!(r.poll_transmit(), Some(Transmit::Close { exchange: ex2 }));
+    let (ex3, server3, query3) = take_send(&mut r);
+    assert_eq!(server3, S2.parse().unwrap());
+    assert!(query3.edns.is_none());
+    r.handle_datagram(now, ex3, server3, &answer(&query3).to_vec().unwrap());
+    assert!(matches!(r.poll_event().unwrap().answer, Answer::Txt(Ok(ref t)) if t.len() == 1));
+}
+
+/// Random faults on every query across many seeds: every lookup still ends with one event, every
+/// exchange is closed, permanent failures only come from the zone's own answers.
+#[test]
+fn chaos_every_lookup_ends() {
+    use rand::SeedableRng;
+    let domains = [
+        "alpha.test",
+        "beta.test",
+        "nomx.test",
+        "nullmx.test",
+        "dangling.test",
+        "cname.test",
+        "loop.test",
+        "nowhere.test",
+    ];
+    for seed in 0..64u64 {
+        let mut sim = Sim::seeded(
+            Config {
+                max_in_flight: 4,
+                ..Sim::config()
+            },
+            [seed as u8; 32],
+        );
+        sim.chaos = Some(rand::rngs::StdRng::seed_from_u64(seed));
+        for (i, d) in domains.iter().enumerate() {
+            sim.r.lookup(sim.now, i as u64, Query::Mx((*d).into()));
+        }
+        sim.r.lookup(sim.now, 100, Query::Ptr(ip("127.0.0.2")));
+        sim.settle();
+        assert_eq!(sim.events.len(), domains.len() + 1, "seed {seed}");
+        assert_eq!(sim.r.lookups_in_progress(), 0);
+        for e in &sim.events {
+            if let Some(f) = e.answer.failure()
+                && f.permanent
+            {
+                let d = domains.get(e.token as usize).copied().unwrap_or("ptr");
+                assert!(
+                    matches!(d, "nullmx.test" | "nowhere.test"),
+                    "seed {seed}: permanent failure for {d}: {f}"
+                );
+            }
+        }
+    }
 }

@@ -61,8 +61,15 @@ pub(crate) fn check_answer(
         [q] if q.name() == name && q.query_type() == rtype && q.query_class() == DNSClass::IN => {
             Ok(msg)
         }
+        // Some servers leave the question out of error answers (FORMERR to EDNS0, NOTIMP). Such an
+        // answer can only make us move on to the next try, never supply data, so it is accepted.
+        [] if is_error(msg.metadata.response_code) && msg.answers.is_empty() => Ok(msg),
         _ => Err(Reject::Mismatch("question")),
     }
+}
+
+fn is_error(rcode: ResponseCode) -> bool {
+    rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain
 }
 
 /// What an accepted answer says about the question.
@@ -106,7 +113,7 @@ pub(crate) fn read_answer(
         return Reading::Truncated;
     }
     let rcode = msg.metadata.response_code;
-    if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
+    if is_error(rcode) {
         return Reading::ServerError(rcode);
     }
     let mut cnames: Vec<(Name, Name, u32)> = Vec::new();
@@ -206,6 +213,14 @@ mod tests {
             check_answer(&other, 7, &q, RecordType::MX).unwrap_err(),
             Reject::Mismatch("question")
         );
+        let mut bare = Message::new(7, MessageType::Response, OpCode::Query);
+        assert_eq!(
+            check_answer(&bare.to_vec().unwrap(), 7, &q, RecordType::MX).unwrap_err(),
+            Reject::Mismatch("question"),
+            "a NOERROR answer must carry the question"
+        );
+        bare.metadata.response_code = ResponseCode::FormErr;
+        assert!(check_answer(&bare.to_vec().unwrap(), 7, &q, RecordType::MX).is_ok());
         let query = encode_query(7, &q, RecordType::MX, 0);
         assert_eq!(
             check_answer(&query, 7, &q, RecordType::MX).unwrap_err(),

@@ -31,6 +31,7 @@ mod io;
 pub mod metrics;
 pub mod retry;
 pub(crate) mod shard;
+pub mod sim;
 pub mod timer;
 
 pub use config::{ConfigError, EngineConfig};
@@ -214,6 +215,21 @@ pub(crate) struct SubmitPart {
     pub ack: Arc<Ack>,
 }
 
+/// A submission handed to its shards, not yet acknowledged.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    ack: Arc<Ack>,
+    shards: Vec<usize>,
+}
+
+impl Pending {
+    fn finish(self) -> Result<u64, SubmitError> {
+        self.ack.wait(Duration::from_secs(300))?;
+        Ok(self.id)
+    }
+}
+
 /// Messages to a shard that must not be refused.
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -314,7 +330,7 @@ struct ShardHandle {
     ring: Arc<ArrayQueue<SubmitPart>>,
     control: crossbeam::channel::Sender<Control>,
     waker: Arc<mio::Waker>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A running engine. Every method takes `&self` and is safe from any thread.
@@ -485,7 +501,7 @@ impl Engine {
                 ring,
                 control: ctl_tx,
                 waker,
-                thread: None,
+                thread: Mutex::new(None),
             });
             metrics.push(m);
         }
@@ -502,7 +518,7 @@ impl Engine {
                     thread.run();
                 })
                 .map_err(|e| EngineError::Io(e.to_string()))?;
-            shards[i].thread = Some(handle);
+            *shards[i].thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         }
         let seed = Now::system().unix_ms << 16;
         Ok(Engine {
@@ -518,6 +534,32 @@ impl Engine {
     /// Queues a message. Returns its id once every part is durable, or why it was refused (nothing is
     /// queued then).
     pub fn submit(&self, s: &Submission) -> Result<u64, SubmitError> {
+        let pending = self.push_parts(s)?;
+        for &shard in &pending.shards {
+            let _ = self.shards[shard].waker.wake();
+        }
+        pending.finish()
+    }
+
+    /// Queues several messages at once: every part is handed to its shard before any is waited for,
+    /// so one spool commit can cover the whole batch. Results are in the batch's order.
+    pub fn submit_batch(&self, batch: &[Submission]) -> Vec<Result<u64, SubmitError>> {
+        let pending: Vec<Result<Pending, SubmitError>> =
+            batch.iter().map(|s| self.push_parts(s)).collect();
+        let mut woken = vec![false; self.shards.len()];
+        for p in pending.iter().flatten() {
+            for &shard in &p.shards {
+                if !woken[shard] {
+                    woken[shard] = true;
+                    let _ = self.shards[shard].waker.wake();
+                }
+            }
+        }
+        pending.into_iter().map(|p| p?.finish()).collect()
+    }
+
+    /// Checks a submission and pushes its parts to their shards' rings (without waking them).
+    fn push_parts(&self, s: &Submission) -> Result<Pending, SubmitError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -568,7 +610,10 @@ impl Engine {
                 ack: ack.clone(),
             };
             if self.shards[shard].ring.push(part).is_err() {
-                // Parts already pushed are abandoned (skipped, or cancelled once written).
+                // The parts not pushed count as refused; the ones pushed are written, then cancelled.
+                for _ in pushed.len()..parts {
+                    ack.done(Err(SubmitError::Busy));
+                }
                 for &p in &pushed {
                     let shard: &ShardHandle = &self.shards[p];
                     let _ = shard.waker.wake();
@@ -585,10 +630,12 @@ impl Engine {
                 return Err(SubmitError::Busy);
             }
             pushed.push(shard);
-            let _ = self.shards[shard].waker.wake();
         }
-        ack.wait(Duration::from_secs(300))?;
-        Ok(id)
+        Ok(Pending {
+            id,
+            ack,
+            shards: pushed,
+        })
     }
 
     /// Cancels every recipient of a message not yet delivered; returns how many were cancelled (a
@@ -633,14 +680,15 @@ impl Engine {
 
     /// Stops intake, lets in-flight transactions finish within `grace`, then stops the shards.
     /// Everything not delivered stays in the spool.
-    pub fn shutdown(&mut self, grace: Duration) {
+    pub fn shutdown(&self, grace: Duration) {
         self.accepting.store(false, Ordering::Release);
         for s in &self.shards {
             let _ = s.control.send(Control::Shutdown(grace));
             let _ = s.waker.wake();
         }
-        for s in &mut self.shards {
-            if let Some(t) = s.thread.take() {
+        for s in &self.shards {
+            let t = s.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(t) = t {
                 let _ = t.join();
             }
         }
@@ -650,9 +698,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        if self.shards.iter().any(|s| s.thread.is_some()) {
-            self.shutdown(Duration::from_secs(5));
-        }
+        self.shutdown(Duration::from_secs(5));
     }
 }
 

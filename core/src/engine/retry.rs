@@ -2,8 +2,8 @@
 //!
 //! A temporary failure (4xx, a connection or DNS failure, a session that ended mid-transaction) is
 //! retried after `first`, then doubling up to `max`, each delay spread by a random `±jitter` so a batch
-//! deferred together does not come back together. A recipient whose message is older than `max_age`
-//! expires instead, with its last reason. Permanent failures (5xx, a null MX, NXDOMAIN) are never
+//! deferred together does not come back together. The last attempt is made when the message reaches
+//! `max_age`; a failure at or after that age expires the recipient, with its last reason. Permanent failures (5xx, a null MX, NXDOMAIN) are never
 //! retried.
 //!
 //! This is the engine's fallback. A per-reason policy (bounce classification) plugs in through
@@ -93,11 +93,12 @@ impl RetryPolicy for ExponentialRetry {
             0.0
         };
         let delay = (base * (1.0 + spread)).max(1.0) as u64;
-        let at = a.now.saturating_add(delay);
-        if at >= a.submitted_at.saturating_add(self.max_age) {
+        let deadline = a.submitted_at.saturating_add(self.max_age);
+        if a.now >= deadline {
             Decision::Expire
         } else {
-            Decision::RetryAt(at)
+            // The last attempt is made at the maximum age itself, not skipped.
+            Decision::RetryAt(a.now.saturating_add(delay).min(deadline))
         }
     }
 
@@ -139,8 +140,13 @@ mod tests {
                 d => panic!("{d:?}"),
             }
         }
+        // Near the maximum age the next attempt is at the maximum age itself, then it expires.
         assert_eq!(
             r.decide(&attempt(20, 72 * 3600 - 60), &mut rng),
+            Decision::RetryAt(72 * 3600)
+        );
+        assert_eq!(
+            r.decide(&attempt(21, 72 * 3600), &mut rng),
             Decision::Expire
         );
         let mut p = attempt(1, 10);
