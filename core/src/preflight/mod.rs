@@ -961,6 +961,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dmarc_subdomain_policy_and_strict_alignment() {
+        let mut z = good_zone();
+        z.txt.remove("_dmarc.example.com");
+        z.add_txt("_dmarc.example.com", "v=DMARC1; p=reject; sp=none");
+        // Mail from news.example.com (From domain), sent as example.com: sp=none applies.
+        let mut i = input();
+        i.from_domain = Some("news.example.com".into());
+        let c = check_dmarc(&z, &i, SpfResult::Pass, true);
+        assert_eq!(c.verdict, Verdict::Warn, "{c:?}");
+        assert!(
+            c.reason.starts_with("p=none at _dmarc.example.com"),
+            "{}",
+            c.reason
+        );
+        // Strict alignment: example.com does not align with news.example.com.
+        let mut z = good_zone();
+        z.txt.remove("_dmarc.example.com");
+        z.add_txt("_dmarc.example.com", "v=DMARC1; p=reject; adkim=s; aspf=s");
+        let c = check_dmarc(&z, &i, SpfResult::Pass, true);
+        assert_eq!(c.verdict, Verdict::Fail, "{c:?}");
+        // Relaxed (the default) aligns them.
+        let mut z = good_zone();
+        z.txt.remove("_dmarc.example.com");
+        z.add_txt("_dmarc.example.com", "v=DMARC1; p=reject");
+        assert_eq!(
+            check_dmarc(&z, &i, SpfResult::Pass, true).verdict,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
     fn dkim_records() {
         let mut z = Zone::default();
         z.add_txt("rev._domainkey.example.com", "v=DKIM1; p=");
