@@ -259,5 +259,9 @@ fn mx_null_missing_nonexistent() {
     assert!(c.reason.contains("null MX"));
     assert_eq!(check_mx(&d, "nomx.test").verdict, Verdict::Warn);
     assert_eq!(check_mx(&d, "missing.test").verdict, Verdict::Fail);
+    // A name with only a TXT record: no MX, no address.
+    let c = check_mx(&d, "v6.test");
+    assert_eq!(c.verdict, Verdict::Fail, "{c:?}");
+    assert!(c.reason.contains("no MX and no address"), "{}", c.reason);
     assert_eq!(check_mx(&d, "good.test").verdict, Verdict::Pass);
 }

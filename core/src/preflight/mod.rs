@@ -692,7 +692,9 @@ pub fn check_mx(dns: &dyn DnsLookup, domain: &str) -> CheckResult {
         Err(LookupError::NxDomain) => result(
             "mx",
             Verdict::Fail,
-            format!("{domain} does not exist (NXDOMAIN)"),
+            format!(
+                "{domain} has no MX and no address (NXDOMAIN, or no records at all): bounces and replies cannot reach it"
+            ),
             None,
         ),
         Err(e) => result("mx", Verdict::Warn, format!("MX {domain}: {e}"), None),
