@@ -83,5 +83,45 @@ fn validation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, signing, validation);
+fn submission(c: &mut Criterion) {
+    let mut g = c.benchmark_group("submit");
+    g.throughput(Throughput::Elements(1));
+    let config = vmta::policy::PolicyConfig::from_toml(
+        "[[tenant]]\nname = \"acme\"\npool = \"p\"\nsender_domains = [\"acme.example\"]\n",
+    )
+    .expect("config");
+    let registry = vmta::policy::TenantRegistry::from_config(&config, std::path::Path::new("."))
+        .expect("registry");
+    let from = vec!["news@acme.example".to_string()];
+    g.bench_function("admit", |b| {
+        b.iter(|| {
+            registry
+                .admit(black_box("acme"), "bounces@acme.example", &from)
+                .expect("admitted")
+        })
+    });
+    let options = ValidationOptions::default();
+    let stamp = Stamp {
+        now: 1_790_000_000,
+        unique_id: "q42",
+        trace: None,
+    };
+    let m = message(2048);
+    g.bench_function("validate_and_admit_2KiB", |b| {
+        b.iter(|| {
+            vmta::policy::submit(
+                &registry,
+                "acme",
+                "bounces@acme.example",
+                black_box(&m),
+                &options,
+                &stamp,
+            )
+            .expect("admitted")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, signing, validation, submission);
 criterion_main!(benches);

@@ -34,6 +34,14 @@ fn dns(zone: &Zone) -> ResolverLookup {
     ResolverLookup::new(BlockingResolver::new(config).unwrap())
 }
 
+/// A resolver that gives up fast, for the zone whose nameserver is down.
+fn impatient_dns(zone: &Zone) -> ResolverLookup {
+    let mut config = Config::with_nameservers(vec![zone.addr]);
+    config.timeout = Duration::from_millis(400);
+    config.attempts = 1;
+    ResolverLookup::new(BlockingResolver::new(config).unwrap())
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -105,6 +113,10 @@ fn spf_results_over_real_dns() {
         ("twospf.test", "192.0.2.10", SpfResult::PermError),
         ("l0.loop.test", "192.0.2.10", SpfResult::PermError),
         ("l1.loop.test", "192.0.2.10", SpfResult::Pass),
+        ("v6.test", "2001:db8::10", SpfResult::Pass),
+        ("v6.test", "2001:db8:1::99", SpfResult::Pass),
+        ("v6.test", "2001:db8::11", SpfResult::Fail),
+        ("v6.test", "192.0.2.10", SpfResult::Fail),
     ] {
         let o = check(domain, addr);
         assert_eq!(o.result, want, "{domain} {addr}: {}", o.reason);
@@ -115,7 +127,17 @@ fn spf_results_over_real_dns() {
             .contains("more than 10")
     );
     assert!(check("void.test", "192.0.2.10").reason.contains("void"));
-    // The preflight verdicts.
+    // The preflight verdicts: a DNS failure warns (could not decide), it does not fail.
+    let slow = impatient_dns(&z);
+    for domain in ["broken.test", "usesbroken.test"] {
+        let o = spf::check_host(&slow, ip("192.0.2.10"), domain, "", "mta.good.test");
+        assert_eq!(o.result, SpfResult::TempError, "{domain}: {}", o.reason);
+    }
+    let r = run(&slow, &input("broken.test", "192.0.2.10"));
+    assert_eq!(get(&r, "spf").verdict, Verdict::Warn, "{r:#?}");
+    assert_eq!(get(&r, "dkim").verdict, Verdict::Warn, "{r:#?}");
+    assert_eq!(get(&r, "dmarc").verdict, Verdict::Warn, "{r:#?}");
+    assert_eq!(get(&r, "mx").verdict, Verdict::Warn, "{r:#?}");
     let r = run(&d, &input("spf-fail.test", "192.0.2.10"));
     assert_eq!(get(&r, "spf").verdict, Verdict::Fail);
     let r = run(&d, &input("nospf.test", "192.0.2.10"));
@@ -176,6 +198,13 @@ fn reverse_dns_and_helo() {
     let (c, _) = check_rdns(&d, ip("192.0.2.30"));
     assert_eq!(c.verdict, Verdict::Fail, "{c:?}");
     assert_eq!(c.record.as_deref(), Some("liar.good.test"));
+    let (c, _) = check_rdns(&d, ip("2001:db8::10"));
+    assert_eq!(c.verdict, Verdict::Pass, "{c:?}");
+    assert_eq!(c.record.as_deref(), Some("v6.good.test"));
+    assert_eq!(
+        check_ip_blocklist(&d, ip("2001:db8::10"), "bl.test").verdict,
+        Verdict::Pass
+    );
     let (c, confirmed) = check_rdns(&d, ip("192.0.2.10"));
     assert_eq!(c.verdict, Verdict::Pass);
     assert_eq!(
@@ -230,5 +259,9 @@ fn mx_null_missing_nonexistent() {
     assert!(c.reason.contains("null MX"));
     assert_eq!(check_mx(&d, "nomx.test").verdict, Verdict::Warn);
     assert_eq!(check_mx(&d, "missing.test").verdict, Verdict::Fail);
+    // A name with only a TXT record: no MX, no address.
+    let c = check_mx(&d, "v6.test");
+    assert_eq!(c.verdict, Verdict::Fail, "{c:?}");
+    assert!(c.reason.contains("no MX and no address"), "{}", c.reason);
     assert_eq!(check_mx(&d, "good.test").verdict, Verdict::Pass);
 }

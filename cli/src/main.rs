@@ -30,6 +30,8 @@ enum Command {
     Dkim(cmd::dkim::DkimArgs),
     /// Check SPF, DKIM, DMARC, reverse DNS, blocklists and MX of a sender, as receivers will.
     Preflight(cmd::preflight::PreflightArgs),
+    /// Check a sender policy configuration, or show what vmta would send for a submission.
+    Policy(cmd::policy::PolicyArgs),
     /// Traffic shaping: the rule and limits that apply to a domain.
     Shaping(cmd::shaping::ShapingArgs),
 }
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Dns(args) => cmd::dns::run(args),
         Command::Dkim(args) => cmd::dkim::run(args),
         Command::Preflight(args) => cmd::preflight::run(args),
+        Command::Policy(args) => cmd::policy::run(args),
         Command::Shaping(args) => cmd::shaping::run(args),
     }
 }

@@ -200,3 +200,127 @@ fn preflight_prints_verdicts_and_exit_status() {
     assert_eq!(checks[1]["check"], "dkim");
     assert_eq!(checks[1]["verdict"], "warn");
 }
+
+#[test]
+fn policy_submit_prints_a_signed_message_or_the_refusal() {
+    let dir = TempDir::new("policy-cli-submit");
+    for k in ["rsa2048.pem", "ed25519.pem"] {
+        std::fs::copy(data_dir().join("policy").join(k), dir.path().join(k)).unwrap();
+    }
+    let config = dir.path().join("policy.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[tenant]]
+name = "acme"
+pool = "shared"
+sender_domains = ["submit.test"]
+feedback_sender_id = "vmta"
+
+[[tenant.dkim]]
+domain = "submit.test"
+selector = "r"
+key_file = "rsa2048.pem"
+
+[[tenant.dkim]]
+domain = "submit.test"
+selector = "e"
+key_file = "ed25519.pem"
+oversign = true
+
+[tenant.unsubscribe]
+url = "https://u.submit.test/{token}?r={recipient}"
+one_click = true
+secret = "s"
+
+[[tenant]]
+name = "frozen"
+pool = "shared"
+sender_domains = ["frozen.test"]
+locked = true
+"#,
+    )
+    .unwrap();
+    let out = vmta()
+        .args(["policy", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("tenant acme (active), pool shared"), "{text}");
+    assert!(text.contains("tenant frozen (locked)"), "{text}");
+    assert!(
+        text.contains(
+            "dkim ed25519-sha256 e._domainkey.submit.test (256 bits): v=DKIM1; k=ed25519; p="
+        ),
+        "{text}"
+    );
+
+    let message = dir.path().join("m.eml");
+    std::fs::write(
+        &message,
+        "From: News <news@submit.test>\nTo: ann@example.net\nSubject: Hi\n\nHello.\n",
+    )
+    .unwrap();
+    let submit = |tenant: &str, sender: &str| {
+        vmta()
+            .args(["policy", "submit", "--tenant", tenant, "--sender", sender])
+            .args([
+                "--recipient",
+                "ann@example.net",
+                "--campaign",
+                "c1",
+                "--config",
+            ])
+            .arg(&config)
+            .arg(&message)
+            .output()
+            .unwrap()
+    };
+    let out = submit("acme", "bounces@submit.test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        signed.contains("\r\nList-Unsubscribe: <https://u.submit.test/"),
+        "{signed}"
+    );
+    assert!(signed.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
+    assert!(signed.contains("\r\nFeedback-ID: c1:acme:vmta\r\n"));
+    assert!(signed.contains("\r\nReceived: from localhost\r\n\tby vmta (vmta) with ESMTPA id cli"));
+    assert_eq!(signed.matches("DKIM-Signature:").count(), 2);
+    let path = dir.path().join("signed.eml");
+    std::fs::write(&path, &signed).unwrap();
+    let records = vec![
+        txt_record(
+            "r._domainkey.submit.test",
+            &key("rsa2048.pem").public_key_record(),
+        ),
+        txt_record(
+            "e._domainkey.submit.test",
+            &key("ed25519.pem").public_key_record(),
+        ),
+    ];
+    let zone = start_zone("127.0.20.6", &["test"], &records);
+    let (ok, out) = dkimpy_verify(zone.addr, &[&path]);
+    assert!(ok && out.contains("pass (2 signatures)"), "{out}");
+
+    for (tenant, sender, refusal) in [
+        ("acme", "x@elsewhere.test", "refused (sender not approved)"),
+        ("frozen", "a@frozen.test", "refused (account locked)"),
+        ("nobody", "a@submit.test", "refused (unknown tenant)"),
+    ] {
+        let out = submit(tenant, sender);
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with(refusal), "{text}");
+    }
+}

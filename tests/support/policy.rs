@@ -164,6 +164,12 @@ pub fn preflight_zone(ip: &str) -> Zone {
         // MX variants.
         "mx-host=nullmx.test,.,0".into(),
         "host-record=nomx.test,192.0.2.40".into(),
+        // A zone whose nameserver is down: dnsmasq forwards to a port where nothing listens.
+        "server=/broken.test/127.0.20.250#9".into(),
+        txt_record("usesbroken.test", "v=spf1 include:broken.test -all"),
+        // IPv6: an address record (and its ip6.arpa PTR) and an SPF record naming it.
+        "host-record=v6.good.test,2001:db8::10".into(),
+        txt_record("v6.test", "v=spf1 a:v6.good.test ip6:2001:db8:1::/48 -all"),
     ];
     // An include chain eleven deep.
     for i in 0..11 {
@@ -173,5 +179,9 @@ pub fn preflight_zone(ip: &str) -> Zone {
         ));
     }
     lines.push(txt_record("l11.loop.test", "v=spf1 +all"));
-    start_zone(ip, &["test", "2.0.192.in-addr.arpa"], &lines)
+    start_zone(
+        ip,
+        &["test", "2.0.192.in-addr.arpa", "8.b.d.0.1.0.0.2.ip6.arpa"],
+        &lines,
+    )
 }

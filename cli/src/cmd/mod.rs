@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 pub mod demo;
 pub mod dkim;
+pub mod policy;
 pub mod preflight;
 pub mod send;
 

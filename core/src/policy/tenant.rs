@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -447,9 +448,14 @@ struct Table {
 
 /// The tenants known at this moment, shared by every thread. Reads take a read lock for the time of
 /// one hash lookup and an `Arc` clone.
+///
+/// Every change (reload, upsert, remove, lock, unlock) bumps [`TenantRegistry::generation`], so a
+/// shard holding mail for locked tenants can poll one atomic per loop pass and look again at its held
+/// queues only when something changed.
 #[derive(Debug, Default)]
 pub struct TenantRegistry {
     table: RwLock<Table>,
+    generation: AtomicU64,
 }
 
 impl TenantRegistry {
@@ -474,8 +480,18 @@ impl TenantRegistry {
         self.table.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
-        self.table.write().unwrap_or_else(|p| p.into_inner())
+    /// Applies `f` to the table under the write lock, then bumps the generation while the lock is
+    /// still held: a reader that sees the new generation and then takes the read lock sees the change.
+    fn change<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut table);
+        self.generation.fetch_add(1, Ordering::Release);
+        r
+    }
+
+    /// A counter that changes whenever tenants or lock states change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Replaces every tenant at once from `config` (a reload). The configured `locked` flags replace
@@ -492,22 +508,21 @@ impl TenantRegistry {
             }
             table.tenants.insert(t.name.clone(), Arc::new(tenant));
         }
-        *self.write() = table;
+        self.change(|t| *t = table);
         Ok(())
     }
 
     /// Adds or replaces one tenant; its lock state is kept.
     pub fn upsert(&self, tenant: Tenant) {
-        self.write()
-            .tenants
-            .insert(tenant.name.clone(), Arc::new(tenant));
+        self.change(|t| t.tenants.insert(tenant.name.clone(), Arc::new(tenant)));
     }
 
     /// Removes a tenant; its queued mail is then held ([`Self::is_locked`] is true for it).
     pub fn remove(&self, name: &str) -> Option<Arc<Tenant>> {
-        let mut t = self.write();
-        t.locked.remove(name);
-        t.tenants.remove(name)
+        self.change(|t| {
+            t.locked.remove(name);
+            t.tenants.remove(name)
+        })
     }
 
     /// The tenant called `name`.
@@ -524,22 +539,24 @@ impl TenantRegistry {
 
     /// Locks a tenant: new submissions are refused, queued mail is held.
     pub fn lock(&self, name: &str) -> Result<(), Refusal> {
-        let mut t = self.write();
-        if !t.tenants.contains_key(name) {
-            return Err(Refusal::UnknownTenant(name.to_string()));
-        }
-        t.locked.insert(name.to_string());
-        Ok(())
+        self.change(|t| {
+            if !t.tenants.contains_key(name) {
+                return Err(Refusal::UnknownTenant(name.to_string()));
+            }
+            t.locked.insert(name.to_string());
+            Ok(())
+        })
     }
 
     /// Unlocks a tenant: held mail may go again.
     pub fn unlock(&self, name: &str) -> Result<(), Refusal> {
-        let mut t = self.write();
-        if !t.tenants.contains_key(name) {
-            return Err(Refusal::UnknownTenant(name.to_string()));
-        }
-        t.locked.remove(name);
-        Ok(())
+        self.change(|t| {
+            if !t.tenants.contains_key(name) {
+                return Err(Refusal::UnknownTenant(name.to_string()));
+            }
+            t.locked.remove(name);
+            Ok(())
+        })
     }
 
     /// Whether the engine must hold the tenant's queued mail: true for a locked tenant and for a
@@ -698,7 +715,9 @@ locked = true
             Refusal::AccountLocked("shady".into())
         );
         assert!(r.is_locked("shady"));
+        let g = r.generation();
         r.unlock("shady").unwrap();
+        assert!(r.generation() > g);
         assert!(!r.is_locked("shady"));
         assert!(r.admit("shady", "a@shady.example", &from).is_ok());
         r.lock("shady").unwrap();
@@ -711,6 +730,31 @@ locked = true
         assert!(r.lock("never-heard-of").is_err());
         r.remove("shady");
         assert!(r.is_locked("shady"));
+        // A reader polling while another thread locks and unlocks sees the generation only grow, and
+        // every admission is either accepted or refused as locked.
+        let r = std::sync::Arc::new(r);
+        let writer = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    r.lock("acme").unwrap();
+                    r.unlock("acme").unwrap();
+                }
+            })
+        };
+        let mut last = r.generation();
+        for _ in 0..2000 {
+            let g = r.generation();
+            assert!(g >= last);
+            last = g;
+            match r.admit("acme", "a@acme.example", &[]) {
+                Ok(_) | Err(Refusal::AccountLocked(_)) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        writer.join().unwrap();
+        assert!(!r.is_locked("acme"));
+        assert!(r.generation() >= 2000);
         assert_eq!(r.names(), ["acme"]);
     }
 

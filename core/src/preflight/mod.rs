@@ -7,18 +7,24 @@
 //! - `spf`: SPF (RFC 7208, [`spf`]) for the IP and the sending domain: pass is a pass; neutral,
 //!   softfail and temperror warn; fail, none and permerror fail.
 //! - `dkim`: the selector's key record (RFC 6376 §3.6.1) is published, not revoked, of a known type,
-//!   and, when the configured private key is given, is its public key.
-//! - `dmarc`: a DMARC record (RFC 7489, [`dmarc`]) exists for the From domain; its policy; SPF or DKIM
-//!   (as the checks above found them, with `d=` the sending domain) aligned with the From domain.
-//!   `p=none` warns (monitoring only).
+//!   not under 1024 bits (RFC 8301), and, when the configured private key is given, is its public key
+//!   (pass); without a key to compare, or in test mode (`t=y`), or RSA under 2048 bits, it warns.
+//! - `dmarc`: a DMARC record (RFC 7489, [`dmarc`]) exists for the From domain or its organizational
+//!   domain; its policy (`sp=` for a subdomain); SPF and DKIM (as the checks above found them, with
+//!   `d=` the sending domain) aligned with the From domain. Both aligned under `p=quarantine` or
+//!   `p=reject` passes; one aligned, or `p=none` (monitoring only), warns; neither fails.
 //! - `rdns`: the IP has a PTR record whose name resolves back to the IP (forward-confirmed reverse DNS,
 //!   RFC 8601 §3's `iprev`).
-//! - `helo`: the HELO name resolves to the IP and is the forward-confirmed PTR name.
+//! - `helo`: the HELO name resolves to the IP and is the forward-confirmed PTR name (pass); resolves
+//!   to the IP under another name (warn); does not resolve to the IP (fail).
 //! - `blocklist`: the IP (reversed octets, or nibbles for IPv6) and the domain are not listed on the
 //!   configured DNS blocklists (RFC 5782); an answer in 127.255.255.0/24 means the list refused the
 //!   query (Spamhaus' convention) and warns.
 //! - `mx`: the sending domain has an MX (or at least an address for the implicit MX of RFC 5321
 //!   §5.1, which warns) so bounces and replies reach someone; a null MX (RFC 7505) fails.
+//!
+//! A DNS failure (timeout, SERVFAIL) makes a check warn: it could not be decided. Not checked: TLS
+//! (STARTTLS, MTA-STS, DANE) of the sender's own MX, BIMI, ARC.
 //!
 //! The checks are written against [`DnsLookup`], a five-method trait, so they are sans-IO: the unit
 //! tests use an in-memory zone; the CLI and the integration tests use [`resolver::ResolverLookup`],
@@ -334,7 +340,8 @@ pub fn check_dkim(dns: &dyn DnsLookup, input: &PreflightInput) -> CheckResult {
         }
     };
     if let Some((alg, public)) = &input.public_key
-        && (alg.key_type() != record.key_type || *public != record.public_key)
+        && (alg.key_type() != record.key_type
+            || !same_key(&record.key_type, public, &record.public_key))
     {
         return result(
             "dkim",
@@ -383,16 +390,33 @@ pub fn check_dkim(dns: &dyn DnsLookup, input: &PreflightInput) -> CheckResult {
     )
 }
 
-/// The modulus length of an RSA public key in `p=` (SubjectPublicKeyInfo, or a bare RSAPublicKey as
-/// some publish it).
-fn rsa_bits(der: &[u8]) -> Option<usize> {
+/// An RSA public key in `p=`: SubjectPublicKeyInfo (RFC 6376 §3.6.1), or a bare RSAPublicKey as some
+/// publish it (and receivers accept).
+fn rsa_public(der: &[u8]) -> Option<rsa::PublicKey> {
     use rsa::pkcs1::DecodeRsaPublicKey;
     use rsa::pkcs8::DecodePublicKey;
-    use rsa::traits::PublicKeyParts;
-    let key = rsa::PublicKey::from_public_key_der(der)
+    rsa::PublicKey::from_public_key_der(der)
         .or_else(|_| rsa::PublicKey::from_pkcs1_der(der))
-        .ok()?;
-    Some(key.size() * 8)
+        .ok()
+}
+
+/// The modulus length of an RSA public key in `p=`.
+fn rsa_bits(der: &[u8]) -> Option<usize> {
+    use rsa::traits::PublicKeyParts;
+    rsa_public(der).map(|k| k.size() * 8)
+}
+
+/// Whether two encodings hold the same public key: byte equality for Ed25519, equal modulus and
+/// exponent for RSA (whichever of the two DER forms each uses).
+fn same_key(key_type: &str, a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    key_type == "rsa"
+        && match (rsa_public(a), rsa_public(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        }
 }
 
 /// The DMARC check, given the SPF result (for the sending domain) and whether DKIM (`d=` the sending
@@ -668,7 +692,9 @@ pub fn check_mx(dns: &dyn DnsLookup, domain: &str) -> CheckResult {
         Err(LookupError::NxDomain) => result(
             "mx",
             Verdict::Fail,
-            format!("{domain} does not exist (NXDOMAIN)"),
+            format!(
+                "{domain} has no MX and no address (NXDOMAIN, or no records at all): bounces and replies cannot reach it"
+            ),
             None,
         ),
         Err(e) => result("mx", Verdict::Warn, format!("MX {domain}: {e}"), None),
@@ -937,6 +963,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dmarc_subdomain_policy_and_strict_alignment() {
+        let mut z = good_zone();
+        z.txt.remove("_dmarc.example.com");
+        z.add_txt("_dmarc.example.com", "v=DMARC1; p=reject; sp=none");
+        // Mail from news.example.com (From domain), sent as example.com: sp=none applies.
+        let mut i = input();
+        i.from_domain = Some("news.example.com".into());
+        let c = check_dmarc(&z, &i, SpfResult::Pass, true);
+        assert_eq!(c.verdict, Verdict::Warn, "{c:?}");
+        assert!(
+            c.reason.starts_with("p=none at _dmarc.example.com"),
+            "{}",
+            c.reason
+        );
+        // Strict alignment: example.com does not align with news.example.com.
+        let mut z = good_zone();
+        z.txt.remove("_dmarc.example.com");
+        z.add_txt("_dmarc.example.com", "v=DMARC1; p=reject; adkim=s; aspf=s");
+        let c = check_dmarc(&z, &i, SpfResult::Pass, true);
+        assert_eq!(c.verdict, Verdict::Fail, "{c:?}");
+        // Relaxed (the default) aligns them.
+        let mut z = good_zone();
+        z.txt.remove("_dmarc.example.com");
+        z.add_txt("_dmarc.example.com", "v=DMARC1; p=reject");
+        assert_eq!(
+            check_dmarc(&z, &i, SpfResult::Pass, true).verdict,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
     fn dkim_records() {
         let mut z = Zone::default();
         z.add_txt("rev._domainkey.example.com", "v=DKIM1; p=");
@@ -956,6 +1013,31 @@ pub(crate) mod tests {
         assert_eq!(check("test"), Verdict::Warn);
         assert_eq!(check("temp"), Verdict::Warn);
         assert_eq!(check("absent"), Verdict::Fail);
+    }
+
+    #[test]
+    fn rsa_keys_compare_across_der_forms() {
+        use rsa::pkcs1::EncodeRsaPublicKey;
+        use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+        // The public half of tests/data/policy/rsa2048.pem, in both DER forms.
+        let spki = BASE64
+            .decode(concat!(
+                "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAv6zilGy5kzPKnKuqUOJU2rimwT6EP7T3oh3EKat0ehcPig",
+                "aBJ+7+zCF89bU/UghKBOegrXDQrENuXhNnPN0F6NSEgIIctUKt0OQLsnOSWbzSjueBCIQdC29KYHNSmJ+zvgykk1RF",
+                "4HdySbU7xixmQZBv0HqMc9m0SV5AiiMTc/ZeEXLkLIWIjkYCgmlGgyPWQ6068cX5zFXgPdT2yFuPR0t+vWDEwn3+8G",
+                "bJjk9cRYNUFrt9Si5P3y5XmYap43YGvbMnwbwFsM5Oyg8rPMIL5etrUsLrUioUhjdZJoNrAJRRk70Wz0cVlbtGISTM",
+                "fXHyPTVmaGxnlOTS6QJJFV3aswIDAQAB",
+            ))
+            .unwrap();
+        let key = rsa::PublicKey::from_public_key_der(&spki).unwrap();
+        let pkcs1 = key.to_pkcs1_der().unwrap().as_bytes().to_vec();
+        assert_ne!(spki, pkcs1);
+        assert!(same_key("rsa", &spki, &pkcs1));
+        assert_eq!(rsa_bits(&pkcs1), Some(2048));
+        let spki_again = key.to_public_key_der().unwrap().as_bytes().to_vec();
+        assert!(same_key("rsa", &spki_again, &spki));
+        assert!(!same_key("rsa", &spki, &pkcs1[..pkcs1.len() - 1]));
+        assert!(!same_key("ed25519", &spki, &pkcs1));
     }
 
     #[test]
