@@ -88,6 +88,8 @@ impl ShapingShared {
 struct LaneShared {
     connections: AtomicU32,
     backoff: LaneBackoff,
+    /// No new connection before this (nanoseconds): set by a throttling reply for the backoff cooldown.
+    hold_until: AtomicU64,
     throttles: AtomicU64,
     messages: SharedTokenBucket,
     connects: SharedTokenBucket,
@@ -101,6 +103,7 @@ impl LaneShared {
         LaneShared {
             connections: AtomicU32::new(0),
             backoff: LaneBackoff::default(),
+            hold_until: AtomicU64::new(0),
             throttles: AtomicU64::new(0),
             messages: SharedTokenBucket::new(eff.messages.unwrap_or(one), now),
             connects: SharedTokenBucket::new(eff.connects.unwrap_or(one), now),
@@ -238,6 +241,8 @@ pub enum Reason {
     DestinationBackoff,
     /// The destination is recovering from a backoff and one probe connection is under way.
     DestinationProbe,
+    /// The receiver just sent a throttling reply: no new connection for the backoff cooldown.
+    Throttled,
 }
 
 impl Reason {
@@ -251,6 +256,7 @@ impl Reason {
             Reason::Warmup => "warmup",
             Reason::DestinationBackoff => "destination-backoff",
             Reason::DestinationProbe => "destination-probe",
+            Reason::Throttled => "throttled",
         }
     }
 }
@@ -580,6 +586,10 @@ impl Shaper {
                 }
             }
         }
+        let hold = lane.shared.hold_until.load(Ordering::Acquire);
+        if hold > now.0 {
+            return Err(Deferral::NotBefore(Nanos(hold), Reason::Throttled));
+        }
         let factor = lane.shared.backoff.factor(&self.rules.backoff, now);
         let cap = self.connection_cap(lane, factor).unwrap_or(u32::MAX);
         let shared = Arc::clone(&lane.shared);
@@ -709,6 +719,10 @@ impl Shaper {
         if signal == ReplySignal::Throttled {
             permit.shared.backoff.throttled(&self.rules.backoff, now);
             permit.shared.throttles.fetch_add(1, Ordering::Relaxed);
+            // Connections already open carry on at the lowered rate; new ones wait out the cooldown, so
+            // "too many connections" is not answered by reconnecting at once.
+            let hold = now.0.saturating_add(self.rules.backoff.cooldown_ns);
+            permit.shared.hold_until.fetch_max(hold, Ordering::AcqRel);
         }
         let setup = matches!(phase, Phase::Connect | Phase::Greeting | Phase::Ehlo);
         match signal {
@@ -1227,13 +1241,18 @@ mod tests {
             Nanos(S),
         );
         assert_eq!(sig, ReplySignal::Throttled);
-        // Halved: 3 → 2 connections (rounded up).
-        let q = s.may_connect(r, Nanos(S)).expect("second");
+        // No new connection for the cooldown (10 s) ...
         assert_eq!(
             s.may_connect(r, Nanos(S)).err(),
+            Some(Deferral::NotBefore(Nanos(11 * S), Reason::Throttled))
+        );
+        // ... then the cap is halved: 3 → 2 connections (rounded up).
+        let q = s.may_connect(r, Nanos(11 * S)).expect("second");
+        assert_eq!(
+            s.may_connect(r, Nanos(11 * S)).err(),
             Some(Deferral::ConnectionsBusy)
         );
-        let snap = s.snapshot(r, Nanos(S));
+        let snap = s.snapshot(r, Nanos(11 * S));
         assert_eq!(snap.effective.max_connections, Some(2));
         let live = snap.live.expect("live");
         assert_eq!(
