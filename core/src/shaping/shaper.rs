@@ -1,4 +1,18 @@
 //! The shaper: per-shard decisions ([`Shaper`]) over cross-shard state ([`ShapingShared`]).
+//!
+//! The hook sequence the engine follows is in the [parent module's doc](super). Here:
+//!
+//! - a *source* is a sending IP or domain, with its level and warm-up from the rule set;
+//! - a *route* is (source, recipient domain, MX host), resolved once to a *lane*, (source, scope), where
+//!   the budgets live, and to a *destination* (the domain), whose MX hosts' health decides whole-domain
+//!   backoff;
+//! - a decision touches only vectors indexed by those ids, the lane's atomics, and, for warm-up, the
+//!   source's counter: no hashing, no allocation, no lock per message.
+//!
+//! Decision order in `may_send`: messages per connection, warm-up, daily cap, hourly cap, message bucket;
+//! a later refusal refunds what the earlier steps counted, so a refused message costs nothing.
+//! `may_connect` checks the destination's backoff and probe, the warm-up and caps (without counting),
+//! the lane's throttle hold, the connection cap (after level and backoff) and the connection bucket.
 
 use super::Nanos;
 use super::backoff::{DestinationBackoff, LaneBackoff, ReplySignal, classify};
