@@ -20,6 +20,16 @@ struct Cli {
 enum Command {
     /// Print the library version.
     Version,
+    /// Run the quick start: a campaign delivered to the built-in test world on loopback.
+    Demo(cmd::demo::DemoArgs),
+    /// Deliver one message over one SMTP session and print the conversation summary.
+    Send(cmd::send::SendArgs),
+    /// Resolve like the delivery engine does: MX targets, addresses, TXT, PTR.
+    Dns(cmd::dns::DnsArgs),
+    /// Sign a message with a DKIM key, or print the key record to publish.
+    Dkim(cmd::dkim::DkimArgs),
+    /// Check SPF, DKIM, DMARC, reverse DNS, blocklists and MX of a sender, as receivers will.
+    Preflight(cmd::preflight::PreflightArgs),
     /// Traffic shaping: the rule and limits that apply to a domain.
     Shaping(cmd::shaping::ShapingArgs),
 }
@@ -28,6 +38,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version(),
+        Command::Send(args) => cmd::send::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Dns(args) => cmd::dns::run(args),
+        Command::Dkim(args) => cmd::dkim::run(args),
+        Command::Preflight(args) => cmd::preflight::run(args),
         Command::Shaping(args) => cmd::shaping::run(args),
     }
 }

@@ -5,11 +5,30 @@
 //!
 //! - [`smtp`]: the sans-IO SMTP client session (RFC 5321 and its extensions), its reply parser and the
 //!   STARTTLS layer.
+//! - [`client`]: a mio driver running one session over one connection (for `vmta send` and tests).
+//! - [`dns`]: the stub resolver (MX per RFC 5321 §5.1, A/AAAA, TXT, PTR) as a sans-IO core over
+//!   hickory-proto, with a mio driver and a blocking front end.
+//! - [`engine`]: the thread-per-core delivery engine joining sessions, resolver and spool: queues,
+//!   routing, connection pools, retries, events and metrics.
+//! - [`spool`]: the durable queue: append-only, checksummed, memory-mapped segment files with group
+//!   commit, crash recovery and compaction.
+//! - [`policy`]: tenants, approved senders, locked accounts, message validation at submission (RFC 5322)
+//!   and the headers vmta adds (Received, List-Unsubscribe, Feedback-ID).
+//! - [`dkim`]: DKIM signing (RFC 6376, RFC 8463).
+//! - [`preflight`]: the checks receivers apply to a sender (SPF, DKIM, DMARC, reverse DNS, blocklists,
+//!   MX), written against a small DNS lookup trait.
 //! - [`shaping`]: traffic shaping — per-source token buckets (shard-local or lock-free shared), connection
 //!   caps, hourly/daily caps, warm-up schedules, adaptive backoff, TOML rule sets with provider defaults.
 //!
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
 
+pub mod client;
+pub mod dkim;
+pub mod dns;
+pub mod engine;
+pub mod policy;
+pub mod preflight;
 pub mod shaping;
 pub mod smtp;
+pub mod spool;

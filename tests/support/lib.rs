@@ -6,7 +6,11 @@
 //! leaves a server behind. A missing peer binary is a test failure with the command that installs it
 //! (`.ci/deps`), never a silent skip.
 
+pub mod dns;
+pub mod engine;
+pub mod policy;
 pub mod shaping;
+pub mod smtp;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -59,6 +63,11 @@ impl Peer {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Takes the child's standard output, when it was piped.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
     }
 
     /// Panics if the process has already exited (a peer that failed to start).

@@ -1,8 +1,14 @@
 //! One module per subcommand of `vmta`.
 
+pub mod dns;
 pub mod shaping;
 
 use std::process::ExitCode;
+
+pub mod demo;
+pub mod dkim;
+pub mod preflight;
+pub mod send;
 
 /// `vmta version`.
 pub fn version() -> ExitCode {

@@ -1,15 +1,27 @@
 //! The SMTP client side of RFC 5321, as sans-IO protocol code.
 //!
 //! - [`reply`]: the reply parser (RFC 5321 §4.2, multi-line replies) and RFC 3463 enhanced status codes.
+//! - [`capabilities`]: ESMTP keywords from the EHLO reply.
+//! - [`session`]: the client session state machine (RFC 5321, 2920, 3030, 1870, 6152, 6531, 3461, 4954).
+//! - [`tls`]: STARTTLS (RFC 3207) with rustls as a second sans-IO layer.
 //! - [`Phase`]: where in the conversation something happened, shared with bounce classification.
 //!
 //! Nothing in this module performs I/O or reads the clock.
 
 #![forbid(unsafe_code)]
 
+pub mod capabilities;
 pub mod reply;
+pub mod session;
+pub mod tls;
 
+pub use capabilities::Capabilities;
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyLimits, ReplyParser, ReplyRef};
+pub use session::{
+    Body, CloseCause, Credentials, DsnNotify, DsnRet, Envelope, Event, MessageFailure,
+    ProtocolError, Recipient, Session, SessionConfig, Timeouts, Tls, Transaction,
+};
+pub use tls::TlsSettings;
 
 /// The phase of an SMTP conversation in which a reply (or a failure) occurred.
 ///

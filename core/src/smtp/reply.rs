@@ -225,14 +225,15 @@ impl ReplyParser {
             let rest = &buf[self.scanned..];
             let window = &rest[..rest.len().min(self.limits.max_line)];
             let Some(lf) = memchr_lf(window) else {
+                // Check what we can of an incomplete line first, so garbage fails fast and with the
+                // same error however the bytes were split.
+                check_partial_line(rest)?;
                 if rest.len() >= self.limits.max_line {
                     return Err(ReplyError::LineTooLong);
                 }
                 if self.scanned + rest.len() > self.limits.max_bytes {
                     return Err(ReplyError::ReplyTooLarge);
                 }
-                // Check what we can of an incomplete line early, so garbage fails fast.
-                check_partial_line(rest)?;
                 return Ok(Parse::Partial);
             };
             let line_end = self.scanned + lf + 1;

@@ -1,0 +1,139 @@
+//! The `vmta` command run as a user would: the quick start and `vmta send` against a real smtp-sink
+//! (addresses 127.0.30.64/26 of the SMTP block).
+
+use std::process::Command;
+use vmta_tests::smtp::SmtpSink;
+
+fn vmta() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmta"))
+}
+
+#[test]
+fn demo_delivers_its_campaign_and_reports_it() {
+    let out = vmta()
+        .args([
+            "demo",
+            "--messages",
+            "3000",
+            "--domains",
+            "50",
+            "--hosts",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One recipient in 50 is unknown to the sink.
+    assert_eq!(field(&text, "delivered"), Some("2940"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("550 5.1.1") && l.trim_end().ends_with(" 60")),
+        "{text}"
+    );
+    assert_eq!(field(&text, "sinks received"), Some("2940"), "{text}");
+}
+
+/// The value of a `key:   value` line of a report.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+}
+
+fn message_file() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("vmta-cli-test-{}.eml", std::process::id()));
+    std::fs::write(
+        &path,
+        b"From: a@x.example\r\nTo: b@y.example\r\nSubject: t\r\n\r\nhello\r\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn send_exits_zero_when_every_recipient_is_accepted() {
+    let sink = SmtpSink::start("127.0.30.65", &[]);
+    let file = message_file();
+    let out = vmta()
+        .args([
+            "send",
+            "--server",
+            &sink.addr.to_string(),
+            "--from",
+            "a@x.example",
+        ])
+        .args([
+            "--to",
+            "b@y.example",
+            "--to",
+            "c@y.example",
+            "--tls",
+            "disabled",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("b@y.example: accepted 250 2.0.0 Ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("c@y.example: accepted 250 2.0.0 Ok"),
+        "{text}"
+    );
+    assert!(text.contains("capabilities: ESMTP PIPELINING"), "{text}");
+    assert_eq!(sink.received(), 1);
+}
+
+#[test]
+fn send_exits_one_when_a_recipient_is_refused() {
+    let sink = SmtpSink::start(
+        "127.0.30.66",
+        &["-f", "RCPT", "-B", "550 5.1.1 No such user"],
+    );
+    let file = message_file();
+    let out = vmta()
+        .args([
+            "send",
+            "--server",
+            &sink.addr.to_string(),
+            "--from",
+            "a@x.example",
+        ])
+        .args(["--to", "b@y.example"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("b@y.example: rejected 550 5.1.1 No such user"),
+        "{text}"
+    );
+}
+
+#[test]
+fn send_reports_a_connection_failure_clearly() {
+    let file = message_file();
+    let out = vmta()
+        .args([
+            "send",
+            "--server",
+            "127.0.30.67:1",
+            "--from",
+            "a@x.example",
+            "--to",
+            "b@y.example",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.30.67:1"));
+}

@@ -1,0 +1,804 @@
+//! Engine configuration: a TOML file or string (serde), or a Rust builder ([`EngineConfig::builder`]).
+//!
+//! Every option, its default and its meaning:
+//!
+//! ```toml
+//! [engine]
+//! shards = 0                  # shard threads; 0 = one per CPU
+//! pin_shards = true           # pin shard i to CPU i % CPUs
+//! spool_dir = "vmta-spool"    # one sub-directory per shard: shard-0, shard-1, ...
+//! durability = "sync"         # "sync" (fdatasync + group commit), "interval", "none"
+//! durability_interval_ms = 50 # flush period for "interval"
+//! submission_queue = 4096     # bounded ring per shard; full = Busy for the submitter
+//! helo_name = "localhost"     # EHLO name when a source has none
+//! max_recipients_per_transaction = 100
+//! event_log = ""              # path of a JSON-lines event log; empty = none
+//!
+//! [dns]
+//! nameservers = []            # "host:port" list; empty = /etc/resolv.conf
+//! timeout_ms = 2000           # per try
+//! attempts = 2                # rounds over the nameservers
+//! min_ttl_s = 30              # cached records live at least this long ...
+//! max_ttl_s = 86400           # ... and at most this long
+//! prefer_ipv6 = false         # address order of each MX host
+//!
+//! [delivery]
+//! port = 25                   # destination SMTP port (tests and labs use another)
+//! connect_timeout_s = 30
+//! idle_timeout_s = 5          # an idle pooled connection is closed (QUIT) after this
+//! max_connections_per_host = 20   # per (source, MX address); the shaping layer refines it
+//! max_messages_per_connection = 1000
+//! tls = "opportunistic"       # "disabled", "opportunistic", "required"
+//! ca_file = ""                # extra CA certificates (PEM) for "required"
+//! host_down_s = 60            # after a connection failure, skip that MX address this long
+//!
+//! [retry]                     # used until a per-reason policy is configured
+//! first_s = 900               # first retry after 15 minutes ...
+//! max_s = 14400               # ... doubling up to 4 hours ...
+//! jitter = 0.2                # ... each spread by up to ±20% ...
+//! max_age_s = 259200          # ... until the message is 72 hours old: then it expires
+//!
+//! [[sources]]                 # sending identities ("virtual MTAs")
+//! name = "mta1"
+//! ip = "192.0.2.10"           # local address to bind; "" = let the kernel choose
+//! ehlo = "mta1.example.com"
+//!
+//! [[pools]]
+//! name = "default"
+//! sources = ["mta1"]
+//!
+//! [routing]
+//! default_pool = "default"    # pool for tenants not listed below
+//! tenants = { acme = "default" }
+//!
+//! [smarthost]                 # optional: relay instead of MX delivery
+//! address = "relay.example.net:587"
+//! domains = []                # only these recipient domains; empty = all mail
+//! username = ""
+//! password = ""
+//! tls = "required"
+//! allow_plaintext_auth = false
+//! ```
+//!
+//! Without `[[sources]]`, one source named `default` binding no address is used. Unknown keys, wrong
+//! types and impossible values are refused with an error naming the key.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration error naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key, such as `delivery.port` or `sources[1].ip`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "configuration: {}", self.message)
+        } else {
+            write!(f, "configuration key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Durability of accepted submissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fdatasync before acknowledging, shared by concurrent submissions (group commit).
+    #[default]
+    Sync,
+    /// Acknowledge after the write, flush every `durability_interval_ms`.
+    Interval,
+    /// Never flush (tests, benchmarks).
+    None,
+}
+
+/// STARTTLS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Never use STARTTLS.
+    Disabled,
+    /// Use it when offered, without checking certificates (RFC 7435).
+    #[default]
+    Opportunistic,
+    /// Require it with a verified certificate.
+    Required,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Shard threads; 0 = one per CPU.
+    pub shards: usize,
+    /// Pin shard threads to CPUs.
+    pub pin_shards: bool,
+    /// Spool directory (one sub-directory per shard).
+    pub spool_dir: PathBuf,
+    /// Durability policy.
+    pub durability: Durability,
+    /// Flush period for `interval`.
+    pub durability_interval_ms: u64,
+    /// Submission ring capacity per shard.
+    pub submission_queue: usize,
+    /// EHLO name when a source has none.
+    pub helo_name: String,
+    /// Most recipients in one SMTP transaction.
+    pub max_recipients_per_transaction: usize,
+    /// JSON-lines event log path; empty for none.
+    pub event_log: PathBuf,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            shards: 0,
+            pin_shards: true,
+            spool_dir: PathBuf::from("vmta-spool"),
+            durability: Durability::Sync,
+            durability_interval_ms: 50,
+            submission_queue: 4096,
+            helo_name: "localhost".into(),
+            max_recipients_per_transaction: 100,
+            event_log: PathBuf::new(),
+        }
+    }
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// Nameservers as `host:port`; empty = /etc/resolv.conf.
+    pub nameservers: Vec<String>,
+    /// Timeout per try.
+    pub timeout_ms: u64,
+    /// Rounds over the nameservers.
+    pub attempts: u32,
+    /// Minimum cache TTL.
+    pub min_ttl_s: u32,
+    /// Maximum cache TTL.
+    pub max_ttl_s: u32,
+    /// Try IPv6 addresses of an MX host first.
+    pub prefer_ipv6: bool,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            nameservers: Vec::new(),
+            timeout_ms: 2000,
+            attempts: 2,
+            min_ttl_s: 30,
+            max_ttl_s: 86400,
+            prefer_ipv6: false,
+        }
+    }
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    /// Destination SMTP port.
+    pub port: u16,
+    /// TCP connect timeout.
+    pub connect_timeout_s: u64,
+    /// Idle pooled connections are closed after this.
+    pub idle_timeout_s: u64,
+    /// Concurrent connections per (source, MX address).
+    pub max_connections_per_host: usize,
+    /// Messages per connection before it is closed.
+    pub max_messages_per_connection: u32,
+    /// STARTTLS policy.
+    pub tls: TlsPolicy,
+    /// Extra CA certificates for `required`.
+    pub ca_file: PathBuf,
+    /// How long an MX address is skipped after a connection failure.
+    pub host_down_s: u64,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            port: 25,
+            connect_timeout_s: 30,
+            idle_timeout_s: 5,
+            max_connections_per_host: 20,
+            max_messages_per_connection: 1000,
+            tls: TlsPolicy::Opportunistic,
+            ca_file: PathBuf::new(),
+            host_down_s: 60,
+        }
+    }
+}
+
+/// `[retry]`: the default schedule for temporary failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySection {
+    /// First retry delay.
+    pub first_s: u64,
+    /// Largest delay.
+    pub max_s: u64,
+    /// Random spread, 0.0–0.5.
+    pub jitter: f64,
+    /// Age after which a message expires.
+    pub max_age_s: u64,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            first_s: 15 * 60,
+            max_s: 4 * 3600,
+            jitter: 0.2,
+            max_age_s: 72 * 3600,
+        }
+    }
+}
+
+/// `[[sources]]`: a sending identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Its name.
+    pub name: String,
+    /// Local address to bind; empty = any.
+    #[serde(default)]
+    pub ip: String,
+    /// EHLO name; empty = `engine.helo_name`.
+    #[serde(default)]
+    pub ehlo: String,
+}
+
+/// `[[pools]]`: a set of sources used in turn.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Its name.
+    pub name: String,
+    /// Source names.
+    pub sources: Vec<String>,
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// Pool for tenants not listed.
+    pub default_pool: String,
+    /// Tenant → pool.
+    pub tenants: std::collections::BTreeMap<String, String>,
+}
+
+/// `[smarthost]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmarthostConfig {
+    /// `host:port` of the relay.
+    pub address: String,
+    /// Recipient domains relayed; empty = all.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// AUTH user name; empty = no AUTH.
+    #[serde(default)]
+    pub username: String,
+    /// AUTH password.
+    #[serde(default)]
+    pub password: String,
+    /// STARTTLS policy towards the relay.
+    #[serde(default = "required")]
+    pub tls: TlsPolicy,
+    /// Allow AUTH without TLS.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+}
+
+fn required() -> TlsPolicy {
+    TlsPolicy::Required
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// `[engine]`.
+    pub engine: EngineSection,
+    /// `[dns]`.
+    pub dns: DnsSection,
+    /// `[delivery]`.
+    pub delivery: DeliverySection,
+    /// `[retry]`.
+    pub retry: RetrySection,
+    /// `[[sources]]`.
+    pub sources: Vec<SourceConfig>,
+    /// `[[pools]]`.
+    pub pools: Vec<PoolConfig>,
+    /// `[routing]`.
+    pub routing: RoutingSection,
+    /// `[smarthost]`.
+    pub smarthost: Option<SmarthostConfig>,
+}
+
+/// A source after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Its name.
+    pub name: String,
+    /// Local address to bind.
+    pub ip: Option<IpAddr>,
+    /// EHLO name.
+    pub ehlo: String,
+}
+
+/// The smarthost after validation.
+#[derive(Debug, Clone)]
+pub struct Smarthost {
+    /// The relay.
+    pub address: SocketAddr,
+    /// The host part, for SNI.
+    pub host: String,
+    /// Domains relayed (lower-case); empty = all.
+    pub domains: Vec<String>,
+    /// Credentials.
+    pub auth: Option<(String, String)>,
+    /// TLS policy.
+    pub tls: TlsPolicy,
+    /// Allow AUTH without TLS.
+    pub allow_plaintext_auth: bool,
+}
+
+/// A configuration checked and resolved into what the shards use.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The configuration as given.
+    pub config: EngineConfig,
+    /// Shard count.
+    pub shards: usize,
+    /// Sources by index.
+    pub sources: Vec<Source>,
+    /// Pools: name and source indexes.
+    pub pools: Vec<(String, Vec<usize>)>,
+    /// Default pool index.
+    pub default_pool: usize,
+    /// Tenant → pool index.
+    pub tenant_pools: std::collections::HashMap<String, usize>,
+    /// DNS nameservers (empty = system).
+    pub nameservers: Vec<SocketAddr>,
+    /// The smarthost.
+    pub smarthost: Option<Smarthost>,
+}
+
+impl EngineConfig {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<EngineConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            // toml names unknown keys in the message; point at the table for type errors.
+            let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
+            err(key, msg)
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<EngineConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
+        EngineConfig::from_toml(&text)
+    }
+
+    /// A builder starting from the defaults.
+    pub fn builder() -> EngineConfigBuilder {
+        EngineConfigBuilder(EngineConfig::default())
+    }
+
+    /// Checks every value and resolves names into indexes.
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        let e = &self.engine;
+        let shards = if e.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            e.shards
+        };
+        if shards > 256 {
+            return Err(err("engine.shards", "at most 256 shards"));
+        }
+        if e.submission_queue == 0 {
+            return Err(err("engine.submission_queue", "must be at least 1"));
+        }
+        if e.max_recipients_per_transaction == 0 {
+            return Err(err(
+                "engine.max_recipients_per_transaction",
+                "must be at least 1",
+            ));
+        }
+        if e.helo_name.trim().is_empty() || e.helo_name.contains(char::is_whitespace) {
+            return Err(err(
+                "engine.helo_name",
+                "must be a host name without spaces",
+            ));
+        }
+        if e.spool_dir.as_os_str().is_empty() {
+            return Err(err("engine.spool_dir", "must not be empty"));
+        }
+        let d = &self.delivery;
+        if d.port == 0 {
+            return Err(err("delivery.port", "must not be 0"));
+        }
+        if d.max_connections_per_host == 0 {
+            return Err(err(
+                "delivery.max_connections_per_host",
+                "must be at least 1",
+            ));
+        }
+        if d.max_messages_per_connection == 0 {
+            return Err(err(
+                "delivery.max_messages_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if d.connect_timeout_s == 0 {
+            return Err(err("delivery.connect_timeout_s", "must be at least 1"));
+        }
+        let r = &self.retry;
+        if r.first_s == 0 || r.max_s < r.first_s {
+            return Err(err("retry.max_s", "need 0 < retry.first_s <= retry.max_s"));
+        }
+        if !(0.0..=0.5).contains(&r.jitter) {
+            return Err(err("retry.jitter", "must be between 0.0 and 0.5"));
+        }
+        let mut nameservers = Vec::new();
+        for (i, ns) in self.dns.nameservers.iter().enumerate() {
+            let addr = crate::dns::parse_nameserver(ns)
+                .map_err(|e| err(format!("dns.nameservers[{i}]"), e.to_string()))?;
+            nameservers.push(addr);
+        }
+        if self.dns.timeout_ms == 0 || self.dns.attempts == 0 {
+            return Err(err(
+                "dns.timeout_ms",
+                "timeout and attempts must be at least 1",
+            ));
+        }
+        let mut sources = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.name.is_empty() {
+                return Err(err(format!("sources[{i}].name"), "must not be empty"));
+            }
+            if sources.iter().any(|x: &Source| x.name == s.name) {
+                return Err(err(
+                    format!("sources[{i}].name"),
+                    format!("duplicate source {:?}", s.name),
+                ));
+            }
+            let ip = if s.ip.is_empty() {
+                None
+            } else {
+                Some(s.ip.parse::<IpAddr>().map_err(|_| {
+                    err(
+                        format!("sources[{i}].ip"),
+                        format!("{:?} is not an IP address", s.ip),
+                    )
+                })?)
+            };
+            let ehlo = if s.ehlo.is_empty() {
+                e.helo_name.clone()
+            } else {
+                s.ehlo.clone()
+            };
+            sources.push(Source {
+                name: s.name.clone(),
+                ip,
+                ehlo,
+            });
+        }
+        if sources.is_empty() {
+            sources.push(Source {
+                name: "default".into(),
+                ip: None,
+                ehlo: e.helo_name.clone(),
+            });
+        }
+        let mut pools = Vec::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            if p.sources.is_empty() {
+                return Err(err(
+                    format!("pools[{i}].sources"),
+                    "a pool needs at least one source",
+                ));
+            }
+            let mut idx = Vec::new();
+            for (j, name) in p.sources.iter().enumerate() {
+                let k = sources
+                    .iter()
+                    .position(|s| &s.name == name)
+                    .ok_or_else(|| {
+                        err(
+                            format!("pools[{i}].sources[{j}]"),
+                            format!("no source named {name:?}"),
+                        )
+                    })?;
+                idx.push(k);
+            }
+            pools.push((p.name.clone(), idx));
+        }
+        if pools.is_empty() {
+            pools.push(("default".into(), (0..sources.len()).collect()));
+        }
+        let pool_index = |name: &str, key: String| {
+            pools
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| err(key, format!("no pool named {name:?}")))
+        };
+        let default_pool = if self.routing.default_pool.is_empty() {
+            0
+        } else {
+            pool_index(&self.routing.default_pool, "routing.default_pool".into())?
+        };
+        let mut tenant_pools = std::collections::HashMap::new();
+        for (tenant, pool) in &self.routing.tenants {
+            tenant_pools.insert(
+                tenant.clone(),
+                pool_index(pool, format!("routing.tenants.{tenant}"))?,
+            );
+        }
+        let smarthost = match &self.smarthost {
+            None => None,
+            Some(s) => {
+                use std::net::ToSocketAddrs;
+                let address = s
+                    .address
+                    .to_socket_addrs()
+                    .map_err(|e| err("smarthost.address", e.to_string()))?
+                    .next()
+                    .ok_or_else(|| err("smarthost.address", "no address"))?;
+                let host = s
+                    .address
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string())
+                    .unwrap_or_default();
+                Some(Smarthost {
+                    address,
+                    host,
+                    domains: s.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                    auth: if s.username.is_empty() {
+                        None
+                    } else {
+                        Some((s.username.clone(), s.password.clone()))
+                    },
+                    tls: s.tls,
+                    allow_plaintext_auth: s.allow_plaintext_auth,
+                })
+            }
+        };
+        Ok(Resolved {
+            config: self.clone(),
+            shards,
+            sources,
+            pools,
+            default_pool,
+            tenant_pools,
+            nameservers,
+            smarthost,
+        })
+    }
+}
+
+/// The dotted key around a byte offset of the TOML text (the table header and the key on that line).
+fn key_at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.rsplit('\n').next().unwrap_or("");
+    let line_end = text[offset.min(text.len())..]
+        .split('\n')
+        .next()
+        .unwrap_or("");
+    let whole = format!("{line}{line_end}");
+    let key = whole.split('=').next().unwrap_or("").trim().to_string();
+    let table = before
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('[')
+                .map(|t| t.trim_matches(|c| c == '[' || c == ']').to_string())
+        })
+        .unwrap_or_default();
+    match (table.is_empty(), key.starts_with('[') || key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+/// Builds an [`EngineConfig`] in code.
+#[derive(Debug, Clone)]
+pub struct EngineConfigBuilder(EngineConfig);
+
+impl EngineConfigBuilder {
+    /// Shard count (0 = one per CPU).
+    pub fn shards(mut self, n: usize) -> Self {
+        self.0.engine.shards = n;
+        self
+    }
+    /// Pin shards to CPUs.
+    pub fn pin_shards(mut self, on: bool) -> Self {
+        self.0.engine.pin_shards = on;
+        self
+    }
+    /// Spool directory.
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.0.engine.spool_dir = dir.into();
+        self
+    }
+    /// Durability policy.
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.0.engine.durability = d;
+        self
+    }
+    /// DNS nameservers (`host:port`).
+    pub fn nameservers(mut self, ns: &[&str]) -> Self {
+        self.0.dns.nameservers = ns.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    /// Destination port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.0.delivery.port = port;
+        self
+    }
+    /// STARTTLS policy.
+    pub fn tls(mut self, tls: TlsPolicy) -> Self {
+        self.0.delivery.tls = tls;
+        self
+    }
+    /// Connections per (source, MX address).
+    pub fn max_connections_per_host(mut self, n: usize) -> Self {
+        self.0.delivery.max_connections_per_host = n;
+        self
+    }
+    /// Messages per connection.
+    pub fn max_messages_per_connection(mut self, n: u32) -> Self {
+        self.0.delivery.max_messages_per_connection = n;
+        self
+    }
+    /// Retry schedule.
+    pub fn retry(mut self, first: Duration, max: Duration, jitter: f64, max_age: Duration) -> Self {
+        self.0.retry = RetrySection {
+            first_s: first.as_secs(),
+            max_s: max.as_secs(),
+            jitter,
+            max_age_s: max_age.as_secs(),
+        };
+        self
+    }
+    /// Adds a source.
+    pub fn source(mut self, name: &str, ip: &str, ehlo: &str) -> Self {
+        self.0.sources.push(SourceConfig {
+            name: name.into(),
+            ip: ip.into(),
+            ehlo: ehlo.into(),
+        });
+        self
+    }
+    /// JSON-lines event log.
+    pub fn event_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.0.engine.event_log = path.into();
+        self
+    }
+    /// Any other change.
+    pub fn with(mut self, f: impl FnOnce(&mut EngineConfig)) -> Self {
+        f(&mut self.0);
+        self
+    }
+    /// The configuration.
+    pub fn build(self) -> EngineConfig {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let r = EngineConfig::default().resolve().unwrap();
+        assert!(r.shards >= 1);
+        assert_eq!(r.sources.len(), 1);
+        assert_eq!(r.pools, vec![("default".to_string(), vec![0])]);
+        assert_eq!(r.config.retry.max_age_s, 72 * 3600);
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = EngineConfig::from_toml(
+            r#"
+            [engine]
+            shards = 2
+            durability = "none"
+            [dns]
+            nameservers = ["127.0.0.53:5353"]
+            [delivery]
+            port = 2525
+            tls = "disabled"
+            [[sources]]
+            name = "a"
+            ip = "127.0.0.1"
+            ehlo = "a.example"
+            [[sources]]
+            name = "b"
+            [[pools]]
+            name = "p"
+            sources = ["a", "b"]
+            [routing]
+            default_pool = "p"
+            tenants = { acme = "p" }
+            [smarthost]
+            address = "127.0.0.1:587"
+            username = "u"
+            password = "p"
+            "#,
+        )
+        .unwrap();
+        let r = c.resolve().unwrap();
+        assert_eq!(r.shards, 2);
+        assert_eq!(r.sources[1].ehlo, "localhost");
+        assert_eq!(r.tenant_pools["acme"], 0);
+        assert_eq!(r.nameservers[0].port(), 5353);
+        let s = r.smarthost.unwrap();
+        assert_eq!(s.auth, Some(("u".into(), "p".into())));
+        assert_eq!(s.tls, TlsPolicy::Required);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = EngineConfig::from_toml("[delivery]\nprot = 25\n").unwrap_err();
+        assert!(e.message.contains("prot"), "{e}");
+        let e = EngineConfig::from_toml("[delivery]\nport = \"x\"\n").unwrap_err();
+        assert_eq!(e.key, "delivery.port", "{e}");
+        let e = EngineConfig::from_toml("[engine]\ndurability = \"sometimes\"\n").unwrap_err();
+        assert_eq!(e.key, "engine.durability", "{e}");
+        let c = EngineConfig::from_toml("[[sources]]\nname = \"a\"\nip = \"nope\"\n").unwrap();
+        assert_eq!(c.resolve().unwrap_err().key, "sources[0].ip");
+        let c =
+            EngineConfig::from_toml("[[pools]]\nname = \"p\"\nsources = [\"ghost\"]\n").unwrap();
+        assert_eq!(c.resolve().unwrap_err().key, "pools[0].sources[0]");
+        let c = EngineConfig::from_toml("[retry]\njitter = 0.9\n").unwrap();
+        assert_eq!(c.resolve().unwrap_err().key, "retry.jitter");
+        let c = EngineConfig::from_toml("[dns]\nnameservers = [\"not an address\"]\n").unwrap();
+        assert_eq!(c.resolve().unwrap_err().key, "dns.nameservers[0]");
+    }
+
+    #[test]
+    fn the_builder_sets_what_it_says() {
+        let c = EngineConfig::builder()
+            .shards(3)
+            .port(2526)
+            .durability(Durability::None)
+            .source("s", "127.0.0.9", "s.example")
+            .build();
+        let r = c.resolve().unwrap();
+        assert_eq!(r.shards, 3);
+        assert_eq!(r.config.delivery.port, 2526);
+        assert_eq!(r.sources[0].ip, Some("127.0.0.9".parse().unwrap()));
+    }
+}

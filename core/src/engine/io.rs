@@ -1,0 +1,418 @@
+//! The shard thread: one mio loop carrying out a [`ShardCore`]'s actions with real sockets, its DNS
+//! resolver and its spool, and feeding submissions from the shard's ring.
+//!
+//! Per loop pass, in order: socket readiness (connect results, reads, writes), DNS readiness, up to
+//! [`SUBMISSIONS_PER_PASS`] submissions (appended to the spool, committed once for the batch, then
+//! acknowledged), control messages, DNS answers, timers, the core's actions, output, then one spool
+//! commit for the state changes of the pass, after which the pass's events are released. Work per
+//! pass is bounded so one busy peer cannot starve the shard.
+
+use super::shard::{Action, ConnId, Now, ShardCore};
+use super::{Control, EventQueue, SubmitError, SubmitPart};
+use crate::dns::{self, Answer, Query};
+use crate::spool::{Envelope as SpoolEnvelope, MessageFlags};
+use crossbeam::queue::ArrayQueue;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Submissions taken from the ring per loop pass.
+pub(crate) const SUBMISSIONS_PER_PASS: usize = 1024;
+/// Bytes read from one connection per loop pass.
+const READ_PER_PASS: usize = 256 * 1024;
+
+pub(crate) const WAKER: Token = Token(0);
+pub(crate) const DNS_BASE: usize = 1;
+const CONN_BASE: usize = 1 << 20;
+
+struct Socket {
+    stream: TcpStream,
+    connected: bool,
+    out: Vec<u8>,
+    written: usize,
+    writable_interest: bool,
+}
+
+/// Everything a shard thread owns.
+pub(crate) struct ShardThread {
+    pub core: ShardCore,
+    pub poll: Poll,
+    pub dns: dns::Driver,
+    pub ring: Arc<ArrayQueue<SubmitPart>>,
+    pub control: crossbeam::channel::Receiver<Control>,
+    pub events: Arc<EventQueue>,
+}
+
+impl std::fmt::Debug for ShardThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardThread")
+            .field("shard", &self.core.shard())
+            .finish()
+    }
+}
+
+impl ShardThread {
+    /// Runs until shutdown completes.
+    pub(crate) fn run(mut self) {
+        let mut sockets: Vec<Option<Socket>> = Vec::new();
+        let mut mio_events = Events::with_capacity(1024);
+        let mut readbuf = vec![0u8; 64 * 1024];
+        let mut batch = Vec::new();
+        let mut dirty = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        let mut last_maintenance = Instant::now();
+        loop {
+            let now = Now::system();
+            let mut wait = Duration::from_secs(1);
+            if let Some(t) = self.core.poll_timeout(now) {
+                wait = wait.min(t.saturating_duration_since(now.mono));
+            }
+            if let Some(t) = self.dns.poll_timeout() {
+                wait = wait.min(t.saturating_duration_since(now.mono));
+            }
+            if !self.ring.is_empty() {
+                wait = Duration::ZERO;
+            }
+            if let Err(e) = self.poll.poll(&mut mio_events, Some(wait))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                break;
+            }
+            let now = Now::system();
+            for ev in mio_events.iter() {
+                let token = ev.token();
+                if token == WAKER {
+                    continue;
+                }
+                if self.dns.owns(token) {
+                    self.dns.handle_ready(self.poll.registry(), now.mono, token);
+                    continue;
+                }
+                let id = token.0.wrapping_sub(CONN_BASE);
+                let Some(sock) = sockets.get_mut(id).and_then(|s| s.as_mut()) else {
+                    continue;
+                };
+                if !sock.connected {
+                    match sock.stream.take_error() {
+                        Ok(Some(e)) | Err(e) => {
+                            close_socket(&self.poll, &mut sockets, id);
+                            self.core.on_connect_failed(now, id, &e.to_string());
+                            continue;
+                        }
+                        Ok(None) => {}
+                    }
+                    match sock.stream.peer_addr() {
+                        Ok(_) => {
+                            sock.connected = true;
+                            self.core.on_connected(now, id);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => continue,
+                        Err(e) => {
+                            close_socket(&self.poll, &mut sockets, id);
+                            self.core.on_connect_failed(now, id, &e.to_string());
+                            continue;
+                        }
+                    }
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    let mut total = 0;
+                    while let Some(sock) = sockets.get_mut(id).and_then(|s| s.as_mut()) {
+                        match sock.stream.read(&mut readbuf) {
+                            Ok(0) => {
+                                self.core.on_eof(now, id);
+                                break;
+                            }
+                            Ok(n) => {
+                                self.core.on_input(now, id, &readbuf[..n]);
+                                total += n;
+                                if total >= READ_PER_PASS {
+                                    break;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(_) => {
+                                self.core.on_eof(now, id);
+                                break;
+                            }
+                        }
+                    }
+                }
+                if ev.is_writable() && !dirty.contains(&id) {
+                    dirty.push(id);
+                }
+            }
+
+            self.take_submissions(now);
+            while let Ok(c) = self.control.try_recv() {
+                match c {
+                    Control::Cancel(id, reply) => {
+                        let n = self.core.cancel(now, id);
+                        let _ = reply.send(n);
+                    }
+                    Control::Shutdown(grace) => {
+                        deadline = Some(now.mono + grace);
+                        self.core.begin_shutdown(now);
+                    }
+                }
+            }
+            self.dns.handle_timeout(self.poll.registry(), now.mono);
+            while let Some(done) = self.dns.poll_event() {
+                let answer = match done.answer {
+                    Answer::Mx(r) => r,
+                    other => Err(other.failure().cloned().unwrap_or_else(|| dns::Failure {
+                        reason: dns::Reason::SystemError,
+                        permanent: false,
+                        detail: "unexpected DNS answer".into(),
+                    })),
+                };
+                self.core.on_resolved(now, done.token as u32, answer);
+            }
+            self.core.handle_timeout(now);
+
+            // Actions may produce more actions (a failed connect fails over to the next MX).
+            while let Some(action) = self.core.poll_action() {
+                match action {
+                    Action::Resolve { domain, name } => {
+                        self.dns.lookup(
+                            self.poll.registry(),
+                            now.mono,
+                            u64::from(domain),
+                            Query::Mx(name),
+                        );
+                    }
+                    Action::Connect {
+                        conn,
+                        local,
+                        remote,
+                    } => match connect(&self.poll, conn, local, remote) {
+                        Ok(sock) => {
+                            if sockets.len() <= conn {
+                                sockets.resize_with(conn + 1, || None);
+                            }
+                            sockets[conn] = Some(sock);
+                        }
+                        Err(e) => self.core.on_connect_failed(now, conn, &e.to_string()),
+                    },
+                    Action::Close { conn } => {
+                        // Write what is left (QUIT) best effort, then close.
+                        if let Some(sock) = sockets.get_mut(conn).and_then(|s| s.as_mut()) {
+                            self.core.transmit(now, conn, &mut sock.out);
+                            let _ = sock.stream.write(&sock.out[sock.written..]);
+                        }
+                        close_socket(&self.poll, &mut sockets, conn);
+                    }
+                }
+            }
+            // A new DNS question may be waiting to be sent.
+            self.dns.handle_timeout(self.poll.registry(), now.mono);
+
+            self.core.take_dirty(&mut dirty);
+            for id in dirty.drain(..) {
+                flush(&self.poll, &mut self.core, now, &mut sockets, id);
+            }
+
+            if let Some(t) = self.core.take_commit() {
+                let _ = self.core.commit(t);
+            }
+            self.core.take_events(&mut batch);
+            if !batch.is_empty() {
+                self.events.push(&mut batch);
+            }
+
+            if let Some(d) = deadline {
+                if !self.core.has_connections() {
+                    break;
+                }
+                if now.mono >= d {
+                    self.core.abort_all(now);
+                    while let Some(action) = self.core.poll_action() {
+                        if let Action::Close { conn } = action {
+                            close_socket(&self.poll, &mut sockets, conn);
+                        }
+                    }
+                    self.core.take_events(&mut batch);
+                    if !batch.is_empty() {
+                        self.events.push(&mut batch);
+                    }
+                    break;
+                }
+            }
+            if last_maintenance.elapsed() >= Duration::from_secs(10) {
+                last_maintenance = Instant::now();
+                self.core.maintain();
+            }
+        }
+        let _ = self.core.spool_mut().flush();
+    }
+
+    /// Appends waiting submissions to the spool, commits them together, acknowledges, schedules.
+    fn take_submissions(&mut self, now: Now) {
+        let mut appended: Vec<(SubmitPart, crate::spool::MessageId)> = Vec::new();
+        let mut last = None;
+        for _ in 0..SUBMISSIONS_PER_PASS {
+            let Some(part) = self.ring.pop() else {
+                break;
+            };
+            if part.ack.is_abandoned() {
+                part.ack.done(Ok(()));
+                continue;
+            }
+            let rcpts: Vec<&str> = part.recipients.iter().map(String::as_str).collect();
+            let id_tag = format!("{:016x}", part.id);
+            let mut tags: Vec<(&str, &str)> = vec![(super::shard::ID_TAG, id_tag.as_str())];
+            tags.extend(part.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let env = SpoolEnvelope {
+                sender: &part.sender,
+                recipients: &rcpts,
+                tenant: &part.tenant,
+                tags: &tags,
+                priority: part.priority,
+                flags: part.flags,
+                submitted_at: now.unix(),
+            };
+            match self.core.spool_mut().append(&env, &part.body) {
+                Ok((id, ticket)) => {
+                    last = Some(ticket);
+                    appended.push((part, id));
+                }
+                Err(e) => part.ack.done(Err(SubmitError::from_spool(e))),
+            }
+        }
+        if appended.is_empty() {
+            return;
+        }
+        let committed = match last {
+            Some(t) => self.core.commit(t),
+            None => Ok(()),
+        };
+        match committed {
+            Ok(()) => {
+                for (part, id) in appended {
+                    self.core.enqueue(now, part.id, id);
+                    part.ack.done(Ok(()));
+                }
+            }
+            Err(e) => {
+                let e = SubmitError::from_spool(e);
+                for (part, id) in appended {
+                    // Not acknowledged: take it back so it is never delivered behind the host's back.
+                    let _ = self.core.spool_mut().remove(id);
+                    part.ack.done(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Opens a non-blocking connection, bound to `local` when given.
+fn connect(
+    poll: &Poll,
+    conn: ConnId,
+    local: Option<IpAddr>,
+    remote: SocketAddr,
+) -> io::Result<Socket> {
+    use socket2::{Domain, Protocol, Socket as RawSocket, Type};
+    let socket = RawSocket::new(
+        Domain::for_address(remote),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(ip) = local {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match socket.connect(&remote.into()) {
+        Ok(()) => {}
+        Err(e)
+            if e.raw_os_error() == Some(libc::EINPROGRESS)
+                || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    let mut stream = TcpStream::from_std(socket.into());
+    poll.registry().register(
+        &mut stream,
+        Token(CONN_BASE + conn),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
+    Ok(Socket {
+        stream,
+        connected: false,
+        out: Vec::with_capacity(4096),
+        written: 0,
+        writable_interest: true,
+    })
+}
+
+fn close_socket(poll: &Poll, sockets: &mut [Option<Socket>], id: ConnId) {
+    if let Some(mut s) = sockets.get_mut(id).and_then(|s| s.take()) {
+        let _ = poll.registry().deregister(&mut s.stream);
+    }
+}
+
+/// Writes what the session has for a connection; asks for writability when the socket is full.
+fn flush(poll: &Poll, core: &mut ShardCore, now: Now, sockets: &mut [Option<Socket>], id: ConnId) {
+    let Some(sock) = sockets.get_mut(id).and_then(|s| s.as_mut()) else {
+        return;
+    };
+    if !sock.connected {
+        return;
+    }
+    loop {
+        if sock.written == sock.out.len() {
+            sock.out.clear();
+            sock.written = 0;
+            core.transmit(now, id, &mut sock.out);
+            if sock.out.is_empty() {
+                break;
+            }
+        }
+        match sock.stream.write(&sock.out[sock.written..]) {
+            Ok(0) => break,
+            Ok(n) => sock.written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                sock.out.clear();
+                sock.written = 0;
+                core.on_eof(now, id);
+                return;
+            }
+        }
+    }
+    let want = sock.written < sock.out.len();
+    if want != sock.writable_interest {
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let _ = poll
+            .registry()
+            .reregister(&mut sock.stream, Token(CONN_BASE + id), interest);
+        sock.writable_interest = want;
+    }
+}
+
+/// Flags a submission needs.
+pub(crate) fn flags_for(sender: &str, recipients: &[String], body: &[u8]) -> MessageFlags {
+    let mut f = 0u8;
+    if body.iter().any(|b| *b >= 0x80) {
+        f |= MessageFlags::EIGHT_BIT.0;
+    }
+    if !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()) {
+        f |= MessageFlags::SMTPUTF8.0;
+    }
+    MessageFlags(f)
+}
+
+/// Lets the ring's producer know about a dropped acknowledgement.
+impl Drop for SubmitPart {
+    fn drop(&mut self) {
+        self.ack.done_if_pending();
+    }
+}

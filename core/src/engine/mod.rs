@@ -1,0 +1,733 @@
+//! The delivery engine: thread-per-core shards that queue, route and deliver mail.
+//!
+//! ```text
+//!  host thread ── Engine::submit ──► bounded ring ──► shard thread (pinned, own mio loop)
+//!                                   (Busy when full)   ├─ spool (its own directory)
+//!  host thread ◄─ Engine::poll_events ◄─ event queue ◄─ ├─ DNS resolver (its own cache)
+//!               (event_fd readable while events wait)   └─ queues, pools, sessions, timer wheel
+//! ```
+//!
+//! - A recipient domain belongs to one shard: `fnv1a(domain) % shards`. A message with recipients in
+//!   several shards is split: each shard spools its part (the body is written by each), and the host
+//!   gets one message id, carried in every event.
+//! - [`Engine::submit`] returns once every part is durable in its shard's spool under the configured
+//!   durability ([`config::Durability`]); a shard appends every submission waiting in its ring, then
+//!   commits once for all of them (group commit), then acknowledges.
+//! - Delivery events ([`DeliveryEvent`]) are released once the spool has recorded the outcome they
+//!   report; the host drains them in batches with [`Engine::poll_events`] or waits with
+//!   [`Engine::wait`]; [`Engine::event_fd`] is readable while events are pending. Engine threads never
+//!   call into the host.
+//! - [`Engine::shutdown`] stops intake, lets in-flight transactions finish within the grace period and
+//!   leaves everything else in the spool; a new engine on the same spool directory resumes.
+//!
+//! Not yet: per-reason retry schedules and suppression (bounce classification plugs in through
+//! [`retry::RetryPolicy`]), traffic shaping beyond the per-host connection cap and messages per
+//! connection, DSN parameters per recipient, changing the shard count of an existing spool (the old
+//! shards' directories are not read).
+
+pub mod config;
+pub mod event;
+mod io;
+pub mod metrics;
+pub mod retry;
+pub(crate) mod shard;
+pub mod sim;
+pub mod timer;
+
+pub use config::{ConfigError, EngineConfig};
+pub use event::{DeliveryEvent, EventKind};
+pub use metrics::Metrics;
+pub use shard::Now;
+
+use crate::smtp::TlsSettings;
+use crate::spool::{MessageFlags, Priority, SpoolError, SyncPolicy};
+use crossbeam::queue::ArrayQueue;
+use metrics::ShardMetrics;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A message handed to the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    /// The envelope sender; empty for the null sender.
+    pub sender: String,
+    /// Recipient addresses.
+    pub recipients: Vec<String>,
+    /// The tenant; chooses the source pool.
+    pub tenant: String,
+    /// Metadata tags returned in events.
+    pub tags: Vec<(String, String)>,
+    /// Transactional mail goes ahead of bulk in every queue.
+    pub priority: Priority,
+    /// The message: headers and body, CRLF line ends.
+    pub body: Vec<u8>,
+}
+
+/// Why a submission was refused. Nothing of it was queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitError {
+    /// A shard's submission ring is full: try again shortly.
+    Busy,
+    /// The engine is shutting down.
+    ShuttingDown,
+    /// The envelope or message is not acceptable (the text says why).
+    Invalid(String),
+    /// The spool is full (ENOSPC).
+    NoSpace,
+    /// The spool could not write or sync.
+    Spool(String),
+}
+
+impl SubmitError {
+    pub(crate) fn from_spool(e: SpoolError) -> SubmitError {
+        match e {
+            SpoolError::NoSpace => SubmitError::NoSpace,
+            other => SubmitError::Spool(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::Busy => f.write_str("busy: submission queue full"),
+            SubmitError::ShuttingDown => f.write_str("engine is shutting down"),
+            SubmitError::Invalid(why) => write!(f, "invalid message: {why}"),
+            SubmitError::NoSpace => f.write_str("spool full: no space left on device"),
+            SubmitError::Spool(why) => write!(f, "spool error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}
+
+/// Why the engine could not start.
+#[derive(Debug)]
+pub enum EngineError {
+    /// The configuration is wrong.
+    Config(ConfigError),
+    /// A shard's spool could not be opened.
+    Spool {
+        /// The shard.
+        shard: usize,
+        /// The error.
+        error: SpoolError,
+    },
+    /// Something else in the operating system failed.
+    Io(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Config(e) => write!(f, "{e}"),
+            EngineError::Spool { shard, error } => write!(f, "shard {shard} spool: {error}"),
+            EngineError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// Completion of a submission split over shards.
+#[derive(Debug)]
+pub(crate) struct Ack {
+    state: Mutex<AckState>,
+    cv: Condvar,
+}
+
+#[derive(Debug)]
+struct AckState {
+    remaining: usize,
+    error: Option<SubmitError>,
+    abandoned: bool,
+}
+
+impl Ack {
+    fn new(parts: usize) -> Arc<Ack> {
+        Arc::new(Ack {
+            state: Mutex::new(AckState {
+                remaining: parts,
+                error: None,
+                abandoned: false,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    pub(crate) fn done(&self, result: Result<(), SubmitError>) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.remaining = s.remaining.saturating_sub(1);
+        if let Err(e) = result {
+            s.error.get_or_insert(e);
+        }
+        self.cv.notify_all();
+    }
+
+    /// A part dropped without an answer (its shard is gone) counts as failed.
+    pub(crate) fn done_if_pending(&self) {
+        // `done` is always called before the part is dropped, except when a shard thread dies; the
+        // submitter then stops waiting at its deadline.
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.state.lock().map(|s| s.abandoned).unwrap_or(true)
+    }
+
+    fn wait(&self, limit: Duration) -> Result<(), SubmitError> {
+        let deadline = Instant::now() + limit;
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.remaining > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                s.abandoned = true;
+                return Err(SubmitError::Spool("no answer from the shard".into()));
+            }
+            s = self
+                .cv
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        match &s.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One shard's part of a submission.
+#[derive(Debug)]
+pub(crate) struct SubmitPart {
+    pub id: u64,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub tenant: String,
+    pub tags: Vec<(String, String)>,
+    pub priority: Priority,
+    pub flags: MessageFlags,
+    pub body: Arc<[u8]>,
+    pub ack: Arc<Ack>,
+}
+
+/// A submission handed to its shards, not yet acknowledged.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    ack: Arc<Ack>,
+    shards: Vec<usize>,
+}
+
+impl Pending {
+    fn finish(self) -> Result<u64, SubmitError> {
+        self.ack.wait(Duration::from_secs(300))?;
+        Ok(self.id)
+    }
+}
+
+/// Messages to a shard that must not be refused.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Cancel(u64, crossbeam::channel::Sender<usize>),
+    Shutdown(Duration),
+}
+
+/// Events waiting for the host, with a pipe that is readable while any wait.
+pub(crate) struct EventQueue {
+    queue: Mutex<VecDeque<DeliveryEvent>>,
+    cv: Condvar,
+    signalled: AtomicBool,
+    pipe_tx: mio::unix::pipe::Sender,
+    pipe_rx: mio::unix::pipe::Receiver,
+    log: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl fmt::Debug for EventQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventQueue").finish_non_exhaustive()
+    }
+}
+
+impl EventQueue {
+    fn new(log: Option<std::fs::File>) -> std::io::Result<EventQueue> {
+        let (pipe_tx, pipe_rx) = mio::unix::pipe::new()?;
+        Ok(EventQueue {
+            queue: Mutex::new(VecDeque::new()),
+            cv: Condvar::new(),
+            signalled: AtomicBool::new(false),
+            pipe_tx,
+            pipe_rx,
+            log: log.map(|f| Mutex::new(std::io::BufWriter::new(f))),
+        })
+    }
+
+    pub(crate) fn push(&self, batch: &mut Vec<DeliveryEvent>) {
+        if let Some(log) = &self.log
+            && let Ok(mut w) = log.lock()
+        {
+            for e in batch.iter() {
+                let _ = writeln!(w, "{}", e.to_json());
+            }
+            let _ = w.flush();
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.extend(batch.drain(..));
+        drop(q);
+        self.signal();
+        self.cv.notify_all();
+    }
+
+    fn signal(&self) {
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            let _ = (&self.pipe_tx).write(&[1]);
+        }
+    }
+
+    fn unsignal(&self) {
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = std::io::Read::read(&mut (&self.pipe_rx), &mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn poll(&self, out: &mut Vec<DeliveryEvent>, max: usize) -> usize {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let n = q.len().min(max);
+        out.extend(q.drain(..n));
+        if q.is_empty() {
+            self.unsignal();
+        }
+        n
+    }
+
+    fn wait(&self, timeout: Duration) -> bool {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if !q.is_empty() {
+            return true;
+        }
+        let (q, _) = self
+            .cv
+            .wait_timeout(q, timeout)
+            .unwrap_or_else(|e| e.into_inner());
+        !q.is_empty()
+    }
+
+    fn wake(&self) {
+        self.cv.notify_all();
+    }
+}
+
+struct ShardHandle {
+    ring: Arc<ArrayQueue<SubmitPart>>,
+    control: crossbeam::channel::Sender<Control>,
+    waker: Arc<mio::Waker>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A running engine. Every method takes `&self` and is safe from any thread.
+pub struct Engine {
+    shards: Vec<ShardHandle>,
+    events: Arc<EventQueue>,
+    metrics: Vec<Arc<ShardMetrics>>,
+    next_id: AtomicU64,
+    accepting: AtomicBool,
+    max_body: usize,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+/// The shard owning a domain: FNV-1a of the lower-case domain, stable across restarts.
+pub fn shard_of(domain: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in domain.bytes() {
+        h ^= u64::from(b.to_ascii_lowercase());
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+fn check_address(a: &str, what: &str) -> Result<(), SubmitError> {
+    let bad = |why: &str| Err(SubmitError::Invalid(format!("{what} {a:?}: {why}")));
+    if a.len() > 254 {
+        return bad("longer than 254 octets");
+    }
+    if a.bytes()
+        .any(|b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>')
+    {
+        return bad("contains spaces, control characters or angle brackets");
+    }
+    match a.rsplit_once('@') {
+        Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.starts_with('.') =>
+        {
+            Ok(())
+        }
+        _ => bad("not of the form local@domain"),
+    }
+}
+
+impl Engine {
+    /// Validates the configuration, opens each shard's spool (recovering what it holds) and starts the
+    /// shard threads.
+    pub fn start(config: &EngineConfig) -> Result<Engine, EngineError> {
+        Engine::start_with(config, Arc::new(retry_from(config)))
+    }
+
+    /// Like [`Engine::start`] with another retry policy.
+    pub fn start_with(
+        config: &EngineConfig,
+        retry: Arc<dyn retry::RetryPolicy>,
+    ) -> Result<Engine, EngineError> {
+        let resolved = Arc::new(config.resolve().map_err(EngineError::Config)?);
+        let e = &config.engine;
+        let tls = match config.delivery.tls {
+            config::TlsPolicy::Disabled
+                if config
+                    .smarthost
+                    .as_ref()
+                    .is_none_or(|s| s.tls == config::TlsPolicy::Disabled) =>
+            {
+                None
+            }
+            _ => {
+                let ca = if config.delivery.ca_file.as_os_str().is_empty() {
+                    None
+                } else {
+                    Some(std::fs::read(&config.delivery.ca_file).map_err(|err| {
+                        EngineError::Config(ConfigError {
+                            key: "delivery.ca_file".into(),
+                            message: err.to_string(),
+                        })
+                    })?)
+                };
+                Some(TlsSettings::new(ca.as_deref()).map_err(|err| {
+                    EngineError::Config(ConfigError {
+                        key: "delivery.ca_file".into(),
+                        message: err.to_string(),
+                    })
+                })?)
+            }
+        };
+        let log = if e.event_log.as_os_str().is_empty() {
+            None
+        } else {
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&e.event_log)
+                    .map_err(|err| {
+                        EngineError::Config(ConfigError {
+                            key: "engine.event_log".into(),
+                            message: err.to_string(),
+                        })
+                    })?,
+            )
+        };
+        let events = Arc::new(EventQueue::new(log).map_err(|e| EngineError::Io(e.to_string()))?);
+        let policy = match e.durability {
+            config::Durability::Sync => SyncPolicy::Sync,
+            config::Durability::Interval => {
+                SyncPolicy::Interval(Duration::from_millis(e.durability_interval_ms.max(1)))
+            }
+            config::Durability::None => SyncPolicy::None,
+        };
+        let cpus = core_affinity::get_core_ids().unwrap_or_default();
+        let mut shards = Vec::new();
+        let mut metrics = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..resolved.shards {
+            let dir = e.spool_dir.join(format!("shard-{i}"));
+            let opts = crate::spool::Options {
+                policy,
+                ..crate::spool::Options::default()
+            };
+            let (spool, _report) = crate::spool::Spool::open(&dir, opts)
+                .map_err(|error| EngineError::Spool { shard: i, error })?;
+            let m = Arc::new(ShardMetrics::default());
+            let now = Now::system();
+            let seed = now.unix_ms ^ (i as u64).wrapping_mul(0x9e3779b97f4a7c15);
+            let core = shard::ShardCore::new(
+                i,
+                resolved.clone(),
+                spool,
+                retry.clone(),
+                tls.as_ref(),
+                seed,
+                m.clone(),
+                now,
+            );
+            let poll = mio::Poll::new().map_err(|e| EngineError::Io(e.to_string()))?;
+            let waker = Arc::new(
+                mio::Waker::new(poll.registry(), io::WAKER)
+                    .map_err(|e| EngineError::Io(e.to_string()))?,
+            );
+            let dns_config = dns_config(&resolved).map_err(EngineError::Config)?;
+            let seed32 = crate::dns::random_seed().map_err(|e| EngineError::Io(e.to_string()))?;
+            let resolver = crate::dns::Resolver::new(dns_config, seed32).map_err(|e| {
+                EngineError::Config(ConfigError {
+                    key: "dns".into(),
+                    message: e.to_string(),
+                })
+            })?;
+            let driver = crate::dns::Driver::new(resolver, io::DNS_BASE);
+            let ring = Arc::new(ArrayQueue::new(e.submission_queue));
+            let (ctl_tx, ctl_rx) = crossbeam::channel::unbounded();
+            let thread = io::ShardThread {
+                core,
+                poll,
+                dns: driver,
+                ring: ring.clone(),
+                control: ctl_rx,
+                events: events.clone(),
+            };
+            threads.push((thread, cpus.get(i % cpus.len().max(1)).copied()));
+            shards.push(ShardHandle {
+                ring,
+                control: ctl_tx,
+                waker,
+                thread: Mutex::new(None),
+            });
+            metrics.push(m);
+        }
+        for (i, (mut thread, cpu)) in threads.into_iter().enumerate() {
+            let pin = e.pin_shards;
+            let handle = std::thread::Builder::new()
+                .name(format!("vmta-shard-{i}"))
+                .spawn(move || {
+                    if pin && let Some(cpu) = cpu {
+                        core_affinity::set_for_current(cpu);
+                    }
+                    let now = Now::system();
+                    thread.core.recover(now);
+                    thread.run();
+                })
+                .map_err(|e| EngineError::Io(e.to_string()))?;
+            *shards[i].thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        }
+        let seed = Now::system().unix_ms << 16;
+        Ok(Engine {
+            shards,
+            events,
+            metrics,
+            next_id: AtomicU64::new(seed),
+            accepting: AtomicBool::new(true),
+            max_body: crate::spool::Options::default().max_body,
+        })
+    }
+
+    /// Queues a message. Returns its id once every part is durable, or why it was refused (nothing is
+    /// queued then).
+    pub fn submit(&self, s: &Submission) -> Result<u64, SubmitError> {
+        let pending = self.push_parts(s)?;
+        for &shard in &pending.shards {
+            let _ = self.shards[shard].waker.wake();
+        }
+        pending.finish()
+    }
+
+    /// Queues several messages at once: every part is handed to its shard before any is waited for,
+    /// so one spool commit can cover the whole batch. Results are in the batch's order.
+    pub fn submit_batch(&self, batch: &[Submission]) -> Vec<Result<u64, SubmitError>> {
+        let pending: Vec<Result<Pending, SubmitError>> =
+            batch.iter().map(|s| self.push_parts(s)).collect();
+        let mut woken = vec![false; self.shards.len()];
+        for p in pending.iter().flatten() {
+            for &shard in &p.shards {
+                if !woken[shard] {
+                    woken[shard] = true;
+                    let _ = self.shards[shard].waker.wake();
+                }
+            }
+        }
+        pending.into_iter().map(|p| p?.finish()).collect()
+    }
+
+    /// Checks a submission and pushes its parts to their shards' rings (without waking them).
+    fn push_parts(&self, s: &Submission) -> Result<Pending, SubmitError> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if s.recipients.is_empty() {
+            return Err(SubmitError::Invalid("no recipients".into()));
+        }
+        if !s.sender.is_empty() {
+            check_address(&s.sender, "sender")?;
+        }
+        for r in &s.recipients {
+            check_address(r, "recipient")?;
+        }
+        if s.body.is_empty() {
+            return Err(SubmitError::Invalid("empty message".into()));
+        }
+        if s.body.len() > self.max_body {
+            return Err(SubmitError::Invalid(format!(
+                "message of {} octets exceeds the maximum of {}",
+                s.body.len(),
+                self.max_body
+            )));
+        }
+        let n = self.shards.len();
+        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); n];
+        for r in &s.recipients {
+            let domain = r.rsplit_once('@').map_or("", |(_, d)| d);
+            by_shard[shard_of(domain, n)].push(r.clone());
+        }
+        let parts = by_shard.iter().filter(|v| !v.is_empty()).count();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ack = Ack::new(parts);
+        let body: Arc<[u8]> = Arc::from(s.body.as_slice());
+        let flags = io::flags_for(&s.sender, &s.recipients, &s.body);
+        let mut pushed = Vec::new();
+        for (shard, recipients) in by_shard.into_iter().enumerate() {
+            if recipients.is_empty() {
+                continue;
+            }
+            let part = SubmitPart {
+                id,
+                sender: s.sender.clone(),
+                recipients,
+                tenant: s.tenant.clone(),
+                tags: s.tags.clone(),
+                priority: s.priority,
+                flags,
+                body: body.clone(),
+                ack: ack.clone(),
+            };
+            if self.shards[shard].ring.push(part).is_err() {
+                // The parts not pushed count as refused; the ones pushed are written, then cancelled.
+                for _ in pushed.len()..parts {
+                    ack.done(Err(SubmitError::Busy));
+                }
+                for &p in &pushed {
+                    let shard: &ShardHandle = &self.shards[p];
+                    let _ = shard.waker.wake();
+                }
+                let _ = ack.wait(Duration::from_secs(30));
+                for &p in &pushed {
+                    let (tx, rx) = crossbeam::channel::bounded(1);
+                    let shard: &ShardHandle = &self.shards[p];
+                    if shard.control.send(Control::Cancel(id, tx)).is_ok() {
+                        let _ = shard.waker.wake();
+                        let _ = rx.recv_timeout(Duration::from_secs(30));
+                    }
+                }
+                return Err(SubmitError::Busy);
+            }
+            pushed.push(shard);
+        }
+        Ok(Pending {
+            id,
+            ack,
+            shards: pushed,
+        })
+    }
+
+    /// Cancels every recipient of a message not yet delivered; returns how many were cancelled (a
+    /// `Cancelled` event follows for each).
+    pub fn cancel(&self, id: u64) -> usize {
+        let mut total = 0;
+        for s in &self.shards {
+            let (tx, rx) = crossbeam::channel::bounded(1);
+            if s.control.send(Control::Cancel(id, tx)).is_ok() {
+                let _ = s.waker.wake();
+                total += rx.recv_timeout(Duration::from_secs(30)).unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// Moves up to `max` pending events into `out`; returns how many.
+    pub fn poll_events(&self, out: &mut Vec<DeliveryEvent>, max: usize) -> usize {
+        self.events.poll(out, max)
+    }
+
+    /// Waits until events are pending or `timeout` passes (or [`Engine::wakeup`]); true if pending.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.events.wait(timeout)
+    }
+
+    /// Wakes every thread in [`Engine::wait`].
+    pub fn wakeup(&self) {
+        self.events.wake();
+    }
+
+    /// A file descriptor readable while events are pending (for poll/epoll/asyncio).
+    pub fn event_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.events.pipe_rx.as_raw_fd()
+    }
+
+    /// Counters and gauges.
+    pub fn metrics(&self) -> Metrics {
+        Metrics::collect(&self.metrics)
+    }
+
+    /// Stops intake, lets in-flight transactions finish within `grace`, then stops the shards.
+    /// Everything not delivered stays in the spool.
+    pub fn shutdown(&self, grace: Duration) {
+        self.accepting.store(false, Ordering::Release);
+        for s in &self.shards {
+            let _ = s.control.send(Control::Shutdown(grace));
+            let _ = s.waker.wake();
+        }
+        for s in &self.shards {
+            let t = s.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(t) = t {
+                let _ = t.join();
+            }
+        }
+        self.events.wake();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(5));
+    }
+}
+
+fn retry_from(config: &EngineConfig) -> retry::ExponentialRetry {
+    let r = &config.retry;
+    retry::ExponentialRetry {
+        first: r.first_s,
+        max: r.max_s,
+        jitter: r.jitter,
+        max_age: r.max_age_s,
+    }
+}
+
+fn dns_config(r: &config::Resolved) -> Result<crate::dns::Config, ConfigError> {
+    let d = &r.config.dns;
+    let mut c = if r.nameservers.is_empty() {
+        crate::dns::Config::from_system().map_err(|e| ConfigError {
+            key: "dns.nameservers".into(),
+            message: format!("no nameservers configured and /etc/resolv.conf unreadable: {e}"),
+        })?
+    } else {
+        crate::dns::Config::with_nameservers(r.nameservers.clone())
+    };
+    c.timeout = Duration::from_millis(d.timeout_ms);
+    c.attempts = d.attempts;
+    c.min_ttl = Duration::from_secs(u64::from(d.min_ttl_s));
+    c.max_ttl = Duration::from_secs(u64::from(d.max_ttl_s));
+    if d.prefer_ipv6 {
+        c.family = crate::dns::AddressFamily::Ipv6First;
+    }
+    Ok(c)
+}

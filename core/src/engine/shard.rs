@@ -1,0 +1,1388 @@
+//! One shard's delivery logic, without I/O: queues, routing, connection pools, SMTP sessions, retries.
+//!
+//! [`ShardCore`] owns the shard's spool and everything scheduled from it. It never touches a socket,
+//! a DNS server or the clock: it asks for those through [`Action`]s and is told what happened through
+//! its `on_*` methods, with the time passed in. The shard thread (`io.rs`) carries the actions out with
+//! mio; the deterministic simulation carries them out against simulated MX hosts on a virtual clock.
+//! Both drive the same code.
+//!
+//! # Model
+//!
+//! - A *queue* is keyed by (destination domain, source): PowerMTA's domain/VMTA queue. It holds
+//!   [`RecipientId`]s ready to go, transactional mail ahead of bulk. Everything else about a recipient
+//!   (address, attempts, state) stays in the spool's index, and its message in the spool's mapping.
+//! - A domain's *route* is its ordered MX targets (or the smarthost), resolved on demand and kept for
+//!   [`ROUTE_TTL`] (the resolver caches records by their own TTLs).
+//! - A *host pool* is keyed by (source, MX address): its connections serve every queue whose route
+//!   leads there, so domains sharing an MX host share connections. It holds idle sessions, counts open
+//!   and connecting ones against `max_connections_per_host`, and keeps the queues waiting for it.
+//! - A queue is dispatched to the first target whose pool is not marked down; a connection that fails
+//!   before its session is ready (refused, timeout, 4xx or 5xx greeting, TLS failure) marks the pool
+//!   down for `host_down_s` when it has no other open connection, and its waiting queues move to the
+//!   next MX. When every target is down, the queue's recipients are deferred.
+//! - Deferred recipients wait in a [`TimerWheel`] until their next attempt.
+//!
+//! Outcomes are recorded in the spool first; the events that report them are released by the shard
+//! thread once the spool has committed those records ([`ShardCore::take_commit`]).
+
+use super::config::{Resolved, TlsPolicy};
+use super::event::{DeliveryEvent, EventKind};
+use super::metrics::ShardMetrics;
+use super::retry::{Decision, FailedAttempt, RetryPolicy};
+use super::timer::TimerWheel;
+use crate::dns::{Failure as DnsFailure, MxHost};
+use crate::smtp::session::Tls;
+use crate::smtp::{
+    CloseCause, Credentials, EnhancedCode, Envelope, Event as SessionEvent, MessageFailure, Phase,
+    Recipient, Reply, Session, SessionConfig, TlsSettings, Transaction,
+};
+use crate::spool::{
+    MessageFlags, MessageId, Priority, RecipientId, RecipientState, Spool, StateChange, Ticket,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How long a resolved route is used before it is resolved again.
+pub const ROUTE_TTL: Duration = Duration::from_secs(60);
+
+/// The tag carrying the engine-wide message id in the spool.
+pub(crate) const ID_TAG: &str = "x-vmta-id";
+
+/// A connection number, unique within the shard while the connection lives.
+pub(crate) type ConnId = usize;
+
+/// The time, twice: monotonic for timers, Unix seconds for what is persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic.
+    pub mono: Instant,
+    /// Unix time in milliseconds.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// The current time.
+    pub fn system() -> Now {
+        Now {
+            mono: Instant::now(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    /// Unix seconds.
+    pub fn unix(&self) -> u64 {
+        self.unix_ms / 1000
+    }
+}
+
+/// What the shard asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Resolve the MX targets of a domain; answer with [`ShardCore::on_resolved`].
+    Resolve { domain: u32, name: String },
+    /// Open a TCP connection; answer with [`ShardCore::on_connected`] or
+    /// [`ShardCore::on_connect_failed`].
+    Connect {
+        conn: ConnId,
+        local: Option<IpAddr>,
+        remote: SocketAddr,
+    },
+    /// Close a connection (after writing what [`ShardCore::transmit`] still gives).
+    Close { conn: ConnId },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct QueueKey {
+    domain: u32,
+    source: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    source: u16,
+    addr: SocketAddr,
+    relay: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    mx: Arc<str>,
+    addr: SocketAddr,
+    relay: bool,
+}
+
+#[derive(Debug)]
+enum Route {
+    Unresolved,
+    Resolving,
+    Ready {
+        targets: Arc<[Target]>,
+        expires: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct Domain {
+    name: Arc<str>,
+    route: Route,
+    /// Sources with a queue for this domain.
+    sources: Vec<u16>,
+    /// The last connection-level failure, for deferrals when every target is down.
+    last_error: String,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    ready: [VecDeque<RecipientId>; 2],
+    /// The pool whose waiter list holds this queue.
+    waiting_on: Option<PoolKey>,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.ready[0].len() + self.ready[1].len()
+    }
+
+    fn pop(&mut self) -> Option<RecipientId> {
+        self.ready[0]
+            .pop_front()
+            .or_else(|| self.ready[1].pop_front())
+    }
+
+    fn peek_same_message(&mut self, msg: MessageId) -> Option<RecipientId> {
+        for q in &mut self.ready {
+            if q.front().is_some_and(|r| r.message == msg) {
+                return q.pop_front();
+            }
+        }
+        None
+    }
+}
+
+#[derive(Debug, Default)]
+struct HostPool {
+    idle: Vec<ConnId>,
+    connecting: usize,
+    open: usize,
+    down_until: Option<Instant>,
+    waiters: VecDeque<QueueKey>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    rcpts: Vec<RecipientId>,
+    accepted: Vec<bool>,
+    done: Vec<bool>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    key: PoolKey,
+    mx: Arc<str>,
+    session: Option<Session>,
+    ready: bool,
+    connect_deadline: Instant,
+    txn: Option<InFlight>,
+}
+
+/// An attempt's outcome for one recipient.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Delivered(Reply),
+    Failed {
+        permanent: bool,
+        code: u16,
+        enhanced: Option<EnhancedCode>,
+        text: String,
+        phase: Phase,
+    },
+}
+
+impl Outcome {
+    fn from_reply(reply: &Reply, phase: Phase) -> Outcome {
+        Outcome::Failed {
+            permanent: reply.is_permanent(),
+            code: reply.code,
+            enhanced: reply.enhanced,
+            text: reply.text.replace('\n', " "),
+            phase,
+        }
+    }
+
+    fn from_failure(f: &MessageFailure, phase: Phase) -> Outcome {
+        match f {
+            MessageFailure::Reply(r) => Outcome::from_reply(r, phase),
+            MessageFailure::TooLarge { .. } => Outcome::Failed {
+                permanent: true,
+                code: 552,
+                enhanced: EnhancedCode::new(5, 3, 4),
+                text: f.to_string(),
+                phase,
+            },
+            MessageFailure::Smtputf8Unsupported => Outcome::Failed {
+                permanent: true,
+                code: 553,
+                enhanced: EnhancedCode::new(5, 6, 7),
+                text: f.to_string(),
+                phase,
+            },
+            MessageFailure::NoValidRecipients | MessageFailure::SessionClosed(_) => {
+                Outcome::Failed {
+                    permanent: false,
+                    code: 0,
+                    enhanced: None,
+                    text: f.to_string(),
+                    phase,
+                }
+            }
+        }
+    }
+
+    fn temporary(text: String, phase: Phase) -> Outcome {
+        Outcome::Failed {
+            permanent: false,
+            code: 0,
+            enhanced: None,
+            text,
+            phase,
+        }
+    }
+}
+
+/// One shard's delivery state machine. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct ShardCore {
+    shard: usize,
+    cfg: Arc<Resolved>,
+    spool: Spool,
+    retry: Arc<dyn RetryPolicy>,
+    rng: StdRng,
+    mx_configs: Vec<Arc<SessionConfig>>,
+    relay_configs: Vec<Arc<SessionConfig>>,
+    domain_ids: HashMap<Arc<str>, u32>,
+    domains: Vec<Domain>,
+    queues: HashMap<QueueKey, Queue>,
+    pools: HashMap<PoolKey, HostPool>,
+    conns: Vec<Option<Conn>>,
+    free_conns: Vec<ConnId>,
+    live_conns: usize,
+    wheel: TimerWheel<RecipientId>,
+    /// Queues with new work to dispatch.
+    pending: VecDeque<QueueKey>,
+    /// Engine-wide id → this shard's message.
+    ids: HashMap<u64, MessageId>,
+    actions: VecDeque<Action>,
+    /// Connections that may have output.
+    dirty: Vec<ConnId>,
+    events: Vec<DeliveryEvent>,
+    commit: Option<Ticket>,
+    metrics: Arc<ShardMetrics>,
+    shutting_down: bool,
+}
+
+impl ShardCore {
+    /// A shard over an opened spool. Call [`ShardCore::recover`] next.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shard: usize,
+        cfg: Arc<Resolved>,
+        spool: Spool,
+        retry: Arc<dyn RetryPolicy>,
+        tls: Option<&TlsSettings>,
+        seed: u64,
+        metrics: Arc<ShardMetrics>,
+        now: Now,
+    ) -> ShardCore {
+        let d = &cfg.config.delivery;
+        let make = |ehlo: &str, policy: TlsPolicy, auth: Option<(String, String)>, plain: bool| {
+            let mut s = SessionConfig::new(ehlo);
+            s.tls = match (policy, tls) {
+                (TlsPolicy::Opportunistic, Some(t)) => Tls::Opportunistic(t.opportunistic()),
+                (TlsPolicy::Required, Some(t)) => Tls::Required(t.verified()),
+                _ => Tls::Disabled,
+            };
+            s.timeouts.idle = Duration::from_secs(d.idle_timeout_s.max(1));
+            s.auth = auth.map(|(username, password)| Credentials { username, password });
+            s.allow_plaintext_auth = plain;
+            Arc::new(s)
+        };
+        let mx_configs = cfg
+            .sources
+            .iter()
+            .map(|s| make(&s.ehlo, d.tls, None, false))
+            .collect();
+        let relay_configs = cfg
+            .sources
+            .iter()
+            .map(|s| match &cfg.smarthost {
+                Some(h) => make(&s.ehlo, h.tls, h.auth.clone(), h.allow_plaintext_auth),
+                None => make(&s.ehlo, d.tls, None, false),
+            })
+            .collect();
+        ShardCore {
+            shard,
+            spool,
+            retry,
+            rng: StdRng::seed_from_u64(seed),
+            mx_configs,
+            relay_configs,
+            domain_ids: HashMap::new(),
+            domains: Vec::new(),
+            queues: HashMap::new(),
+            pools: HashMap::new(),
+            conns: Vec::new(),
+            free_conns: Vec::new(),
+            live_conns: 0,
+            wheel: TimerWheel::new(now.unix()),
+            pending: VecDeque::new(),
+            ids: HashMap::new(),
+            actions: VecDeque::new(),
+            dirty: Vec::new(),
+            events: Vec::new(),
+            commit: None,
+            metrics,
+            shutting_down: false,
+            cfg,
+        }
+    }
+
+    /// The spool, for submission.
+    pub(crate) fn spool_mut(&mut self) -> &mut Spool {
+        &mut self.spool
+    }
+
+    /// Schedules everything the spool holds (after a restart): queued recipients now, deferred ones at
+    /// their next attempt. Held recipients stay where they are.
+    pub(crate) fn recover(&mut self, now: Now) -> usize {
+        let mut ready = Vec::new();
+        let mut later = Vec::new();
+        for q in self.spool.queued() {
+            match q.state {
+                RecipientState::Queued => ready.push(q.id),
+                RecipientState::Deferred if q.next_attempt <= now.unix() => ready.push(q.id),
+                RecipientState::Deferred => later.push((q.next_attempt, q.id)),
+                _ => {}
+            }
+        }
+        let mut messages: Vec<MessageId> = ready.iter().map(|r| r.message).collect();
+        messages.extend(later.iter().map(|(_, r)| r.message));
+        messages.dedup();
+        for m in messages {
+            self.remember_id(m);
+        }
+        let n = ready.len() + later.len();
+        for rid in ready {
+            self.make_ready(rid);
+        }
+        for (t, rid) in later {
+            self.wheel.insert(t, rid);
+        }
+        self.metrics.queued.store(n as u64, Ordering::Relaxed);
+        self.dispatch_pending(now);
+        n
+    }
+
+    fn remember_id(&mut self, m: MessageId) {
+        if let Ok(view) = self.spool.message(m) {
+            let id = view
+                .tags()
+                .find(|(k, _)| *k == ID_TAG)
+                .and_then(|(_, v)| u64::from_str_radix(v, 16).ok())
+                .unwrap_or(m.0);
+            self.ids.insert(id, m);
+        }
+    }
+
+    /// Schedules a message just appended to the spool.
+    pub(crate) fn enqueue(&mut self, now: Now, engine_id: u64, m: MessageId) {
+        self.ids.insert(engine_id, m);
+        let count = self.spool.message(m).map_or(0, |v| v.recipient_count());
+        for index in 0..count {
+            self.make_ready(RecipientId { message: m, index });
+        }
+        self.metrics
+            .submitted
+            .fetch_add(u64::from(count), Ordering::Relaxed);
+        self.metrics
+            .queued
+            .fetch_add(u64::from(count), Ordering::Relaxed);
+        self.dispatch_pending(now);
+    }
+
+    /// Cancels the shard's part of a message. Returns the recipients cancelled.
+    pub(crate) fn cancel(&mut self, now: Now, engine_id: u64) -> usize {
+        let Some(&m) = self.ids.get(&engine_id) else {
+            return 0;
+        };
+        let live: Vec<(u16, String)> =
+            (0..self.spool.message(m).map_or(0, |v| v.recipient_count()))
+                .filter_map(|index| {
+                    let r = self
+                        .spool
+                        .recipient(RecipientId { message: m, index })
+                        .ok()?;
+                    (!r.state.is_final()).then(|| (index, r.address.to_string()))
+                })
+                .collect();
+        match self.spool.remove(m) {
+            Ok(t) => self.commit = Some(t),
+            Err(_) => return 0,
+        }
+        self.ids.remove(&engine_id);
+        for (index, address) in &live {
+            let mut e = self.event_base(
+                RecipientId {
+                    message: m,
+                    index: *index,
+                },
+                now,
+            );
+            e.kind = EventKind::Cancelled;
+            e.recipient = address.clone();
+            self.events.push(e);
+        }
+        self.metrics
+            .cancelled
+            .fetch_add(live.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .queued
+            .fetch_sub(live.len() as u64, Ordering::Relaxed);
+        live.len()
+    }
+
+    fn domain_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.domain_ids.get(name) {
+            return id;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let id = self.domains.len() as u32;
+        self.domains.push(Domain {
+            name: name.clone(),
+            route: Route::Unresolved,
+            sources: Vec::new(),
+            last_error: String::new(),
+        });
+        self.domain_ids.insert(name, id);
+        id
+    }
+
+    /// Puts a recipient in its queue (still live in the spool) and marks the queue for dispatch.
+    fn make_ready(&mut self, rid: RecipientId) {
+        let Ok(view) = self.spool.message(rid.message) else {
+            return;
+        };
+        let priority = view.priority();
+        let tenant = view.tenant().to_string();
+        let Ok(r) = self.spool.recipient(rid) else {
+            return;
+        };
+        if r.state.is_final() || r.state == RecipientState::Held {
+            return;
+        }
+        let domain = r.domain.to_ascii_lowercase();
+        let pool = self
+            .cfg
+            .tenant_pools
+            .get(&tenant)
+            .copied()
+            .unwrap_or(self.cfg.default_pool);
+        let sources = &self.cfg.pools[pool].1;
+        let source = sources[(rid.message.0 as usize) % sources.len()] as u16;
+        let d = self.domain_id(&domain);
+        if !self.domains[d as usize].sources.contains(&source) {
+            self.domains[d as usize].sources.push(source);
+        }
+        let key = QueueKey { domain: d, source };
+        let q = self.queues.entry(key).or_default();
+        let lane = usize::from(priority == Priority::Bulk);
+        q.ready[lane].push_back(rid);
+        if q.waiting_on.is_none() {
+            self.pending.push_back(key);
+        }
+    }
+
+    fn dispatch_pending(&mut self, now: Now) {
+        if self.shutting_down {
+            self.pending.clear();
+            return;
+        }
+        while let Some(key) = self.pending.pop_front() {
+            self.dispatch(now, key);
+        }
+    }
+
+    /// Finds a way for a queue's recipients: a route, a pool, a connection.
+    fn dispatch(&mut self, now: Now, key: QueueKey) {
+        let Some(q) = self.queues.get(&key) else {
+            return;
+        };
+        let ready = q.len();
+        if ready == 0 {
+            return;
+        }
+        let waiting_on = q.waiting_on;
+        let relay = self.relay_target(key.domain);
+        let domain = &mut self.domains[key.domain as usize];
+        let targets = match &domain.route {
+            Route::Ready { targets, expires } if *expires > now.mono => targets.clone(),
+            Route::Resolving => return,
+            _ => {
+                if let Some(relay) = relay {
+                    let targets: Arc<[Target]> = Arc::from(vec![relay]);
+                    self.domains[key.domain as usize].route = Route::Ready {
+                        targets: targets.clone(),
+                        expires: now.mono + Duration::from_secs(3600 * 24 * 365),
+                    };
+                    targets
+                } else {
+                    domain.route = Route::Resolving;
+                    let name = domain.name.to_string();
+                    self.actions.push_back(Action::Resolve {
+                        domain: key.domain,
+                        name,
+                    });
+                    return;
+                }
+            }
+        };
+        let target = targets.iter().find(|t| {
+            let pk = PoolKey {
+                source: key.source,
+                addr: t.addr,
+                relay: t.relay,
+            };
+            self.pools
+                .get(&pk)
+                .and_then(|p| p.down_until)
+                .is_none_or(|until| until <= now.mono)
+        });
+        let Some(target) = target.cloned() else {
+            // Every MX host failed recently: defer this queue's recipients.
+            let why = format!(
+                "all MX hosts of {} failed: {}",
+                self.domains[key.domain as usize].name,
+                self.domains[key.domain as usize].last_error
+            );
+            self.defer_queue(now, key, &why);
+            return;
+        };
+        let pk = PoolKey {
+            source: key.source,
+            addr: target.addr,
+            relay: target.relay,
+        };
+        if waiting_on != Some(pk) {
+            if let Some(old) = waiting_on
+                && let Some(p) = self.pools.get_mut(&old)
+            {
+                p.waiters.retain(|k| *k != key);
+            }
+            self.pools.entry(pk).or_default().waiters.push_back(key);
+            if let Some(q) = self.queues.get_mut(&key) {
+                q.waiting_on = Some(pk);
+            }
+        }
+        // Idle connections first.
+        while let Some(conn) = self.pools.get_mut(&pk).and_then(|p| p.idle.pop()) {
+            self.assign_work(now, conn);
+            if self.queues.get(&key).is_none_or(|q| q.len() == 0) {
+                return;
+            }
+        }
+        // Then new connections, up to the cap, no more at once than there is work.
+        let cap = self.cfg.config.delivery.max_connections_per_host;
+        let remaining = self.queues.get(&key).map_or(0, |q| q.len());
+        loop {
+            let p = self.pools.entry(pk).or_default();
+            if p.open + p.connecting >= cap || p.connecting >= remaining {
+                break;
+            }
+            p.connecting += 1;
+            self.open_connection(now, pk, target.mx.clone());
+        }
+    }
+
+    fn relay_target(&self, domain: u32) -> Option<Target> {
+        let h = self.cfg.smarthost.as_ref()?;
+        let name = &self.domains[domain as usize].name;
+        if h.domains.is_empty() || h.domains.iter().any(|d| d.as_str() == &**name) {
+            Some(Target {
+                mx: Arc::from(h.host.as_str()),
+                addr: h.address,
+                relay: true,
+            })
+        } else {
+            None
+        }
+    }
+
+    fn open_connection(&mut self, now: Now, key: PoolKey, mx: Arc<str>) {
+        let conn = Conn {
+            key,
+            mx,
+            session: None,
+            ready: false,
+            connect_deadline: now.mono
+                + Duration::from_secs(self.cfg.config.delivery.connect_timeout_s),
+            txn: None,
+        };
+        let id = match self.free_conns.pop() {
+            Some(id) => {
+                self.conns[id] = Some(conn);
+                id
+            }
+            None => {
+                self.conns.push(Some(conn));
+                self.conns.len() - 1
+            }
+        };
+        self.live_conns += 1;
+        self.metrics
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        let local = self.cfg.sources[key.source as usize].ip;
+        self.actions.push_back(Action::Connect {
+            conn: id,
+            local,
+            remote: key.addr,
+        });
+    }
+
+    /// DNS answered for a domain.
+    pub(crate) fn on_resolved(
+        &mut self,
+        now: Now,
+        domain: u32,
+        answer: Result<Vec<MxHost>, DnsFailure>,
+    ) {
+        let Some(d) = self.domains.get_mut(domain as usize) else {
+            return;
+        };
+        let port = self.cfg.config.delivery.port;
+        match answer {
+            Ok(hosts) => {
+                let targets: Vec<Target> = hosts
+                    .iter()
+                    .flat_map(|h| {
+                        let mx: Arc<str> = Arc::from(h.name.trim_end_matches('.'));
+                        h.addresses.iter().map(move |ip| Target {
+                            mx: mx.clone(),
+                            addr: SocketAddr::new(*ip, port),
+                            relay: false,
+                        })
+                    })
+                    .collect();
+                if targets.is_empty() {
+                    d.route = Route::Unresolved;
+                    let why = format!("no address for any MX host of {}", d.name);
+                    self.fail_domain(now, domain, false, &why);
+                    return;
+                }
+                d.route = Route::Ready {
+                    targets: Arc::from(targets),
+                    expires: now.mono + ROUTE_TTL,
+                };
+                let sources = d.sources.clone();
+                for source in sources {
+                    self.pending.push_back(QueueKey { domain, source });
+                }
+                self.dispatch_pending(now);
+            }
+            Err(f) => {
+                d.route = Route::Unresolved;
+                let why = format!("{} ({})", f.detail, f.reason);
+                self.fail_domain(now, domain, f.permanent, &why);
+            }
+        }
+    }
+
+    /// Every queued recipient of a domain fails the same way (DNS).
+    fn fail_domain(&mut self, now: Now, domain: u32, permanent: bool, why: &str) {
+        let sources = self.domains[domain as usize].sources.clone();
+        for source in sources {
+            let key = QueueKey { domain, source };
+            let rcpts = self.drain_queue(key);
+            for rid in rcpts {
+                let outcome = Outcome::Failed {
+                    permanent,
+                    code: 0,
+                    enhanced: None,
+                    text: why.to_string(),
+                    phase: Phase::Resolve,
+                };
+                self.finish(now, rid, outcome, None, source);
+            }
+        }
+    }
+
+    fn drain_queue(&mut self, key: QueueKey) -> Vec<RecipientId> {
+        let Some(q) = self.queues.get_mut(&key) else {
+            return Vec::new();
+        };
+        let mut out: Vec<RecipientId> = q.ready[0].drain(..).collect();
+        out.extend(q.ready[1].drain(..));
+        if let Some(pk) = q.waiting_on.take()
+            && let Some(p) = self.pools.get_mut(&pk)
+        {
+            p.waiters.retain(|k| *k != key);
+        }
+        out
+    }
+
+    fn defer_queue(&mut self, now: Now, key: QueueKey, why: &str) {
+        for rid in self.drain_queue(key) {
+            self.finish(
+                now,
+                rid,
+                Outcome::temporary(why.to_string(), Phase::Connect),
+                None,
+                key.source,
+            );
+        }
+    }
+
+    /// The TCP connection is open.
+    pub(crate) fn on_connected(&mut self, now: Now, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        let cfg = if c.key.relay {
+            self.relay_configs[c.key.source as usize].clone()
+        } else {
+            self.mx_configs[c.key.source as usize].clone()
+        };
+        c.session = Some(Session::new(cfg, &c.mx, now.mono));
+        self.metrics
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        self.dirty.push(conn);
+    }
+
+    /// The TCP connection could not be opened.
+    pub(crate) fn on_connect_failed(&mut self, now: Now, conn: ConnId, error: &str) {
+        let Some(c) = self.conns.get(conn).and_then(|c| c.as_ref()) else {
+            return;
+        };
+        let why = format!("connect to {} ({}): {error}", c.mx, c.key.addr);
+        self.connection_gone(now, conn, Some(why));
+    }
+
+    /// Bytes arrived on a connection.
+    pub(crate) fn on_input(&mut self, now: Now, conn: ConnId, bytes: &[u8]) {
+        if let Some(s) = self.session_mut(conn) {
+            s.handle_input(now.mono, bytes);
+        }
+        self.pump(now, conn);
+        self.dispatch_pending(now);
+    }
+
+    /// Connections that may have output since the last call (write what [`ShardCore::transmit`]
+    /// gives for each).
+    pub(crate) fn take_dirty(&mut self, into: &mut Vec<ConnId>) {
+        into.append(&mut self.dirty);
+    }
+
+    /// The peer closed the connection (or it broke).
+    pub(crate) fn on_eof(&mut self, now: Now, conn: ConnId) {
+        match self.session_mut(conn) {
+            Some(s) => s.handle_eof(now.mono),
+            None => return self.on_connect_failed(now, conn, "connection closed"),
+        }
+        self.pump(now, conn);
+        self.dispatch_pending(now);
+    }
+
+    /// Bytes to write on a connection.
+    pub(crate) fn transmit(&mut self, now: Now, conn: ConnId, out: &mut Vec<u8>) {
+        if let Some(s) = self.session_mut(conn) {
+            s.poll_transmit(now.mono, out);
+        }
+    }
+
+    fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
+        self.conns.get_mut(conn)?.as_mut()?.session.as_mut()
+    }
+
+    /// The next action for the driver.
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Takes the events produced so far (release them after [`ShardCore::take_commit`] is durable).
+    pub(crate) fn take_events(&mut self, into: &mut Vec<DeliveryEvent>) {
+        into.append(&mut self.events);
+    }
+
+    /// The last spool ticket of state changes not yet committed.
+    pub(crate) fn take_commit(&mut self) -> Option<Ticket> {
+        self.commit.take()
+    }
+
+    /// Commits spool tickets (group commit).
+    pub(crate) fn commit(&self, t: Ticket) -> Result<(), crate::spool::SpoolError> {
+        self.spool.commit(t)
+    }
+
+    /// When [`ShardCore::handle_timeout`] must run next.
+    pub(crate) fn poll_timeout(&self, now: Now) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
+        for c in self.conns.iter().flatten() {
+            match &c.session {
+                Some(s) => {
+                    if let Some(x) = s.poll_timeout() {
+                        min(x);
+                    }
+                }
+                None => min(c.connect_deadline),
+            }
+        }
+        if !self.wheel.is_empty() {
+            // Deadlines are whole seconds: wake at the next second.
+            let into = Duration::from_millis(1000 - now.unix_ms % 1000);
+            min(now.mono + into);
+        }
+        t
+    }
+
+    /// Runs timers: session timeouts, connect timeouts, due retries.
+    pub(crate) fn handle_timeout(&mut self, now: Now) {
+        for id in 0..self.conns.len() {
+            let (expired, connecting) = match self.conns[id].as_ref() {
+                Some(c) => match &c.session {
+                    Some(s) => (s.poll_timeout().is_some_and(|t| t <= now.mono), false),
+                    None => (c.connect_deadline <= now.mono, true),
+                },
+                None => continue,
+            };
+            if !expired {
+                continue;
+            }
+            if connecting {
+                self.actions.push_back(Action::Close { conn: id });
+                self.on_connect_failed(now, id, "connect timeout");
+            } else {
+                if let Some(s) = self.session_mut(id) {
+                    s.handle_timeout(now.mono);
+                }
+                self.pump(now, id);
+            }
+        }
+        let mut due = Vec::new();
+        self.wheel.advance(now.unix(), |rid| due.push(rid));
+        for rid in due {
+            self.make_ready(rid);
+        }
+        self.dispatch_pending(now);
+    }
+
+    /// Handles what a session has to say after input, a timeout or a send.
+    fn pump(&mut self, now: Now, conn: ConnId) {
+        if !self.dirty.contains(&conn) {
+            self.dirty.push(conn);
+        }
+        while let Some(ev) = self.session_mut(conn).and_then(|s| s.poll_event()) {
+            match ev {
+                SessionEvent::Ready => {
+                    if let Some(c) = self.conns[conn].as_mut() {
+                        c.ready = true;
+                        let key = c.key;
+                        if let Some(p) = self.pools.get_mut(&key) {
+                            p.connecting = p.connecting.saturating_sub(1);
+                            p.open += 1;
+                            p.down_until = None;
+                        }
+                    }
+                    self.assign_work(now, conn);
+                }
+                SessionEvent::TlsEstablished { .. } => {}
+                SessionEvent::RcptAccepted { index, .. } => {
+                    if let Some(t) = self.txn_mut(conn)
+                        && index < t.accepted.len()
+                    {
+                        t.accepted[index] = true;
+                    }
+                }
+                SessionEvent::RcptRejected { index, reply } => {
+                    self.finish_in_flight(
+                        now,
+                        conn,
+                        Some(index),
+                        Outcome::from_reply(&reply, Phase::Rcpt),
+                    );
+                }
+                SessionEvent::MessageAccepted { reply } => {
+                    self.finish_in_flight(now, conn, None, Outcome::Delivered(reply));
+                    self.after_transaction(now, conn);
+                }
+                SessionEvent::MessageFailed { phase, failure } => {
+                    let outcome = Outcome::from_failure(&failure, phase);
+                    self.finish_in_flight(now, conn, None, outcome);
+                    self.after_transaction(now, conn);
+                }
+                SessionEvent::Closed(cause) => {
+                    let ready = self.conns[conn].as_ref().is_some_and(|c| c.ready);
+                    let failure = (!ready && cause != CloseCause::Quit).then(|| {
+                        let c = self.conns[conn].as_ref().expect("live connection");
+                        format!("{} ({}): {cause}", c.mx, c.key.addr)
+                    });
+                    self.actions.push_back(Action::Close { conn });
+                    self.connection_gone(now, conn, failure);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn txn_mut(&mut self, conn: ConnId) -> Option<&mut InFlight> {
+        self.conns.get_mut(conn)?.as_mut()?.txn.as_mut()
+    }
+
+    /// Records outcomes for the in-flight transaction: for one recipient (`Some(index)`) or every
+    /// recipient still without one (`None`; accepted-at-RCPT ones get `outcome`, others were already
+    /// finished by their RCPT reply).
+    fn finish_in_flight(&mut self, now: Now, conn: ConnId, index: Option<usize>, outcome: Outcome) {
+        let Some(c) = self.conns.get_mut(conn).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        let (mx, ip, source) = (c.mx.clone(), c.key.addr.ip(), c.key.source);
+        let Some(t) = c.txn.as_mut() else {
+            return;
+        };
+        let mut todo = Vec::new();
+        match index {
+            Some(i) if i < t.rcpts.len() && !t.done[i] => {
+                t.done[i] = true;
+                todo.push(t.rcpts[i]);
+            }
+            Some(_) => {}
+            None => {
+                for i in 0..t.rcpts.len() {
+                    if !t.done[i] {
+                        t.done[i] = true;
+                        todo.push(t.rcpts[i]);
+                    }
+                }
+                c.txn = None;
+            }
+        }
+        self.metrics
+            .in_flight
+            .fetch_sub(todo.len() as u64, Ordering::Relaxed);
+        for rid in todo {
+            self.finish(now, rid, outcome.clone(), Some((&mx, ip)), source);
+        }
+    }
+
+    /// Records one recipient's outcome in the spool and as an event.
+    fn finish(
+        &mut self,
+        now: Now,
+        rid: RecipientId,
+        outcome: Outcome,
+        via: Option<(&str, IpAddr)>,
+        source: u16,
+    ) {
+        let Ok(view) = self.spool.recipient(rid) else {
+            return;
+        };
+        if view.state.is_final() {
+            return;
+        }
+        let attempts = view.attempts.saturating_add(1);
+        let domain = view.domain.to_string();
+        let mut event = self.event_base(rid, now);
+        event.attempts = attempts;
+        event.source = self.cfg.sources[source as usize].name.clone();
+        if let Some((mx, ip)) = via {
+            event.mx = mx.to_string();
+            event.ip = Some(ip);
+        }
+        let (state, next, reply_text) = match &outcome {
+            Outcome::Delivered(reply) => {
+                event.kind = EventKind::Delivered;
+                event.code = reply.code;
+                event.enhanced = reply.enhanced;
+                event.text = reply.text.replace('\n', " ");
+                event.phase = Some(Phase::EndOfData);
+                (RecipientState::Delivered, 0, reply.to_string())
+            }
+            Outcome::Failed {
+                permanent,
+                code,
+                enhanced,
+                text,
+                phase,
+            } => {
+                event.code = *code;
+                event.enhanced = *enhanced;
+                event.text = text.clone();
+                event.phase = Some(*phase);
+                let decision = self.retry.decide(
+                    &FailedAttempt {
+                        permanent: *permanent,
+                        code: (*code > 0).then_some(*code),
+                        text,
+                        attempts,
+                        submitted_at: event.submitted_at,
+                        now: now.unix(),
+                    },
+                    &mut self.rng,
+                );
+                let summary = if *code > 0 {
+                    match enhanced {
+                        Some(e) => format!("{code} {e} {text}"),
+                        None => format!("{code} {text}"),
+                    }
+                } else {
+                    text.clone()
+                };
+                match decision {
+                    Decision::Bounce => {
+                        event.kind = EventKind::Bounced;
+                        (RecipientState::Bounced, 0, summary)
+                    }
+                    Decision::Expire => {
+                        event.kind = EventKind::Expired;
+                        (RecipientState::Expired, 0, summary)
+                    }
+                    Decision::RetryAt(t) => {
+                        event.kind = EventKind::Deferred;
+                        event.next_attempt = t;
+                        (RecipientState::Deferred, t, summary)
+                    }
+                }
+            }
+        };
+        let change = StateChange {
+            state,
+            attempts,
+            next_attempt: next,
+            reply: &reply_text,
+        };
+        match self.spool.record_state(rid, &change) {
+            Ok(t) => self.commit = Some(t),
+            Err(_) => {
+                self.metrics.spool_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let m = &self.metrics;
+        match event.kind {
+            EventKind::Delivered => {
+                m.delivered.fetch_add(1, Ordering::Relaxed);
+                m.count(&domain, &event.source, |c| c.delivered += 1);
+            }
+            EventKind::Deferred => {
+                m.deferred.fetch_add(1, Ordering::Relaxed);
+                m.count(&domain, &event.source, |c| c.deferred += 1);
+            }
+            EventKind::Bounced => {
+                m.bounced.fetch_add(1, Ordering::Relaxed);
+                m.count(&domain, &event.source, |c| c.bounced += 1);
+            }
+            EventKind::Expired => {
+                m.expired.fetch_add(1, Ordering::Relaxed);
+                m.count(&domain, &event.source, |c| c.expired += 1);
+            }
+            EventKind::Cancelled => {}
+        }
+        if state.is_final() {
+            m.queued.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.wheel.insert(next, rid);
+        }
+        self.events.push(event);
+    }
+
+    fn event_base(&self, rid: RecipientId, now: Now) -> DeliveryEvent {
+        let (message_id, tenant, tags, submitted_at) = match self.spool.message(rid.message) {
+            Ok(v) => {
+                let mut id = rid.message.0;
+                let mut tags = Vec::new();
+                for (k, val) in v.tags() {
+                    if k == ID_TAG {
+                        id = u64::from_str_radix(val, 16).unwrap_or(id);
+                    } else {
+                        tags.push((k.to_string(), val.to_string()));
+                    }
+                }
+                (id, v.tenant().to_string(), tags, v.submitted_at())
+            }
+            Err(_) => (rid.message.0, String::new(), Vec::new(), 0),
+        };
+        let recipient = self
+            .spool
+            .recipient(rid)
+            .map(|r| r.address.to_string())
+            .unwrap_or_default();
+        DeliveryEvent {
+            kind: EventKind::Deferred,
+            message_id,
+            recipient_index: rid.index,
+            recipient,
+            tenant,
+            code: 0,
+            enhanced: None,
+            text: String::new(),
+            phase: None,
+            mx: String::new(),
+            ip: None,
+            source: String::new(),
+            attempts: 0,
+            next_attempt: 0,
+            submitted_at,
+            at_ms: now.unix_ms,
+            tags,
+        }
+    }
+
+    /// After a transaction: the next one on the same connection, or QUIT at the per-connection cap.
+    fn after_transaction(&mut self, now: Now, conn: ConnId) {
+        let max = self.cfg.config.delivery.max_messages_per_connection;
+        let shutting_down = self.shutting_down;
+        let Some(s) = self.session_mut(conn) else {
+            return;
+        };
+        if !s.is_ready() {
+            return;
+        }
+        if s.messages_sent() >= max || shutting_down {
+            s.quit(now.mono);
+            self.pump(now, conn);
+            return;
+        }
+        self.assign_work(now, conn);
+    }
+
+    /// Gives a ready connection its next transaction from the queues waiting for its pool, or parks it
+    /// as idle.
+    fn assign_work(&mut self, now: Now, conn: ConnId) {
+        let Some(c) = self.conns.get(conn).and_then(|c| c.as_ref()) else {
+            return;
+        };
+        let pk = c.key;
+        if self.shutting_down {
+            if let Some(s) = self.session_mut(conn) {
+                s.quit(now.mono);
+            }
+            self.pump(now, conn);
+            return;
+        }
+        loop {
+            let Some(key) = self.pools.get_mut(&pk).and_then(|p| p.waiters.pop_front()) else {
+                if let Some(p) = self.pools.get_mut(&pk)
+                    && !p.idle.contains(&conn)
+                {
+                    p.idle.push(conn);
+                }
+                return;
+            };
+            let Some(tx) = self.build_transaction(key) else {
+                if let Some(q) = self.queues.get_mut(&key) {
+                    q.waiting_on = None;
+                }
+                continue;
+            };
+            // Round robin among the queues sharing this pool.
+            let more = self.queues.get(&key).is_some_and(|q| q.len() > 0);
+            if let Some(p) = self.pools.get_mut(&pk) {
+                if more {
+                    p.waiters.push_back(key);
+                } else if let Some(q) = self.queues.get_mut(&key) {
+                    q.waiting_on = None;
+                }
+            }
+            let (transaction, inflight) = tx;
+            self.metrics
+                .in_flight
+                .fetch_add(inflight.rcpts.len() as u64, Ordering::Relaxed);
+            let c = self.conns[conn].as_mut().expect("live connection");
+            c.txn = Some(inflight);
+            let sent = c.session.as_mut().map(|s| s.send(now.mono, transaction));
+            match sent {
+                Some(Ok(())) => {}
+                _ => {
+                    let outcome = Outcome::temporary("session not ready".into(), Phase::Mail);
+                    self.finish_in_flight(now, conn, None, outcome);
+                }
+            }
+            self.pump(now, conn);
+            if more {
+                // Another queue-mate may need a connection of its own.
+                self.pending.push_back(key);
+            }
+            return;
+        }
+    }
+
+    /// Takes the next recipients of one message from a queue (up to the per-transaction limit).
+    fn build_transaction(&mut self, key: QueueKey) -> Option<(Transaction, InFlight)> {
+        let max = self.cfg.config.engine.max_recipients_per_transaction;
+        let q = self.queues.get_mut(&key)?;
+        let (first, view) = loop {
+            let rid = q.pop()?;
+            match self.spool.recipient(rid) {
+                Ok(r) if !r.state.is_final() && r.state != RecipientState::Held => break (rid, r),
+                _ => {}
+            }
+        };
+        let mut rcpts = vec![first];
+        let mut addresses = vec![view.address.to_string()];
+        while rcpts.len() < max {
+            let Some(next) = q.peek_same_message(first.message) else {
+                break;
+            };
+            if let Ok(r) = self.spool.recipient(next)
+                && !r.state.is_final()
+                && r.state != RecipientState::Held
+            {
+                rcpts.push(next);
+                addresses.push(r.address.to_string());
+            }
+        }
+        let msg = self.spool.message(first.message).ok()?;
+        let flags = msg.flags();
+        let envelope = Envelope {
+            mail_from: msg.sender().to_string(),
+            recipients: addresses.into_iter().map(Recipient::new).collect(),
+            eight_bit: flags.contains(MessageFlags::EIGHT_BIT),
+            smtputf8: flags.contains(MessageFlags::SMTPUTF8),
+            dsn_ret: None,
+            dsn_envid: None,
+        };
+        // The body is copied out of the mapping: the spool may compact its segment meanwhile.
+        let body = Arc::new(msg.body().to_vec());
+        let n = rcpts.len();
+        Some((
+            Transaction { envelope, body },
+            InFlight {
+                rcpts,
+                accepted: vec![false; n],
+                done: vec![false; n],
+            },
+        ))
+    }
+
+    /// A connection ended: pool accounting, failover if it failed before its session was ready.
+    fn connection_gone(&mut self, now: Now, conn: ConnId, failure: Option<String>) {
+        let Some(c) = self.conns.get_mut(conn).and_then(|c| c.take()) else {
+            return;
+        };
+        self.free_conns.push(conn);
+        self.live_conns -= 1;
+        if c.session.is_some() {
+            self.metrics
+                .connections_open
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(t) = c.txn {
+            // The session always fails its transaction before closing; this is a safety net.
+            let left: Vec<RecipientId> = t
+                .rcpts
+                .iter()
+                .zip(&t.done)
+                .filter(|(_, d)| !**d)
+                .map(|(r, _)| *r)
+                .collect();
+            self.metrics
+                .in_flight
+                .fetch_sub(left.len() as u64, Ordering::Relaxed);
+            for rid in left {
+                let o = Outcome::temporary("connection closed".into(), Phase::Connect);
+                self.finish(now, rid, o, Some((&c.mx, c.key.addr.ip())), c.key.source);
+            }
+        }
+        let down = self.cfg.config.delivery.host_down_s;
+        let Some(p) = self.pools.get_mut(&c.key) else {
+            return;
+        };
+        p.idle.retain(|x| *x != conn);
+        if c.ready {
+            p.open = p.open.saturating_sub(1);
+        } else {
+            p.connecting = p.connecting.saturating_sub(1);
+        }
+        let waiters: Vec<QueueKey> = p.waiters.iter().copied().collect();
+        if let Some(why) = failure {
+            self.metrics
+                .connection_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if p.open == 0 {
+                // This MX address is failing: skip it for a while; waiting queues fail over.
+                p.down_until = Some(now.mono + Duration::from_secs(down));
+                p.waiters.clear();
+                for key in &waiters {
+                    if let Some(q) = self.queues.get_mut(key) {
+                        q.waiting_on = None;
+                    }
+                    self.domains[key.domain as usize].last_error = why.clone();
+                }
+            }
+        }
+        // Whoever waits for this pool (or failed over) gets another try.
+        self.pending.extend(waiters);
+        self.dispatch_pending(now);
+    }
+
+    /// Stops taking new transactions; idle connections quit, in-flight ones finish.
+    pub(crate) fn begin_shutdown(&mut self, now: Now) {
+        self.shutting_down = true;
+        self.pending.clear();
+        for id in 0..self.conns.len() {
+            let idle = self.conns[id].as_ref().is_some_and(|c| {
+                c.txn.is_none() && c.session.as_ref().is_some_and(|s| s.is_ready())
+            });
+            if idle {
+                if let Some(s) = self.session_mut(id) {
+                    s.quit(now.mono);
+                }
+                self.pump(now, id);
+            }
+            let connecting = self.conns[id].as_ref().is_some_and(|c| c.session.is_none());
+            if connecting {
+                self.actions.push_back(Action::Close { conn: id });
+                self.connection_gone(now, id, None);
+            }
+        }
+    }
+
+    /// Ends every connection at once (the grace period is over). Unfinished recipients stay queued in
+    /// the spool as they were.
+    pub(crate) fn abort_all(&mut self, now: Now) {
+        for id in 0..self.conns.len() {
+            if let Some(c) = self.conns[id].as_mut() {
+                // Forget the transaction: its recipients keep their spool state.
+                if let Some(t) = c.txn.take() {
+                    self.metrics.in_flight.fetch_sub(
+                        t.rcpts.iter().zip(&t.done).filter(|(_, d)| !**d).count() as u64,
+                        Ordering::Relaxed,
+                    );
+                }
+                self.actions.push_back(Action::Close { conn: id });
+                self.connection_gone(now, id, None);
+            }
+        }
+    }
+
+    /// Is any connection still open?
+    pub(crate) fn has_connections(&self) -> bool {
+        self.live_conns > 0
+    }
+
+    /// The shard number.
+    pub(crate) fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// Spool maintenance (segment deletion and compaction).
+    pub(crate) fn maintain(&mut self) {
+        let _ = self.spool.maintain();
+    }
+}

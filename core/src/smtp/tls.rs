@@ -1,0 +1,256 @@
+//! STARTTLS (RFC 3207) as a second sans-IO layer: the one place where the session calls rustls.
+//!
+//! [`TlsLayer`] sits between the socket's bytes and the SMTP reply parser once the server has answered
+//! `220` to `STARTTLS`: wire bytes in, plaintext out; plaintext in, wire bytes out. It never touches a
+//! socket.
+//!
+//! [`TlsSettings`] builds the two rustls client configurations a sender needs, once, to be shared by every
+//! session (building a `ClientConfig` is expensive):
+//!
+//! - *verified*, for the `required` policy: the certificate chain is checked against the Mozilla roots of
+//!   `webpki-roots` plus any configured CA certificates, for the MX host name sent as SNI.
+//! - *opportunistic*, for the `opportunistic` policy (RFC 7435 "opportunistic security"): the handshake is
+//!   authenticated cryptographically (the server must prove it holds the key in its certificate) but the
+//!   certificate itself is not checked, because MX certificates often do not match and a failed check would
+//!   only push the message back to plain text. This protects against passive eavesdroppers, not against an
+//!   active attacker, exactly as Postfix's `may` level.
+//!
+//! Not implemented: DANE (RFC 7672) and MTA-STS (RFC 8461), client certificates.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+/// Shared TLS client configurations, built once per process or engine.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    verified: Arc<ClientConfig>,
+    opportunistic: Arc<ClientConfig>,
+}
+
+/// Why TLS settings could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettingsError(pub String);
+
+impl std::fmt::Display for TlsSettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TLS settings: {}", self.0)
+    }
+}
+
+impl std::error::Error for TlsSettingsError {}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsSettings {
+    /// Settings trusting the webpki (Mozilla) roots and, in addition, the CA certificates in
+    /// `extra_ca_pem` (PEM text holding one or more certificates).
+    pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<TlsSettings, TlsSettingsError> {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = extra_ca_pem {
+            use rustls::pki_types::pem::PemObject;
+            let mut n = 0;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| TlsSettingsError(format!("bad CA PEM: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsSettingsError(format!("bad CA certificate: {e}")))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(TlsSettingsError("no certificate in CA file".into()));
+            }
+        }
+        let verified = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSettingsError(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let opportunistic = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSettingsError(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(OpportunisticVerifier {
+                provider: provider(),
+            }))
+            .with_no_client_auth();
+        Ok(TlsSettings {
+            verified: Arc::new(verified),
+            opportunistic: Arc::new(opportunistic),
+        })
+    }
+
+    /// The configuration that verifies certificates.
+    pub fn verified(&self) -> Arc<ClientConfig> {
+        self.verified.clone()
+    }
+
+    /// The configuration for opportunistic TLS.
+    pub fn opportunistic(&self) -> Arc<ClientConfig> {
+        self.opportunistic.clone()
+    }
+}
+
+/// Accepts any certificate chain but still checks the handshake signatures with the presented key.
+#[derive(Debug)]
+struct OpportunisticVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for OpportunisticVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS failure, as text for events and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsError(pub String);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One TLS client connection driven without I/O.
+#[derive(Debug)]
+pub(crate) struct TlsLayer {
+    conn: ClientConnection,
+}
+
+impl TlsLayer {
+    /// Starts a handshake for `server_name` (sent as SNI when it is a DNS name).
+    pub(crate) fn new(config: Arc<ClientConfig>, server_name: &str) -> Result<TlsLayer, TlsError> {
+        let name = ServerName::try_from(server_name.trim_end_matches('.').to_string())
+            .map_err(|e| TlsError(format!("invalid TLS server name {server_name:?}: {e}")))?;
+        let conn = ClientConnection::new(config, name).map_err(|e| TlsError(e.to_string()))?;
+        Ok(TlsLayer { conn })
+    }
+
+    /// Feeds wire bytes; appends any plaintext they carry to `plaintext`.
+    pub(crate) fn feed(
+        &mut self,
+        mut wire: &[u8],
+        plaintext: &mut Vec<u8>,
+    ) -> Result<(), TlsError> {
+        while !wire.is_empty() {
+            let n = self
+                .conn
+                .read_tls(&mut wire)
+                .map_err(|e| TlsError(format!("TLS read: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            let state = self
+                .conn
+                .process_new_packets()
+                .map_err(|e| TlsError(e.to_string()))?;
+            if state.plaintext_bytes_to_read() > 0 {
+                let mut reader = self.conn.reader();
+                let start = plaintext.len();
+                plaintext.resize(start + state.plaintext_bytes_to_read(), 0);
+                let got = reader
+                    .read(&mut plaintext[start..])
+                    .map_err(|e| TlsError(format!("TLS plaintext: {e}")))?;
+                plaintext.truncate(start + got);
+            }
+            if state.peer_has_closed() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues plaintext for encryption.
+    pub(crate) fn write_plaintext(&mut self, data: &[u8]) -> Result<(), TlsError> {
+        self.conn
+            .writer()
+            .write_all(data)
+            .map_err(|e| TlsError(format!("TLS write: {e}")))
+    }
+
+    /// Appends pending wire bytes (handshake or records) to `out`.
+    pub(crate) fn drain_wire(&mut self, out: &mut Vec<u8>) {
+        while self.conn.wants_write() {
+            // Writing into a Vec cannot fail.
+            if self.conn.write_tls(out).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Is the handshake still going on?
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Sends a close_notify alert.
+    pub(crate) fn close(&mut self) {
+        self.conn.send_close_notify();
+    }
+
+    /// The negotiated protocol version and cipher suite, once the handshake is done.
+    pub(crate) fn describe(&self) -> (String, String) {
+        let version = self
+            .conn
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
+        let suite = self
+            .conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        (version, suite)
+    }
+}

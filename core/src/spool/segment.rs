@@ -1,0 +1,269 @@
+//! Segment files: creation with pre-allocated space, appends with `pwrite`, read-only memory maps,
+//! sealing, and the directory lock. This is where the spool's `unsafe` lives (the mmap and three libc
+//! calls), each block with its `SAFETY` argument.
+
+use super::record::{SEGMENT_HEADER_LEN, SegmentHeader};
+use memmap2::{Mmap, MmapOptions};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file name of segment `id`.
+pub fn file_name(id: u32) -> String {
+    format!("{id:08x}.seg")
+}
+
+/// The segment id encoded in a file name, if it is a segment file.
+pub fn parse_name(name: &str) -> Option<u32> {
+    let hex = name.strip_suffix(".seg")?;
+    if hex.len() != 8 {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// Makes the directory entries of `dir` durable (after creating, renaming or removing a file).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reserves `len` bytes of disk for `file`, so that running out of space shows up here, as an error,
+/// and never later (a write through a mapping into a hole on a full disk is a SIGBUS). Falls back to
+/// `set_len` (a sparse file) on file systems without `fallocate`.
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: `fallocate` reads no memory of ours; the descriptor is valid for the call because
+    // `file` is borrowed for its duration.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len),
+        _ => Err(e),
+    }
+}
+
+fn map(file: &File, len: usize) -> io::Result<Option<Mmap>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the mapping is read-only and shared. The file belongs to a spool directory whose
+    // exclusive flock we hold (or whose shared lock we hold, read-only), so no other process following
+    // the protocol writes or truncates it. Our own writes (`pwrite`) only ever fill bytes beyond
+    // `used`, which no reader has borrowed, and we only shrink the file after dropping this mapping
+    // (`Segment::seal` remaps). A process ignoring the lock could still change the bytes under us; the
+    // spool validates every record before use, so such a change is detected, not trusted, but truncation
+    // by an outsider would raise SIGBUS: the directory must be private to the engine, as documented.
+    let m = unsafe { MmapOptions::new().len(len).map(file)? };
+    Ok(Some(m))
+}
+
+/// One segment file and its accounting.
+#[derive(Debug)]
+pub struct Segment {
+    /// The segment id.
+    pub id: u32,
+    /// The open file (shared with the group-commit handle while the segment is active).
+    pub file: Arc<File>,
+    map: Option<Mmap>,
+    /// Checksum salt of this segment's records.
+    pub salt: u64,
+    /// Bytes in use: the header and valid records. Appends go here.
+    pub used: u64,
+    /// Size of the file (pre-allocated space included).
+    pub capacity: u64,
+    /// No more appends (every segment but the active one).
+    pub sealed: bool,
+    /// Messages whose current record is in this segment and that still have a live recipient.
+    pub live_messages: u32,
+    /// Bytes of those message records.
+    pub live_bytes: u64,
+    /// Recipients of live messages whose latest state is recorded in this segment.
+    pub state_refs: u32,
+    /// Final-state records here that must outlive older segments still holding their message.
+    pub final_pins: u32,
+    /// Pins this segment holds on younger segments, released when this one is deleted.
+    pub unpin_on_delete: Vec<(u32, u32)>,
+}
+
+impl Segment {
+    /// Creates segment `id` in `dir` with `capacity` bytes reserved, writes and flushes its header, and
+    /// makes the new directory entry durable.
+    pub fn create(
+        dir: &Path,
+        id: u32,
+        capacity: u64,
+        header: SegmentHeader,
+    ) -> io::Result<Segment> {
+        let path = dir.join(file_name(id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let r = (|| {
+            preallocate(&file, capacity)?;
+            file.write_all_at(&header.encode(), 0)?;
+            file.sync_data()?;
+            sync_dir(dir)
+        })();
+        if let Err(e) = r {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        let map = map(&file, capacity as usize)?;
+        Ok(Segment::with(
+            id,
+            file,
+            map,
+            header.salt,
+            SEGMENT_HEADER_LEN as u64,
+            capacity,
+        ))
+    }
+
+    /// Opens an existing segment file and maps all of it.
+    pub fn open(path: &Path, writable: bool) -> io::Result<(File, Option<Mmap>, u64)> {
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        let len = file.metadata()?.len();
+        let map = map(&file, len as usize)?;
+        Ok((file, map, len))
+    }
+
+    /// Wraps an opened file.
+    pub fn with(
+        id: u32,
+        file: File,
+        map: Option<Mmap>,
+        salt: u64,
+        used: u64,
+        capacity: u64,
+    ) -> Segment {
+        Segment {
+            id,
+            file: Arc::new(file),
+            map,
+            salt,
+            used,
+            capacity,
+            sealed: false,
+            live_messages: 0,
+            live_bytes: 0,
+            state_refs: 0,
+            final_pins: 0,
+            unpin_on_delete: Vec::new(),
+        }
+    }
+
+    /// The path of this segment in `dir`.
+    pub fn path(&self, dir: &Path) -> PathBuf {
+        dir.join(file_name(self.id))
+    }
+
+    /// The bytes in use (header and records), borrowed from the mapping.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.map {
+            Some(m) => &m[..(self.used as usize).min(m.len())],
+            None => &[],
+        }
+    }
+
+    /// Puts the mapping back.
+    pub fn put_map(&mut self, m: Option<Mmap>) {
+        self.map = m;
+    }
+
+    /// Room left for appends.
+    pub fn room(&self) -> u64 {
+        self.capacity.saturating_sub(self.used)
+    }
+
+    /// Writes `rec` at the append position. On success the bytes are in the page cache and visible
+    /// through the mapping; they are durable after the next `fdatasync`.
+    pub fn append(&mut self, rec: &[u8]) -> io::Result<u64> {
+        let off = self.used;
+        if rec.len() as u64 > self.room() {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "segment full"));
+        }
+        self.file.write_all_at(rec, off)?;
+        self.used += rec.len() as u64;
+        Ok(off)
+    }
+
+    /// Stops appends and gives the unused pre-allocated space back: the file is cut to `used` bytes
+    /// and remapped. Cutting also removes a torn tail or a partial write after `used`.
+    pub fn seal(&mut self) -> io::Result<()> {
+        self.sealed = true;
+        if self.capacity != self.used {
+            self.map = None;
+            self.file.set_len(self.used)?;
+            self.capacity = self.used;
+            self.map = map(&self.file, self.used as usize)?;
+        }
+        Ok(())
+    }
+}
+
+/// The exclusive (engine) or shared (read-only inspection) `flock` on `DIR/LOCK`.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: Option<File>,
+}
+
+/// Why the lock was not taken.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds it; the pid it wrote, if readable.
+    Held(Option<u32>),
+    /// The lock file could not be opened or locked.
+    Io(io::Error),
+}
+
+impl DirLock {
+    /// Takes the lock without waiting. A writer takes it exclusively and writes its pid into the file.
+    pub fn take(dir: &Path, exclusive: bool) -> Result<DirLock, LockError> {
+        let path = dir.join("LOCK");
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(exclusive)
+            .create(exclusive)
+            .truncate(false)
+            .open(&path)
+        {
+            Ok(f) => f,
+            // No engine ever opened this directory for writing: nothing to share a lock with.
+            Err(e) if !exclusive && e.kind() == io::ErrorKind::NotFound => {
+                return Ok(DirLock { _file: None });
+            }
+            Err(e) => return Err(LockError::Io(e)),
+        };
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
+        // SAFETY: `flock` takes a descriptor and an integer; `file` outlives the call.
+        let r = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let pid = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(LockError::Held(pid));
+            }
+            return Err(LockError::Io(e));
+        }
+        if exclusive {
+            file.set_len(0).map_err(LockError::Io)?;
+            file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
+                .map_err(LockError::Io)?;
+        }
+        Ok(DirLock { _file: Some(file) })
+    }
+}

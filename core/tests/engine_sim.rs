@@ -1,0 +1,249 @@
+//! Deterministic simulation of the engine: the real shard core against simulated MX hosts on a
+//! virtual clock, over simulated days.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use vmta::engine::EventKind;
+use vmta::engine::config::EngineConfig;
+use vmta::engine::retry::ExponentialRetry;
+use vmta::engine::sim::{HostBehaviour, Outcome, SimDomain, Simulation, World};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "vmta-sim-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(cap: usize) -> EngineConfig {
+    EngineConfig::builder()
+        .shards(1)
+        .max_connections_per_host(cap)
+        .max_messages_per_connection(50)
+        .build()
+}
+
+/// A mixed world: healthy, slow, flaky, greylisting, hard-bouncing and dead hosts.
+fn mixed_world() -> World {
+    let ms = Duration::from_millis;
+    let hosts = vec![
+        HostBehaviour::default(),
+        HostBehaviour {
+            latency: ms(40),
+            ..Default::default()
+        },
+        HostBehaviour {
+            rcpt_4xx: 0.2,
+            drop: 0.05,
+            ..Default::default()
+        },
+        HostBehaviour {
+            greylist: true,
+            ..Default::default()
+        },
+        HostBehaviour {
+            rcpt_5xx: 0.3,
+            ..Default::default()
+        },
+        HostBehaviour {
+            down: true,
+            ..Default::default()
+        },
+        HostBehaviour {
+            latency: ms(20),
+            rcpt_4xx: 0.05,
+            rcpt_5xx: 0.05,
+            drop: 0.02,
+            ..Default::default()
+        },
+    ];
+    let mut domains = Vec::new();
+    for i in 0..40 {
+        // Most domains have a primary and a backup MX.
+        let primary = i % hosts.len();
+        let backup = (i + 1) % hosts.len();
+        domains.push(SimDomain {
+            name: format!("d{i}.sim.test"),
+            mx: if primary == 5 {
+                vec![5]
+            } else {
+                vec![primary, backup]
+            },
+        });
+    }
+    domains.push(SimDomain {
+        name: "nxdomain.sim.test".into(),
+        mx: vec![],
+    });
+    World {
+        hosts,
+        domains,
+        dns_latency: ms(2),
+    }
+}
+
+fn run_mixed(seed: u64, messages: usize) -> Outcome {
+    let dir = Dir::new("mixed");
+    let retry = Arc::new(ExponentialRetry::default());
+    let mut sim = Simulation::new(mixed_world(), &config(3), retry, &dir.0, seed);
+    for m in 0..messages {
+        let at = Duration::from_millis((m as u64 * 3_600_000) / messages as u64);
+        let d = if m % 97 == 0 {
+            "nxdomain".to_string()
+        } else {
+            format!("d{}", m % 40)
+        };
+        let rcpts = (0..(1 + m % 3))
+            .map(|r| format!("u{m}-{r}@{d}.sim.test"))
+            .collect();
+        sim.submit_at(at, rcpts);
+    }
+    sim.run(80 * HOUR)
+}
+
+#[test]
+fn every_recipient_reaches_exactly_one_final_state_over_three_days() {
+    let messages = 1500;
+    let out = run_mixed(42, messages);
+    let recipients: usize = (0..messages).map(|m| 1 + m % 3).sum();
+    let mut finals: HashMap<&str, EventKind> = HashMap::new();
+    for e in &out.events {
+        if matches!(
+            e.kind,
+            EventKind::Delivered | EventKind::Bounced | EventKind::Expired
+        ) {
+            assert!(
+                finals.insert(e.recipient.as_str(), e.kind).is_none(),
+                "{} reached a final state twice",
+                e.recipient
+            );
+        }
+    }
+    assert_eq!(finals.len(), recipients, "every recipient ends");
+    // Delivered means the server accepted it, exactly once.
+    let delivered = out.count(EventKind::Delivered);
+    assert_eq!(delivered, out.accepted.len());
+    assert!(out.accepted.values().all(|n| *n == 1));
+    // Domains whose only MX is dead expire after the 72-hour maximum age, not before.
+    for e in out.events.iter().filter(|e| e.kind == EventKind::Expired) {
+        let age = e.at_ms / 1000 - e.submitted_at;
+        assert!(
+            (72 * 3600..72 * 3600 + 60).contains(&age),
+            "expired after {age} s: {e:?}"
+        );
+        assert!(e.attempts > 5, "{e:?}");
+    }
+    assert!(out.count(EventKind::Expired) > 0);
+    // Only a 5xx or NXDOMAIN bounces, never a 4xx; NXDOMAIN at the first attempt.
+    for e in out.events.iter().filter(|e| e.kind == EventKind::Bounced) {
+        assert!(e.code == 550 || e.text.contains("hostunknown"), "{e:?}");
+        if e.text.contains("hostunknown") {
+            assert_eq!(e.attempts, 1, "{e:?}");
+        }
+    }
+    assert!(out.count(EventKind::Bounced) > 0);
+    // The greylisting host delivers on the second attempt, about 15 minutes later.
+    let grey: Vec<_> = out
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Delivered && e.mx == "mx3.sim.test")
+        .collect();
+    assert!(!grey.is_empty());
+    assert!(grey.iter().all(|e| e.attempts >= 2));
+    // The per-host connection cap held on the receiving side.
+    assert!(
+        out.peak_connections.iter().all(|p| *p <= 3),
+        "{:?}",
+        out.peak_connections
+    );
+    assert_eq!(out.peak_connections[5], 0, "the dead host never answered");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let a = run_mixed(7, 300);
+    let b = run_mixed(7, 300);
+    let c = run_mixed(8, 300);
+    assert_eq!(a.events.len(), b.events.len());
+    assert_eq!(a.digest(), b.digest());
+    assert_ne!(a.digest(), c.digest());
+}
+
+#[test]
+fn retries_follow_the_exponential_schedule_until_expiry() {
+    let dir = Dir::new("schedule");
+    let world = World {
+        hosts: vec![HostBehaviour {
+            rcpt_4xx: 1.0,
+            ..Default::default()
+        }],
+        domains: vec![SimDomain {
+            name: "slow.sim.test".into(),
+            mx: vec![0],
+        }],
+        dns_latency: Duration::from_millis(1),
+    };
+    let policy = ExponentialRetry::default();
+    let mut sim = Simulation::new(world, &config(2), Arc::new(policy), &dir.0, 1);
+    sim.submit_at(Duration::ZERO, vec!["u@slow.sim.test".into()]);
+    let out = sim.run(100 * HOUR);
+    let attempts: Vec<_> = out.events.iter().collect();
+    let last = attempts.last().unwrap();
+    assert_eq!(last.kind, EventKind::Expired);
+    let deferred: Vec<_> = attempts
+        .iter()
+        .filter(|e| e.kind == EventKind::Deferred)
+        .collect();
+    for (i, e) in deferred.iter().enumerate() {
+        assert_eq!(e.attempts as usize, i + 1);
+        if e.next_attempt == e.submitted_at + 72 * 3600 {
+            // The last attempt is pulled in to the maximum age.
+            continue;
+        }
+        let delay = e.next_attempt - e.at_ms / 1000;
+        let base = policy.base_delay(e.attempts) as f64;
+        assert!(
+            (delay as f64) >= base * 0.79 && (delay as f64) <= base * 1.21,
+            "attempt {}: delay {delay} s, base {base} s",
+            e.attempts
+        );
+        if i + 1 < deferred.len() {
+            // The next attempt happened when it was scheduled.
+            let next_at = deferred[i + 1].at_ms / 1000;
+            assert!(
+                next_at >= e.next_attempt && next_at <= e.next_attempt + 2,
+                "{next_at} vs {}",
+                e.next_attempt
+            );
+        }
+    }
+    // 15 min, 30, 1 h, 2 h, then every 4 h up to 72 h: about 20 attempts.
+    assert!(
+        (15..=25).contains(&deferred.len()),
+        "{} deferrals",
+        deferred.len()
+    );
+    let age = last.at_ms / 1000 - last.submitted_at;
+    assert!(
+        (72 * 3600..72 * 3600 + 60).contains(&age),
+        "expired at {age} s"
+    );
+}

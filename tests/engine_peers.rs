@@ -1,0 +1,382 @@
+//! The engine end to end against real peers on loopback (127.0.50.0/24): MX records from a real
+//! dnsmasq, Postfix `smtp-sink` processes as MX hosts.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use vmta::engine::config::{Durability, TlsPolicy};
+use vmta::engine::{DeliveryEvent, Engine, EngineConfig, EventKind, Submission};
+use vmta_tests::TempDir;
+use vmta_tests::engine::{Zone, common_port, sink_at};
+
+fn body(n: usize) -> Vec<u8> {
+    format!("From: a@sender.test\r\nTo: x@y\r\nSubject: engine {n}\r\n\r\nbody {n}\r\n")
+        .into_bytes()
+}
+
+fn config(spool: &TempDir, dns: std::net::SocketAddr, port: u16) -> EngineConfig {
+    EngineConfig::builder()
+        .shards(2)
+        .pin_shards(false)
+        .spool_dir(spool.path())
+        .durability(Durability::Sync)
+        .nameservers(&[&dns.to_string()])
+        .port(port)
+        .tls(TlsPolicy::Disabled)
+        .max_connections_per_host(4)
+        .with(|c| {
+            c.delivery.connect_timeout_s = 5;
+            c.delivery.idle_timeout_s = 1;
+            c.delivery.host_down_s = 30;
+            c.dns.timeout_ms = 500;
+        })
+        .build()
+}
+
+fn submit(e: &Engine, to: &str, n: usize) -> u64 {
+    e.submit(&Submission {
+        sender: "bounces@sender.test".into(),
+        recipients: vec![to.into()],
+        tenant: "t".into(),
+        body: body(n),
+        ..Submission::default()
+    })
+    .expect("submission accepted")
+}
+
+/// Collects events until `done` says so or the time runs out.
+fn collect(
+    e: &Engine,
+    limit: Duration,
+    mut done: impl FnMut(&[DeliveryEvent]) -> bool,
+) -> Vec<DeliveryEvent> {
+    let deadline = Instant::now() + limit;
+    let mut all = Vec::new();
+    while Instant::now() < deadline {
+        e.wait(Duration::from_millis(100));
+        e.poll_events(&mut all, 10_000);
+        if done(&all) {
+            break;
+        }
+    }
+    all
+}
+
+fn count(events: &[DeliveryEvent], kind: EventKind) -> usize {
+    events.iter().filter(|e| e.kind == kind).count()
+}
+
+#[test]
+fn delivers_through_mx_records_with_preference_and_reuses_connections() {
+    let ips = ["127.0.50.2", "127.0.50.3", "127.0.50.4", "127.0.50.5"];
+    let port = common_port(&ips);
+    let zone = Zone::start(
+        "127.0.50.1",
+        &[
+            "mx-host=alpha.engine.test,mx1.alpha.engine.test,10".into(),
+            "mx-host=alpha.engine.test,mx2.alpha.engine.test,20".into(),
+            "host-record=mx1.alpha.engine.test,127.0.50.2".into(),
+            "host-record=mx2.alpha.engine.test,127.0.50.3".into(),
+            "mx-host=beta.engine.test,mx.beta.engine.test,10".into(),
+            "host-record=mx.beta.engine.test,127.0.50.4".into(),
+            // No MX: the domain's own address is the implicit MX (RFC 5321 5.1).
+            "host-record=gamma.engine.test,127.0.50.5".into(),
+        ],
+    );
+    let s1 = sink_at(ips[0], port, &[]);
+    let s2 = sink_at(ips[1], port, &[]);
+    let s3 = sink_at(ips[2], port, &[]);
+    let s4 = sink_at(ips[3], port, &[]);
+    let spool = TempDir::new("engine-mx");
+    let e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
+    let per = 40;
+    for n in 0..per {
+        submit(&e, &format!("u{n}@alpha.engine.test"), n);
+        submit(&e, &format!("u{n}@beta.engine.test"), n);
+        submit(&e, &format!("u{n}@gamma.engine.test"), n);
+    }
+    let events = collect(&e, Duration::from_secs(30), |ev| {
+        count(ev, EventKind::Delivered) >= 3 * per
+    });
+    assert_eq!(count(&events, EventKind::Delivered), 3 * per, "{events:#?}");
+    // The preferred MX took alpha's mail; the backup none.
+    assert_eq!(s1.received(), per);
+    assert_eq!(s2.received(), 0);
+    assert_eq!(s3.received(), per);
+    assert_eq!(s4.received(), per);
+    let alpha = events
+        .iter()
+        .find(|e| e.recipient.ends_with("@alpha.engine.test"))
+        .unwrap();
+    assert_eq!(alpha.mx, "mx1.alpha.engine.test");
+    assert_eq!(alpha.ip, Some("127.0.50.2".parse().unwrap()));
+    assert_eq!(alpha.code, 250);
+    assert_eq!(alpha.attempts, 1);
+    let m = e.metrics().total();
+    assert_eq!(m.delivered, 3 * per as u64);
+    assert_eq!(m.queued, 0);
+    // Connections are reused: at most the per-host cap for each of the three hosts, far fewer than
+    // the 120 messages.
+    assert!(
+        m.connections_opened <= 3 * 4,
+        "{} connections opened",
+        m.connections_opened
+    );
+    assert!(
+        e.metrics()
+            .prometheus()
+            .contains("vmta_delivered_total{shard=\"0\"}")
+    );
+    e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn fails_over_to_the_backup_mx_when_the_primary_refuses_connections() {
+    let ips = ["127.0.50.10", "127.0.50.11"];
+    let port = common_port(&ips);
+    let zone = Zone::start(
+        "127.0.50.9",
+        &[
+            "mx-host=delta.engine.test,mx1.delta.engine.test,10".into(),
+            "mx-host=delta.engine.test,mx2.delta.engine.test,20".into(),
+            "host-record=mx1.delta.engine.test,127.0.50.10".into(),
+            "host-record=mx2.delta.engine.test,127.0.50.11".into(),
+        ],
+    );
+    // Nothing listens on the primary.
+    let backup = sink_at(ips[1], port, &[]);
+    let spool = TempDir::new("engine-failover");
+    let e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
+    for n in 0..10 {
+        submit(&e, &format!("u{n}@delta.engine.test"), n);
+    }
+    let events = collect(&e, Duration::from_secs(30), |ev| {
+        count(ev, EventKind::Delivered) >= 10
+    });
+    assert_eq!(count(&events, EventKind::Delivered), 10, "{events:#?}");
+    assert_eq!(count(&events, EventKind::Deferred), 0);
+    assert!(events.iter().all(|e| e.mx == "mx2.delta.engine.test"));
+    assert_eq!(backup.received(), 10);
+    assert!(e.metrics().total().connection_failures >= 1);
+    e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn bounces_5xx_without_retry_and_dns_failures_by_kind() {
+    let ips = ["127.0.50.20"];
+    let port = common_port(&ips);
+    let zone = Zone::start(
+        "127.0.50.19",
+        &[
+            "mx-host=hard.engine.test,mx.hard.engine.test,10".into(),
+            "host-record=mx.hard.engine.test,127.0.50.20".into(),
+            // RFC 7505 null MX.
+            "mx-host=nullmx.engine.test,.,0".into(),
+        ],
+    );
+    let _sink = sink_at(
+        ips[0],
+        port,
+        &["-f", "RCPT", "-B", "550 5.1.1 No such user"],
+    );
+    let spool = TempDir::new("engine-bounce");
+    let e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
+    submit(&e, "nobody@hard.engine.test", 0);
+    submit(&e, "x@nullmx.engine.test", 1);
+    submit(&e, "x@nxdomain.engine.test", 2);
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Bounced) >= 3
+    });
+    let by_rcpt: HashMap<&str, &DeliveryEvent> =
+        events.iter().map(|e| (e.recipient.as_str(), e)).collect();
+    let hard = by_rcpt["nobody@hard.engine.test"];
+    assert_eq!(hard.kind, EventKind::Bounced);
+    assert_eq!(hard.code, 550);
+    assert_eq!(
+        hard.enhanced.map(|c| c.to_string()).as_deref(),
+        Some("5.1.1")
+    );
+    assert_eq!(hard.attempts, 1);
+    let null = by_rcpt["x@nullmx.engine.test"];
+    assert_eq!(null.kind, EventKind::Bounced);
+    assert!(null.text.contains("notaccept"), "{}", null.text);
+    let nx = by_rcpt["x@nxdomain.engine.test"];
+    assert_eq!(nx.kind, EventKind::Bounced);
+    assert!(nx.text.contains("hostunknown"), "{}", nx.text);
+    // Nothing more happens to them.
+    let more = collect(&e, Duration::from_millis(1500), |_| false);
+    assert!(more.is_empty(), "{more:#?}");
+    assert_eq!(e.metrics().total().queued, 0);
+    e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn retries_a_4xx_then_delivers() {
+    let ips = ["127.0.50.30"];
+    let port = common_port(&ips);
+    let zone = Zone::start(
+        "127.0.50.29",
+        &[
+            "mx-host=grey.engine.test,mx.grey.engine.test,10".into(),
+            "host-record=mx.grey.engine.test,127.0.50.30".into(),
+        ],
+    );
+    let spool = TempDir::new("engine-retry");
+    let cfg = {
+        let mut c = config(&spool, zone.addr, port);
+        c.retry.first_s = 1;
+        c.retry.max_s = 2;
+        c.retry.jitter = 0.0;
+        c
+    };
+    let e = Engine::start(&cfg).unwrap();
+    let greylist = sink_at(ips[0], port, &["-r", "RCPT"]);
+    let id = submit(&e, "user@grey.engine.test", 0);
+    let first = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Deferred) >= 1
+    });
+    let deferred = first
+        .iter()
+        .find(|e| e.kind == EventKind::Deferred)
+        .expect("a deferral");
+    assert_eq!(deferred.message_id, id);
+    assert_eq!(deferred.code, 450);
+    assert!(deferred.next_attempt > 0);
+    drop(greylist);
+    let sink = sink_at(ips[0], port, &[]);
+    let later = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Delivered) >= 1
+    });
+    let delivered = later
+        .iter()
+        .find(|e| e.kind == EventKind::Delivered)
+        .expect("delivered");
+    assert_eq!(delivered.message_id, id);
+    assert!(delivered.attempts >= 2);
+    assert_eq!(sink.received(), 1);
+    e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_restart_mid_queue_delivers_the_rest_once() {
+    let ips = ["127.0.50.40"];
+    let port = common_port(&ips);
+    let zone = Zone::start(
+        "127.0.50.39",
+        &[
+            "mx-host=later.engine.test,mx.later.engine.test,10".into(),
+            "host-record=mx.later.engine.test,127.0.50.40".into(),
+        ],
+    );
+    let spool = TempDir::new("engine-restart");
+    let cfg = {
+        let mut c = config(&spool, zone.addr, port);
+        c.retry.first_s = 1;
+        c.retry.max_s = 1;
+        c.retry.jitter = 0.0;
+        c.delivery.host_down_s = 1;
+        c
+    };
+    // The MX is down: everything is deferred and stays in the spool.
+    let e = Engine::start(&cfg).unwrap();
+    let n = 25;
+    for i in 0..n {
+        submit(&e, &format!("u{i}@later.engine.test"), i);
+    }
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Deferred) >= n
+    });
+    assert!(count(&events, EventKind::Deferred) >= n);
+    assert_eq!(count(&events, EventKind::Delivered), 0);
+    e.shutdown(Duration::from_secs(2));
+    drop(e);
+    // The MX comes up; a new engine on the same spool delivers each message exactly once.
+    let sink = sink_at(ips[0], port, &[]);
+    let e = Engine::start(&cfg).unwrap();
+    let events = collect(&e, Duration::from_secs(30), |ev| {
+        count(ev, EventKind::Delivered) >= n
+    });
+    assert_eq!(count(&events, EventKind::Delivered), n, "{events:#?}");
+    let more = collect(&e, Duration::from_secs(3), |_| false);
+    assert_eq!(count(&more, EventKind::Delivered), 0);
+    assert_eq!(sink.received(), n);
+    e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn refuses_bad_submissions_with_named_errors() {
+    let spool = TempDir::new("engine-refuse");
+    let cfg = config(&spool, "127.0.50.49:53".parse().unwrap(), 2525);
+    let e = Engine::start(&cfg).unwrap();
+    let mut s = Submission {
+        sender: "a@x.test".into(),
+        recipients: vec![],
+        body: body(0),
+        ..Submission::default()
+    };
+    assert!(matches!(
+        e.submit(&s),
+        Err(vmta::engine::SubmitError::Invalid(_))
+    ));
+    s.recipients = vec!["no-at-sign".into()];
+    assert!(matches!(
+        e.submit(&s),
+        Err(vmta::engine::SubmitError::Invalid(_))
+    ));
+    s.recipients = vec!["a b@x.test".into()];
+    assert!(matches!(
+        e.submit(&s),
+        Err(vmta::engine::SubmitError::Invalid(_))
+    ));
+    s.recipients = vec!["ok@x.test".into()];
+    s.body.clear();
+    assert!(matches!(
+        e.submit(&s),
+        Err(vmta::engine::SubmitError::Invalid(_))
+    ));
+    e.shutdown(Duration::from_secs(1));
+    s.body = body(1);
+    assert_eq!(e.submit(&s), Err(vmta::engine::SubmitError::ShuttingDown));
+    // A second engine on a spool in use is refused.
+    let e1 = Engine::start(&cfg).unwrap();
+    let e2 = Engine::start(&cfg);
+    assert!(
+        matches!(e2, Err(vmta::engine::EngineError::Spool { .. })),
+        "{e2:?}"
+    );
+    drop(e1);
+}
+
+#[test]
+fn a_full_ring_is_busy_for_the_submitter_and_nothing_stalls() {
+    let spool = TempDir::new("engine-busy");
+    let mut cfg = config(&spool, "127.0.50.59:53".parse().unwrap(), 2525);
+    cfg.engine.submission_queue = 2;
+    let e = Engine::start(&cfg).unwrap();
+    let batch: Vec<Submission> = (0..300)
+        .map(|n| Submission {
+            sender: "a@x.test".into(),
+            // Two domains: parts land on both shards.
+            recipients: vec![
+                format!("u{n}@one.engine.test"),
+                format!("u{n}@two.engine.test"),
+            ],
+            body: body(n),
+            ..Submission::default()
+        })
+        .collect();
+    let started = Instant::now();
+    let results = e.submit_batch(&batch);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(vmta::engine::SubmitError::Busy)))
+        .count();
+    assert_eq!(ok + busy, 300, "{results:?}");
+    assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+    // Only accepted submissions stay queued (two recipients each); a part written before its sibling
+    // was refused is cancelled.
+    let t = e.metrics().total();
+    assert_eq!(t.submitted - t.cancelled, 2 * ok as u64);
+    e.shutdown(Duration::from_secs(1));
+}
