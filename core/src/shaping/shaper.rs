@@ -1021,6 +1021,17 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The same view at another throughput level (what `--level` previews): effective limits recomputed,
+    /// live counters left as they are.
+    pub fn at_level(mut self, level: ThroughputLevel) -> Snapshot {
+        let factor = self.live.as_ref().map_or(1000, |l| l.backoff_permille);
+        self.level = level;
+        self.effective = EffectiveLimits::new(&self.limits, level, factor);
+        self
+    }
+}
+
 fn opt<T: fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "unlimited".to_string(), |v| v.to_string())
 }
@@ -1045,10 +1056,11 @@ impl fmt::Display for Snapshot {
                 "budget per:    source × MX host (give --mx to see which rule the MX selects)"
             )?,
         }
-        if let Some(s) = &self.source {
+        if self.source.is_some() || self.level != ThroughputLevel::Full {
             writeln!(
                 f,
-                "source:        {s} (level {}, {}%)",
+                "source:        {} (level {}, {}%)",
+                self.source.as_deref().unwrap_or("any"),
                 self.level,
                 self.level.permille() / 10
             )?;
@@ -1305,6 +1317,34 @@ mod tests {
         let snap = a.snapshot(rl, Nanos(0));
         assert_eq!(snap.rule_kind, RuleKind::Domain);
         assert!(!snap.live.expect("live").shared_across_shards);
+    }
+
+    #[test]
+    fn live_snapshots_render_their_counters() {
+        let mut s = shaper(
+            "[defaults]\nmax_connections = 4\nmessage_rate = \"10/s\"\nmessage_burst = 5\nhourly_cap = 100\n",
+            1,
+        );
+        let src = s.source("192.0.2.1");
+        let r = s.route(src, "example.com", "mx.example.com", Nanos(0));
+        let mut p = s.may_connect(r, Nanos(0)).expect("permit");
+        for i in 0..3 {
+            s.may_send(&mut p, Nanos(i)).expect("send");
+        }
+        let snap = s.snapshot(r, Nanos(3));
+        let live = snap.live.clone().expect("live");
+        assert_eq!(
+            (live.connections, live.message_tokens, live.hour_count),
+            (1, Some(2), 3)
+        );
+        let text = snap.to_string();
+        assert!(text.contains("1 connections, tokens msg 2"), "{text}");
+        assert!(text.contains("3 this hour"), "{text}");
+        assert!(text.contains("shard-local"), "{text}");
+        let slow = snap.at_level(ThroughputLevel::Low);
+        assert_eq!(slow.effective.max_connections, Some(1));
+        assert_eq!(slow.effective.hourly_cap, Some(25));
+        assert!(slow.to_string().contains("level low"), "{}", slow);
     }
 
     #[test]
