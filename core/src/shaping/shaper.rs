@@ -1348,6 +1348,54 @@ mod tests {
     }
 
     #[test]
+    fn a_throttle_seen_by_one_shard_slows_the_others_and_reloads_reach_every_shard() {
+        let shared = ShapingShared::new(RuleSet::from_toml(RULES).expect("rules"), 2, 0);
+        let mut a = Shaper::new(Arc::clone(&shared));
+        let mut b = Shaper::new(Arc::clone(&shared));
+        let (sa, sb) = (a.source("ip"), b.source("ip"));
+        let ra = a.route(sa, "one.test", "mx.shared.test", Nanos(0));
+        let rb = b.route(sb, "two.test", "mx.shared.test", Nanos(0));
+        let p = a.may_connect(ra, Nanos(0)).expect("permit");
+        a.on_reply(
+            &p,
+            Phase::Mail,
+            451,
+            EnhancedCode::parse("4.7.1"),
+            b"rate limited",
+            Nanos(S),
+        );
+        let live = b.snapshot(rb, Nanos(S)).live.expect("live");
+        assert_eq!((live.backoff_permille, live.throttles), (500, 1));
+        assert_eq!(
+            b.may_connect(rb, Nanos(2 * S)).err(),
+            Some(Deferral::NotBefore(Nanos(11 * S), Reason::Throttled))
+        );
+        drop(p);
+        shared.reload(
+            RuleSet::from_toml(
+                "[defaults]\nmax_connections = 1\n[[source]]\nname = \"ip\"\nlevel = \"high\"\n",
+            )
+            .expect("new rules"),
+        );
+        let sa_snap = a.snapshot(ra, Nanos(12 * S));
+        let sb_snap = b.snapshot(rb, Nanos(12 * S));
+        for snap in [&sa_snap, &sb_snap] {
+            assert_eq!(snap.limits.max_connections, Some(1));
+            assert_eq!(snap.level, ThroughputLevel::High);
+            assert_eq!(
+                snap.limits.max_messages_per_connection,
+                Some(100),
+                "built-in default"
+            );
+        }
+        let _one = b.may_connect(rb, Nanos(12 * S)).expect("one connection");
+        assert_eq!(
+            a.may_connect(ra, Nanos(12 * S)).err(),
+            Some(Deferral::ConnectionsBusy)
+        );
+    }
+
+    #[test]
     fn configured_snapshot_of_the_shipped_rules_names_the_provider() {
         let rules = RuleSet::shipped();
         let snap = Snapshot::configured(&rules, "GMAIL.com", None, None, 0);
