@@ -685,3 +685,100 @@ fn a_reload_takes_effect_at_the_next_decision() {
         assert!(b.try_take(p, Nanos(t), 1).is_ok());
     }
 }
+
+/// Random sequences of every hook from three shards on one provider lane (connect, send, replies of all
+/// kinds, connect failures, closes, drops, reloads), at random times: the lane's connection count always
+/// equals the permits held, never exceeds the cap, and grants never exceed the bucket's bound.
+#[test]
+fn random_hook_sequences_keep_the_books_exact() {
+    let rules = r#"
+        [defaults]
+        max_connections = 9
+        [[provider]]
+        name = "p"
+        mx_suffixes = [".p.test"]
+        max_connections = 3
+        message_rate = "50/s"
+        message_burst = 4
+        max_messages_per_connection = 5
+    "#;
+    let shared = ShapingShared::new(RuleSet::from_toml(rules).expect("rules"), 3, 0);
+    let mut rng = Rng(seed(13) | 1);
+    let mut shapers: Vec<Shaper> = (0..3).map(|_| Shaper::new(shared.clone())).collect();
+    let mut routes = Vec::new();
+    for (i, s) in shapers.iter_mut().enumerate() {
+        let src = s.source("ip");
+        let mx = ["mx1.p.test", "mx2.p.test"][i % 2];
+        routes.push(s.route(src, &format!("d{i}.test"), mx, Nanos(0)));
+    }
+    let mut held: Vec<(usize, ConnectionPermit)> = Vec::new();
+    let mut grants: Vec<u64> = Vec::new();
+    let mut now = 0u64;
+    let replies: [(u16, &str, &[u8]); 5] = [
+        (250, "2.0.0", b"ok"),
+        (421, "4.7.0", b"too many connections"),
+        (451, "4.7.1", b"rate limited"),
+        (450, "4.2.0", b"mailbox busy"),
+        (550, "5.1.1", b"no such user"),
+    ];
+    for step in 0..200_000u32 {
+        now += rng.next() % (30 * MS);
+        let sh = (rng.next() % 3) as usize;
+        match rng.next() % 10 {
+            0..=2 => {
+                if let Ok(p) = shapers[sh].may_connect(routes[sh], Nanos(now)) {
+                    held.push((sh, p));
+                }
+            }
+            3..=5 if !held.is_empty() => {
+                let i = (rng.next() % held.len() as u64) as usize;
+                let (s, p) = &mut held[i];
+                if shapers[*s].may_send(p, Nanos(now)).is_ok() {
+                    grants.push(now);
+                }
+            }
+            6 if !held.is_empty() => {
+                let i = (rng.next() % held.len() as u64) as usize;
+                let (s, p) = &held[i];
+                // Mostly acceptances, some trouble of every kind.
+                let (code, e, text) = replies[(rng.next() % 100).saturating_sub(95) as usize];
+                let phase = if rng.next() % 4 == 0 {
+                    Phase::Greeting
+                } else {
+                    Phase::Mail
+                };
+                shapers[*s].on_reply(p, phase, code, EnhancedCode::parse(e), text, Nanos(now));
+            }
+            7 if !held.is_empty() => {
+                let i = (rng.next() % held.len() as u64) as usize;
+                let (s, p) = held.swap_remove(i);
+                match rng.next() % 30 {
+                    0 => shapers[s].on_connect_failed(p, Nanos(now)),
+                    1..=14 => drop(p),
+                    _ => shapers[s].on_connection_closed(p, Nanos(now)),
+                }
+            }
+            8 if step % 1_000 == 0 => shared.reload(RuleSet::from_toml(rules).expect("rules")),
+            _ => {}
+        }
+        let count = shapers[0].connections(routes[0]);
+        assert_eq!(
+            count as usize,
+            held.len(),
+            "step {step}: the books disagree"
+        );
+        assert!(count <= 3, "step {step}: {count} connections");
+    }
+    eprintln!(
+        "{} grants, {} permits held at the end",
+        grants.len(),
+        held.len()
+    );
+    assert!(
+        grants.len() > 1_000,
+        "too few grants for a meaningful check"
+    );
+    assert_conforms(&grants, BucketParams::new(20 * MS, 4), "grants");
+    held.clear();
+    assert_eq!(shapers[1].connections(routes[1]), 0);
+}
