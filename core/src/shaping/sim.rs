@@ -742,7 +742,7 @@ fn random_hook_sequences_keep_the_books_exact() {
                 let (s, p) = &held[i];
                 // Mostly acceptances, some trouble of every kind.
                 let (code, e, text) = replies[(rng.next() % 100).saturating_sub(95) as usize];
-                let phase = if rng.next() % 4 == 0 {
+                let phase = if rng.next().is_multiple_of(4) {
                     Phase::Greeting
                 } else {
                     Phase::Mail
@@ -758,7 +758,9 @@ fn random_hook_sequences_keep_the_books_exact() {
                     _ => shapers[s].on_connection_closed(p, Nanos(now)),
                 }
             }
-            8 if step % 1_000 == 0 => shared.reload(RuleSet::from_toml(rules).expect("rules")),
+            8 if step.is_multiple_of(1_000) => {
+                shared.reload(RuleSet::from_toml(rules).expect("rules"))
+            }
             _ => {}
         }
         let count = shapers[0].connections(routes[0]);
