@@ -271,13 +271,16 @@ fn connection_caps_rates_and_messages_per_connection_hold_at_smtp_sink() {
         let mut t = times.remove(name).unwrap_or_default();
         assert_eq!(t.len() as u64, PER_SOURCE, "{name}: messages at the sink");
         t.sort_unstable();
-        // 20/s with a burst of 3, each source on its own budget. The sink's clock sees each message a
-        // little after the decision, with some scheduling jitter: allow two messages of slack.
+        // 20/s with a burst of 3, each source on its own budget. A bucket grants at most
+        // `burst + 1 + floor(span / interval)` in any span (the +1 is the minting phase). The sink stamps
+        // a message after the decision, but each of the source's 2 connections has at most one message
+        // in flight, so at most 2 messages decided before a span can be stamped inside it, however late
+        // the sink runs: the bound below holds under any scheduling delay.
         let interval = 50_000_000u64;
         for i in 0..t.len() {
             for j in i + 1..t.len() {
                 let n = (j - i + 1) as u64;
-                let allowed = 3 + 2 + (t[j] - t[i]) / interval;
+                let allowed = 3 + 1 + 2 + (t[j] - t[i]) / interval;
                 assert!(
                     n <= allowed,
                     "{name}: {n} messages within {} ns",
@@ -285,11 +288,7 @@ fn connection_caps_rates_and_messages_per_connection_hold_at_smtp_sink() {
                 );
             }
         }
-        let span = t[t.len() - 1] - t[0];
-        assert!(
-            span >= (PER_SOURCE - 5) * interval,
-            "{name}: 50 messages in {span} ns is faster than 20/s"
-        );
+        // (With n = 50 the bound above also says the 50 took at least 44 intervals: no flood.)
     }
 }
 
@@ -393,4 +392,213 @@ fn a_sink_that_answers_421_is_backed_off() {
         assert!(live.throttles >= 4);
         assert_eq!(s.effective.max_connections, Some(1));
     }
+}
+
+/// Delivers up to `n` messages for `source` through one shard, stopping at a "not before" more than a
+/// second away (an hourly cap or a warm-up day). Returns the messages sent and the last such deferral.
+fn deliver(
+    shared: &Arc<ShapingShared>,
+    source: &str,
+    addr: SocketAddrV4,
+    n: u64,
+    helo: &str,
+    epoch: Instant,
+) -> (u64, Option<Deferral>) {
+    let mut shaper = Shaper::new(Arc::clone(shared));
+    let now = || Nanos::since(epoch, Instant::now());
+    let src = shaper.source(source);
+    let route = shaper.route(src, "sink.test", SINK_IP, now());
+    let far = |at: Nanos| at.duration_since(now()) > Duration::from_secs(1);
+    let mut sent = 0;
+    let mut conn_no = 0;
+    while sent < n {
+        let mut permit = match shaper.may_connect(route, now()) {
+            Ok(p) => p,
+            Err(d @ Deferral::NotBefore(at, _)) if far(at) => return (sent, Some(d)),
+            Err(Deferral::NotBefore(at, _)) => {
+                sleep_until(epoch, at);
+                continue;
+            }
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+        };
+        conn_no += 1;
+        let (mut client, greeting) =
+            SmtpClient::connect(addr.into(), Duration::from_secs(3)).expect("connect");
+        shaper.on_reply(
+            &permit,
+            Phase::Greeting,
+            greeting.0,
+            None,
+            greeting.1.as_bytes(),
+            now(),
+        );
+        assert_eq!(
+            client
+                .command(&format!("EHLO {helo}-c{conn_no}"))
+                .expect("EHLO")
+                .0,
+            250
+        );
+        let mut stop = None;
+        while sent < n {
+            match shaper.may_send(&mut permit, now()) {
+                Ok(()) => {
+                    let r = client
+                        .send_message(
+                            "sender@vmta.test",
+                            "rcpt@sink.test",
+                            "Subject: cap\r\n\r\nhello",
+                        )
+                        .expect("transaction");
+                    assert_eq!(r.0, 250);
+                    sent += 1;
+                }
+                Err(d @ Deferral::NotBefore(at, _)) if far(at) => {
+                    stop = Some(d);
+                    break;
+                }
+                Err(Deferral::NotBefore(at, _)) => sleep_until(epoch, at),
+                Err(_) => break,
+            }
+        }
+        client.quit().expect("quit");
+        drop(permit);
+        if stop.is_some() {
+            return (sent, stop);
+        }
+    }
+    (sent, None)
+}
+
+#[test]
+fn hourly_caps_and_warmup_volumes_hold_to_the_message_at_smtp_sink() {
+    let port = free_tcp_port(SINK_IP);
+    let dump = writable_dir("shaping-dump");
+    let out = TempDir::new("shaping-out");
+    let _sink = sink(
+        port,
+        16,
+        Some(dump.path()),
+        &[],
+        &out.path().join("sink.out"),
+    );
+    let addr = SocketAddrV4::new(SINK_IP.parse().expect("ip"), port);
+    // The engine epoch is now; the warming source started today, so it is on day 0 (15 messages). Keep
+    // clear of a UTC midnight during the test.
+    let secs_of_day = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        % 86_400;
+    if secs_of_day > 86_400 - 60 {
+        std::thread::sleep(Duration::from_secs(86_400 - secs_of_day + 1));
+    }
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let today = unix_now / 86_400;
+    let (y, m, d) = civil_from_days(today as i64);
+    let rules = format!(
+        r#"
+        [defaults]
+        max_connections = 4
+        message_rate = "100/s"
+        message_burst = 10
+        max_messages_per_connection = 7
+        hourly_cap = 25
+        [[warmup]]
+        name = "tiny"
+        steps = [[1, 15], [1, 30]]
+        [[source]]
+        name = "warming"
+        warmup = "tiny"
+        warmup_started = "{y:04}-{m:02}-{d:02}"
+        "#
+    );
+    let shared = ShapingShared::new(RuleSet::from_toml(&rules).expect("rules"), 2, unix_now);
+    let epoch = Instant::now();
+    // Each source from two shards at once, asking for far more than it may send.
+    let run = |source: &'static str| {
+        let handles: Vec<_> = (0..2)
+            .map(|shard| {
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    deliver(
+                        &shared,
+                        source,
+                        addr,
+                        40,
+                        &format!("{source}-s{shard}"),
+                        epoch,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("shard"))
+            .collect::<Vec<_>>()
+    };
+    let capped = run("capped");
+    let warming = run("warming");
+    use vmta::shaping::Reason;
+    for (sent, stop) in &capped {
+        assert!(*sent <= 25);
+        assert!(
+            matches!(stop, Some(Deferral::NotBefore(_, Reason::HourlyCap))),
+            "{stop:?}"
+        );
+    }
+    for (_, stop) in &warming {
+        assert!(
+            matches!(stop, Some(Deferral::NotBefore(_, Reason::Warmup))),
+            "{stop:?}"
+        );
+    }
+    // What the sink received, by source (the EHLO name in each dump file).
+    let mut by_source: HashMap<String, u64> = HashMap::new();
+    let mut per_connection: HashMap<String, u32> = HashMap::new();
+    for entry in std::fs::read_dir(dump.path()).expect("dump dir") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("dump");
+        let helo = text
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Helo-Args: "))
+            .expect("X-Helo-Args")
+            .to_string();
+        let source = helo.split('-').next().expect("source").to_string();
+        *by_source.entry(source).or_default() += 1;
+        *per_connection.entry(helo).or_default() += 1;
+    }
+    assert_eq!(
+        by_source.get("capped"),
+        Some(&25),
+        "hourly cap of 25, two shards: {by_source:?}"
+    );
+    assert_eq!(
+        by_source.get("warming"),
+        Some(&15),
+        "warm-up day 0 allows 15: {by_source:?}"
+    );
+    assert!(
+        per_connection.values().all(|&n| n <= 7),
+        "{per_connection:?}"
+    );
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }

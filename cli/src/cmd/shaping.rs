@@ -8,7 +8,7 @@
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vmta::shaping::{RuleSet, Snapshot};
+use vmta::shaping::{RuleSet, Snapshot, ThroughputLevel};
 
 /// `vmta shaping ...`.
 #[derive(Debug, Args)]
@@ -29,6 +29,10 @@ enum ShapingCommand {
         /// The sending source (IP address or sending domain) whose level and warm-up to apply.
         #[arg(long)]
         source: Option<String>,
+        /// Preview the limits at this throughput level (new, low, moderate, medium, high, full) instead of
+        /// the source's configured one.
+        #[arg(long)]
+        level: Option<String>,
         /// A rules file (TOML); default: the shipped rules for the large providers.
         #[arg(long)]
         rules: Option<PathBuf>,
@@ -47,9 +51,20 @@ pub fn run(args: ShapingArgs) -> ExitCode {
             domain,
             mx,
             source,
+            level,
             rules,
             json,
         } => {
+            let level = match level.as_deref().map(ThroughputLevel::parse) {
+                None => None,
+                Some(Some(l)) => Some(l),
+                Some(None) => {
+                    eprintln!(
+                        "vmta shaping: --level must be one of new, low, moderate, medium, high, full"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
             let set = match &rules {
                 None => RuleSet::shipped(),
                 Some(path) => {
@@ -72,8 +87,11 @@ pub fn run(args: ShapingArgs) -> ExitCode {
             let unix_now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let snap =
+            let mut snap =
                 Snapshot::configured(&set, &domain, mx.as_deref(), source.as_deref(), unix_now);
+            if let Some(l) = level {
+                snap = snap.at_level(l);
+            }
             if json {
                 match serde_json::to_string_pretty(&snap) {
                     Ok(s) => println!("{s}"),

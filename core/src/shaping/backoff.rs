@@ -6,8 +6,10 @@
 //!
 //! What counts as "slow down" ([`classify`]): any 421 (RFC 5321 §3.8: the receiver is closing the
 //! channel; receivers use it for "too many connections" and volume deferrals), and any other 4xx whose
-//! RFC 3463 code is `4.7.x` or whose text names a rate or connection limit ("rate limit", "too many
-//! connections", "unusual rate", "temporarily deferred", "server busy", ...). Greylisting (text naming
+//! RFC 3463 code is `4.7.x` (security or policy status, which receivers use for rate limiting) or whose
+//! text names a rate or connection limit ("rate limit", "too many connections", "unusual rate",
+//! "temporarily deferred", "server busy", ...). A 4.7.x about authentication or transport policy (SPF,
+//! DKIM, DMARC, reverse DNS, STARTTLS required) is not throttling: slowing down would not help. Greylisting (text naming
 //! "greylist"/"graylist") is a 4xx but not throttling: it asks for a retry later, not a slower sender.
 //! A 4xx about one mailbox's rate (Gmail's 4.2.1 "receiving mail at a rate") is left to the retry
 //! schedule too: slowing the whole IP would not help.
@@ -92,6 +94,19 @@ const THROTTLE_WORDS: &[&[u8]] = &[
 
 const NOT_THROTTLE_WORDS: &[&[u8]] = &[b"greylist", b"graylist", b"grey-list", b"gray-list"];
 
+/// 4.7.x replies about authentication or transport policy: waiting helps none of them, slowing down
+/// neither (the retry schedule and bounce classification deal with them).
+const POLICY_WORDS: &[&[u8]] = &[
+    b"starttls",
+    b"tls required",
+    b"spf",
+    b"dkim",
+    b"dmarc",
+    b"reverse dns",
+    b"ptr record",
+    b"authentication",
+];
+
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len()
         && hay
@@ -115,6 +130,11 @@ pub fn classify(code: u16, enhanced: Option<EnhancedCode>, text: &[u8]) -> Reply
     }
     if let Some(e) = enhanced {
         if e.subject == 7 {
+            if POLICY_WORDS.iter().any(|w| contains_ci(text, w))
+                && !THROTTLE_WORDS.iter().any(|w| contains_ci(text, w))
+            {
+                return ReplySignal::Transient;
+            }
             return ReplySignal::Throttled;
         }
         if e.subject == 2 && e.detail == 1 {
@@ -311,6 +331,88 @@ mod tests {
             classify(451, None, b"Too many messages from your IP, slow down"),
             ReplySignal::Throttled
         );
+    }
+
+    /// Deferrals as the big receivers word them (texts as commonly reported; codes as sent).
+    #[test]
+    fn real_world_deferrals_are_classified() {
+        let e = EnhancedCode::parse;
+        let cases: &[(u16, &str, &str, ReplySignal)] = &[
+            (
+                421,
+                "4.7.28",
+                "Our system has detected an unusual rate of unsolicited mail originating from your IP address",
+                ReplySignal::Throttled,
+            ),
+            (
+                421,
+                "4.7.0",
+                "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints",
+                ReplySignal::Throttled,
+            ),
+            (
+                451,
+                "4.7.650",
+                "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation",
+                ReplySignal::Throttled,
+            ),
+            (
+                421,
+                "",
+                "mwinf5c10 ME Trop de connexions, veuillez verifier votre configuration. Too many connections, slow down. OFR005_104",
+                ReplySignal::Throttled,
+            ),
+            (
+                421,
+                "4.1.0",
+                "Throttled: RL000001 rate limited",
+                ReplySignal::Throttled,
+            ),
+            (
+                451,
+                "4.7.1",
+                "Please try again later, greylisted for 5 minutes",
+                ReplySignal::Transient,
+            ),
+            (
+                450,
+                "4.7.1",
+                "SPF temporary error, try again later",
+                ReplySignal::Transient,
+            ),
+            (
+                451,
+                "4.7.0",
+                "Temporary authentication failure (DKIM lookup)",
+                ReplySignal::Transient,
+            ),
+            (452, "4.5.3", "Too many recipients", ReplySignal::Transient),
+            (
+                450,
+                "4.2.1",
+                "The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered",
+                ReplySignal::Transient,
+            ),
+            (
+                452,
+                "",
+                "Too many connections from your host",
+                ReplySignal::Throttled,
+            ),
+            (
+                550,
+                "5.7.1",
+                "Rate limit exceeded, message rejected",
+                ReplySignal::Permanent,
+            ),
+        ];
+        for (code, enh, text, want) in cases {
+            assert_eq!(
+                classify(*code, e(enh), text.as_bytes()),
+                *want,
+                "{code} {enh} {text}"
+            );
+        }
     }
 
     #[test]

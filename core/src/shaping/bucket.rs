@@ -63,8 +63,8 @@ impl TokenBucket {
     }
 
     fn refill(&mut self, p: BucketParams, now: Nanos) {
-        if now.0 <= self.minted_until {
-            return;
+        if now.0 < self.minted_until.saturating_add(p.interval_ns) {
+            return; // not a whole token yet: skip the division
         }
         let n = (now.0 - self.minted_until) / p.interval_ns;
         if n == 0 {
@@ -135,8 +135,8 @@ impl SharedTokenBucket {
 
     fn refill(&self, p: BucketParams, now: Nanos) {
         let last = self.minted_until.load(Ordering::Acquire);
-        if now.0 <= last {
-            return;
+        if now.0 < last.saturating_add(p.interval_ns) {
+            return; // not a whole token yet: skip the division
         }
         let n = (now.0 - last) / p.interval_ns;
         if n == 0 {

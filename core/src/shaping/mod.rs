@@ -16,8 +16,8 @@
 //! - [`window`]: hourly/daily caps and warm-up days as fixed-window counters, local or atomic.
 //! - [`warmup`]: daily volumes by day since a source started; over-cap messages wait for the next day.
 //! - [`backoff`]: throttling replies (421, 4.7.x, "too many connections") lower rate and concurrency for
-//!   that (receiver, source) and recover additively (AIMD); a destination whose MX hosts all fail is
-//!   backed off as a whole, exponentially.
+//!   that (receiver, source) and recover additively (AIMD), and hold new connections on that lane for
+//!   the backoff cooldown; a destination whose MX hosts all fail is backed off as a whole, exponentially.
 //! - [`level`]: six named throughput levels (`new` .. `full`) that scale a source's limits.
 //!
 //! # The engine's hooks

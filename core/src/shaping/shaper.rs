@@ -1,4 +1,18 @@
 //! The shaper: per-shard decisions ([`Shaper`]) over cross-shard state ([`ShapingShared`]).
+//!
+//! The hook sequence the engine follows is in the [parent module's doc](super). Here:
+//!
+//! - a *source* is a sending IP or domain, with its level and warm-up from the rule set;
+//! - a *route* is (source, recipient domain, MX host), resolved once to a *lane*, (source, scope), where
+//!   the budgets live, and to a *destination* (the domain), whose MX hosts' health decides whole-domain
+//!   backoff;
+//! - a decision touches only vectors indexed by those ids, the lane's atomics, and, for warm-up, the
+//!   source's counter: no hashing, no allocation, no lock per message.
+//!
+//! Decision order in `may_send`: messages per connection, warm-up, daily cap, hourly cap, message bucket;
+//! a later refusal refunds what the earlier steps counted, so a refused message costs nothing.
+//! `may_connect` checks the destination's backoff and probe, the warm-up and caps (without counting),
+//! the lane's throttle hold, the connection cap (after level and backoff) and the connection bucket.
 
 use super::Nanos;
 use super::backoff::{DestinationBackoff, LaneBackoff, ReplySignal, classify};
@@ -88,6 +102,8 @@ impl ShapingShared {
 struct LaneShared {
     connections: AtomicU32,
     backoff: LaneBackoff,
+    /// No new connection before this (nanoseconds): set by a throttling reply for the backoff cooldown.
+    hold_until: AtomicU64,
     throttles: AtomicU64,
     messages: SharedTokenBucket,
     connects: SharedTokenBucket,
@@ -101,6 +117,7 @@ impl LaneShared {
         LaneShared {
             connections: AtomicU32::new(0),
             backoff: LaneBackoff::default(),
+            hold_until: AtomicU64::new(0),
             throttles: AtomicU64::new(0),
             messages: SharedTokenBucket::new(eff.messages.unwrap_or(one), now),
             connects: SharedTokenBucket::new(eff.connects.unwrap_or(one), now),
@@ -238,6 +255,8 @@ pub enum Reason {
     DestinationBackoff,
     /// The destination is recovering from a backoff and one probe connection is under way.
     DestinationProbe,
+    /// The receiver just sent a throttling reply: no new connection for the backoff cooldown.
+    Throttled,
 }
 
 impl Reason {
@@ -251,6 +270,7 @@ impl Reason {
             Reason::Warmup => "warmup",
             Reason::DestinationBackoff => "destination-backoff",
             Reason::DestinationProbe => "destination-probe",
+            Reason::Throttled => "throttled",
         }
     }
 }
@@ -580,6 +600,10 @@ impl Shaper {
                 }
             }
         }
+        let hold = lane.shared.hold_until.load(Ordering::Acquire);
+        if hold > now.0 {
+            return Err(Deferral::NotBefore(Nanos(hold), Reason::Throttled));
+        }
         let factor = lane.shared.backoff.factor(&self.rules.backoff, now);
         let cap = self.connection_cap(lane, factor).unwrap_or(u32::MAX);
         let shared = Arc::clone(&lane.shared);
@@ -709,6 +733,10 @@ impl Shaper {
         if signal == ReplySignal::Throttled {
             permit.shared.backoff.throttled(&self.rules.backoff, now);
             permit.shared.throttles.fetch_add(1, Ordering::Relaxed);
+            // Connections already open carry on at the lowered rate; new ones wait out the cooldown, so
+            // "too many connections" is not answered by reconnecting at once.
+            let hold = now.0.saturating_add(self.rules.backoff.cooldown_ns);
+            permit.shared.hold_until.fetch_max(hold, Ordering::AcqRel);
         }
         let setup = matches!(phase, Phase::Connect | Phase::Greeting | Phase::Ehlo);
         match signal {
@@ -993,6 +1021,17 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The same view at another throughput level (what `--level` previews): effective limits recomputed,
+    /// live counters left as they are.
+    pub fn at_level(mut self, level: ThroughputLevel) -> Snapshot {
+        let factor = self.live.as_ref().map_or(1000, |l| l.backoff_permille);
+        self.level = level;
+        self.effective = EffectiveLimits::new(&self.limits, level, factor);
+        self
+    }
+}
+
 fn opt<T: fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "unlimited".to_string(), |v| v.to_string())
 }
@@ -1017,10 +1056,11 @@ impl fmt::Display for Snapshot {
                 "budget per:    source × MX host (give --mx to see which rule the MX selects)"
             )?,
         }
-        if let Some(s) = &self.source {
+        if self.source.is_some() || self.level != ThroughputLevel::Full {
             writeln!(
                 f,
-                "source:        {s} (level {}, {}%)",
+                "source:        {} (level {}, {}%)",
+                self.source.as_deref().unwrap_or("any"),
                 self.level,
                 self.level.permille() / 10
             )?;
@@ -1227,13 +1267,18 @@ mod tests {
             Nanos(S),
         );
         assert_eq!(sig, ReplySignal::Throttled);
-        // Halved: 3 → 2 connections (rounded up).
-        let q = s.may_connect(r, Nanos(S)).expect("second");
+        // No new connection for the cooldown (10 s) ...
         assert_eq!(
             s.may_connect(r, Nanos(S)).err(),
+            Some(Deferral::NotBefore(Nanos(11 * S), Reason::Throttled))
+        );
+        // ... then the cap is halved: 3 → 2 connections (rounded up).
+        let q = s.may_connect(r, Nanos(11 * S)).expect("second");
+        assert_eq!(
+            s.may_connect(r, Nanos(11 * S)).err(),
             Some(Deferral::ConnectionsBusy)
         );
-        let snap = s.snapshot(r, Nanos(S));
+        let snap = s.snapshot(r, Nanos(11 * S));
         assert_eq!(snap.effective.max_connections, Some(2));
         let live = snap.live.expect("live");
         assert_eq!(
@@ -1272,6 +1317,82 @@ mod tests {
         let snap = a.snapshot(rl, Nanos(0));
         assert_eq!(snap.rule_kind, RuleKind::Domain);
         assert!(!snap.live.expect("live").shared_across_shards);
+    }
+
+    #[test]
+    fn live_snapshots_render_their_counters() {
+        let mut s = shaper(
+            "[defaults]\nmax_connections = 4\nmessage_rate = \"10/s\"\nmessage_burst = 5\nhourly_cap = 100\n",
+            1,
+        );
+        let src = s.source("192.0.2.1");
+        let r = s.route(src, "example.com", "mx.example.com", Nanos(0));
+        let mut p = s.may_connect(r, Nanos(0)).expect("permit");
+        for i in 0..3 {
+            s.may_send(&mut p, Nanos(i)).expect("send");
+        }
+        let snap = s.snapshot(r, Nanos(3));
+        let live = snap.live.clone().expect("live");
+        assert_eq!(
+            (live.connections, live.message_tokens, live.hour_count),
+            (1, Some(2), 3)
+        );
+        let text = snap.to_string();
+        assert!(text.contains("1 connections, tokens msg 2"), "{text}");
+        assert!(text.contains("3 this hour"), "{text}");
+        assert!(text.contains("shard-local"), "{text}");
+        let slow = snap.at_level(ThroughputLevel::Low);
+        assert_eq!(slow.effective.max_connections, Some(1));
+        assert_eq!(slow.effective.hourly_cap, Some(25));
+        assert!(slow.to_string().contains("level low"), "{}", slow);
+    }
+
+    #[test]
+    fn a_throttle_seen_by_one_shard_slows_the_others_and_reloads_reach_every_shard() {
+        let shared = ShapingShared::new(RuleSet::from_toml(RULES).expect("rules"), 2, 0);
+        let mut a = Shaper::new(Arc::clone(&shared));
+        let mut b = Shaper::new(Arc::clone(&shared));
+        let (sa, sb) = (a.source("ip"), b.source("ip"));
+        let ra = a.route(sa, "one.test", "mx.shared.test", Nanos(0));
+        let rb = b.route(sb, "two.test", "mx.shared.test", Nanos(0));
+        let p = a.may_connect(ra, Nanos(0)).expect("permit");
+        a.on_reply(
+            &p,
+            Phase::Mail,
+            451,
+            EnhancedCode::parse("4.7.1"),
+            b"rate limited",
+            Nanos(S),
+        );
+        let live = b.snapshot(rb, Nanos(S)).live.expect("live");
+        assert_eq!((live.backoff_permille, live.throttles), (500, 1));
+        assert_eq!(
+            b.may_connect(rb, Nanos(2 * S)).err(),
+            Some(Deferral::NotBefore(Nanos(11 * S), Reason::Throttled))
+        );
+        drop(p);
+        shared.reload(
+            RuleSet::from_toml(
+                "[defaults]\nmax_connections = 1\n[[source]]\nname = \"ip\"\nlevel = \"high\"\n",
+            )
+            .expect("new rules"),
+        );
+        let sa_snap = a.snapshot(ra, Nanos(12 * S));
+        let sb_snap = b.snapshot(rb, Nanos(12 * S));
+        for snap in [&sa_snap, &sb_snap] {
+            assert_eq!(snap.limits.max_connections, Some(1));
+            assert_eq!(snap.level, ThroughputLevel::High);
+            assert_eq!(
+                snap.limits.max_messages_per_connection,
+                Some(100),
+                "built-in default"
+            );
+        }
+        let _one = b.may_connect(rb, Nanos(12 * S)).expect("one connection");
+        assert_eq!(
+            a.may_connect(ra, Nanos(12 * S)).err(),
+            Some(Deferral::ConnectionsBusy)
+        );
     }
 
     #[test]

@@ -17,6 +17,14 @@ const MIN: u64 = 60 * S;
 const H: u64 = 60 * MIN;
 const DAY: u64 = 24 * H;
 
+/// The seed of a scenario: its default, or `VMTA_SIM_SEED` to explore others.
+fn seed(default: u64) -> u64 {
+    std::env::var("VMTA_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -55,6 +63,8 @@ struct Mx {
     /// Time of every connection attempt (accepted, refused or failed).
     connect_attempts: Vec<u64>,
     refused_sessions: u64,
+    /// Time of every refused session.
+    refused_times: Vec<u64>,
     throttled_messages: u64,
     max_per_session: u32,
 }
@@ -230,6 +240,7 @@ impl Sim {
         }
         if m.open >= m.max_conns {
             m.refused_sessions += 1;
+            m.refused_times.push(now);
             let e = EnhancedCode::parse("4.7.0");
             self.shapers[shard].on_reply(
                 &conn.permit,
@@ -400,7 +411,7 @@ fn two_days_never_exceed_the_configured_limits() {
         max_messages_per_connection = 20
         hourly_cap = 3000
     "#;
-    let mut sim = Sim::new(rules, 2, 0, 7);
+    let mut sim = Sim::new(rules, 2, 0, seed(7));
     let mx = sim.mx(Mx {
         host: "mx1.bigmail.test",
         max_conns: 1_000,
@@ -460,7 +471,7 @@ fn adaptive_backoff_converges_to_what_the_receiver_accepts() {
         message_burst = 20
         max_messages_per_connection = 100
     "#;
-    let mut sim = Sim::new(rules, 1, 0, 11);
+    let mut sim = Sim::new(rules, 1, 0, seed(11));
     let mx = sim.mx(Mx {
         host: "mx.strict.test",
         max_conns: 3,
@@ -479,10 +490,27 @@ fn adaptive_backoff_converges_to_what_the_receiver_accepts() {
         "still throttled after convergence: {rejected_late} of {attempts_late}"
     );
     let rate = accepted_late / seconds;
+    eprintln!(
+        "refused sessions per minute, first hour: {:?}",
+        per_window(&m.refused_times, MIN, 60)
+    );
+    eprintln!(
+        "converged: {rate:.2} msg/s accepted of 4/s, {:.2} % throttled, {} sessions refused, max open {}",
+        100.0 * rejected_late / attempts_late,
+        m.refused_sessions,
+        m.max_open
+    );
     assert!(rate <= 4.0 + 1e-9, "receiver's limit exceeded? {rate}/s");
     assert!(rate >= 2.0, "backed off too far: {rate}/s accepted of 4/s");
-    // Refused sessions stop too: the connection cap came down below the receiver's 3.
+    // Refused sessions stop too: the connection cap came down below the receiver's 3. A refusal holds
+    // new connections for the cooldown, so the sender does not answer "too many connections" by
+    // reconnecting at once.
     assert!(m.max_open <= 3);
+    assert!(
+        m.refused_sessions <= 30,
+        "{} sessions refused",
+        m.refused_sessions
+    );
     let late_refusals = m.refused_sessions;
     sim.run_until(7 * H);
     let m = &sim.mxs[mx];
@@ -523,7 +551,7 @@ fn warmup_is_followed_to_the_message_for_two_weeks() {
     "#;
     let start_day = 20_778u64; // 2026-11-21
     let epoch = (start_day + 2) * 86_400 + 10 * 3_600; // 2026-11-23 10:00 UTC
-    let mut sim = Sim::new(rules, 2, epoch, 3);
+    let mut sim = Sim::new(rules, 2, epoch, seed(3));
     let a = sim.mx(Mx {
         host: "mx.a.test",
         max_conns: 100,
@@ -577,7 +605,7 @@ fn warmup_is_followed_to_the_message_for_two_weeks() {
 #[test]
 fn a_destination_whose_mx_hosts_all_fail_is_backed_off_as_a_whole() {
     let rules = "[defaults]\nmax_connections = 5\n";
-    let mut sim = Sim::new(rules, 1, 0, 5);
+    let mut sim = Sim::new(rules, 1, 0, seed(5));
     let m1 = sim.mx(Mx {
         host: "mx1.dead.test",
         down: true,
@@ -632,7 +660,7 @@ fn a_destination_whose_mx_hosts_all_fail_is_backed_off_as_a_whole() {
 fn a_reload_takes_effect_at_the_next_decision() {
     let slow = "[defaults]\nmax_connections = 2\nmessage_rate = \"1/s\"\nmessage_burst = 1\n";
     let fast = "[defaults]\nmax_connections = 2\nmessage_rate = \"10/s\"\nmessage_burst = 1\n";
-    let mut sim = Sim::new(slow, 1, 0, 9);
+    let mut sim = Sim::new(slow, 1, 0, seed(9));
     let mx = sim.mx(Mx {
         host: "mx.r.test",
         max_conns: 10,
@@ -656,4 +684,103 @@ fn a_reload_takes_effect_at_the_next_decision() {
     for &t in &late[1..] {
         assert!(b.try_take(p, Nanos(t), 1).is_ok());
     }
+}
+
+/// Random sequences of every hook from three shards on one provider lane (connect, send, replies of all
+/// kinds, connect failures, closes, drops, reloads), at random times: the lane's connection count always
+/// equals the permits held, never exceeds the cap, and grants never exceed the bucket's bound.
+#[test]
+fn random_hook_sequences_keep_the_books_exact() {
+    let rules = r#"
+        [defaults]
+        max_connections = 9
+        [[provider]]
+        name = "p"
+        mx_suffixes = [".p.test"]
+        max_connections = 3
+        message_rate = "50/s"
+        message_burst = 4
+        max_messages_per_connection = 5
+    "#;
+    let shared = ShapingShared::new(RuleSet::from_toml(rules).expect("rules"), 3, 0);
+    let mut rng = Rng(seed(13) | 1);
+    let mut shapers: Vec<Shaper> = (0..3).map(|_| Shaper::new(shared.clone())).collect();
+    let mut routes = Vec::new();
+    for (i, s) in shapers.iter_mut().enumerate() {
+        let src = s.source("ip");
+        let mx = ["mx1.p.test", "mx2.p.test"][i % 2];
+        routes.push(s.route(src, &format!("d{i}.test"), mx, Nanos(0)));
+    }
+    let mut held: Vec<(usize, ConnectionPermit)> = Vec::new();
+    let mut grants: Vec<u64> = Vec::new();
+    let mut now = 0u64;
+    let replies: [(u16, &str, &[u8]); 5] = [
+        (250, "2.0.0", b"ok"),
+        (421, "4.7.0", b"too many connections"),
+        (451, "4.7.1", b"rate limited"),
+        (450, "4.2.0", b"mailbox busy"),
+        (550, "5.1.1", b"no such user"),
+    ];
+    for step in 0..200_000u32 {
+        now += rng.next() % (30 * MS);
+        let sh = (rng.next() % 3) as usize;
+        match rng.next() % 10 {
+            0..=2 => {
+                if let Ok(p) = shapers[sh].may_connect(routes[sh], Nanos(now)) {
+                    held.push((sh, p));
+                }
+            }
+            3..=5 if !held.is_empty() => {
+                let i = (rng.next() % held.len() as u64) as usize;
+                let (s, p) = &mut held[i];
+                if shapers[*s].may_send(p, Nanos(now)).is_ok() {
+                    grants.push(now);
+                }
+            }
+            6 if !held.is_empty() => {
+                let i = (rng.next() % held.len() as u64) as usize;
+                let (s, p) = &held[i];
+                // Mostly acceptances, some trouble of every kind.
+                let (code, e, text) = replies[(rng.next() % 100).saturating_sub(95) as usize];
+                let phase = if rng.next().is_multiple_of(4) {
+                    Phase::Greeting
+                } else {
+                    Phase::Mail
+                };
+                shapers[*s].on_reply(p, phase, code, EnhancedCode::parse(e), text, Nanos(now));
+            }
+            7 if !held.is_empty() => {
+                let i = (rng.next() % held.len() as u64) as usize;
+                let (s, p) = held.swap_remove(i);
+                match rng.next() % 30 {
+                    0 => shapers[s].on_connect_failed(p, Nanos(now)),
+                    1..=14 => drop(p),
+                    _ => shapers[s].on_connection_closed(p, Nanos(now)),
+                }
+            }
+            8 if step.is_multiple_of(1_000) => {
+                shared.reload(RuleSet::from_toml(rules).expect("rules"))
+            }
+            _ => {}
+        }
+        let count = shapers[0].connections(routes[0]);
+        assert_eq!(
+            count as usize,
+            held.len(),
+            "step {step}: the books disagree"
+        );
+        assert!(count <= 3, "step {step}: {count} connections");
+    }
+    eprintln!(
+        "{} grants, {} permits held at the end",
+        grants.len(),
+        held.len()
+    );
+    assert!(
+        grants.len() > 1_000,
+        "too few grants for a meaningful check"
+    );
+    assert_conforms(&grants, BucketParams::new(20 * MS, 4), "grants");
+    held.clear();
+    assert_eq!(shapers[1].connections(routes[1]), 0);
 }
