@@ -381,3 +381,113 @@ fn a_full_ring_is_busy_for_the_submitter_and_nothing_stalls() {
     assert_eq!(t.submitted - t.cancelled, 2 * ok as u64);
     e.shutdown(Duration::from_secs(1));
 }
+
+#[test]
+fn relays_through_a_smarthost_from_the_configured_source_and_logs_json_events() {
+    let port = common_port(&["127.0.50.70"]);
+    let relay = sink_at("127.0.50.70", port, &[]);
+    let spool = TempDir::new("engine-smarthost");
+    let log = spool.path().join("events.jsonl");
+    // No DNS is needed: every domain goes to the smarthost.
+    let mut cfg = config(&spool, "127.0.50.69:53".parse().unwrap(), port);
+    cfg.smarthost = Some(vmta::engine::config::SmarthostConfig {
+        address: format!("127.0.50.70:{port}"),
+        domains: vec![],
+        username: String::new(),
+        password: String::new(),
+        tls: TlsPolicy::Disabled,
+        allow_plaintext_auth: false,
+    });
+    cfg.sources = vec![vmta::engine::config::SourceConfig {
+        name: "mta7".into(),
+        ip: "127.0.50.71".into(),
+        ehlo: "mta7.sender.test".into(),
+    }];
+    cfg.engine.event_log = log.clone();
+    let e = Engine::start(&cfg).unwrap();
+    for n in 0..5 {
+        submit(&e, &format!("u{n}@anywhere.example"), n);
+    }
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Delivered) >= 5
+    });
+    assert_eq!(count(&events, EventKind::Delivered), 5, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.source == "mta7" && e.ip == Some("127.0.50.70".parse().unwrap()))
+    );
+    e.shutdown(Duration::from_secs(5));
+    // The relay saw the configured source address and EHLO name.
+    let messages = relay.messages();
+    assert_eq!(messages.len(), 5);
+    for m in &messages {
+        assert!(m.contains("X-Client-Addr: 127.0.50.71"), "{m}");
+        assert!(m.contains("X-Helo-Args: mta7.sender.test"), "{m}");
+    }
+    // One JSON object per event in the log.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5);
+    for l in lines {
+        assert!(l.starts_with("{\"event\":\"delivered\""), "{l}");
+        assert!(l.contains("\"source\":\"mta7\""), "{l}");
+    }
+}
+
+#[test]
+fn transactional_mail_goes_ahead_of_a_bulk_backlog() {
+    let ips = ["127.0.50.81"];
+    let port = common_port(&ips);
+    let zone = Zone::start(
+        "127.0.50.80",
+        &[
+            "mx-host=prio.engine.test,mx.prio.engine.test,10".into(),
+            "host-record=mx.prio.engine.test,127.0.50.81".into(),
+        ],
+    );
+    let spool = TempDir::new("engine-priority");
+    let mut cfg = config(&spool, zone.addr, port);
+    // One connection, and the MX is down at first so everything queues up.
+    cfg.delivery.max_connections_per_host = 1;
+    cfg.delivery.host_down_s = 1;
+    cfg.retry.first_s = 2;
+    cfg.retry.jitter = 0.0;
+    let e = Engine::start(&cfg).unwrap();
+    let mut batch: Vec<Submission> = (0..60)
+        .map(|n| Submission {
+            sender: "news@sender.test".into(),
+            recipients: vec![format!("bulk{n}@prio.engine.test")],
+            priority: vmta::spool::Priority::Bulk,
+            body: body(n),
+            ..Submission::default()
+        })
+        .collect();
+    batch.push(Submission {
+        sender: "auth@sender.test".into(),
+        recipients: vec!["reset@prio.engine.test".into()],
+        priority: vmta::spool::Priority::Transactional,
+        body: body(999),
+        ..Submission::default()
+    });
+    assert!(e.submit_batch(&batch).iter().all(|r| r.is_ok()));
+    let _ = collect(&e, Duration::from_secs(10), |ev| {
+        count(ev, EventKind::Deferred) >= 61
+    });
+    let _sink = sink_at(ips[0], port, &[]);
+    let events = collect(&e, Duration::from_secs(30), |ev| {
+        count(ev, EventKind::Delivered) >= 61
+    });
+    let delivered: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Delivered)
+        .map(|e| e.recipient.as_str())
+        .collect();
+    assert_eq!(delivered.len(), 61);
+    let pos = delivered
+        .iter()
+        .position(|r| *r == "reset@prio.engine.test")
+        .unwrap();
+    assert!(pos < 5, "the password reset went out in position {pos}");
+    e.shutdown(Duration::from_secs(5));
+}

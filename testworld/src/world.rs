@@ -7,9 +7,10 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 
-/// Shaping rules for the test world's own receivers: no limit (they accept anything). Real
+/// Shaping rules for the test world's own receivers: no limit (they accept anything) and a short
+/// destination backoff (1 s, at most 2 s) so tests of failing hosts run in seconds. Real
 /// destinations keep the shipped provider rules.
-pub const UNSHAPED: &str = "[defaults]\nmax_connections = 0\nconnection_rate = \"unlimited\"\nmax_messages_per_connection = 0\nmessage_rate = \"unlimited\"\nhourly_cap = 0\ndaily_cap = 0\n";
+pub const UNSHAPED: &str = "[defaults]\nmax_connections = 0\nconnection_rate = \"unlimited\"\nmax_messages_per_connection = 0\nmessage_rate = \"unlimited\"\nhourly_cap = 0\ndaily_cap = 0\n[backoff]\ndestination_base = \"1s\"\ndestination_max = \"2s\"\n";
 
 /// The running world.
 #[derive(Debug)]
