@@ -26,6 +26,9 @@ pub struct DemoArgs {
     /// Threads submitting.
     #[arg(long, default_value_t = 4)]
     submitters: usize,
+    /// Connections per MX host and shard.
+    #[arg(long, default_value_t = 4)]
+    connections_per_host: usize,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -74,7 +77,7 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         .nameservers(&[&world.dns.addr().to_string()])
         .port(world.port)
         .tls(TlsPolicy::Disabled)
-        .max_connections_per_host(8)
+        .max_connections_per_host(args.connections_per_host)
         .max_messages_per_connection(10_000)
         .shaping_rules(vmta_testworld::world::UNSHAPED)
         .with(|c| c.engine.submission_queue = 16_384)
