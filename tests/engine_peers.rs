@@ -491,3 +491,170 @@ fn transactional_mail_goes_ahead_of_a_bulk_backlog() {
     assert!(pos < 5, "the password reset went out in position {pos}");
     e.shutdown(Duration::from_secs(5));
 }
+
+fn tenant_config(spool: &TempDir, dns: std::net::SocketAddr, port: u16) -> EngineConfig {
+    let key = vmta_tests::data_dir().join("policy/ed25519.pem");
+    let mut cfg = config(spool, dns, port);
+    let policy = vmta::policy::PolicyConfig::from_toml(&format!(
+        "[[tenant]]\nname = \"acme\"\npool = \"default\"\nsender_domains = [\"acme.engine.test\"]\n\
+         [[tenant.dkim]]\ndomain = \"acme.engine.test\"\nselector = \"ed\"\nkey_file = \"{}\"\n\
+         [tenant.unsubscribe]\nurl = \"https://u.acme.engine.test/{{token}}\"\none_click = true\nsecret = \"s\"\n",
+        key.display()
+    ))
+    .unwrap();
+    cfg.tenants = policy.tenants;
+    cfg
+}
+
+fn acme(to: &str, from: &str, n: usize) -> Submission {
+    Submission {
+        sender: "bounces@acme.engine.test".into(),
+        recipients: vec![to.into()],
+        tenant: "acme".into(),
+        body: format!(
+            "From: Acme <{from}>\r\nTo: <{to}>\r\nSubject: policy {n}\r\n\r\nhello {n}\r\n"
+        )
+        .into_bytes(),
+        client_host: "app1.acme.engine.test".into(),
+        client_ip: Some("192.0.2.7".parse().unwrap()),
+        ..Submission::default()
+    }
+}
+
+#[test]
+fn tenants_are_enforced_and_messages_leave_dkim_signed() {
+    let ips = ["127.0.50.91"];
+    let port = common_port(&ips);
+    let key = vmta_tests::policy::key("ed25519.pem");
+    let zone = Zone::start(
+        "127.0.50.90",
+        &[
+            "mx-host=dest.engine.test,mx.dest.engine.test,10".into(),
+            "host-record=mx.dest.engine.test,127.0.50.91".into(),
+            vmta_tests::policy::txt_record(
+                "ed._domainkey.acme.engine.test",
+                &key.public_key_record(),
+            ),
+        ],
+    );
+    let sink = sink_at(ips[0], port, &[]);
+    let spool = TempDir::new("engine-tenants");
+    let e = Engine::start(&tenant_config(&spool, zone.addr, port)).unwrap();
+    use vmta::engine::SubmitError;
+    // Refusals, each named.
+    let mut s = acme("a@dest.engine.test", "news@acme.engine.test", 0);
+    s.tenant = "nobody".into();
+    assert!(matches!(e.submit(&s), Err(SubmitError::UnknownTenant(_))));
+    let s = acme("a@dest.engine.test", "ceo@elsewhere.test", 0);
+    assert!(
+        matches!(e.submit(&s), Err(SubmitError::SenderNotApproved(_))),
+        "{:?}",
+        e.submit(&s)
+    );
+    let mut s = acme("a@dest.engine.test", "news@acme.engine.test", 0);
+    s.body = format!(
+        "From: <news@acme.engine.test>\r\nSubject: x\r\n\r\n{}\r\n",
+        "y".repeat(1200)
+    )
+    .into_bytes();
+    match e.submit(&s) {
+        Err(SubmitError::Invalid(why)) => assert!(why.contains("line 4"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Accepted messages are signed, get Date, Message-ID, Received and one-click unsubscribe.
+    for n in 0..3 {
+        e.submit(&acme(
+            &format!("u{n}@dest.engine.test"),
+            "news@acme.engine.test",
+            n,
+        ))
+        .unwrap();
+    }
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Delivered) >= 3
+    });
+    assert_eq!(count(&events, EventKind::Delivered), 3, "{events:#?}");
+    let dumps = sink.messages();
+    assert_eq!(dumps.len(), 3);
+    let dir = TempDir::new("engine-dkim");
+    let mut files = Vec::new();
+    for (i, d) in dumps.iter().enumerate() {
+        // Drop what smtp-sink adds on top (its X- lines and its own folded Received field).
+        let sink_received = d.find("by smtp-sink").expect("smtp-sink's Received field");
+        let mut start = sink_received + d[sink_received..].find('\n').unwrap() + 1;
+        while d[start..].starts_with([' ', '\t']) {
+            start += d[start..].find('\n').unwrap() + 1;
+        }
+        let message = d[start..].replace("\r\n", "\n").replace('\n', "\r\n");
+        assert!(message.starts_with("DKIM-Signature:"), "{message}");
+        assert!(
+            message.contains("Received: from app1.acme.engine.test ([192.0.2.7])"),
+            "{message}"
+        );
+        for field in [
+            "DKIM-Signature: v=1; a=ed25519-sha256",
+            "Message-ID: <",
+            "Date: ",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        ] {
+            assert!(message.contains(field), "{field} missing in {message}");
+        }
+        let path = dir.path().join(format!("m{i}.eml"));
+        std::fs::write(&path, message).unwrap();
+        files.push(path);
+    }
+    let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, out) = vmta_tests::policy::dkimpy_verify(zone.addr, &refs);
+    assert!(ok, "dkimpy: {out}");
+    e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_locked_tenant_is_refused_and_its_queued_mail_held_until_unlocked() {
+    let ips = ["127.0.50.96"];
+    let port = common_port(&ips);
+    let zone = Zone::start(
+        "127.0.50.95",
+        &[
+            "mx-host=dest.engine.test,mx.dest.engine.test,10".into(),
+            "host-record=mx.dest.engine.test,127.0.50.96".into(),
+        ],
+    );
+    let spool = TempDir::new("engine-locked");
+    let mut cfg = tenant_config(&spool, zone.addr, port);
+    cfg.retry.first_s = 1;
+    cfg.retry.max_s = 1;
+    cfg.retry.jitter = 0.0;
+    cfg.delivery.host_down_s = 1;
+    let e = Engine::start(&cfg).unwrap();
+    // Queue mail while the MX is down, then lock the tenant.
+    for n in 0..5 {
+        e.submit(&acme(
+            &format!("u{n}@dest.engine.test"),
+            "news@acme.engine.test",
+            n,
+        ))
+        .unwrap();
+    }
+    let _ = collect(&e, Duration::from_secs(10), |ev| {
+        count(ev, EventKind::Deferred) >= 5
+    });
+    e.tenants().unwrap().lock("acme").unwrap();
+    assert!(matches!(
+        e.submit(&acme("x@dest.engine.test", "news@acme.engine.test", 9)),
+        Err(vmta::engine::SubmitError::AccountLocked(_))
+    ));
+    let sink = sink_at(ips[0], port, &[]);
+    // Held: nothing is sent, nothing is lost.
+    let held = collect(&e, Duration::from_secs(4), |_| false);
+    assert_eq!(count(&held, EventKind::Delivered), 0, "{held:#?}");
+    assert_eq!(sink.received(), 0);
+    assert_eq!(e.metrics().total().queued, 5);
+    e.tenants().unwrap().unlock("acme").unwrap();
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Delivered) >= 5
+    });
+    assert_eq!(count(&events, EventKind::Delivered), 5, "{events:#?}");
+    assert_eq!(sink.received(), 5);
+    e.shutdown(Duration::from_secs(5));
+}

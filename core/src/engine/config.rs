@@ -42,6 +42,11 @@
 //! rules_file = ""             # a TOML rule set; empty = the shipped provider defaults
 //! rules = ""                  # an inline TOML rule set (wins over rules_file), e.g. for tests
 //!
+//! [[tenant]]                  # sender policy (see docs/policy.md); with none configured, the engine
+//! name = "acme"               # accepts any tenant name and sends messages as submitted. With tenants,
+//! pool = "default"            # unknown tenants are refused, messages are validated (RFC 5322), senders
+//! sender_domains = ["acme.example"]   # must be approved, DKIM keys sign, a locked tenant is held.
+//!
 //! [[sources]]                 # sending identities ("virtual MTAs")
 //! name = "mta1"
 //! ip = "192.0.2.10"           # local address to bind; "" = let the kernel choose
@@ -374,6 +379,13 @@ pub struct EngineConfig {
     pub routing: RoutingSection,
     /// `[smarthost]`.
     pub smarthost: Option<SmarthostConfig>,
+    /// `[[tenant]]`: sender policy per tenant.
+    #[serde(rename = "tenant")]
+    pub tenants: Vec<crate::policy::TenantConfig>,
+    /// Where relative paths in the configuration (DKIM key files) start: the configuration file's
+    /// directory, or the working directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// A source after validation.
@@ -441,7 +453,9 @@ impl EngineConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
-        EngineConfig::from_toml(&text)
+        let mut c = EngineConfig::from_toml(&text)?;
+        c.base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        Ok(c)
     }
 
     /// A builder starting from the defaults.
@@ -599,6 +613,15 @@ impl EngineConfig {
                 tenant.clone(),
                 pool_index(pool, format!("routing.tenants.{tenant}"))?,
             );
+        }
+        // A tenant's `pool` chooses its source pool too (routing.tenants wins where both are given).
+        for (i, t) in self.tenants.iter().enumerate() {
+            if !tenant_pools.contains_key(&t.name) {
+                tenant_pools.insert(
+                    t.name.clone(),
+                    pool_index(&t.pool, format!("tenant[{i}].pool"))?,
+                );
+            }
         }
         let smarthost = match &self.smarthost {
             None => None,

@@ -66,6 +66,10 @@ pub struct Submission {
     pub priority: Priority,
     /// The message: headers and body, CRLF line ends.
     pub body: Vec<u8>,
+    /// The submitting host's name, for the Received field (when tenants are configured).
+    pub client_host: String,
+    /// The IP address the message originated from, for the Received field.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// Why a submission was refused. Nothing of it was queued.
@@ -75,8 +79,14 @@ pub enum SubmitError {
     Busy,
     /// The engine is shutting down.
     ShuttingDown,
-    /// The envelope or message is not acceptable (the text says why).
+    /// The envelope or message is not acceptable (the text says why, with the line for a message).
     Invalid(String),
+    /// The tenant is not configured: vmta sends only for tenants it knows (never an open relay).
+    UnknownTenant(String),
+    /// The tenant is locked; its queued mail is held.
+    AccountLocked(String),
+    /// The envelope sender or a From address is not approved for the tenant.
+    SenderNotApproved(String),
     /// The spool is full (ENOSPC).
     NoSpace,
     /// The spool could not write or sync.
@@ -98,6 +108,9 @@ impl fmt::Display for SubmitError {
             SubmitError::Busy => f.write_str("busy: submission queue full"),
             SubmitError::ShuttingDown => f.write_str("engine is shutting down"),
             SubmitError::Invalid(why) => write!(f, "invalid message: {why}"),
+            SubmitError::UnknownTenant(t) => write!(f, "unknown tenant: {t}"),
+            SubmitError::AccountLocked(t) => write!(f, "account locked: {t}"),
+            SubmitError::SenderNotApproved(why) => write!(f, "sender not approved: {why}"),
             SubmitError::NoSpace => f.write_str("spool full: no space left on device"),
             SubmitError::Spool(why) => write!(f, "spool error: {why}"),
         }
@@ -341,6 +354,9 @@ pub struct Engine {
     next_id: AtomicU64,
     accepting: AtomicBool,
     max_body: usize,
+    tenants: Option<Arc<crate::policy::TenantRegistry>>,
+    validation: crate::policy::ValidationOptions,
+    host_name: String,
 }
 
 impl fmt::Debug for Engine {
@@ -447,6 +463,21 @@ impl Engine {
             }
             config::Durability::None => SyncPolicy::None,
         };
+        let tenants = if config.tenants.is_empty() {
+            None
+        } else {
+            let policy = crate::policy::PolicyConfig {
+                tenants: config.tenants.clone(),
+            };
+            let registry = crate::policy::TenantRegistry::from_config(&policy, &config.base_dir)
+                .map_err(|err| {
+                    EngineError::Config(ConfigError {
+                        key: "tenant".into(),
+                        message: err.to_string(),
+                    })
+                })?;
+            Some(Arc::new(registry))
+        };
         let rules = config.shaping.rule_set().map_err(EngineError::Config)?;
         let epoch = Instant::now();
         let shaping =
@@ -476,6 +507,7 @@ impl Engine {
                 m.clone(),
                 crate::shaping::Shaper::new(shaping.clone()),
                 epoch,
+                tenants.clone(),
                 now,
             );
             let poll = mio::Poll::new().map_err(|e| EngineError::Io(e.to_string()))?;
@@ -534,6 +566,12 @@ impl Engine {
             next_id: AtomicU64::new(seed),
             accepting: AtomicBool::new(true),
             max_body: crate::spool::Options::default().max_body,
+            tenants,
+            validation: crate::policy::ValidationOptions {
+                message_id_domain: e.helo_name.clone(),
+                ..crate::policy::ValidationOptions::default()
+            },
+            host_name: e.helo_name.clone(),
         })
     }
 
@@ -588,6 +626,11 @@ impl Engine {
                 self.max_body
             )));
         }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (body, flags) = match &self.tenants {
+            Some(registry) => self.apply_policy(registry, id, s)?,
+            None => self.validate_only(id, s)?,
+        };
         let n = self.shards.len();
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); n];
         for r in &s.recipients {
@@ -595,10 +638,7 @@ impl Engine {
             by_shard[shard_of(domain, n)].push(r.clone());
         }
         let parts = by_shard.iter().filter(|v| !v.is_empty()).count();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let ack = Ack::new(parts);
-        let body: Arc<[u8]> = Arc::from(s.body.as_slice());
-        let flags = io::flags_for(&s.sender, &s.recipients, &s.body);
         let mut pushed = Vec::new();
         for (shard, recipients) in by_shard.into_iter().enumerate() {
             if recipients.is_empty() {
@@ -642,6 +682,115 @@ impl Engine {
             ack,
             shards: pushed,
         })
+    }
+
+    /// Sender policy at submission: the tenant is known and unlocked, the message valid (and
+    /// normalised, with Received, Date and Message-ID), the senders approved; List-Unsubscribe for a
+    /// single-recipient message; DKIM signatures of the tenant's keys for the From domain.
+    fn apply_policy(
+        &self,
+        registry: &crate::policy::TenantRegistry,
+        id: u64,
+        s: &Submission,
+    ) -> Result<(Arc<[u8]>, MessageFlags), SubmitError> {
+        use crate::policy::{Refusal, Stamp, Trace};
+        let unique = format!("{id:016x}");
+        let now = Now::system().unix();
+        let client_host = if s.client_host.is_empty() {
+            "localhost"
+        } else {
+            &s.client_host
+        };
+        let stamp = Stamp {
+            now,
+            unique_id: &unique,
+            trace: Some(Trace {
+                from_host: client_host,
+                from_ip: s.client_ip,
+                by_host: &self.host_name,
+                with: "LOCAL",
+                id: &unique,
+            }),
+        };
+        let admitted = crate::policy::submit(
+            registry,
+            &s.tenant,
+            &s.sender,
+            &s.body,
+            &self.validation,
+            &stamp,
+        )
+        .map_err(|r| match r {
+            Refusal::UnknownTenant(t) => SubmitError::UnknownTenant(t),
+            Refusal::AccountLocked(t) => SubmitError::AccountLocked(t),
+            r @ Refusal::SenderNotApproved { .. } => SubmitError::SenderNotApproved(r.to_string()),
+            Refusal::InvalidMessage(e) => SubmitError::Invalid(e.to_string()),
+        })?;
+        let msg = &admitted.message;
+        let mut bytes = match (
+            &s.recipients[..],
+            admitted
+                .tenant
+                .unsubscribe_fields(&s.recipients[0], &msg.message_id),
+        ) {
+            ([one], Some(fields)) if !one.is_empty() => {
+                let mut f = Vec::new();
+                fields.write(&mut f);
+                crate::policy::with_fields(msg, &f)
+            }
+            _ => msg.bytes.clone(),
+        };
+        if let Some(from_domain) = msg
+            .from
+            .first()
+            .and_then(|a| a.rsplit_once('@'))
+            .map(|(_, d)| d)
+        {
+            for signer in admitted.tenant.signers_for(from_domain) {
+                bytes = signer
+                    .sign_message(&bytes, now)
+                    .map_err(|e| SubmitError::Invalid(format!("DKIM signing failed: {e}")))?;
+            }
+        }
+        let mut flags = io::flags_for(&s.sender, &s.recipients, &[]);
+        if msg.needs_8bitmime {
+            flags = MessageFlags(flags.0 | MessageFlags::EIGHT_BIT.0);
+        }
+        if msg.needs_smtputf8 {
+            flags = MessageFlags(flags.0 | MessageFlags::SMTPUTF8.0);
+        }
+        Ok((Arc::from(bytes), flags))
+    }
+
+    /// Without tenants: the message is still validated and normalised (RFC 5322; Date and Message-ID
+    /// added when missing), nothing else.
+    fn validate_only(
+        &self,
+        id: u64,
+        s: &Submission,
+    ) -> Result<(Arc<[u8]>, MessageFlags), SubmitError> {
+        let unique = format!("{id:016x}");
+        let stamp = crate::policy::Stamp {
+            now: Now::system().unix(),
+            unique_id: &unique,
+            trace: None,
+        };
+        let msg = crate::policy::validate(&s.body, &self.validation, &stamp)
+            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let mut flags = io::flags_for(&s.sender, &s.recipients, &[]);
+        if msg.needs_8bitmime {
+            flags = MessageFlags(flags.0 | MessageFlags::EIGHT_BIT.0);
+        }
+        if msg.needs_smtputf8 {
+            flags = MessageFlags(flags.0 | MessageFlags::SMTPUTF8.0);
+        }
+        Ok((Arc::from(msg.bytes), flags))
+    }
+
+    /// The tenant registry, to lock, unlock, add or change tenants while the engine runs (`None` when
+    /// no tenant is configured).
+    pub fn tenants(&self) -> Option<&crate::policy::TenantRegistry> {
+        self.tenants.as_deref()
     }
 
     /// Cancels every recipient of a message not yet delivered; returns how many were cancelled (a

@@ -309,6 +309,11 @@ pub(crate) struct ShardCore {
     routes: HashMap<(u16, u32, Arc<str>), RouteId>,
     /// Queues to dispatch again at a time (shaping said "not before").
     wakeups: BinaryHeap<Reverse<(Instant, u32, u16)>>,
+    /// Tenants, to hold a locked tenant's mail.
+    tenants: Option<Arc<crate::policy::TenantRegistry>>,
+    tenants_generation: u64,
+    /// Recipients held because their tenant is locked; looked at again when the tenants change.
+    held: Vec<RecipientId>,
 }
 
 impl ShardCore {
@@ -324,6 +329,7 @@ impl ShardCore {
         metrics: Arc<ShardMetrics>,
         mut shaper: Shaper,
         epoch: Instant,
+        tenants: Option<Arc<crate::policy::TenantRegistry>>,
         now: Now,
     ) -> ShardCore {
         // A source is known to the rules by its address (or its name when it binds none).
@@ -389,6 +395,9 @@ impl ShardCore {
             shaping_sources,
             routes: HashMap::new(),
             wakeups: BinaryHeap::new(),
+            tenants_generation: tenants.as_ref().map_or(0, |t| t.generation()),
+            tenants,
+            held: Vec::new(),
             cfg,
         }
     }
@@ -956,8 +965,9 @@ impl ShardCore {
         if let Some(Reverse((at, _, _))) = self.wakeups.peek() {
             min(*at);
         }
-        if !self.wheel.is_empty() {
-            // Deadlines are whole seconds: wake at the next second.
+        if !self.wheel.is_empty() || !self.held.is_empty() {
+            // Deadlines are whole seconds (and held mail is looked at once a second): wake at the
+            // next second.
             let into = Duration::from_millis(1000 - now.unix_ms % 1000);
             min(now.mono + into);
         }
@@ -993,6 +1003,15 @@ impl ShardCore {
             }
             self.wakeups.pop();
             self.pending.push_back(QueueKey { domain, source });
+        }
+        if let Some(t) = &self.tenants
+            && t.generation() != self.tenants_generation
+        {
+            // Tenants changed (an unlock, say): held mail is looked at again.
+            self.tenants_generation = t.generation();
+            for rid in std::mem::take(&mut self.held) {
+                self.make_ready(rid);
+            }
         }
         let mut due = Vec::new();
         self.wheel.advance(now.unix(), |rid| due.push(rid));
@@ -1418,7 +1437,19 @@ impl ShardCore {
         let (first, view) = loop {
             let rid = q.pop()?;
             match self.spool.recipient(rid) {
-                Ok(r) if !r.state.is_final() && r.state != RecipientState::Held => break (rid, r),
+                Ok(r) if !r.state.is_final() && r.state != RecipientState::Held => {
+                    // A locked tenant's mail is held here, not sent and not lost.
+                    let locked = self.tenants.as_ref().is_some_and(|t| {
+                        self.spool
+                            .message(rid.message)
+                            .is_ok_and(|m| t.is_locked(m.tenant()))
+                    });
+                    if locked {
+                        self.held.push(rid);
+                        continue;
+                    }
+                    break (rid, r);
+                }
                 _ => {}
             }
         };

@@ -197,6 +197,7 @@ impl Simulation {
             Arc::new(ShardMetrics::default()),
             crate::shaping::Shaper::new(shaping),
             base,
+            None,
             now,
         );
         let hosts = world.hosts.len();
