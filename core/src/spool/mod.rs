@@ -552,7 +552,12 @@ impl Spool {
             let before = spool.segments.len();
             spool.delete_unneeded()?;
             report.removed_segments += before - spool.segments.len();
-            spool.new_active(0)?;
+            // On a full disk the spool still opens (everything in it is readable and deliverable);
+            // appends report `NoSpace` until a segment can be created.
+            match spool.new_active(0) {
+                Ok(()) | Err(SpoolError::NoSpace) => {}
+                Err(e) => return Err(e),
+            }
             if let SyncPolicy::Interval(every) = spool.opts.policy {
                 let d = spool.durability.clone();
                 let every = every.max(Duration::from_millis(1));
