@@ -5,8 +5,11 @@
 //!
 //! - [`smtp`]: the sans-IO SMTP client session (RFC 5321 and its extensions), its reply parser and the
 //!   STARTTLS layer.
+//! - [`bounce`]: deliverability intelligence: reply classification, retry policy, suppression, DSN/ARF
+//!   parsing and VERP.
 //!
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
 
+pub mod bounce;
 pub mod smtp;

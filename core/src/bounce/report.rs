@@ -1,0 +1,1 @@
+pub struct Report; pub struct ReportError; pub struct ReportKind; pub struct ReportRecipient;

@@ -1,0 +1,1 @@
+pub struct Suppression; pub struct SuppressionPolicy; pub struct SuppressionStore;
