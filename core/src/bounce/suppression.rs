@@ -1,1 +1,2 @@
-pub struct Suppression; pub struct SuppressionPolicy; pub struct SuppressionStore;
+//! stub
+#[derive(Debug)] pub struct Suppression; #[derive(Debug)] pub struct SuppressionPolicy; #[derive(Debug)] pub struct SuppressionStore;
