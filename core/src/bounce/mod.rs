@@ -26,4 +26,5 @@ pub use classify::{Classification, Classifier, ClassifierHandle, Diagnostic, Rul
 pub use reason::{Action, Kind, Reason};
 pub use report::{Report, ReportError, ReportKind, ReportRecipient};
 pub use retry::{RetryDecision, RetryPolicy};
-pub use suppression::{Suppression, SuppressionPolicy, SuppressionStore};
+pub use suppression::{Recorded, Suppression, SuppressionPolicy, SuppressionStore};
+pub use verp::{Outcome, OutcomeEvent, Verp, VerpAddress, VerpError, apply_report};
