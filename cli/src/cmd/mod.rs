@@ -1,5 +1,7 @@
 //! One module per subcommand of `vmta`.
 
+pub mod bounce;
+
 use std::process::ExitCode;
 
 /// `vmta version`.
