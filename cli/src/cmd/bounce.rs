@@ -139,7 +139,10 @@ pub fn classify(args: ClassifyArgs) -> ExitCode {
         }
         let mut d = Diagnostic::from_line(line);
         d.phase = phase;
-        if d.phase.is_none() && d.code.is_none() {
+        if d.phase.is_none() && d.code.is_some() {
+            // Most per-recipient replies answer RCPT TO; say --phase otherwise.
+            d.phase = Some(Phase::Rcpt);
+        } else if d.phase.is_none() {
             // A failure before any reply: a resolver or connection error text.
             d.phase = Some(Phase::Connect);
         }

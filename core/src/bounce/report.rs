@@ -440,7 +440,10 @@ impl<'a> Reader<'a> {
                 addrs.extend(self.root.header("x-original-to").or(self.root.header("original-recipient")).and_then(first_address).into_iter().filter(|a| !exclude.contains(a)));
             }
             dedup(&mut addrs);
-            let diag = error_paragraph(&human);
+            let mut diag = error_paragraph(&human);
+            if diag.is_empty() {
+                diag = human.chars().take(MAX_DIAGNOSTIC).collect();
+            }
             found = addrs.into_iter().map(|a| (a, diag.clone())).collect();
         }
         if found.is_empty() {
@@ -798,14 +801,13 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
             i += 1;
             continue;
         }
-        // The block: this line and what follows until the next address-leading line or two blank lines.
+        // The block: this line and what follows until the next line led by another address.
         let mut block = String::new();
         let mut j = i;
-        let mut blank = 0;
         while j < lines.len() {
             let l = lines[j];
             if j > i {
-                let lt = l.trim_start().trim_start_matches(['<', '"']).to_ascii_lowercase();
+                let lt = l.trim_start().trim_start_matches(['<', '"', '(', '*', '-', '>', ' ']).to_ascii_lowercase();
                 let next_addr = all_addresses(l)
                     .into_iter()
                     .find(|a| !addrs.iter().any(|b| b.eq_ignore_ascii_case(a)) && !exclude.iter().any(|e| e.eq_ignore_ascii_case(a)) && !is_role_sender(a));
@@ -814,23 +816,15 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
                 {
                     break;
                 }
-                if l.trim().is_empty() {
-                    blank += 1;
-                    if blank >= 2 || block.len() > 40 && has_error_words(&block) && !continues_error(lines.get(j + 1).copied().unwrap_or("")) {
-                        break;
-                    }
-                    j += 1;
-                    continue;
-                }
-                blank = 0;
             }
             block.push_str(l.trim());
             block.push('\n');
-            if block.len() > MAX_DIAGNOSTIC {
+            if block.len() > 2 * MAX_DIAGNOSTIC {
                 break;
             }
             j += 1;
         }
+        let mut block = focus_on_reply(&block);
         // If the block has no error text, look at the paragraph before (error first, address after).
         if !has_error_words(&block) {
             let para = error_paragraph(&lines[..i].join("\n"));
@@ -885,6 +879,34 @@ fn has_error_words(s: &str) -> bool {
         ]
         .iter()
         .any(|k| l.contains(k))
+}
+
+/// From a block of text, the paragraph holding the SMTP reply (a line with a reply or status code), with
+/// the lines before it in the same paragraph; the whole block when there is none.
+fn focus_on_reply(block: &str) -> String {
+    let paras: Vec<&str> = block.split("\n\n").collect();
+    for (n, p) in paras.iter().enumerate() {
+        let (code, status) = reply_codes(p);
+        if code.is_some() || status.is_some_and(|s| s.class != 2) {
+            // Keep the address line for context when the reply is in a later paragraph.
+            let head = if n > 0 { paras[0].lines().next().unwrap_or("") } else { "" };
+            let mut out = String::new();
+            if !head.is_empty() {
+                out.push_str(head);
+                out.push('\n');
+            }
+            out.push_str(p);
+            // Continuation paragraphs of a multi-line reply ("(in reply to ...)").
+            for q in paras.iter().skip(n + 1).take(1) {
+                if continues_error(q) {
+                    out.push('\n');
+                    out.push_str(q);
+                }
+            }
+            return out;
+        }
+    }
+    block.trim_end().to_string()
 }
 
 /// The first paragraph that reads like an error.
