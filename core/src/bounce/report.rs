@@ -1044,7 +1044,7 @@ fn find_status_at(b: &[u8], i: usize) -> Option<EnhancedCode> {
 }
 
 fn phase_of(s: &str) -> Option<Phase> {
-    let l = s.to_ascii_lowercase();
+    let l = s.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase();
     let pats: &[(&str, Phase)] = &[
         ("end of data", Phase::EndOfData),
         ("final data", Phase::EndOfData),
@@ -1052,6 +1052,11 @@ fn phase_of(s: &str) -> Option<Phase> {
         ("in reply to data", Phase::Data),
         ("for text command", Phase::EndOfData),
         ("rcpt to", Phase::Rcpt),
+        ("rcpt command", Phase::Rcpt),
+        ("smtp:rcpt", Phase::Rcpt),
+        ("rcpt response", Phase::Rcpt),
+        ("mail from", Phase::Mail),
+        ("after mail command", Phase::Mail),
         ("rcpt_to", Phase::Rcpt),
         ("[rcpt", Phase::Rcpt),
         ("mail from", Phase::Mail),
