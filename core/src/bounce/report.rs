@@ -367,6 +367,14 @@ impl<'a> Reader<'a> {
         {
             reason = Reason::Expired;
         }
+        // A final report with a temporary status: the sender's queue gave up (its lifetime ran out).
+        let temporary = code.map(|c| c / 100 == 4).or(enhanced.map(|e| e.class == 4)).unwrap_or(false);
+        if temporary
+            && action.as_deref() != Some("delayed")
+            && matches!(reason, Reason::Undefined | Reason::OnHold)
+        {
+            reason = Reason::Expired;
+        }
         if reason == Reason::Undefined && code.is_none() && enhanced.is_none_or(|e| e.subject == 0) {
             reason = Reason::OnHold;
         }
@@ -980,6 +988,20 @@ fn clean_diagnostic(s: &str) -> String {
             out.truncate(cut);
             break;
         }
+    }
+    // Codes repeated inside joined lines ("... multiple 550 5.7.1 addresses ...").
+    if let Some(code) = first_code {
+        let status = EnhancedCode::parse_prefix(out.get(4..).unwrap_or("").as_bytes()).map(|(e, _)| e.to_string());
+        let head = out.len().min(4 + status.as_ref().map_or(0, |s| s.len() + 1));
+        let (first, rest) = out.split_at(head);
+        let mut rest = rest.to_string();
+        for sep in ["-", " "] {
+            if let Some(st) = &status {
+                rest = rest.replace(&format!(" {code}{sep}{st} "), " ");
+            }
+            rest = rest.replace(&format!(" {code}{sep}"), " ");
+        }
+        out = format!("{first}{rest}");
     }
     out
 }
