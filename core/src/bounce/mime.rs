@@ -182,7 +182,14 @@ fn parse_part(text: &[u8], limits: &MimeLimits, depth: usize, budget: &mut usize
             && can_descend
         {
             let sub_default = if part.content_type == "multipart/digest" { Some("message/rfc822") } else { None };
-            let pieces = split_multipart(body, boundary.as_bytes());
+            let mut pieces = split_multipart(body, boundary.as_bytes());
+            if pieces.is_empty()
+                && let Some(found) = guess_boundary(body)
+            {
+                // The declared boundary is not in the body (a broken relay rewrote one of them): use
+                // the first delimiter-looking line instead.
+                pieces = split_multipart(body, &found);
+            }
             if !pieces.is_empty() {
                 for piece in pieces {
                     if *budget == 0 {
@@ -290,6 +297,18 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
         pieces.push(&body[s..]);
     }
     pieces
+}
+
+/// The boundary of the first line that looks like a multipart delimiter (`--` and a token).
+fn guess_boundary(body: &[u8]) -> Option<Vec<u8>> {
+    body.split(|&b| b == b'\n').find_map(|line| {
+        let rest = line.strip_prefix(b"--")?;
+        let rest = rest.strip_suffix(b" ").unwrap_or(rest);
+        let ok = rest.len() >= 8
+            && !rest.starts_with(b"-")
+            && rest.iter().all(|&b| b.is_ascii_graphic() && b != b':');
+        ok.then(|| rest.to_vec())
+    })
 }
 
 fn decode_transfer(body: &[u8], cte: &str) -> Vec<u8> {

@@ -432,7 +432,14 @@ impl<'a> Reader<'a> {
                 exclude.extend(o.header(h).and_then(first_address));
             }
         }
-        let blocks = text_blocks(&human, &exclude);
+        let mut blocks = text_blocks(&human, &exclude);
+        if blocks.is_empty()
+            && let Some(to) = self.root.header("to").and_then(first_address)
+        {
+            // A bounce of a message sent to oneself: the report's own address is the failed one.
+            exclude.retain(|a| !a.eq_ignore_ascii_case(&to));
+            blocks = text_blocks(&human, &exclude);
+        }
         let mut found: Vec<(String, String)> = blocks;
         if found.is_empty() {
             let mut addrs = Vec::new();
