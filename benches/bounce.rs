@@ -41,11 +41,19 @@ fn classification(c: &mut Criterion) {
 
 fn parsing(c: &mut Criterion) {
     let classifier = Classifier::default_rules();
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/sisimai/maildir/bsd");
-    let messages: Vec<Vec<u8>> = ["lhost-postfix-01.eml", "lhost-qmail-01.eml", "lhost-exim-01.eml", "lhost-sendmail-01.eml", "arf-01.eml", "rhost-google-01.eml"]
-        .iter()
-        .map(|f| std::fs::read(data.join(f)).expect("corpus file"))
-        .collect();
+    let data =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/sisimai/maildir/bsd");
+    let messages: Vec<Vec<u8>> = [
+        "lhost-postfix-01.eml",
+        "lhost-qmail-01.eml",
+        "lhost-exim-01.eml",
+        "lhost-sendmail-01.eml",
+        "arf-01.eml",
+        "rhost-google-01.eml",
+    ]
+    .iter()
+    .map(|f| std::fs::read(data.join(f)).expect("corpus file"))
+    .collect();
     let mut g = c.benchmark_group("bounce_parse");
     g.throughput(Throughput::Elements(messages.len() as u64));
     g.bench_function("six_reports", |b| {

@@ -36,9 +36,16 @@ fn sisimai_corpus_agreement() {
         if cols.len() < 3 || cols[2].is_empty() {
             continue;
         }
-        let name = Path::new(cols[0]).file_name().unwrap().to_string_lossy().into_owned();
+        let name = Path::new(cols[0])
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let idx: usize = cols[1].parse().expect("rcpt_index");
-        expected.entry(name).or_default().insert(idx, canonical(cols[2]));
+        expected
+            .entry(name)
+            .or_default()
+            .insert(idx, canonical(cols[2]));
     }
     let classifier = Classifier::default_rules();
     let mut rows = 0usize;
@@ -57,7 +64,9 @@ fn sisimai_corpus_agreement() {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             let bytes = std::fs::read(&path).unwrap();
             let parsed = report::parse(&bytes, &classifier);
-            let Some(want) = expected.get(&name) else { continue };
+            let Some(want) = expected.get(&name) else {
+                continue;
+            };
             let got: Vec<String> = match &parsed {
                 Ok(r) => r
                     .recipients
@@ -83,21 +92,47 @@ fn sisimai_corpus_agreement() {
                         .as_ref()
                         .ok()
                         .and_then(|r| r.recipients.get(idx - 1))
-                        .map(|x| format!("{} | {:?} {:?} {:?} | {}", x.address, x.reply_code, x.status.map(|s| s.to_string()), x.phase, x.diagnostic.chars().take(200).collect::<String>()))
+                        .map(|x| {
+                            format!(
+                                "{} | {:?} {:?} {:?} | {}",
+                                x.address,
+                                x.reply_code,
+                                x.status.map(|s| s.to_string()),
+                                x.phase,
+                                x.diagnostic.chars().take(200).collect::<String>()
+                            )
+                        })
                         .unwrap_or_default();
-                    misses.push(format!("{dir}/{name}#{idx}: want {want_reason} got {got_reason} :: {diag}"));
+                    misses.push(format!(
+                        "{dir}/{name}#{idx}: want {want_reason} got {got_reason} :: {diag}"
+                    ));
                 }
             }
         }
     }
-    println!("{:<16} {:>9} {:>9} {:>6} {:>6}", "reason", "precision", "recall", "rows", "found");
+    println!(
+        "{:<16} {:>9} {:>9} {:>6} {:>6}",
+        "reason", "precision", "recall", "rows", "found"
+    );
     for (reason, (tp, predicted, expected)) in &stats {
         if *expected == 0 && *predicted == 0 {
             continue;
         }
-        let p = if *predicted > 0 { *tp as f64 / *predicted as f64 } else { 0.0 };
-        let r = if *expected > 0 { *tp as f64 / *expected as f64 } else { 0.0 };
-        println!("{reason:<16} {:>8.1}% {:>8.1}% {expected:>6} {predicted:>6}", p * 100.0, r * 100.0);
+        let p = if *predicted > 0 {
+            *tp as f64 / *predicted as f64
+        } else {
+            0.0
+        };
+        let r = if *expected > 0 {
+            *tp as f64 / *expected as f64
+        } else {
+            0.0
+        };
+        println!(
+            "{reason:<16} {:>8.1}% {:>8.1}% {expected:>6} {predicted:>6}",
+            p * 100.0,
+            r * 100.0
+        );
     }
     let agreement = agree as f64 / rows as f64;
     println!("agreement: {agree}/{rows} = {:.2}%", agreement * 100.0);

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 mod cmd;
 
 #[derive(Debug, Parser)]
-#[command(name = "vmta", version, about = "vmta: an embeddable outbound mail delivery core")]
+#[command(
+    name = "vmta",
+    version,
+    about = "vmta: an embeddable outbound mail delivery core"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -28,7 +28,9 @@ pub fn which(program: &str) -> Option<PathBuf> {
 /// Like [`which`], but a missing program fails the test with the way to install it.
 pub fn require(program: &str) -> PathBuf {
     which(program).unwrap_or_else(|| {
-        panic!("`{program}` is not installed: run .ci/deps (it installs the real peers the tests use)")
+        panic!(
+            "`{program}` is not installed: run .ci/deps (it installs the real peers the tests use)"
+        )
     })
 }
 

@@ -107,7 +107,9 @@ fn load_rules(path: &Option<PathBuf>) -> Result<Classifier, String> {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `vmta classify`.
@@ -199,7 +201,11 @@ pub fn bounce(cmd: BounceCommand) -> ExitCode {
                 };
                 println!("{v}");
             }
-            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
 }
@@ -256,7 +262,10 @@ pub fn suppress(args: SuppressArgs) -> ExitCode {
     };
     let rec = store.recovery();
     if rec.corrupt > 0 || rec.truncated > 0 {
-        eprintln!("vmta suppress: recovered the log: {} corrupt records skipped, {} bytes of torn tail cut", rec.corrupt, rec.truncated);
+        eprintln!(
+            "vmta suppress: recovered the log: {} corrupt records skipped, {} bytes of torn tail cut",
+            rec.corrupt, rec.truncated
+        );
     }
     let now = now();
     let result = match args.command {
@@ -268,32 +277,65 @@ pub fn suppress(args: SuppressArgs) -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }
-        SuppressCommand::Check { tenant, stream, address } => match store.check(&tenant, &address, stream.as_deref(), now) {
+        SuppressCommand::Check {
+            tenant,
+            stream,
+            address,
+        } => match store.check(&tenant, &address, stream.as_deref(), now) {
             Some(s) => {
                 println!("{}", suppression_json(s));
                 Ok(ExitCode::SUCCESS)
             }
             None => {
-                println!("{}", json!({"tenant": tenant, "address": address, "suppressed": false}));
+                println!(
+                    "{}",
+                    json!({"tenant": tenant, "address": address, "suppressed": false})
+                );
                 Ok(ExitCode::from(1))
             }
         },
-        SuppressCommand::Add { tenant, stream, reason, days, address } => match Reason::parse(&reason) {
+        SuppressCommand::Add {
+            tenant,
+            stream,
+            reason,
+            days,
+            address,
+        } => match Reason::parse(&reason) {
             None => {
                 eprintln!("vmta suppress: unknown reason {reason:?}");
                 Ok(ExitCode::FAILURE)
             }
             Some(reason) => store
-                .add(&tenant, &address, stream.as_deref(), reason, now, days.map(|d| now + d * 86400))
+                .add(
+                    &tenant,
+                    &address,
+                    stream.as_deref(),
+                    reason,
+                    now,
+                    days.map(|d| now + d * 86400),
+                )
                 .map(|s| {
                     println!("{}", suppression_json(&s));
                     ExitCode::SUCCESS
                 }),
         },
-        SuppressCommand::Remove { tenant, stream, address } => store.remove(&tenant, &address, stream.as_deref()).map(|removed| {
-            println!("{}", json!({"tenant": tenant, "address": address, "removed": removed}));
-            if removed { ExitCode::SUCCESS } else { ExitCode::from(1) }
-        }),
+        SuppressCommand::Remove {
+            tenant,
+            stream,
+            address,
+        } => store
+            .remove(&tenant, &address, stream.as_deref())
+            .map(|removed| {
+                println!(
+                    "{}",
+                    json!({"tenant": tenant, "address": address, "removed": removed})
+                );
+                if removed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }),
         SuppressCommand::Compact => store.compact(now).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

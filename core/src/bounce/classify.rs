@@ -77,7 +77,9 @@ impl<'a> Diagnostic<'a> {
             && b[2].is_ascii_digit()
             && matches!(b.get(3), None | Some(b' ') | Some(b'-') | Some(b'\t'))
         {
-            d.code = Some(u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0'));
+            d.code = Some(
+                u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0'),
+            );
             rest = rest.get(4..).unwrap_or("").trim_start();
         }
         if let Some((e, n)) = EnhancedCode::parse_prefix(rest.as_bytes()) {
@@ -264,8 +266,14 @@ fn parse_code_pattern(s: &str) -> Option<(u16, u16)> {
     if s.len() != 3 {
         return None;
     }
-    let lo: String = s.chars().map(|c| if c == 'x' || c == 'X' { '0' } else { c }).collect();
-    let hi: String = s.chars().map(|c| if c == 'x' || c == 'X' { '9' } else { c }).collect();
+    let lo: String = s
+        .chars()
+        .map(|c| if c == 'x' || c == 'X' { '0' } else { c })
+        .collect();
+    let hi: String = s
+        .chars()
+        .map(|c| if c == 'x' || c == 'X' { '9' } else { c })
+        .collect();
     let lo: u16 = lo.parse().ok()?;
     let hi: u16 = hi.parse().ok()?;
     ((200..=599).contains(&lo) && hi <= 599).then_some((lo, hi))
@@ -320,7 +328,9 @@ fn domain_matches(suffixes: &[String], names: &[&str]) -> bool {
         suffixes.iter().any(|s| {
             name.len() >= s.len()
                 && name[name.len() - s.len()..].eq_ignore_ascii_case(s)
-                && (name.len() == s.len() || s.starts_with('.') || name.as_bytes()[name.len() - s.len() - 1] == b'.')
+                && (name.len() == s.len()
+                    || s.starts_with('.')
+                    || name.as_bytes()[name.len() - s.len() - 1] == b'.')
         })
     })
 }
@@ -355,7 +365,9 @@ impl Rule {
         {
             return false;
         }
-        if !self.receiver.is_empty() && !domain_matches(&self.receiver, &[d.recipient_domain, d.mx_host]) {
+        if !self.receiver.is_empty()
+            && !domain_matches(&self.receiver, &[d.recipient_domain, d.mx_host])
+        {
             return false;
         }
         if !self.sender.is_empty() && !domain_matches(&self.sender, &[d.sender_domain]) {
@@ -438,7 +450,8 @@ impl Classifier {
         let mut rules = Vec::with_capacity(file.rule.len());
         for (i, r) in file.rule.into_iter().enumerate() {
             let err = |p: String| rule_error(i, &r.name, p);
-            let reason = Reason::parse(&r.reason).ok_or_else(|| err(format!("unknown reason {:?}", r.reason)))?;
+            let reason = Reason::parse(&r.reason)
+                .ok_or_else(|| err(format!("unknown reason {:?}", r.reason)))?;
             let kind = match &r.kind {
                 None => None,
                 Some(k) => Some(Kind::parse(k).ok_or_else(|| err(format!("unknown kind {k:?}")))?),
@@ -452,7 +465,9 @@ impl Classifier {
             };
             let retry_after = match &r.retry_after {
                 None => None,
-                Some(s) => Some(parse_duration(s).ok_or_else(|| err(format!("bad duration {s:?}")))?),
+                Some(s) => {
+                    Some(parse_duration(s).ok_or_else(|| err(format!("bad duration {s:?}")))?)
+                }
             };
             let text = match &r.text {
                 None => None,
@@ -468,19 +483,27 @@ impl Classifier {
             let codes = r
                 .code
                 .iter()
-                .map(|c| parse_code_pattern(c).ok_or_else(|| err(format!("bad code pattern {c:?}"))))
+                .map(|c| {
+                    parse_code_pattern(c).ok_or_else(|| err(format!("bad code pattern {c:?}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let status = r
                 .status
                 .iter()
-                .map(|c| StatusPattern::parse(c).ok_or_else(|| err(format!("bad status pattern {c:?}"))))
+                .map(|c| {
+                    StatusPattern::parse(c).ok_or_else(|| err(format!("bad status pattern {c:?}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let phase = |v: &Vec<String>| {
                 v.iter()
                     .map(|p| Phase::parse(p).ok_or_else(|| err(format!("unknown phase {p:?}"))))
                     .collect::<Result<Vec<_>, _>>()
             };
-            let lower = |v: &Vec<String>| v.iter().map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>();
+            let lower = |v: &Vec<String>| {
+                v.iter()
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+            };
             rules.push(Rule {
                 reason,
                 kind,
@@ -505,7 +528,11 @@ impl Classifier {
             .build()
             .map_err(|e| RulesError::Regex(e.to_string()))?;
         let intervals = compile_policy(&file.policy)?;
-        Ok(Classifier { rules, set, intervals })
+        Ok(Classifier {
+            rules,
+            set,
+            intervals,
+        })
     }
 
     /// The number of rules.
@@ -541,7 +568,15 @@ impl Classifier {
         let hits = self.set.matches(text);
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.matches(d, &hits) {
-                return self.finish(d, rule.reason, rule.kind, &rule.action, rule.retry_after, rule.throttle, Some(i as u32));
+                return self.finish(
+                    d,
+                    rule.reason,
+                    rule.kind,
+                    &rule.action,
+                    rule.retry_after,
+                    rule.throttle,
+                    Some(i as u32),
+                );
             }
         }
         // Last resort: only the class is known.
@@ -564,20 +599,32 @@ impl Classifier {
         rule: Option<u32>,
     ) -> Classification {
         let kind = kind.unwrap_or_else(|| reason.default_kind());
-        let interval = || retry_after.map(|r| self.intervals.clamp(r)).unwrap_or_else(|| self.intervals.interval(d.code, reason));
+        let interval = || {
+            retry_after
+                .map(|r| self.intervals.clamp(r))
+                .unwrap_or_else(|| self.intervals.interval(d.code, reason))
+        };
         let action = match action {
             RuleAction::Bounce => Action::Bounce,
             RuleAction::Retry => Action::Retry(interval()),
             RuleAction::None => Action::None,
             RuleAction::Default => match (d.class(), reason) {
-                (Some(2), _) | (_, Reason::Delivered | Reason::Vacation | Reason::Feedback) => Action::None,
+                (Some(2), _) | (_, Reason::Delivered | Reason::Vacation | Reason::Feedback) => {
+                    Action::None
+                }
                 (Some(4), _) => Action::Retry(interval()),
                 // A failure before any reply (DNS, connect): retry unless the rule says the address is bad.
-                (None, _) if matches!(kind, Kind::Transient | Kind::Soft) => Action::Retry(interval()),
-                (_, r) if self.intervals.retries_permanent(r) => Action::Retry(interval()),
-                (None, Reason::RateLimited | Reason::NetworkError | Reason::SystemError | Reason::SystemFull) => {
+                (None, _) if matches!(kind, Kind::Transient | Kind::Soft) => {
                     Action::Retry(interval())
                 }
+                (_, r) if self.intervals.retries_permanent(r) => Action::Retry(interval()),
+                (
+                    None,
+                    Reason::RateLimited
+                    | Reason::NetworkError
+                    | Reason::SystemError
+                    | Reason::SystemFull,
+                ) => Action::Retry(interval()),
                 _ => Action::Bounce,
             },
         };
@@ -585,7 +632,8 @@ impl Classifier {
             reason,
             kind,
             action,
-            throttle: throttle || reason == Reason::RateLimited && matches!(action, Action::Retry(_)),
+            throttle: throttle
+                || reason == Reason::RateLimited && matches!(action, Action::Retry(_)),
             rule,
         }
     }
@@ -608,10 +656,14 @@ fn compile_policy(p: &PolicyFile) -> Result<RetryIntervals, RulesError> {
     }
     let mut by_code = HashMap::new();
     for (k, v) in &p.code_retry {
-        let c: u16 = k.parse().ok().filter(|c| (200..=599).contains(c)).ok_or_else(|| RulesError::Rule {
-            rule: "policy.code_retry".into(),
-            problem: format!("bad code {k:?}"),
-        })?;
+        let c: u16 = k
+            .parse()
+            .ok()
+            .filter(|c| (200..=599).contains(c))
+            .ok_or_else(|| RulesError::Rule {
+                rule: "policy.code_retry".into(),
+                problem: format!("bad code {k:?}"),
+            })?;
         by_code.insert(c, dur("code_retry", v)?);
     }
     let retry_permanent = p
@@ -624,15 +676,30 @@ fn compile_policy(p: &PolicyFile) -> Result<RetryIntervals, RulesError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let min = p.min_retry.as_deref().map(|s| dur("min_retry", s)).transpose()?.unwrap_or(Duration::from_secs(15 * 60));
-    let max = p.max_retry.as_deref().map(|s| dur("max_retry", s)).transpose()?.unwrap_or(Duration::from_secs(30 * 3600));
+    let min = p
+        .min_retry
+        .as_deref()
+        .map(|s| dur("min_retry", s))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(15 * 60));
+    let max = p
+        .max_retry
+        .as_deref()
+        .map(|s| dur("max_retry", s))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(30 * 3600));
     if min > max {
         return Err(RulesError::Rule {
             rule: "policy".into(),
             problem: "min_retry is longer than max_retry".into(),
         });
     }
-    let default = p.default_retry.as_deref().map(|s| dur("default_retry", s)).transpose()?.unwrap_or(Duration::from_secs(3600));
+    let default = p
+        .default_retry
+        .as_deref()
+        .map(|s| dur("default_retry", s))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(3600));
     Ok(RetryIntervals {
         by_code,
         by_reason,
@@ -710,14 +777,23 @@ mod tests {
     #[test]
     fn user_unknown_is_hard_bounce() {
         let c = Classifier::default_rules();
-        let r = line(&c, "550 5.1.1 The email account that you tried to reach does not exist.");
-        assert_eq!((r.reason, r.kind, r.action), (Reason::UserUnknown, Kind::Hard, Action::Bounce));
+        let r = line(
+            &c,
+            "550 5.1.1 The email account that you tried to reach does not exist.",
+        );
+        assert_eq!(
+            (r.reason, r.kind, r.action),
+            (Reason::UserUnknown, Kind::Hard, Action::Bounce)
+        );
     }
 
     #[test]
     fn mailbox_full_5xx_retries_in_a_day() {
         let c = Classifier::default_rules();
-        let r = line(&c, "552 5.2.2 The email account that you tried to reach is over quota.");
+        let r = line(
+            &c,
+            "552 5.2.2 The email account that you tried to reach is over quota.",
+        );
         assert_eq!(r.reason, Reason::MailboxFull);
         assert_eq!(r.action, Action::Retry(Duration::from_secs(24 * 3600)));
         let r = line(&c, "550 Mailbox full");
@@ -728,7 +804,10 @@ mod tests {
     #[test]
     fn code_421_retries_in_20_minutes() {
         let c = Classifier::default_rules();
-        let r = line(&c, "421 Service not available, closing transmission channel");
+        let r = line(
+            &c,
+            "421 Service not available, closing transmission channel",
+        );
         assert_eq!(r.action, Action::Retry(Duration::from_secs(20 * 60)));
     }
 
@@ -737,18 +816,27 @@ mod tests {
         let c = Classifier::default_rules();
         let r = line(&c, "554 Transaction failed");
         assert_eq!(r.action, Action::Retry(Duration::from_secs(24 * 3600)));
-        let r = line(&c, "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org");
+        let r = line(
+            &c,
+            "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+        );
         assert_eq!((r.reason, r.action), (Reason::Blocked, Action::Bounce));
     }
 
     #[test]
     fn rate_limit_throttles() {
         let c = Classifier::default_rules();
-        let r = line(&c, "421 4.7.0 Try again later, closing connection. (rate limited)");
+        let r = line(
+            &c,
+            "421 4.7.0 Try again later, closing connection. (rate limited)",
+        );
         assert_eq!(r.reason, Reason::RateLimited);
         assert!(r.throttle);
         assert!(matches!(r.action, Action::Retry(_)));
-        let r = line(&c, "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.");
+        let r = line(
+            &c,
+            "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.",
+        );
         assert_eq!(r.reason, Reason::RateLimited);
         assert!(r.throttle);
     }
@@ -758,7 +846,10 @@ mod tests {
         let c = Classifier::default_rules();
         for &reason in Reason::ALL {
             let d = c.intervals().interval(Some(450), reason);
-            assert!(d >= Duration::from_secs(15 * 60) && d <= Duration::from_secs(30 * 3600), "{reason}");
+            assert!(
+                d >= Duration::from_secs(15 * 60) && d <= Duration::from_secs(30 * 3600),
+                "{reason}"
+            );
         }
     }
 
@@ -794,21 +885,48 @@ mod tests {
 
     #[test]
     fn bad_rules_are_named() {
-        assert!(matches!(Classifier::from_toml("[[rule]]\nreason = \"nope\""), Err(RulesError::Rule { .. })));
-        assert!(matches!(Classifier::from_toml("[[rule]]\nreason = \"blocked\"\ntext = \"(\""), Err(RulesError::Rule { .. })));
-        assert!(matches!(Classifier::from_toml("[[rule]]\nreason = \"blocked\"\ncode = [\"6xx\"]"), Err(RulesError::Rule { .. })));
-        assert!(matches!(Classifier::from_toml("[[rule]]\nreason = \"blocked\"\nfoo = 1"), Err(RulesError::Toml(_))));
-        assert!(matches!(Classifier::from_toml("[[rule]"), Err(RulesError::Toml(_))));
+        assert!(matches!(
+            Classifier::from_toml("[[rule]]\nreason = \"nope\""),
+            Err(RulesError::Rule { .. })
+        ));
+        assert!(matches!(
+            Classifier::from_toml("[[rule]]\nreason = \"blocked\"\ntext = \"(\""),
+            Err(RulesError::Rule { .. })
+        ));
+        assert!(matches!(
+            Classifier::from_toml("[[rule]]\nreason = \"blocked\"\ncode = [\"6xx\"]"),
+            Err(RulesError::Rule { .. })
+        ));
+        assert!(matches!(
+            Classifier::from_toml("[[rule]]\nreason = \"blocked\"\nfoo = 1"),
+            Err(RulesError::Toml(_))
+        ));
+        assert!(matches!(
+            Classifier::from_toml("[[rule]"),
+            Err(RulesError::Toml(_))
+        ));
     }
 
     #[test]
     fn reload_swaps_rules() {
-        let h = ClassifierHandle::new(Classifier::from_toml("[[rule]]\nreason = \"blocked\"\ncode = [\"5xx\"]").unwrap());
-        assert_eq!(h.classify(&Diagnostic::reply(550, "x")).reason, Reason::Blocked);
-        h.reload("[[rule]]\nreason = \"userunknown\"\ncode = [\"5xx\"]").unwrap();
-        assert_eq!(h.classify(&Diagnostic::reply(550, "x")).reason, Reason::UserUnknown);
+        let h = ClassifierHandle::new(
+            Classifier::from_toml("[[rule]]\nreason = \"blocked\"\ncode = [\"5xx\"]").unwrap(),
+        );
+        assert_eq!(
+            h.classify(&Diagnostic::reply(550, "x")).reason,
+            Reason::Blocked
+        );
+        h.reload("[[rule]]\nreason = \"userunknown\"\ncode = [\"5xx\"]")
+            .unwrap();
+        assert_eq!(
+            h.classify(&Diagnostic::reply(550, "x")).reason,
+            Reason::UserUnknown
+        );
         assert!(h.reload("[[rule]]\nreason = \"nope\"").is_err());
-        assert_eq!(h.classify(&Diagnostic::reply(550, "x")).reason, Reason::UserUnknown);
+        assert_eq!(
+            h.classify(&Diagnostic::reply(550, "x")).reason,
+            Reason::UserUnknown
+        );
     }
 
     #[test]

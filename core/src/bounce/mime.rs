@@ -141,14 +141,23 @@ pub fn parse(input: &[u8], limits: &MimeLimits) -> Result<Part, MimeError> {
     let start = text.iter().position(|&b| b != b'\n').unwrap_or(0);
     text.drain(..start);
     if text.starts_with(b"From ") {
-        let nl = text.iter().position(|&b| b == b'\n').map_or(text.len(), |n| n + 1);
+        let nl = text
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |n| n + 1);
         text.drain(..nl);
     }
     let mut budget = limits.max_parts;
     Ok(parse_part(&text, limits, 0, &mut budget, None))
 }
 
-fn parse_part(text: &[u8], limits: &MimeLimits, depth: usize, budget: &mut usize, default_type: Option<&str>) -> Part {
+fn parse_part(
+    text: &[u8],
+    limits: &MimeLimits,
+    depth: usize,
+    budget: &mut usize,
+    default_type: Option<&str>,
+) -> Part {
     *budget = budget.saturating_sub(1);
     let (mut headers, body) = split_headers(text, limits.max_headers);
     for h in headers.iter_mut() {
@@ -178,10 +187,16 @@ fn parse_part(text: &[u8], limits: &MimeLimits, depth: usize, budget: &mut usize
         .unwrap_or_default();
     let can_descend = depth < limits.max_depth && *budget > 0;
     if part.content_type.starts_with("multipart/") {
-        if let Some(boundary) = part.content_type_param("boundary").filter(|b| !b.is_empty())
+        if let Some(boundary) = part
+            .content_type_param("boundary")
+            .filter(|b| !b.is_empty())
             && can_descend
         {
-            let sub_default = if part.content_type == "multipart/digest" { Some("message/rfc822") } else { None };
+            let sub_default = if part.content_type == "multipart/digest" {
+                Some("message/rfc822")
+            } else {
+                None
+            };
             let mut pieces = split_multipart(body, boundary.as_bytes());
             if pieces.is_empty()
                 && let Some(found) = guess_boundary(body)
@@ -195,7 +210,8 @@ fn parse_part(text: &[u8], limits: &MimeLimits, depth: usize, budget: &mut usize
                     if *budget == 0 {
                         break;
                     }
-                    part.children.push(parse_part(piece, limits, depth + 1, budget, sub_default));
+                    part.children
+                        .push(parse_part(piece, limits, depth + 1, budget, sub_default));
                 }
                 return part;
             }
@@ -205,13 +221,20 @@ fn parse_part(text: &[u8], limits: &MimeLimits, depth: usize, budget: &mut usize
         return part;
     }
     let decoded = decode_transfer(body, &cte);
-    if matches!(part.content_type.as_str(), "message/rfc822" | "text/rfc822-headers" | "message/rfc822-headers" | "message/global" | "message/global-headers")
-        && can_descend
+    if matches!(
+        part.content_type.as_str(),
+        "message/rfc822"
+            | "text/rfc822-headers"
+            | "message/rfc822-headers"
+            | "message/global"
+            | "message/global-headers"
+    ) && can_descend
     {
         let mut inner = decoded.clone();
         let start = inner.iter().position(|&b| b != b'\n').unwrap_or(0);
         inner.drain(..start);
-        part.children.push(parse_part(&inner, limits, depth + 1, budget, None));
+        part.children
+            .push(parse_part(&inner, limits, depth + 1, budget, None));
     }
     part.body = decoded;
     part
@@ -222,7 +245,10 @@ fn split_headers(text: &[u8], max_headers: usize) -> (Vec<(String, String)>, &[u
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut pos = 0;
     while pos < text.len() {
-        let end = text[pos..].iter().position(|&b| b == b'\n').map_or(text.len(), |n| pos + n);
+        let end = text[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |n| pos + n);
         let line = &text[pos..end];
         if line.is_empty() || line.iter().all(|b| *b == b' ' || *b == b'\t') && headers.is_empty() {
             let body_start = (end + 1).min(text.len());
@@ -243,12 +269,16 @@ fn split_headers(text: &[u8], max_headers: usize) -> (Vec<(String, String)>, &[u
         } else {
             let colon = line.iter().position(|&b| b == b':');
             let is_field = colon.is_some_and(|c| {
-                c > 0 && line[..c].iter().all(|&b| b.is_ascii_graphic() || b == b' ') && !line[..c].starts_with(b" ")
+                c > 0
+                    && line[..c].iter().all(|&b| b.is_ascii_graphic() || b == b' ')
+                    && !line[..c].starts_with(b" ")
             });
             match colon {
                 Some(c) if is_field => {
                     if headers.len() < max_headers {
-                        let name = String::from_utf8_lossy(&line[..c]).trim().to_ascii_lowercase();
+                        let name = String::from_utf8_lossy(&line[..c])
+                            .trim()
+                            .to_ascii_lowercase();
                         let value = String::from_utf8_lossy(&line[c + 1..]).trim().to_string();
                         headers.push((name, value));
                     }
@@ -270,7 +300,10 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
     let mut current: Option<usize> = None;
     let mut pos = 0;
     while pos <= body.len() {
-        let end = body[pos..].iter().position(|&b| b == b'\n').map_or(body.len(), |n| pos + n);
+        let end = body[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body.len(), |n| pos + n);
         let line = &body[pos..end];
         if line.starts_with(b"--") && line[2..].starts_with(boundary) {
             let rest = &line[2 + boundary.len()..];
@@ -316,7 +349,11 @@ fn decode_transfer(body: &[u8], cte: &str) -> Vec<u8> {
         "base64" => {
             let decoded = decode_base64(body);
             // A "base64" part that is not base64 at all: keep it as it came.
-            if decoded.is_empty() && !body.iter().all(|b| b.is_ascii_whitespace()) { body.to_vec() } else { decoded }
+            if decoded.is_empty() && !body.iter().all(|b| b.is_ascii_whitespace()) {
+                body.to_vec()
+            } else {
+                decoded
+            }
         }
         "quoted-printable" => decode_quoted_printable(body),
         _ => body.to_vec(),
@@ -381,7 +418,10 @@ pub fn decode_quoted_printable(input: &[u8]) -> Vec<u8> {
             if j >= input.len() {
                 break;
             }
-            if let (Some(h), Some(l)) = (input.get(i + 1).and_then(|&c| hex(c)), input.get(i + 2).and_then(|&c| hex(c))) {
+            if let (Some(h), Some(l)) = (
+                input.get(i + 1).and_then(|&c| hex(c)),
+                input.get(i + 2).and_then(|&c| hex(c)),
+            ) {
                 out.push(h << 4 | l);
                 i += 3;
                 continue;
@@ -397,7 +437,10 @@ pub fn decode_quoted_printable(input: &[u8]) -> Vec<u8> {
 /// charset lossily as UTF-8.
 pub fn decode_charset(bytes: &[u8], charset: &str) -> String {
     let cs = charset.trim().trim_matches('"').to_ascii_lowercase();
-    let latin1 = matches!(cs.as_str(), "iso-8859-1" | "latin1" | "iso8859-1" | "windows-1252" | "cp1252" | "iso-8859-15");
+    let latin1 = matches!(
+        cs.as_str(),
+        "iso-8859-1" | "latin1" | "iso8859-1" | "windows-1252" | "cp1252" | "iso-8859-15"
+    );
     if latin1 && std::str::from_utf8(bytes).is_err() {
         return bytes.iter().map(|&b| b as char).collect();
     }
@@ -499,7 +542,9 @@ mod tests {
     #[test]
     fn folding_and_line_endings() {
         for nl in ["\n", "\r\n", "\r"] {
-            let msg = format!("Subject: a{nl} folded{nl}Content-Type: text/plain;{nl}\tcharset=us-ascii{nl}{nl}body{nl}");
+            let msg = format!(
+                "Subject: a{nl} folded{nl}Content-Type: text/plain;{nl}\tcharset=us-ascii{nl}{nl}body{nl}"
+            );
             let m = p(msg.as_bytes());
             assert_eq!(m.header("SUBJECT"), Some("a folded"));
             assert_eq!(m.content_type_param("charset").as_deref(), Some("us-ascii"));
@@ -512,7 +557,10 @@ mod tests {
         let msg = b"Content-Type: multipart/report; report-type=delivery-status;\n boundary=\"b1\"\n\npreamble\n--b1\nContent-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n\nsoft=\nbreak =3D ok\n--b1\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\nFinal-Recipient: rfc822; a@b\n--b1\nContent-Type: message/rfc822\n\nSubject: inner\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\naGVsbG8=\n--b1--\nepilogue\n";
         let m = p(msg);
         assert_eq!(m.content_type, "multipart/report");
-        assert_eq!(m.content_type_param("report-type").as_deref(), Some("delivery-status"));
+        assert_eq!(
+            m.content_type_param("report-type").as_deref(),
+            Some("delivery-status")
+        );
         assert_eq!(m.children.len(), 3);
         assert_eq!(m.children[0].text(), "softbreak = ok");
         assert_eq!(m.children[1].content_type, "message/delivery-status");
@@ -523,28 +571,52 @@ mod tests {
 
     #[test]
     fn encoded_words() {
-        assert_eq!(decode_encoded_words("=?UTF-8?B?SGVsbG8=?= =?utf-8?Q?w=C3=B6rld?="), "Hellowörld");
-        assert_eq!(decode_encoded_words("Re: =?iso-8859-1?q?caf=E9?= x"), "Re: café x");
+        assert_eq!(
+            decode_encoded_words("=?UTF-8?B?SGVsbG8=?= =?utf-8?Q?w=C3=B6rld?="),
+            "Hellowörld"
+        );
+        assert_eq!(
+            decode_encoded_words("Re: =?iso-8859-1?q?caf=E9?= x"),
+            "Re: café x"
+        );
         assert_eq!(decode_encoded_words("=?broken"), "=?broken");
     }
 
     #[test]
     fn params() {
-        assert_eq!(header_param("multipart/mixed; boundary=\"a;b\"; x=1", "x").as_deref(), Some("1"));
-        assert_eq!(header_param("multipart/mixed; boundary=\"a;b\"", "boundary").as_deref(), Some("a;b"));
+        assert_eq!(
+            header_param("multipart/mixed; boundary=\"a;b\"; x=1", "x").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            header_param("multipart/mixed; boundary=\"a;b\"", "boundary").as_deref(),
+            Some("a;b")
+        );
         assert_eq!(header_param("text/plain", "charset"), None);
     }
 
     #[test]
     fn garbage_never_panics() {
-        for input in [&b"\xff\xfe:"[..], b"=?", b"Content-Type: multipart/mixed; boundary=\n\n--\n--", b"a:\n\n", b":\n", b"From \n"] {
+        for input in [
+            &b"\xff\xfe:"[..],
+            b"=?",
+            b"Content-Type: multipart/mixed; boundary=\n\n--\n--",
+            b"a:\n\n",
+            b":\n",
+            b"From \n",
+        ] {
             let _ = parse(input, &MimeLimits::default());
         }
-        assert_eq!(parse(b"", &MimeLimits::default()).unwrap_err(), MimeError::Empty);
+        assert_eq!(
+            parse(b"", &MimeLimits::default()).unwrap_err(),
+            MimeError::Empty
+        );
         // Deep nesting stops at the limit.
         let mut msg = String::new();
         for i in 0..50 {
-            msg.push_str(&format!("Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n"));
+            msg.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n"
+            ));
         }
         let m = p(msg.as_bytes());
         assert!(m.walk().len() <= 10);

@@ -120,10 +120,12 @@ impl Reason {
         use Reason::*;
         match self {
             UserUnknown | HostUnknown | NotAccept | HasMoved | Suppressed => Kind::Hard,
-            MailboxFull | Suspend | Filtered | MesgTooBig | Expired | SystemFull | OnHold => Kind::Soft,
-            Rejected | NoRelaying | Blocked | BadReputation | RequirePtr | AuthFailure | SpamDetected
-            | VirusDetected | PolicyViolation | ContentError | SecurityError | FailedStartTls
-            | NotCompliantRfc | Feedback => Kind::Block,
+            MailboxFull | Suspend | Filtered | MesgTooBig | Expired | SystemFull | OnHold => {
+                Kind::Soft
+            }
+            Rejected | NoRelaying | Blocked | BadReputation | RequirePtr | AuthFailure
+            | SpamDetected | VirusDetected | PolicyViolation | ContentError | SecurityError
+            | FailedStartTls | NotCompliantRfc | Feedback => Kind::Block,
             RateLimited | SyntaxError | SystemError | NetworkError | MailerError | Undefined => {
                 Kind::Transient
             }
@@ -238,7 +240,13 @@ mod tests {
         assert_eq!(Reason::parse("speeding"), Some(Reason::RateLimited));
         assert_eq!(Reason::parse("exceedlimit"), Some(Reason::MesgTooBig));
         assert_eq!(Reason::parse("nonsense"), None);
-        for k in [Kind::Hard, Kind::Soft, Kind::Block, Kind::Transient, Kind::Success] {
+        for k in [
+            Kind::Hard,
+            Kind::Soft,
+            Kind::Block,
+            Kind::Transient,
+            Kind::Success,
+        ] {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }
     }

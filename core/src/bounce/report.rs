@@ -129,7 +129,11 @@ pub fn parse(input: &[u8], classifier: &Classifier) -> Result<Report, ReportErro
 }
 
 /// Parses one message.
-pub fn parse_with_limits(input: &[u8], classifier: &Classifier, limits: &MimeLimits) -> Result<Report, ReportError> {
+pub fn parse_with_limits(
+    input: &[u8],
+    classifier: &Classifier,
+    limits: &MimeLimits,
+) -> Result<Report, ReportError> {
     let root = mime::parse(input, limits).map_err(ReportError::Mime)?;
     Ok(Reader::new(&root, classifier).read())
 }
@@ -181,7 +185,9 @@ impl<'a> Reader<'a> {
         if self.is_auto_reply() {
             report.kind = ReportKind::AutoReply;
             if let Some(from) = self.root.header("from").and_then(first_address) {
-                report.recipients.push(simple_recipient(from, Reason::Vacation));
+                report
+                    .recipients
+                    .push(simple_recipient(from, Reason::Vacation));
             }
             return report;
         }
@@ -196,7 +202,11 @@ impl<'a> Reader<'a> {
             .find(|p| {
                 matches!(
                     p.content_type.as_str(),
-                    "message/rfc822" | "text/rfc822-headers" | "message/rfc822-headers" | "message/global" | "message/global-headers"
+                    "message/rfc822"
+                        | "text/rfc822-headers"
+                        | "message/rfc822-headers"
+                        | "message/global"
+                        | "message/global-headers"
                 )
             })
             .and_then(|p| p.children.first())
@@ -205,7 +215,10 @@ impl<'a> Reader<'a> {
     // -- ARF ----------------------------------------------------------------------------------------
 
     fn read_arf(&self, report: &mut Report, original: Option<&'a Part>) -> bool {
-        let fb = self.parts.iter().find(|p| p.content_type == "message/feedback-report");
+        let fb = self
+            .parts
+            .iter()
+            .find(|p| p.content_type == "message/feedback-report");
         let jmrp = original.and_then(|o| o.header("x-hmxmroriginalrecipient"));
         if fb.is_none() && jmrp.is_none() {
             return false;
@@ -216,7 +229,9 @@ impl<'a> Reader<'a> {
             let text = fb.text();
             for (name, value) in fields(&text) {
                 match name.as_str() {
-                    "feedback-type" => report.feedback_type = Some(value.trim().to_ascii_lowercase()),
+                    "feedback-type" => {
+                        report.feedback_type = Some(value.trim().to_ascii_lowercase())
+                    }
                     "original-rcpt-to" | "removal-recipient" => rcpts.extend(first_address(&value)),
                     "original-mail-from" if report.original_return_path.is_none() => {
                         report.original_return_path = first_address(&value)
@@ -241,7 +256,11 @@ impl<'a> Reader<'a> {
             rcpts.extend(self.root.header("from").and_then(first_address));
         }
         dedup(&mut rcpts);
-        report.recipients = rcpts.into_iter().take(MAX_RECIPIENTS).map(|a| simple_recipient(a, Reason::Feedback)).collect();
+        report.recipients = rcpts
+            .into_iter()
+            .take(MAX_RECIPIENTS)
+            .map(|a| simple_recipient(a, Reason::Feedback))
+            .collect();
         true
     }
 
@@ -251,7 +270,9 @@ impl<'a> Reader<'a> {
         let status_part = self.parts.iter().find(|p| {
             matches!(
                 p.content_type.as_str(),
-                "message/delivery-status" | "message/global-delivery-status" | "text/delivery-status"
+                "message/delivery-status"
+                    | "message/global-delivery-status"
+                    | "text/delivery-status"
             )
         });
         let text = match status_part {
@@ -301,10 +322,14 @@ impl<'a> Reader<'a> {
                     _ => {}
                 }
             }
-            let Some(address) = address.or(original_rcpt) else { continue };
+            let Some(address) = address.or(original_rcpt) else {
+                continue;
+            };
             any = true;
             let block = human_block_for(&human, &address);
-            let phase = phase_of(&diag).or_else(|| block.as_deref().and_then(phase_of)).or_else(|| phase_of(&human));
+            let phase = phase_of(&diag)
+                .or_else(|| block.as_deref().and_then(phase_of))
+                .or_else(|| phase_of(&human));
             if diag.trim().is_empty() || diag.trim().len() < 8 {
                 if let Some(b) = &block {
                     diag = b.clone();
@@ -312,7 +337,8 @@ impl<'a> Reader<'a> {
             } else if diag_type == "x-unix" {
                 diag = format!("X-Unix; {diag}");
             }
-            let rcpt = self.finish_recipient(address, action, status, diag, remote, phase, original);
+            let rcpt =
+                self.finish_recipient(address, action, status, diag, remote, phase, original);
             report.recipients.push(rcpt);
             if report.recipients.len() >= MAX_RECIPIENTS {
                 break;
@@ -340,11 +366,18 @@ impl<'a> Reader<'a> {
         let (code, diag_status) = reply_codes(&diag);
         // The diagnostic's own enhanced code is more precise than a generic X.0.0 in the Status field.
         let enhanced = match (diag_status, status) {
-            (Some(d), Some(s)) if d.subject == 0 && d.detail == 0 && (s.subject != 0 || s.detail != 0) => Some(s),
+            (Some(d), Some(s))
+                if d.subject == 0 && d.detail == 0 && (s.subject != 0 || s.detail != 0) =>
+            {
+                Some(s)
+            }
             (Some(d), _) => Some(d),
             (None, s) => s,
         };
-        let delivered = matches!(action.as_deref(), Some("delivered" | "relayed" | "expanded"));
+        let delivered = matches!(
+            action.as_deref(),
+            Some("delivered" | "relayed" | "expanded")
+        );
         let recipient_domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_string();
         let d = Diagnostic {
             code,
@@ -362,26 +395,37 @@ impl<'a> Reader<'a> {
         };
         let mut reason = c.map_or(Reason::Delivered, |c| c.reason);
         if action.as_deref() == Some("delayed")
-            && matches!(reason, Reason::SystemError | Reason::Undefined | Reason::OnHold | Reason::NetworkError)
+            && matches!(
+                reason,
+                Reason::SystemError | Reason::Undefined | Reason::OnHold | Reason::NetworkError
+            )
             && !has_network_text(&diag)
         {
             reason = Reason::Expired;
         }
         // A final report with a temporary status: the sender's queue gave up (its lifetime ran out).
-        let temporary = code.map(|c| c / 100 == 4).or(enhanced.map(|e| e.class == 4)).unwrap_or(false);
+        let temporary = code
+            .map(|c| c / 100 == 4)
+            .or(enhanced.map(|e| e.class == 4))
+            .unwrap_or(false);
         if temporary
             && action.as_deref() != Some("delayed")
             && matches!(reason, Reason::Undefined | Reason::OnHold)
         {
             reason = Reason::Expired;
         }
-        if reason == Reason::Undefined && code.is_none() && enhanced.is_none_or(|e| e.subject == 0) {
+        if reason == Reason::Undefined && code.is_none() && enhanced.is_none_or(|e| e.subject == 0)
+        {
             reason = Reason::OnHold;
         }
         if let Some(cl) = c.as_mut() {
             cl.reason = reason;
         }
-        let status = if delivered { status } else { enhanced.or(status) };
+        let status = if delivered {
+            status
+        } else {
+            enhanced.or(status)
+        };
         ReportRecipient {
             address,
             action,
@@ -400,19 +444,64 @@ impl<'a> Reader<'a> {
 
     fn looks_like_bounce(&self) -> bool {
         let from = self.root.header("from").unwrap_or("").to_ascii_lowercase();
-        let subject = self.root.header("subject").unwrap_or("").to_ascii_lowercase();
+        let subject = self
+            .root
+            .header("subject")
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let rp = self.root.header("return-path").unwrap_or("");
-        let from_daemon = ["mailer-daemon", "postmaster", "mail delivery", "mail-daemon", "maildaemon", "mmdf", "mail administrator", "mailer daemon", "mail system", "<>", "bounce", "nobody@", "root@", "failure", "notify"]
-            .iter()
-            .any(|s| from.contains(s));
+        let from_daemon = [
+            "mailer-daemon",
+            "postmaster",
+            "mail delivery",
+            "mail-daemon",
+            "maildaemon",
+            "mmdf",
+            "mail administrator",
+            "mailer daemon",
+            "mail system",
+            "<>",
+            "bounce",
+            "nobody@",
+            "root@",
+            "failure",
+            "notify",
+        ]
+        .iter()
+        .any(|s| from.contains(s));
         let subject_bounce = [
-            "undeliver", "delivery", "failure", "failed", "returned", "bounce", "undelivered", "non remis", "not delivered",
-            "nondeliverable", "rejected", "error", "unzustellbar", "could not", "warning", "notice", "problem", "unable",
-            "permanent", "mail system", "notification", "não", "expired", "返送", "エラー",
+            "undeliver",
+            "delivery",
+            "failure",
+            "failed",
+            "returned",
+            "bounce",
+            "undelivered",
+            "non remis",
+            "not delivered",
+            "nondeliverable",
+            "rejected",
+            "error",
+            "unzustellbar",
+            "could not",
+            "warning",
+            "notice",
+            "problem",
+            "unable",
+            "permanent",
+            "mail system",
+            "notification",
+            "não",
+            "expired",
+            "返送",
+            "エラー",
         ]
         .iter()
         .any(|s| subject.contains(s));
-        from_daemon || subject_bounce || rp.trim() == "<>" || self.root.header("x-failed-recipients").is_some()
+        from_daemon
+            || subject_bounce
+            || rp.trim() == "<>"
+            || self.root.header("x-failed-recipients").is_some()
     }
 
     fn read_text_bounce(&self, report: &mut Report, original: Option<&'a Part>) -> bool {
@@ -452,7 +541,14 @@ impl<'a> Reader<'a> {
                 addrs.extend(o.header("to").map(all_addresses).unwrap_or_default());
             }
             if addrs.is_empty() {
-                addrs.extend(self.root.header("x-original-to").or(self.root.header("original-recipient")).and_then(first_address).into_iter().filter(|a| !exclude.contains(a)));
+                addrs.extend(
+                    self.root
+                        .header("x-original-to")
+                        .or(self.root.header("original-recipient"))
+                        .and_then(first_address)
+                        .into_iter()
+                        .filter(|a| !exclude.contains(a)),
+                );
             }
             dedup(&mut addrs);
             let mut diag = error_paragraph(&human);
@@ -480,7 +576,9 @@ impl<'a> Reader<'a> {
             if !p.children.is_empty() && p.content_type.starts_with("multipart/") {
                 continue;
             }
-            if matches!(p.content_type.as_str(), "text/plain" | "text/html") || p.content_type.starts_with("text/") && p.content_type != "text/rfc822-headers" {
+            if matches!(p.content_type.as_str(), "text/plain" | "text/html")
+                || p.content_type.starts_with("text/") && p.content_type != "text/rfc822-headers"
+            {
                 // Parts under a returned message are not ours.
                 if self.is_inside_original(p) {
                     continue;
@@ -504,20 +602,37 @@ impl<'a> Reader<'a> {
 
     fn is_inside_original(&self, target: &Part) -> bool {
         fn contains(p: &Part, target: &Part) -> bool {
-            p.children.iter().any(|c| std::ptr::eq(c, target) || contains(c, target))
+            p.children
+                .iter()
+                .any(|c| std::ptr::eq(c, target) || contains(c, target))
         }
         self.parts.iter().any(|p| {
-            matches!(p.content_type.as_str(), "message/rfc822" | "message/global" | "text/rfc822-headers" | "message/rfc822-headers")
-                && contains(p, target)
+            matches!(
+                p.content_type.as_str(),
+                "message/rfc822"
+                    | "message/global"
+                    | "text/rfc822-headers"
+                    | "message/rfc822-headers"
+            ) && contains(p, target)
         })
     }
 
     // -- RFC 3834 ---------------------------------------------------------------------------------------
 
     fn is_auto_reply_strict(&self) -> bool {
-        let subject = self.root.header("subject").unwrap_or("").to_ascii_lowercase();
-        let auto = self.root.header("auto-submitted").unwrap_or("").to_ascii_lowercase();
-        (auto.contains("auto-replied") || self.root.header("x-autoreply").is_some() || self.root.header("x-autorespond").is_some())
+        let subject = self
+            .root
+            .header("subject")
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let auto = self
+            .root
+            .header("auto-submitted")
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        (auto.contains("auto-replied")
+            || self.root.header("x-autoreply").is_some()
+            || self.root.header("x-autorespond").is_some())
             && !subject.contains("deliver")
             && !subject.contains("fail")
             && !subject.contains("undeliver")
@@ -529,12 +644,35 @@ impl<'a> Reader<'a> {
         if self.is_auto_reply_strict() {
             return true;
         }
-        let subject = self.root.header("subject").unwrap_or("").to_ascii_lowercase();
-        let precedence = self.root.header("precedence").unwrap_or("").to_ascii_lowercase();
+        let subject = self
+            .root
+            .header("subject")
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let precedence = self
+            .root
+            .header("precedence")
+            .unwrap_or("")
+            .to_ascii_lowercase();
         precedence.contains("auto_reply")
-            || ["auto reply", "auto-reply", "autoreply", "automatic reply", "autorespon", "out of office", "out of the office", "vacation", "away from", "abwesenheit", "absence", "réponse automatique", "away until", "on leave"]
-                .iter()
-                .any(|s| subject.contains(s))
+            || [
+                "auto reply",
+                "auto-reply",
+                "autoreply",
+                "automatic reply",
+                "autorespon",
+                "out of office",
+                "out of the office",
+                "vacation",
+                "away from",
+                "abwesenheit",
+                "absence",
+                "réponse automatique",
+                "away until",
+                "on leave",
+            ]
+            .iter()
+            .any(|s| subject.contains(s))
     }
 }
 
@@ -583,7 +721,9 @@ fn dsn_groups(text: &str) -> Vec<Vec<(String, String)>> {
             }
             continue;
         }
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         if name.is_empty() || name.contains(' ') || name.len() > 40 {
             continue;
         }
@@ -592,7 +732,10 @@ fn dsn_groups(text: &str) -> Vec<Vec<(String, String)>> {
         if name == "final-recipient" && g.iter().any(|(n, _)| n == "final-recipient") {
             groups.push(Vec::new());
         }
-        groups.last_mut().expect("group").push((name, value.trim().to_string()));
+        groups
+            .last_mut()
+            .expect("group")
+            .push((name, value.trim().to_string()));
         if groups.len() > MAX_RECIPIENTS + 2 {
             break;
         }
@@ -603,7 +746,8 @@ fn dsn_groups(text: &str) -> Vec<Vec<(String, String)>> {
 
 fn has_dsn_fields(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    lower.contains("final-recipient:") && (lower.contains("\nstatus:") || lower.contains("\naction:"))
+    lower.contains("final-recipient:")
+        && (lower.contains("\nstatus:") || lower.contains("\naction:"))
 }
 
 /// `rfc822; a@b` → `a@b`.
@@ -613,7 +757,9 @@ fn address_field(value: &str) -> Option<String> {
 
 fn split_type(value: &str) -> (&str, &str) {
     match value.split_once(';') {
-        Some((t, v)) if !t.contains(' ') && t.len() < 20 && !t.contains('@') => (t.trim(), v.trim()),
+        Some((t, v)) if !t.contains(' ') && t.len() < 20 && !t.contains('@') => {
+            (t.trim(), v.trim())
+        }
         _ => ("", value.trim()),
     }
 }
@@ -628,16 +774,25 @@ fn find_status(s: &str) -> Option<EnhancedCode> {
         if i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.') {
             return None;
         }
-        EnhancedCode::parse_prefix(&b[i..]).map(|(e, _)| e).or_else(|| {
-            // A code followed by punctuation ("5.1.1:" or "5.1.1)").
-            let end = b[i..].iter().position(|c| !(c.is_ascii_digit() || *c == b'.')).map_or(b.len(), |n| i + n);
-            if end > i + 4 && b.get(end).is_some_and(|c| matches!(c, b':' | b')' | b']' | b',' | b';' | b'>' | b'"')) {
-                let cand = s[i..end].trim_end_matches('.');
-                EnhancedCode::parse(cand)
-            } else {
-                None
-            }
-        })
+        EnhancedCode::parse_prefix(&b[i..])
+            .map(|(e, _)| e)
+            .or_else(|| {
+                // A code followed by punctuation ("5.1.1:" or "5.1.1)").
+                let end = b[i..]
+                    .iter()
+                    .position(|c| !(c.is_ascii_digit() || *c == b'.'))
+                    .map_or(b.len(), |n| i + n);
+                if end > i + 4
+                    && b.get(end).is_some_and(|c| {
+                        matches!(c, b':' | b')' | b']' | b',' | b';' | b'>' | b'"')
+                    })
+                {
+                    let cand = s[i..end].trim_end_matches('.');
+                    EnhancedCode::parse(cand)
+                } else {
+                    None
+                }
+            })
     })
 }
 
@@ -658,12 +813,22 @@ fn all_addresses(s: &str) -> Vec<String> {
             start -= 1;
         }
         let mut end = i + 1;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'.' || bytes[end] == b'-' || bytes[end] == b'_') {
+        while end < bytes.len()
+            && (bytes[end].is_ascii_alphanumeric()
+                || bytes[end] == b'.'
+                || bytes[end] == b'-'
+                || bytes[end] == b'_')
+        {
             end += 1;
         }
         let local = s[start..i].trim_start_matches(['.', '-', '=', '/', '\'', '`']);
         let domain = s[i + 1..end].trim_end_matches(['.', '-']);
-        if local.is_empty() || domain.is_empty() || !domain.contains('.') || local.len() > 64 || domain.len() > 253 {
+        if local.is_empty()
+            || domain.is_empty()
+            || !domain.contains('.')
+            || local.len() > 64
+            || domain.len() > 253
+        {
             continue;
         }
         if domain.starts_with('.') || domain.contains("..") {
@@ -691,8 +856,19 @@ fn first_address(s: &str) -> Option<String> {
 fn is_role_sender(a: &str) -> bool {
     let l = a.to_ascii_lowercase();
     let local = l.split('@').next().unwrap_or("");
-    matches!(local, "mailer-daemon" | "postmaster" | "mail-daemon" | "maildaemon" | "root" | "daemon" | "nobody" | "bounce" | "bounces" | "mailerdaemon")
-        || local.starts_with("mailer-daemon")
+    matches!(
+        local,
+        "mailer-daemon"
+            | "postmaster"
+            | "mail-daemon"
+            | "maildaemon"
+            | "root"
+            | "daemon"
+            | "nobody"
+            | "bounce"
+            | "bounces"
+            | "mailerdaemon"
+    ) || local.starts_with("mailer-daemon")
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -736,8 +912,15 @@ fn cut_at_original(text: &str) -> String {
             let at = from + i;
             let line_start = lower[..at].rfind('\n').map_or(0, |n| n + 1);
             let before = &lower[line_start..at];
-            let starts_line = before.trim_matches(|c: char| c == '-' || c == ' ' || c == '=' || c == '*' || c == '_' || c == '|').is_empty();
-            let header_marker = m.ends_with(':') || m.ends_with('<') || m.starts_with("content-type") || m.starts_with("received");
+            let starts_line = before
+                .trim_matches(|c: char| {
+                    c == '-' || c == ' ' || c == '=' || c == '*' || c == '_' || c == '|'
+                })
+                .is_empty();
+            let header_marker = m.ends_with(':')
+                || m.ends_with('<')
+                || m.starts_with("content-type")
+                || m.starts_with("received");
             if at > 40 && (!header_marker || starts_line && before.is_empty()) {
                 cut = cut.min(line_start);
                 break;
@@ -758,7 +941,12 @@ fn strip_html(s: &str) -> String {
         if !in_tag && b[i] == b'<' {
             in_tag = true;
             let tag = &lower[i..(i + 4).min(lower.len())];
-            if tag.starts_with("<br") || tag.starts_with("<p") || tag.starts_with("<div") || tag.starts_with("<tr") || tag.starts_with("</p") {
+            if tag.starts_with("<br")
+                || tag.starts_with("<p")
+                || tag.starts_with("<div")
+                || tag.starts_with("<tr")
+                || tag.starts_with("</p")
+            {
                 out.push('\n');
             }
             i += 1;
@@ -775,7 +963,11 @@ fn strip_html(s: &str) -> String {
         out.push_str(&s[i..i + ch_len]);
         i += ch_len;
     }
-    out.replace("&nbsp;", " ").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").replace("&quot;", "\"")
+    out.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+        .replace("&quot;", "\"")
 }
 
 /// The human text's paragraphs that name an address, as (address, diagnostic) pairs in order.
@@ -805,12 +997,33 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
                 && lead.contains(&addr0[addr0.find('@').unwrap_or(0)..]);
         let intro = leads
             || [
-                "rcpt to", "to:", "recipient", "address:", "addressee", "original-recipient", "failed", "could not be delivered to",
-                "delivering your mail to", "deliver your message to", "delivery to", "unable to deliver", "following address",
-                "user:", "mailbox:", "for <", "envoy", "destinataire", "an ", "the ",
+                "rcpt to",
+                "to:",
+                "recipient",
+                "address:",
+                "addressee",
+                "original-recipient",
+                "failed",
+                "could not be delivered to",
+                "delivering your mail to",
+                "deliver your message to",
+                "delivery to",
+                "unable to deliver",
+                "following address",
+                "user:",
+                "mailbox:",
+                "for <",
+                "envoy",
+                "destinataire",
+                "an ",
+                "the ",
             ]
             .iter()
-            .any(|k| lead.starts_with(k) || lead.contains(&format!("{k} <{addr0}")) || lead.contains(&format!("{k} {addr0}")));
+            .any(|k| {
+                lead.starts_with(k)
+                    || lead.contains(&format!("{k} <{addr0}"))
+                    || lead.contains(&format!("{k} {addr0}"))
+            });
         let has_error = has_error_words(trimmed);
         if !(intro || has_error) {
             i += 1;
@@ -822,10 +1035,15 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         while j < lines.len() {
             let l = lines[j];
             if j > i {
-                let lt = l.trim_start().trim_start_matches(['<', '"', '(', '*', '-', '>', ' ']).to_ascii_lowercase();
-                let next_addr = all_addresses(l)
-                    .into_iter()
-                    .find(|a| !addrs.iter().any(|b| b.eq_ignore_ascii_case(a)) && !exclude.iter().any(|e| e.eq_ignore_ascii_case(a)) && !is_role_sender(a));
+                let lt = l
+                    .trim_start()
+                    .trim_start_matches(['<', '"', '(', '*', '-', '>', ' '])
+                    .to_ascii_lowercase();
+                let next_addr = all_addresses(l).into_iter().find(|a| {
+                    !addrs.iter().any(|b| b.eq_ignore_ascii_case(a))
+                        && !exclude.iter().any(|e| e.eq_ignore_ascii_case(a))
+                        && !is_role_sender(a)
+                });
                 if let Some(n) = next_addr
                     && lt.starts_with(&n.to_ascii_lowercase())
                 {
@@ -854,7 +1072,10 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         }
         // Other addresses listed on the same line share the block.
         for a in addrs.iter().skip(1) {
-            if leads && !out.iter().any(|(x, _)| x.eq_ignore_ascii_case(a)) && trimmed.split_whitespace().count() <= addrs.len() * 2 {
+            if leads
+                && !out.iter().any(|(x, _)| x.eq_ignore_ascii_case(a))
+                && trimmed.split_whitespace().count() <= addrs.len() * 2
+            {
                 out.push((a.clone(), block.clone()));
             }
         }
@@ -864,7 +1085,10 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         }
     }
     // An address whose block is only itself, when some other block has the error: share it.
-    let with_error: Option<String> = out.iter().find(|(_, b)| has_error_words(b)).map(|(_, b)| b.clone());
+    let with_error: Option<String> = out
+        .iter()
+        .find(|(_, b)| has_error_words(b))
+        .map(|(_, b)| b.clone());
     if let Some(err) = with_error {
         for (_, b) in out.iter_mut() {
             if !has_error_words(b) {
@@ -877,7 +1101,10 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
 
 fn continues_error(next: &str) -> bool {
     let t = next.trim_start();
-    t.starts_with('(') || t.starts_with("in reply") || t.starts_with("Remote host said") || t.starts_with("host ")
+    t.starts_with('(')
+        || t.starts_with("in reply")
+        || t.starts_with("Remote host said")
+        || t.starts_with("host ")
 }
 
 fn has_error_words(s: &str) -> bool {
@@ -886,11 +1113,51 @@ fn has_error_words(s: &str) -> bool {
     code.is_some_and(|c| c >= 400)
         || status.is_some_and(|e| e.class >= 4)
         || [
-            "unknown", "not found", "no such", "rejected", "refused", "denied", "does not exist", "doesn't exist", "invalid",
-            "error", "failed", "failure", "full", "quota", "disabled", "unavailable", "blocked", "timed out", "timeout",
-            "unable", "not accept", "couldn't", "could not", "cannot", "can't", "expired", "too many", "exceeded",
-            "permanent", "temporary", "unreachable", "spam", "policy", "illegal", "not allowed", "suspended", "loop",
-            "inactive", "not permitted", "relay", "bad ", "doesn't have", "does not have", "giving up", "deferred",
+            "unknown",
+            "not found",
+            "no such",
+            "rejected",
+            "refused",
+            "denied",
+            "does not exist",
+            "doesn't exist",
+            "invalid",
+            "error",
+            "failed",
+            "failure",
+            "full",
+            "quota",
+            "disabled",
+            "unavailable",
+            "blocked",
+            "timed out",
+            "timeout",
+            "unable",
+            "not accept",
+            "couldn't",
+            "could not",
+            "cannot",
+            "can't",
+            "expired",
+            "too many",
+            "exceeded",
+            "permanent",
+            "temporary",
+            "unreachable",
+            "spam",
+            "policy",
+            "illegal",
+            "not allowed",
+            "suspended",
+            "loop",
+            "inactive",
+            "not permitted",
+            "relay",
+            "bad ",
+            "doesn't have",
+            "does not have",
+            "giving up",
+            "deferred",
         ]
         .iter()
         .any(|k| l.contains(k))
@@ -904,7 +1171,11 @@ fn focus_on_reply(block: &str) -> String {
         let (code, status) = reply_codes(p);
         if code.is_some() || status.is_some_and(|s| s.class != 2) {
             // Keep the address line for context when the reply is in a later paragraph.
-            let head = if n > 0 { paras[0].lines().next().unwrap_or("") } else { "" };
+            let head = if n > 0 {
+                paras[0].lines().next().unwrap_or("")
+            } else {
+                ""
+            };
             let mut out = String::new();
             if !head.is_empty() {
                 out.push_str(head);
@@ -946,7 +1217,10 @@ fn error_paragraph(text: &str) -> String {
 /// The block of the human text about `address`.
 fn human_block_for(human: &str, address: &str) -> Option<String> {
     let blocks = text_blocks(human, &[]);
-    blocks.into_iter().find(|(a, _)| a.eq_ignore_ascii_case(address)).map(|(_, b)| b)
+    blocks
+        .into_iter()
+        .find(|(a, _)| a.eq_ignore_ascii_case(address))
+        .map(|(_, b)| b)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -998,8 +1272,11 @@ fn clean_diagnostic(s: &str) -> String {
     }
     // Codes repeated inside joined lines ("... multiple 550 5.7.1 addresses ...").
     if let Some(code) = first_code {
-        let status = EnhancedCode::parse_prefix(out.get(4..).unwrap_or("").as_bytes()).map(|(e, _)| e.to_string());
-        let head = out.len().min(4 + status.as_ref().map_or(0, |s| s.len() + 1));
+        let status = EnhancedCode::parse_prefix(out.get(4..).unwrap_or("").as_bytes())
+            .map(|(e, _)| e.to_string());
+        let head = out
+            .len()
+            .min(4 + status.as_ref().map_or(0, |s| s.len() + 1));
         let (first, rest) = out.split_at(head);
         let mut rest = rest.to_string();
         for sep in ["-", " "] {
@@ -1029,7 +1306,11 @@ fn reply_codes(s: &str) -> (Option<u16>, Option<EnhancedCode>) {
     let mut status = None;
     let mut i = 0;
     while i < b.len() && (code.is_none() || status.is_none()) {
-        let boundary = i == 0 || matches!(b[i - 1], b' ' | b'\t' | b'\n' | b':' | b'(' | b'[' | b'"' | b'<' | b'=' | b'#');
+        let boundary = i == 0
+            || matches!(
+                b[i - 1],
+                b' ' | b'\t' | b'\n' | b':' | b'(' | b'[' | b'"' | b'<' | b'=' | b'#'
+            );
         if boundary {
             if status.is_none()
                 && let Some(e) = find_status_at(b, i)
@@ -1044,9 +1325,10 @@ fn reply_codes(s: &str) -> (Option<u16>, Option<EnhancedCode>) {
                 && b[i + 1].is_ascii_digit()
                 && b[i + 2].is_ascii_digit()
                 && matches!(b.get(i + 3), None | Some(b' ') | Some(b'-') | Some(b'\n'))
-                && !(b.get(i + 3) == Some(&b'-') && b.get(i + 4).is_some_and(u8::is_ascii_alphabetic) && false)
             {
-                let c = u16::from(b[i] - b'0') * 100 + u16::from(b[i + 1] - b'0') * 10 + u16::from(b[i + 2] - b'0');
+                let c = u16::from(b[i] - b'0') * 100
+                    + u16::from(b[i + 1] - b'0') * 10
+                    + u16::from(b[i + 2] - b'0');
                 // Years, sizes and ports look like codes too: only real reply codes.
                 if (b[i + 1] - b'0') <= 5 {
                     code = Some(c);
@@ -1064,7 +1346,10 @@ fn find_status_at(b: &[u8], i: usize) -> Option<EnhancedCode> {
     if !matches!(b.get(i), Some(b'2' | b'4' | b'5')) || b.get(i + 1) != Some(&b'.') {
         return None;
     }
-    let end = b[i..].iter().position(|c| !(c.is_ascii_digit() || *c == b'.')).map_or(b.len(), |n| i + n);
+    let end = b[i..]
+        .iter()
+        .position(|c| !(c.is_ascii_digit() || *c == b'.'))
+        .map_or(b.len(), |n| i + n);
     let cand = std::str::from_utf8(&b[i..end]).ok()?.trim_end_matches('.');
     if cand.matches('.').count() != 2 {
         return None;
@@ -1073,7 +1358,11 @@ fn find_status_at(b: &[u8], i: usize) -> Option<EnhancedCode> {
 }
 
 fn phase_of(s: &str) -> Option<Phase> {
-    let l = s.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase();
+    let l = s
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase();
     let pats: &[(&str, Phase)] = &[
         ("end of data", Phase::EndOfData),
         ("final data", Phase::EndOfData),
@@ -1107,9 +1396,16 @@ fn phase_of(s: &str) -> Option<Phase> {
 
 fn has_network_text(s: &str) -> bool {
     let l = s.to_ascii_lowercase();
-    ["connection refused", "no route to host", "network is unreachable", "connection timed out", "host not found, try again", "lost connection"]
-        .iter()
-        .any(|k| l.contains(k))
+    [
+        "connection refused",
+        "no route to host",
+        "network is unreachable",
+        "connection timed out",
+        "host not found, try again",
+        "lost connection",
+    ]
+    .iter()
+    .any(|k| l.contains(k))
 }
 
 #[cfg(test)]
@@ -1122,7 +1418,9 @@ mod tests {
 
     #[test]
     fn standard_dsn() {
-        let r = rep("From: MAILER-DAEMON@x.example\nSubject: Undelivered Mail Returned to Sender\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\n\n--B\nContent-Type: text/plain\n\n<a@example.org>: host mx.example.org[192.0.2.1] said: 550 5.1.1 <a@example.org>:\n    Recipient address rejected: User unknown (in reply to RCPT TO command)\n\n--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x.example\n\nFinal-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 5.1.1\nRemote-MTA: dns; mx.example.org\nDiagnostic-Code: smtp; 550 5.1.1 <a@example.org>: Recipient address\n    rejected: User unknown\n\n--B\nContent-Type: message/rfc822\n\nMessage-ID: <m1@x.example>\nTo: a@example.org\n\nhi\n--B--\n");
+        let r = rep(
+            "From: MAILER-DAEMON@x.example\nSubject: Undelivered Mail Returned to Sender\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\n\n--B\nContent-Type: text/plain\n\n<a@example.org>: host mx.example.org[192.0.2.1] said: 550 5.1.1 <a@example.org>:\n    Recipient address rejected: User unknown (in reply to RCPT TO command)\n\n--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x.example\n\nFinal-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 5.1.1\nRemote-MTA: dns; mx.example.org\nDiagnostic-Code: smtp; 550 5.1.1 <a@example.org>: Recipient address\n    rejected: User unknown\n\n--B\nContent-Type: message/rfc822\n\nMessage-ID: <m1@x.example>\nTo: a@example.org\n\nhi\n--B--\n",
+        );
         assert_eq!(r.kind, ReportKind::Dsn);
         assert_eq!(r.recipients.len(), 1);
         let a = &r.recipients[0];
@@ -1136,7 +1434,9 @@ mod tests {
 
     #[test]
     fn qmail_text_bounce() {
-        let r = rep("From: MAILER-DAEMON@mx.example.jp\nSubject: failure notice\n\nHi. This is the qmail-send program at mx.example.jp.\nI'm afraid I wasn't able to deliver your message to the following addresses.\n\n<kijitora@example.ne.jp>:\n192.0.2.1 does not like recipient.\nRemote host said: 550 5.2.2 <kijitora@example.ne.jp>... Mailbox Full\nGiving up on 192.0.2.1.\n\n--- Below this line is a copy of the message.\n\nFrom: neko@example.jp\nTo: kijitora@example.ne.jp\n\nhi\n");
+        let r = rep(
+            "From: MAILER-DAEMON@mx.example.jp\nSubject: failure notice\n\nHi. This is the qmail-send program at mx.example.jp.\nI'm afraid I wasn't able to deliver your message to the following addresses.\n\n<kijitora@example.ne.jp>:\n192.0.2.1 does not like recipient.\nRemote host said: 550 5.2.2 <kijitora@example.ne.jp>... Mailbox Full\nGiving up on 192.0.2.1.\n\n--- Below this line is a copy of the message.\n\nFrom: neko@example.jp\nTo: kijitora@example.ne.jp\n\nhi\n",
+        );
         assert_eq!(r.kind, ReportKind::Dsn);
         assert_eq!(r.recipients.len(), 1);
         assert_eq!(r.recipients[0].address, "kijitora@example.ne.jp");
@@ -1145,12 +1445,16 @@ mod tests {
 
     #[test]
     fn arf_and_autoreply_and_plain() {
-        let r = rep("From: fbl@example.net\nSubject: complaint\nContent-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\nContent-Type: text/plain\n\nreport\n--b\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nUser-Agent: x/1\nVersion: 1\nOriginal-Rcpt-To: <u@example.com>\n\n--b\nContent-Type: text/rfc822-headers\n\nMessage-ID: <orig@x>\nTo: u@example.com\n--b--\n");
+        let r = rep(
+            "From: fbl@example.net\nSubject: complaint\nContent-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\nContent-Type: text/plain\n\nreport\n--b\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nUser-Agent: x/1\nVersion: 1\nOriginal-Rcpt-To: <u@example.com>\n\n--b\nContent-Type: text/rfc822-headers\n\nMessage-ID: <orig@x>\nTo: u@example.com\n--b--\n",
+        );
         assert_eq!(r.kind, ReportKind::Arf);
         assert_eq!(r.feedback_type.as_deref(), Some("abuse"));
         assert_eq!(r.recipients[0].address, "u@example.com");
         assert_eq!(r.original_message_id.as_deref(), Some("<orig@x>"));
-        let r = rep("From: Boss <boss@example.com>\nSubject: Out of Office: hello\nAuto-Submitted: auto-replied\n\nI am away.\n");
+        let r = rep(
+            "From: Boss <boss@example.com>\nSubject: Out of Office: hello\nAuto-Submitted: auto-replied\n\nI am away.\n",
+        );
         assert_eq!(r.kind, ReportKind::AutoReply);
         assert_eq!(r.recipients[0].reason, Reason::Vacation);
         let r = rep("From: friend@example.com\nSubject: lunch?\n\nSee you at noon.\n");
@@ -1161,17 +1465,27 @@ mod tests {
     #[test]
     fn multi_line_reply_is_joined() {
         assert_eq!(
-            clean_diagnostic("550-5.7.26 Unauthenticated email\n550-5.7.26 is not accepted\n550 5.7.26 https://x"),
+            clean_diagnostic(
+                "550-5.7.26 Unauthenticated email\n550-5.7.26 is not accepted\n550 5.7.26 https://x"
+            ),
             "550 5.7.26 Unauthenticated email is not accepted https://x"
         );
-        assert_eq!(reply_codes("host x said: 550 5.1.1 nope"), (Some(550), EnhancedCode::new(5, 1, 1)));
+        assert_eq!(
+            reply_codes("host x said: 550 5.1.1 nope"),
+            (Some(550), EnhancedCode::new(5, 1, 1))
+        );
         assert_eq!(reply_codes("in 1999 at 10:00"), (None, None));
     }
 
     #[test]
     fn garbage_never_panics() {
         let c = Classifier::default_rules();
-        for s in [&b"\x00\xff"[..], b"From: <>\n\n@", b"Content-Type: message/delivery-status\n\nFinal-Recipient: ;\n", b"From: mailer-daemon\n\n<@>:\n550 \n"] {
+        for s in [
+            &b"\x00\xff"[..],
+            b"From: <>\n\n@",
+            b"Content-Type: message/delivery-status\n\nFinal-Recipient: ;\n",
+            b"From: mailer-daemon\n\n<@>:\n550 \n",
+        ] {
             let _ = parse(s, &c);
         }
     }

@@ -75,7 +75,13 @@ impl RetryPolicy {
 
     /// Decides what follows failed attempt number `attempt` (1-based) of a recipient first tried at
     /// `first_attempt`, at time `now`.
-    pub fn next<T>(&self, c: &Classification, attempt: u32, first_attempt: T, now: T) -> RetryDecision<T>
+    pub fn next<T>(
+        &self,
+        c: &Classification,
+        attempt: u32,
+        first_attempt: T,
+        now: T,
+    ) -> RetryDecision<T>
     where
         T: Copy + Ord + Add<Duration, Output = T>,
     {
@@ -107,13 +113,18 @@ mod tests {
 
     #[test]
     fn user_unknown_bounces_at_once() {
-        let c = Classifier::default_rules().classify(&Diagnostic::from_line("550 5.1.1 user unknown"));
-        assert_eq!(RetryPolicy::default().next(&c, 1, secs(0), secs(0)), RetryDecision::Bounce);
+        let c =
+            Classifier::default_rules().classify(&Diagnostic::from_line("550 5.1.1 user unknown"));
+        assert_eq!(
+            RetryPolicy::default().next(&c, 1, secs(0), secs(0)),
+            RetryDecision::Bounce
+        );
     }
 
     #[test]
     fn mailbox_full_retries_daily_then_expires() {
-        let c = Classifier::default_rules().classify(&Diagnostic::from_line("552 5.2.2 mailbox full"));
+        let c =
+            Classifier::default_rules().classify(&Diagnostic::from_line("552 5.2.2 mailbox full"));
         let p = RetryPolicy::default();
         let (first, mut now, mut attempt) = (secs(1000), secs(1000), 1);
         let mut times = Vec::new();
@@ -136,11 +147,14 @@ mod tests {
 
     #[test]
     fn rate_limit_backs_off_and_is_capped() {
-        let c = Classifier::default_rules()
-            .classify(&Diagnostic::from_line("450 4.7.0 too many connections from your host, slow down"));
+        let c = Classifier::default_rules().classify(&Diagnostic::from_line(
+            "450 4.7.0 too many connections from your host, slow down",
+        ));
         assert!(c.throttle);
         let p = RetryPolicy::default();
-        let steps: Vec<_> = (1..=10).map(|a| p.interval(&c, a).unwrap().as_secs()).collect();
+        let steps: Vec<_> = (1..=10)
+            .map(|a| p.interval(&c, a).unwrap().as_secs())
+            .collect();
         assert_eq!(steps[0], 15 * 60);
         assert_eq!(steps[1], 30 * 60);
         assert_eq!(steps[2], 60 * 60);
@@ -150,11 +164,18 @@ mod tests {
 
     #[test]
     fn last_attempt_lands_on_the_deadline() {
-        let c = Classifier::default_rules().classify(&Diagnostic::from_line("451 4.3.0 temporary failure"));
+        let c = Classifier::default_rules()
+            .classify(&Diagnostic::from_line("451 4.3.0 temporary failure"));
         let p = RetryPolicy::default();
         let first = secs(0);
-        assert_eq!(p.next(&c, 9, first, secs(72 * H - 60)), RetryDecision::RetryAt(secs(72 * H)));
-        assert_eq!(p.next(&c, 10, first, secs(72 * H)), RetryDecision::Expire { last: c.reason });
+        assert_eq!(
+            p.next(&c, 9, first, secs(72 * H - 60)),
+            RetryDecision::RetryAt(secs(72 * H))
+        );
+        assert_eq!(
+            p.next(&c, 10, first, secs(72 * H)),
+            RetryDecision::Expire { last: c.reason }
+        );
     }
 
     #[test]

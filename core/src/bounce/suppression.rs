@@ -34,7 +34,11 @@ const fn crc_table() -> [u32; 256] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[i] = c;
@@ -148,7 +152,11 @@ impl SuppressionPolicy {
         if reason.is_reputation() {
             return None;
         }
-        if let Some(t) = self.tenant_thresholds.get(tenant).and_then(|m| m.get(&reason)) {
+        if let Some(t) = self
+            .tenant_thresholds
+            .get(tenant)
+            .and_then(|m| m.get(&reason))
+        {
             return Some((*t).max(1));
         }
         if reason == Reason::HostUnknown && !definite_nxdomain {
@@ -211,7 +219,10 @@ pub fn normalize_address(address: &str) -> String {
 
 fn check_field(what: &str, s: &str) -> io::Result<()> {
     if s.is_empty() || s.len() > 512 || s.chars().any(|c| c == '\t' || c == '\n' || c == '\r') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad {what}: {s:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad {what}: {s:?}"),
+        ));
     }
     Ok(())
 }
@@ -220,7 +231,11 @@ impl SuppressionStore {
     /// Opens (or creates) the log at `path` and replays it.
     pub fn open(path: impl AsRef<Path>, policy: SuppressionPolicy) -> io::Result<SuppressionStore> {
         let path = path.as_ref().to_path_buf();
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
         let mut data = Vec::new();
         file.seek(SeekFrom::Start(0))?;
         file.read_to_end(&mut data)?;
@@ -270,11 +285,26 @@ impl SuppressionStore {
     }
 
     fn replay(&mut self, payload: &[u8]) -> bool {
-        let Ok(s) = std::str::from_utf8(payload) else { return false };
+        let Ok(s) = std::str::from_utf8(payload) else {
+            return false;
+        };
         let f: Vec<&str> = s.split('\t').collect();
         match f.as_slice() {
-            ["add", tenant, address, stream, reason, source, created, expires] => {
-                let (Some(reason), Some(source), Ok(created)) = (Reason::parse(reason), Source::parse(source), created.parse()) else {
+            [
+                "add",
+                tenant,
+                address,
+                stream,
+                reason,
+                source,
+                created,
+                expires,
+            ] => {
+                let (Some(reason), Some(source), Ok(created)) = (
+                    Reason::parse(reason),
+                    Source::parse(source),
+                    created.parse(),
+                ) else {
                     return false;
                 };
                 let expires = if expires.is_empty() {
@@ -295,22 +325,29 @@ impl SuppressionStore {
                     created,
                     expires,
                 };
-                self.counts.retain(|(t, a, _), _| !(t == tenant && a == address));
-                self.entries.insert((tenant.to_string(), address.to_string(), stream), s);
+                self.counts
+                    .retain(|(t, a, _), _| !(t == tenant && a == address));
+                self.entries
+                    .insert((tenant.to_string(), address.to_string(), stream), s);
                 true
             }
             ["remove", tenant, address, stream] => {
                 let stream = (!stream.is_empty()).then(|| stream.to_string());
-                self.entries.remove(&(tenant.to_string(), address.to_string(), stream));
+                self.entries
+                    .remove(&(tenant.to_string(), address.to_string(), stream));
                 true
             }
             ["count", tenant, address, reason, n] => {
-                let (Some(reason), Ok(n)) = (Reason::parse(reason), n.parse::<u32>()) else { return false };
-                self.counts.insert((tenant.to_string(), address.to_string(), reason), n);
+                let (Some(reason), Ok(n)) = (Reason::parse(reason), n.parse::<u32>()) else {
+                    return false;
+                };
+                self.counts
+                    .insert((tenant.to_string(), address.to_string(), reason), n);
                 true
             }
             ["reset", tenant, address] => {
-                self.counts.retain(|(t, a, _), _| !(t == tenant && a == address));
+                self.counts
+                    .retain(|(t, a, _), _| !(t == tenant && a == address));
                 true
             }
             _ => false,
@@ -351,9 +388,18 @@ impl SuppressionStore {
     }
 
     /// The suppression that stops sending to `address` on `stream` for `tenant` at `now`, if any.
-    pub fn check(&self, tenant: &str, address: &str, stream: Option<&str>, now: u64) -> Option<&Suppression> {
+    pub fn check(
+        &self,
+        tenant: &str,
+        address: &str,
+        stream: Option<&str>,
+        now: u64,
+    ) -> Option<&Suppression> {
         let address = normalize_address(address);
-        let all = self.entries.get(&(tenant.to_string(), address.clone(), None)).filter(|s| s.is_active(now));
+        let all = self
+            .entries
+            .get(&(tenant.to_string(), address.clone(), None))
+            .filter(|s| s.is_active(now));
         all.or_else(|| {
             stream.and_then(|st| {
                 self.entries
@@ -364,7 +410,15 @@ impl SuppressionStore {
     }
 
     /// Adds a suppression by hand (`stream` `None` = every stream).
-    pub fn add(&mut self, tenant: &str, address: &str, stream: Option<&str>, reason: Reason, now: u64, expires: Option<u64>) -> io::Result<Suppression> {
+    pub fn add(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        stream: Option<&str>,
+        reason: Reason,
+        now: u64,
+        expires: Option<u64>,
+    ) -> io::Result<Suppression> {
         let s = Suppression {
             tenant: tenant.to_string(),
             address: normalize_address(address),
@@ -380,9 +434,18 @@ impl SuppressionStore {
 
     /// Removes the suppression of `address` (on `stream`, or the every-stream entry). Returns whether
     /// one existed.
-    pub fn remove(&mut self, tenant: &str, address: &str, stream: Option<&str>) -> io::Result<bool> {
+    pub fn remove(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        stream: Option<&str>,
+    ) -> io::Result<bool> {
         let address = normalize_address(address);
-        let key = (tenant.to_string(), address.clone(), stream.map(str::to_string));
+        let key = (
+            tenant.to_string(),
+            address.clone(),
+            stream.map(str::to_string),
+        );
         if !self.entries.contains_key(&key) {
             return Ok(false);
         }
@@ -394,8 +457,14 @@ impl SuppressionStore {
 
     /// Every entry of `tenant` (or of every tenant), sorted by tenant and address, expired ones included.
     pub fn list(&self, tenant: Option<&str>) -> Vec<&Suppression> {
-        let mut v: Vec<&Suppression> = self.entries.values().filter(|s| tenant.is_none_or(|t| s.tenant == t)).collect();
-        v.sort_by(|a, b| (&a.tenant, &a.address, &a.stream).cmp(&(&b.tenant, &b.address, &b.stream)));
+        let mut v: Vec<&Suppression> = self
+            .entries
+            .values()
+            .filter(|s| tenant.is_none_or(|t| s.tenant == t))
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.tenant, &a.address, &a.stream).cmp(&(&b.tenant, &b.address, &b.stream))
+        });
         v
     }
 
@@ -411,7 +480,14 @@ impl SuppressionStore {
 
     /// Records a bounce of `address` with `reason`; suppresses when the policy's threshold is reached.
     /// `definite_nxdomain` says a `hostunknown` came from an authoritative NXDOMAIN.
-    pub fn record_bounce(&mut self, tenant: &str, address: &str, reason: Reason, definite_nxdomain: bool, now: u64) -> io::Result<Recorded> {
+    pub fn record_bounce(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        reason: Reason,
+        definite_nxdomain: bool,
+        now: u64,
+    ) -> io::Result<Recorded> {
         let Some(threshold) = self.policy.threshold(tenant, reason, definite_nxdomain) else {
             return Ok(Recorded::Ignored);
         };
@@ -419,9 +495,18 @@ impl SuppressionStore {
         let address = normalize_address(address);
         check_field("address", &address)?;
         let key = (tenant.to_string(), address.clone(), reason);
-        let count = self.counts.get(&key).copied().unwrap_or(0).saturating_add(1);
+        let count = self
+            .counts
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(1);
         if count >= threshold {
-            let expires = self.policy.expiry.get(&reason).map(|d| now.saturating_add(d.as_secs()));
+            let expires = self
+                .policy
+                .expiry
+                .get(&reason)
+                .map(|d| now.saturating_add(d.as_secs()));
             let s = Suppression {
                 tenant: tenant.to_string(),
                 address,
@@ -441,7 +526,12 @@ impl SuppressionStore {
     }
 
     /// Records a spam complaint: suppresses `address` for every stream of `tenant`.
-    pub fn record_complaint(&mut self, tenant: &str, address: &str, now: u64) -> io::Result<Suppression> {
+    pub fn record_complaint(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        now: u64,
+    ) -> io::Result<Suppression> {
         let s = Suppression {
             tenant: tenant.to_string(),
             address: normalize_address(address),
@@ -458,7 +548,11 @@ impl SuppressionStore {
     /// Records a successful delivery: soft-bounce counters of the address start again.
     pub fn record_delivery(&mut self, tenant: &str, address: &str) -> io::Result<()> {
         let address = normalize_address(address);
-        if !self.counts.keys().any(|(t, a, _)| t == tenant && *a == address) {
+        if !self
+            .counts
+            .keys()
+            .any(|(t, a, _)| t == tenant && *a == address)
+        {
             return Ok(());
         }
         let payload = format!("reset\t{tenant}\t{address}");
@@ -501,11 +595,18 @@ impl SuppressionStore {
         }
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent()
-            && let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+            && let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
         {
             let _ = d.sync_all();
         }
-        self.file = OpenOptions::new().read(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
         self.entries.retain(|_, s| s.is_active(now));
         Ok(())
     }
@@ -532,24 +633,71 @@ mod tests {
         let p = tmp("thresholds");
         let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
         s.sync = false;
-        assert!(matches!(s.record_bounce("t", "a@X.example", Reason::UserUnknown, false, 10).unwrap(), Recorded::Suppressed(_)));
+        assert!(matches!(
+            s.record_bounce("t", "a@X.example", Reason::UserUnknown, false, 10)
+                .unwrap(),
+            Recorded::Suppressed(_)
+        ));
         assert!(s.check("t", "a@x.example", None, 11).is_some());
         assert!(s.check("other", "a@x.example", None, 11).is_none());
-        assert_eq!(s.record_bounce("t", "b@x.example", Reason::Blocked, false, 10).unwrap(), Recorded::Ignored);
-        assert_eq!(s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 10).unwrap(), Recorded::Counted { count: 1, threshold: 3 });
-        assert_eq!(s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 10).unwrap(), Recorded::Counted { count: 2, threshold: 3 });
-        let Recorded::Suppressed(e) = s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 100).unwrap() else { panic!() };
+        assert_eq!(
+            s.record_bounce("t", "b@x.example", Reason::Blocked, false, 10)
+                .unwrap(),
+            Recorded::Ignored
+        );
+        assert_eq!(
+            s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 10)
+                .unwrap(),
+            Recorded::Counted {
+                count: 1,
+                threshold: 3
+            }
+        );
+        assert_eq!(
+            s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 10)
+                .unwrap(),
+            Recorded::Counted {
+                count: 2,
+                threshold: 3
+            }
+        );
+        let Recorded::Suppressed(e) = s
+            .record_bounce("t", "c@x.example", Reason::MailboxFull, false, 100)
+            .unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(e.expires, Some(100 + 30 * 86400));
         assert!(s.check("t", "c@x.example", Some("news"), 101).is_some());
-        assert!(s.check("t", "c@x.example", None, 100 + 30 * 86400).is_none());
+        assert!(
+            s.check("t", "c@x.example", None, 100 + 30 * 86400)
+                .is_none()
+        );
         // Host unknown: definite NXDOMAIN at once, otherwise the third time.
-        assert!(matches!(s.record_bounce("t", "d@gone.example", Reason::HostUnknown, true, 1).unwrap(), Recorded::Suppressed(_)));
-        assert!(matches!(s.record_bounce("t", "e@flaky.example", Reason::HostUnknown, false, 1).unwrap(), Recorded::Counted { .. }));
+        assert!(matches!(
+            s.record_bounce("t", "d@gone.example", Reason::HostUnknown, true, 1)
+                .unwrap(),
+            Recorded::Suppressed(_)
+        ));
+        assert!(matches!(
+            s.record_bounce("t", "e@flaky.example", Reason::HostUnknown, false, 1)
+                .unwrap(),
+            Recorded::Counted { .. }
+        ));
         // A delivery resets soft counters.
-        s.record_bounce("t", "f@x.example", Reason::Suspend, false, 1).unwrap();
-        s.record_bounce("t", "f@x.example", Reason::Suspend, false, 1).unwrap();
+        s.record_bounce("t", "f@x.example", Reason::Suspend, false, 1)
+            .unwrap();
+        s.record_bounce("t", "f@x.example", Reason::Suspend, false, 1)
+            .unwrap();
         s.record_delivery("t", "f@x.example").unwrap();
-        assert_eq!(s.record_bounce("t", "f@x.example", Reason::Suspend, false, 1).unwrap(), Recorded::Counted { count: 1, threshold: 3 });
+        assert_eq!(
+            s.record_bounce("t", "f@x.example", Reason::Suspend, false, 1)
+                .unwrap(),
+            Recorded::Counted {
+                count: 1,
+                threshold: 3
+            }
+        );
     }
 
     #[test]
@@ -557,14 +705,28 @@ mod tests {
         let p = tmp("complaint");
         let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
         s.record_complaint("t", "u@example.com", 5).unwrap();
-        assert!(s.check("t", "u@example.com", Some("transactional"), 6).is_some());
-        s.add("t", "v@example.com", Some("news"), Reason::Suppressed, 5, None).unwrap();
+        assert!(
+            s.check("t", "u@example.com", Some("transactional"), 6)
+                .is_some()
+        );
+        s.add(
+            "t",
+            "v@example.com",
+            Some("news"),
+            Reason::Suppressed,
+            5,
+            None,
+        )
+        .unwrap();
         assert!(s.check("t", "v@example.com", Some("news"), 6).is_some());
         assert!(s.check("t", "v@example.com", Some("billing"), 6).is_none());
         assert!(s.remove("t", "v@example.com", Some("news")).unwrap());
         assert!(!s.remove("t", "v@example.com", Some("news")).unwrap());
         assert!(s.check("t", "v@example.com", Some("news"), 6).is_none());
-        assert!(s.add("t\tx", "v@example.com", None, Reason::Suppressed, 5, None).is_err());
+        assert!(
+            s.add("t\tx", "v@example.com", None, Reason::Suppressed, 5, None)
+                .is_err()
+        );
         assert_eq!(s.list(Some("t")).len(), 1);
     }
 
@@ -573,9 +735,12 @@ mod tests {
         let p = tmp("recovery");
         {
             let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
-            s.record_bounce("t", "a@x.example", Reason::UserUnknown, false, 1).unwrap();
-            s.record_bounce("t", "b@x.example", Reason::UserUnknown, false, 1).unwrap();
-            s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 1).unwrap();
+            s.record_bounce("t", "a@x.example", Reason::UserUnknown, false, 1)
+                .unwrap();
+            s.record_bounce("t", "b@x.example", Reason::UserUnknown, false, 1)
+                .unwrap();
+            s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 1)
+                .unwrap();
         }
         let s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
         assert_eq!(s.len(), 2);
@@ -591,8 +756,13 @@ mod tests {
         assert!(s.check("t", "a@x.example", None, 2).is_none());
         assert!(s.check("t", "b@x.example", None, 2).is_some());
         // The counter survived: the next two mailbox-full bounces suppress.
-        s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 2).unwrap();
-        assert!(matches!(s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 2).unwrap(), Recorded::Suppressed(_)));
+        s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 2)
+            .unwrap();
+        assert!(matches!(
+            s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 2)
+                .unwrap(),
+            Recorded::Suppressed(_)
+        ));
         s.compact(3).unwrap();
         let s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
         assert_eq!(s.len(), 2);

@@ -88,7 +88,11 @@ impl fmt::Debug for Verp {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn base32(bytes: &[u8]) -> String {
@@ -123,7 +127,10 @@ impl Verp {
         Verp {
             prefix: prefix.to_string(),
             domain: domain.to_ascii_lowercase(),
-            keys: keys.iter().map(|k| hmac::Key::new(hmac::HMAC_SHA256, k)).collect(),
+            keys: keys
+                .iter()
+                .map(|k| hmac::Key::new(hmac::HMAC_SHA256, k))
+                .collect(),
         }
     }
 
@@ -144,13 +151,20 @@ impl Verp {
         if local.is_empty()
             || domain.is_empty()
             || local.contains('"')
-            || recipient.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+            || recipient
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
             || domain.contains('=')
         {
             return Err(VerpError::BadRecipient);
         }
         let tag = Verp::tag(&self.keys[0], message_id, recipient);
-        Ok(format!("{}+{message_id}.{tag}.{local}={}@{}", self.prefix, domain.to_ascii_lowercase(), self.domain))
+        Ok(format!(
+            "{}+{message_id}.{tag}.{local}={}@{}",
+            self.prefix,
+            domain.to_ascii_lowercase(),
+            self.domain
+        ))
     }
 
     /// Decodes and verifies a return path (angle brackets and case of the tag are tolerated).
@@ -162,7 +176,9 @@ impl Verp {
         }
         let rest = local
             .get(..self.prefix.len() + 1)
-            .filter(|p| p[..self.prefix.len()].eq_ignore_ascii_case(&self.prefix) && p.ends_with('+'))
+            .filter(|p| {
+                p[..self.prefix.len()].eq_ignore_ascii_case(&self.prefix) && p.ends_with('+')
+            })
             .map(|_| &local[self.prefix.len() + 1..])
             .ok_or(VerpError::Malformed)?;
         let (id, rest) = rest.split_once('.').ok_or(VerpError::Malformed)?;
@@ -176,7 +192,11 @@ impl Verp {
         }
         let recipient = format!("{rlocal}@{}", rdomain.to_ascii_lowercase());
         let tag = tag.to_ascii_lowercase();
-        if self.keys.iter().any(|k| ct_eq(Verp::tag(k, id, &recipient).as_bytes(), tag.as_bytes())) {
+        if self
+            .keys
+            .iter()
+            .any(|k| ct_eq(Verp::tag(k, id, &recipient).as_bytes(), tag.as_bytes()))
+        {
             Ok(VerpAddress {
                 message_id: id.to_string(),
                 recipient,
@@ -251,8 +271,16 @@ pub fn apply_report(
     let mut out = Vec::new();
     let recipients: Vec<_> = match verified {
         Some(v) => {
-            let matching: Vec<_> = report.recipients.iter().filter(|r| r.address.eq_ignore_ascii_case(&v.recipient)).collect();
-            if matching.is_empty() { report.recipients.iter().take(1).collect() } else { matching }
+            let matching: Vec<_> = report
+                .recipients
+                .iter()
+                .filter(|r| r.address.eq_ignore_ascii_case(&v.recipient))
+                .collect();
+            if matching.is_empty() {
+                report.recipients.iter().take(1).collect()
+            } else {
+                matching
+            }
         }
         None => report.recipients.iter().collect(),
     };
@@ -272,7 +300,10 @@ pub fn apply_report(
                 };
                 (
                     OutcomeEvent::Complaint {
-                        feedback_type: report.feedback_type.clone().unwrap_or_else(|| "abuse".into()),
+                        feedback_type: report
+                            .feedback_type
+                            .clone()
+                            .unwrap_or_else(|| "abuse".into()),
                     },
                     s,
                 )
@@ -284,22 +315,41 @@ pub fn apply_report(
                     }
                     (OutcomeEvent::Delivered, None)
                 }
-                (reason, Some(Action::Retry(d))) if r.action.as_deref() != Some("failed") || reason != Reason::Expired => {
-                    let s = if may_suppress && matches!(reason, Reason::MailboxFull | Reason::Suspend | Reason::HostUnknown) {
+                (reason, Some(Action::Retry(d)))
+                    if r.action.as_deref() != Some("failed") || reason != Reason::Expired =>
+                {
+                    let s = if may_suppress
+                        && matches!(
+                            reason,
+                            Reason::MailboxFull | Reason::Suspend | Reason::HostUnknown
+                        ) {
                         Some(store.record_bounce(tenant, &address, reason, false, now)?)
                     } else {
                         None
                     };
-                    (OutcomeEvent::Deferred { reason, retry_after: Some(d) }, s)
+                    (
+                        OutcomeEvent::Deferred {
+                            reason,
+                            retry_after: Some(d),
+                        },
+                        s,
+                    )
                 }
                 (reason, _) => {
-                    let nxdomain = reason == Reason::HostUnknown && r.status.is_some_and(|s| s.class == 5);
+                    let nxdomain =
+                        reason == Reason::HostUnknown && r.status.is_some_and(|s| s.class == 5);
                     let s = if may_suppress {
                         Some(store.record_bounce(tenant, &address, reason, nxdomain, now)?)
                     } else {
                         None
                     };
-                    (OutcomeEvent::Bounced { reason, kind: r.kind }, s)
+                    (
+                        OutcomeEvent::Bounced {
+                            reason,
+                            kind: r.kind,
+                        },
+                        s,
+                    )
                 }
             },
         };
@@ -322,7 +372,11 @@ mod tests {
     use crate::bounce::suppression::SuppressionPolicy;
 
     fn verp() -> Verp {
-        Verp::new("bounces", "bounce.sender.example", &[b"new key", b"old key"])
+        Verp::new(
+            "bounces",
+            "bounce.sender.example",
+            &[b"new key", b"old key"],
+        )
     }
 
     #[test]
@@ -330,26 +384,53 @@ mod tests {
         let v = verp();
         let a = v.encode("m0042", "John.Doe+tag@Example.COM").unwrap();
         assert!(a.starts_with("bounces+m0042."));
-        assert!(a.ends_with("john.doe+tag=example.com@bounce.sender.example") || a.contains("John.Doe+tag=example.com@"));
+        assert!(
+            a.ends_with("john.doe+tag=example.com@bounce.sender.example")
+                || a.contains("John.Doe+tag=example.com@")
+        );
         let d = v.decode(&format!("<{a}>")).unwrap();
         assert_eq!(d.message_id, "m0042");
         assert_eq!(d.recipient, "John.Doe+tag@example.com");
         // Tampering with any part breaks the tag.
-        assert_eq!(v.decode(&a.replace("m0042", "m0043")), Err(VerpError::BadSignature));
-        assert_eq!(v.decode(&a.replace("John.Doe", "Jane.Doe")), Err(VerpError::BadSignature));
+        assert_eq!(
+            v.decode(&a.replace("m0042", "m0043")),
+            Err(VerpError::BadSignature)
+        );
+        assert_eq!(
+            v.decode(&a.replace("John.Doe", "Jane.Doe")),
+            Err(VerpError::BadSignature)
+        );
         let other = Verp::new("bounces", "bounce.sender.example", &[b"attacker"]);
         assert_eq!(other.decode(&a), Err(VerpError::BadSignature));
         // A rotated-out key still verifies.
         let old = Verp::new("bounces", "bounce.sender.example", &[b"old key"]);
         let a_old = old.encode("m1", "x@example.com").unwrap();
         assert!(v.decode(&a_old).is_ok());
-        assert_eq!(v.decode("someone@bounce.sender.example"), Err(VerpError::Malformed));
-        assert_eq!(v.decode("bounces+x@elsewhere.example"), Err(VerpError::Malformed));
-        assert_eq!(v.encode("bad id", "x@example.com"), Err(VerpError::BadMessageId));
-        assert_eq!(v.encode("m1", "\"a b\"@example.com"), Err(VerpError::BadRecipient));
+        assert_eq!(
+            v.decode("someone@bounce.sender.example"),
+            Err(VerpError::Malformed)
+        );
+        assert_eq!(
+            v.decode("bounces+x@elsewhere.example"),
+            Err(VerpError::Malformed)
+        );
+        assert_eq!(
+            v.encode("bad id", "x@example.com"),
+            Err(VerpError::BadMessageId)
+        );
+        assert_eq!(
+            v.encode("m1", "\"a b\"@example.com"),
+            Err(VerpError::BadRecipient)
+        );
         // Case changes by a relaying MTA are tolerated.
         let tag = a.split('.').nth(1).unwrap();
-        assert!(v.decode(&a.replace(tag, &tag.to_ascii_uppercase()).replace("John.Doe", "john.doe")).is_ok());
+        assert!(
+            v.decode(
+                &a.replace(tag, &tag.to_ascii_uppercase())
+                    .replace("John.Doe", "john.doe")
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -364,7 +445,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vmta-verp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut store = SuppressionStore::open(dir.join("s.log"), SuppressionPolicy::default()).unwrap();
+        let mut store =
+            SuppressionStore::open(dir.join("s.log"), SuppressionPolicy::default()).unwrap();
         // Forged: the tag does not verify, nothing is suppressed.
         let forged = v.decode(&rp.replace("m7", "m8"));
         let o = apply_report(&r, Some(&forged), "t", &mut store, false, 1).unwrap();
@@ -375,7 +457,13 @@ mod tests {
         let decoded = v.decode(r.report_to.as_deref().unwrap());
         let o = apply_report(&r, Some(&decoded), "t", &mut store, false, 1).unwrap();
         assert_eq!(o[0].message_id.as_deref(), Some("m7"));
-        assert_eq!(o[0].event, OutcomeEvent::Bounced { reason: Reason::UserUnknown, kind: Kind::Hard });
+        assert_eq!(
+            o[0].event,
+            OutcomeEvent::Bounced {
+                reason: Reason::UserUnknown,
+                kind: Kind::Hard
+            }
+        );
         assert!(matches!(o[0].suppression, Some(Recorded::Suppressed(_))));
         assert!(store.check("t", "gone@example.org", None, 2).is_some());
         let _ = std::fs::remove_dir_all(&dir);
