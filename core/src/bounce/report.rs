@@ -508,7 +508,7 @@ impl<'a> Reader<'a> {
         if !self.looks_like_bounce() {
             return false;
         }
-        if self.is_auto_reply_strict() {
+        if self.is_auto_reply() {
             return false;
         }
         let human = self.human_text();
