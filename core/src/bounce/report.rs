@@ -15,6 +15,7 @@
 //! - RFC 5965 ARF feedback reports (`message/feedback-report`: `Feedback-Type`, `Original-Rcpt-To`,
 //!   `Removal-Recipient`, `Original-Mail-From`, the returned message's `Message-ID`), and Microsoft's
 //!   JMRP form (`X-HmXmrOriginalRecipient`).
+//! - Amazon SES notifications delivered by SNS email (JSON `Bounce`, `Complaint`, `Delivery`).
 //! - RFC 3834 auto-replies (`Auto-Submitted: auto-replied`, vacation subjects and headers).
 //!
 //! Each failed recipient's diagnostic is classified with the [`Classifier`], so a report and a live
@@ -177,6 +178,10 @@ impl<'a> Reader<'a> {
         if self.read_arf(&mut report, original) {
             return report;
         }
+        if self.read_ses_notification(&mut report) {
+            report.recipients.truncate(MAX_RECIPIENTS);
+            return report;
+        }
         if self.read_dsn(&mut report, original) || self.read_text_bounce(&mut report, original) {
             report.kind = ReportKind::Dsn;
             report.recipients.truncate(MAX_RECIPIENTS);
@@ -262,6 +267,95 @@ impl<'a> Reader<'a> {
             .map(|a| simple_recipient(a, Reason::Feedback))
             .collect();
         true
+    }
+
+    // -- Amazon SES notifications (JSON sent by SNS over email) --------------------------------------
+
+    fn read_ses_notification(&self, report: &mut Report) -> bool {
+        let body = self.root.text();
+        let Some(start) = body.find("{\"notificationType\"") else {
+            return false;
+        };
+        // SNS folds long lines as "!\n " at 990 characters.
+        let json_text = body[start..].replace("!\n ", "");
+        let end = json_text.find("\n\n").unwrap_or(json_text.len());
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json_text[..end].trim()) else {
+            return false;
+        };
+        let str_of =
+            |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        report.original_message_id = v.get("mail").and_then(|m| str_of(m, "messageId"));
+        match v.get("notificationType").and_then(|t| t.as_str()) {
+            Some("Complaint") => {
+                report.kind = ReportKind::Arf;
+                let c = v.get("complaint");
+                report.feedback_type = Some(
+                    c.and_then(|c| str_of(c, "complaintFeedbackType"))
+                        .unwrap_or_else(|| "abuse".into()),
+                );
+                for r in c
+                    .and_then(|c| c.get("complainedRecipients"))
+                    .and_then(|r| r.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(a) = str_of(r, "emailAddress").as_deref().and_then(first_address) {
+                        report
+                            .recipients
+                            .push(simple_recipient(a, Reason::Feedback));
+                    }
+                }
+            }
+            Some("Delivery") => {
+                report.kind = ReportKind::Dsn;
+                let d = v.get("delivery");
+                let response = d
+                    .and_then(|d| str_of(d, "smtpResponse"))
+                    .unwrap_or_default();
+                for r in d
+                    .and_then(|d| d.get("recipients"))
+                    .and_then(|r| r.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(a) = r.as_str().and_then(first_address) {
+                        let remote = d.and_then(|d| str_of(d, "reportingMTA"));
+                        report.recipients.push(self.finish_recipient(
+                            a,
+                            Some("delivered".into()),
+                            None,
+                            response.clone(),
+                            remote,
+                            None,
+                            None,
+                        ));
+                    }
+                }
+            }
+            Some("Bounce") => {
+                report.kind = ReportKind::Dsn;
+                let b = v.get("bounce");
+                for r in b
+                    .and_then(|b| b.get("bouncedRecipients"))
+                    .and_then(|r| r.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    let Some(a) = str_of(r, "emailAddress").as_deref().and_then(first_address)
+                    else {
+                        continue;
+                    };
+                    let status = str_of(r, "status").as_deref().and_then(EnhancedCode::parse);
+                    let diag = str_of(r, "diagnosticCode").unwrap_or_default();
+                    let action = str_of(r, "action");
+                    report
+                        .recipients
+                        .push(self.finish_recipient(a, action, status, diag, None, None, None));
+                }
+            }
+            _ => return false,
+        }
+        !report.recipients.is_empty()
     }
 
     // -- RFC 3464 -------------------------------------------------------------------------------------
@@ -576,7 +670,9 @@ impl<'a> Reader<'a> {
             if !p.children.is_empty() && p.content_type.starts_with("multipart/") {
                 continue;
             }
-            if matches!(p.content_type.as_str(), "text/plain" | "text/html")
+            // A multipart whose boundary never appears is kept as text by the MIME reader.
+            let unsplit = p.content_type.starts_with("multipart/") && p.children.is_empty();
+            if unsplit
                 || p.content_type.starts_with("text/") && p.content_type != "text/rfc822-headers"
             {
                 // Parts under a returned message are not ours.
