@@ -389,6 +389,9 @@ impl<'a> Reader<'a> {
         };
         let human = self.human_text();
         let groups = dsn_groups(&text);
+        // Computed once: per recipient they would make a long report quadratic.
+        let human_blocks = text_blocks(&human, &[]);
+        let human_phase = phase_of(&human);
         let mut any = false;
         for g in groups {
             let mut address = None;
@@ -420,10 +423,13 @@ impl<'a> Reader<'a> {
                 continue;
             };
             any = true;
-            let block = human_block_for(&human, &address);
+            let block = human_blocks
+                .iter()
+                .find(|(a, _)| a.eq_ignore_ascii_case(&address))
+                .map(|(_, b)| b.clone());
             let phase = phase_of(&diag)
                 .or_else(|| block.as_deref().and_then(phase_of))
-                .or_else(|| phase_of(&human));
+                .or(human_phase);
             if diag.trim().is_empty() || diag.trim().len() < 8 {
                 if let Some(b) = &block {
                     diag = b.clone();
@@ -654,8 +660,9 @@ impl<'a> Reader<'a> {
         if found.is_empty() {
             return false;
         }
+        let human_phase = phase_of(&human);
         for (address, block) in found.into_iter().take(MAX_RECIPIENTS) {
-            let phase = phase_of(&block).or_else(|| phase_of(&human));
+            let phase = phase_of(&block).or(human_phase);
             let rcpt = self.finish_recipient(address, None, None, block, None, phase, original);
             report.recipients.push(rcpt);
         }
@@ -1308,15 +1315,6 @@ fn error_paragraph(text: &str) -> String {
         }
     }
     best
-}
-
-/// The block of the human text about `address`.
-fn human_block_for(human: &str, address: &str) -> Option<String> {
-    let blocks = text_blocks(human, &[]);
-    blocks
-        .into_iter()
-        .find(|(a, _)| a.eq_ignore_ascii_case(address))
-        .map(|(_, b)| b)
 }
 
 // ---------------------------------------------------------------------------------------------------

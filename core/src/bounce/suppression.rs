@@ -15,7 +15,8 @@
 //! default) every change is fsynced before the call returns.
 //!
 //! Not implemented: sharing one store between processes (one writer per file), and lookups by domain
-//! or pattern (entries are exact addresses; the address's domain is lower-cased, the local part kept).
+//! or pattern. Addresses are lower-cased whole: RFC 5321 §2.4 lets a local part be case-sensitive, but
+//! mailbox providers treat it case-insensitively, and a bounced `John@` must stop `john@` too.
 
 use super::reason::Reason;
 use std::collections::HashMap;
@@ -94,7 +95,7 @@ impl Source {
 pub struct Suppression {
     /// The tenant (brand) it applies to.
     pub tenant: String,
-    /// The address (domain lower-cased).
+    /// The address (lower-cased).
     pub address: String,
     /// The stream it applies to; `None` for every stream of the tenant.
     pub stream: Option<String>,
@@ -208,13 +209,13 @@ pub struct SuppressionStore {
     recovery: Recovery,
 }
 
-/// Lower-cases the domain of an address.
+/// The form an address is stored and looked up in: angle brackets and white space dropped, lower case.
 pub fn normalize_address(address: &str) -> String {
-    let a = address.trim().trim_start_matches('<').trim_end_matches('>');
-    match a.rsplit_once('@') {
-        Some((l, d)) => format!("{l}@{}", d.to_ascii_lowercase()),
-        None => a.to_string(),
-    }
+    address
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_lowercase()
 }
 
 fn check_field(what: &str, s: &str) -> io::Result<()> {
@@ -639,6 +640,7 @@ mod tests {
             Recorded::Suppressed(_)
         ));
         assert!(s.check("t", "a@x.example", None, 11).is_some());
+        assert!(s.check("t", "<A@X.EXAMPLE>", None, 11).is_some());
         assert!(s.check("other", "a@x.example", None, 11).is_none());
         assert_eq!(
             s.record_bounce("t", "b@x.example", Reason::Blocked, false, 10)
