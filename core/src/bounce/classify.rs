@@ -930,6 +930,83 @@ mod tests {
     }
 
     #[test]
+    fn failures_before_any_reply() {
+        let c = Classifier::default_rules();
+        let mut d = Diagnostic {
+            text: "connect to mx.example.com[192.0.2.1]:25: Connection refused",
+            phase: Some(Phase::Connect),
+            ..Diagnostic::default()
+        };
+        let r = c.classify(&d);
+        assert_eq!(r.reason, Reason::NetworkError);
+        assert!(matches!(r.action, Action::Retry(_)));
+        d.text = "Host or domain name not found. Name service error for name=example.invalid type=MX: Host not found, try again";
+        d.phase = Some(Phase::Resolve);
+        let r = c.classify(&d);
+        assert_eq!(r.reason, Reason::NetworkError);
+        assert!(matches!(r.action, Action::Retry(_)));
+        d.text = "Host or domain name not found. Name service error for name=example.invalid type=MX: Host not found";
+        assert_eq!(c.classify(&d).reason, Reason::HostUnknown);
+    }
+
+    #[test]
+    fn provider_replies() {
+        let c = Classifier::default_rules();
+        let cases = [
+            (
+                "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).",
+                Reason::Blocked,
+            ),
+            (
+                "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints",
+                Reason::BadReputation,
+            ),
+            (
+                "554 delivery error: dd This user doesn't have a yahoo.com account (x@yahoo.com) [0]",
+                Reason::UserUnknown,
+            ),
+            (
+                "550 5.7.26 This message does not have authentication information or fails to pass authentication checks (SPF or DKIM).",
+                Reason::AuthFailure,
+            ),
+            (
+                "550 5.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
+                Reason::RequirePtr,
+            ),
+            (
+                "552 5.3.4 Your message exceeded Google's message size limits.",
+                Reason::MesgTooBig,
+            ),
+            (
+                "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using Barracuda Reputation",
+                Reason::Blocked,
+            ),
+            (
+                "550 5.1.1 <x@mail.ru>: Recipient address rejected: User unknown in virtual mailbox table",
+                Reason::UserUnknown,
+            ),
+            (
+                "554 5.7.1 [2] Message rejected under suspicion of SPAM",
+                Reason::SpamDetected,
+            ),
+            (
+                "550 Requested action not taken: mailbox unavailable",
+                Reason::UserUnknown,
+            ),
+            ("554 Relay access denied", Reason::NoRelaying),
+            (
+                "556 5.1.10 Recipient address has null MX",
+                Reason::NotAccept,
+            ),
+        ];
+        for (line, want) in cases {
+            let mut d = Diagnostic::from_line(line);
+            d.phase = Some(Phase::Rcpt);
+            assert_eq!(c.classify(&d).reason, want, "{line}");
+        }
+    }
+
+    #[test]
     fn huge_and_odd_text_is_fine() {
         let c = Classifier::default_rules();
         let big = "é".repeat(10_000);

@@ -468,4 +468,43 @@ mod tests {
         assert!(store.check("t", "gone@example.org", None, 2).is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn complaint_suppresses_every_stream_and_autoreply_nothing() {
+        let v = verp();
+        let rp = v.encode("m9", "fan@example.net").unwrap();
+        let arf = format!(
+            "From: fbl@isp.example\nTo: {rp}\nSubject: complaint\nContent-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nOriginal-Rcpt-To: fan@example.net\n--b--\n"
+        );
+        let r = report::parse(arf.as_bytes(), &Classifier::default_rules()).unwrap();
+        let dir = std::env::temp_dir().join(format!("vmta-verp-arf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store =
+            SuppressionStore::open(dir.join("s.log"), SuppressionPolicy::default()).unwrap();
+        let decoded = v.decode(r.report_to.as_deref().unwrap());
+        let o = apply_report(&r, Some(&decoded), "t", &mut store, false, 1).unwrap();
+        assert_eq!(
+            o[0].event,
+            OutcomeEvent::Complaint {
+                feedback_type: "abuse".into()
+            }
+        );
+        assert!(
+            store
+                .check("t", "fan@example.net", Some("newsletter"), 2)
+                .is_some()
+        );
+        assert!(
+            store
+                .check("t", "fan@example.net", Some("receipts"), 2)
+                .is_some()
+        );
+        let auto = "From: Boss <boss@example.com>\nSubject: Automatic reply: hi\nAuto-Submitted: auto-replied\n\naway\n";
+        let r = report::parse(auto.as_bytes(), &Classifier::default_rules()).unwrap();
+        let o = apply_report(&r, None, "t", &mut store, true, 1).unwrap();
+        assert_eq!(o[0].event, OutcomeEvent::AutoReply);
+        assert!(store.check("t", "boss@example.com", None, 2).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
