@@ -652,7 +652,8 @@ impl<'a> Reader<'a> {
             }
             dedup(&mut addrs);
             let mut diag = error_paragraph(&human);
-            if diag.is_empty() {
+            if reply_codes(&diag) == (None, None) {
+                // No SMTP reply to focus on: let the rules read the whole explanation.
                 diag = human.chars().take(MAX_DIAGNOSTIC).collect();
             }
             found = addrs.into_iter().map(|a| (a, diag.clone())).collect();
@@ -1089,6 +1090,16 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
             continue;
         }
         let trimmed = line.trim();
+        // "A message sent by <sender> could not be delivered" (Exim) names the sender, not a recipient.
+        let previous = lines[..i]
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_ascii_lowercase());
+        if previous.is_some_and(|p| p.ends_with("sent by")) {
+            i += 1;
+            continue;
+        }
         // Lines that introduce a recipient: the address leads the line (`<a@b>:`, `a@b`, `RCPT TO:<a@b>`,
         // `To: a@b`, `Failed recipient: a@b`), or the line is an error line naming it.
         let lead = trimmed
