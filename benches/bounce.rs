@@ -36,6 +36,22 @@ fn classification(c: &mut Criterion) {
             n
         })
     });
+    // Worst case: a hostile server's 4 KiB of random printable text (the classifier's MAX_TEXT), which
+    // defeats the lazy DFA's state cache.
+    let mut x: u32 = 0x1234_5678;
+    let noise: String = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            char::from(33 + (x % 94) as u8)
+        })
+        .collect();
+    let hostile = Diagnostic::reply(550, &noise);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("random_4k_text", |b| {
+        b.iter(|| classifier.classify(black_box(&hostile)).reason as u32)
+    });
     g.finish();
 }
 
