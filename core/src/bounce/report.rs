@@ -1408,6 +1408,7 @@ fn strip_type_prefix(l: &str) -> &str {
 fn reply_codes(s: &str) -> (Option<u16>, Option<EnhancedCode>) {
     let b = s.as_bytes();
     let mut code = None;
+    let mut positive = None;
     let mut status = None;
     let mut i = 0;
     while i < b.len() && (code.is_none() || status.is_none()) {
@@ -1434,9 +1435,14 @@ fn reply_codes(s: &str) -> (Option<u16>, Option<EnhancedCode>) {
                 let c = u16::from(b[i] - b'0') * 100
                     + u16::from(b[i + 1] - b'0') * 10
                     + u16::from(b[i + 2] - b'0');
-                // Years, sizes and ports look like codes too: only real reply codes.
+                // Years, sizes and ports look like codes too: only real reply codes. A leading 2xx
+                // (a greeting quoted before the failure) gives way to a later 4xx/5xx.
                 if (b[i + 1] - b'0') <= 5 {
-                    code = Some(c);
+                    if b[i] == b'2' {
+                        positive = Some(c);
+                    } else {
+                        code = Some(c);
+                    }
                 }
                 i += 3;
                 continue;
@@ -1444,7 +1450,7 @@ fn reply_codes(s: &str) -> (Option<u16>, Option<EnhancedCode>) {
         }
         i += 1;
     }
-    (code, status)
+    (code.or(positive), status)
 }
 
 fn find_status_at(b: &[u8], i: usize) -> Option<EnhancedCode> {
