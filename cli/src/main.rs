@@ -34,6 +34,13 @@ enum Command {
     Policy(cmd::policy::PolicyArgs),
     /// Traffic shaping: the rule and limits that apply to a domain.
     Shaping(cmd::shaping::ShapingArgs),
+    /// Classify SMTP replies read on standard input (`CODE [X.Y.Z] TEXT` per line).
+    Classify(cmd::bounce::ClassifyArgs),
+    /// Inbound reports: `vmta bounce parse FILE...`.
+    #[command(subcommand)]
+    Bounce(cmd::bounce::BounceCommand),
+    /// List, check, add and remove suppressed addresses.
+    Suppress(cmd::bounce::SuppressArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,5 +54,8 @@ fn main() -> ExitCode {
         Command::Preflight(args) => cmd::preflight::run(args),
         Command::Policy(args) => cmd::policy::run(args),
         Command::Shaping(args) => cmd::shaping::run(args),
+        Command::Classify(a) => cmd::bounce::classify(a),
+        Command::Bounce(c) => cmd::bounce::bounce(c),
+        Command::Suppress(a) => cmd::bounce::suppress(a),
     }
 }

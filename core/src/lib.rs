@@ -19,10 +19,13 @@
 //!   MX), written against a small DNS lookup trait.
 //! - [`shaping`]: traffic shaping — per-source token buckets (shard-local or lock-free shared), connection
 //!   caps, hourly/daily caps, warm-up schedules, adaptive backoff, TOML rule sets with provider defaults.
+//! - [`bounce`]: deliverability intelligence: reply classification, retry policy, suppression, DSN/ARF
+//!   parsing and VERP.
 //!
 //! Protocol modules never touch sockets, files or the clock: time and randomness are passed in, so the
 //! same code runs against real peers and inside deterministic simulations.
 
+pub mod bounce;
 pub mod client;
 pub mod dkim;
 pub mod dns;

@@ -1,5 +1,6 @@
 //! One module per subcommand of `vmta`.
 
+pub mod bounce;
 pub mod dns;
 pub mod shaping;
 

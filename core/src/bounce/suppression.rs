@@ -1,0 +1,773 @@
+//! The suppression list: per tenant, persistent, consulted at submission.
+//!
+//! A suppressed recipient is not sent to; the submission reports reason `suppressed`. Entries come from
+//! bounces (by [`SuppressionPolicy`]: a hard bounce — `userunknown`, `notaccept`, `hostunknown` from a
+//! definite NXDOMAIN — at the first occurrence; `mailboxfull`, `suspend` and a domain that does not
+//! resolve without a definite NXDOMAIN at the third; `mailboxfull` entries expire after 30 days;
+//! reputation blocks — `blocked`, `badreputation`, `requireptr`, `authfailure` — never), from spam
+//! complaints (an ARF report suppresses the address for every stream of the tenant), and by hand.
+//!
+//! Storage is an append-only log: each record is `length (u32 LE) | CRC-32 (u32 LE) | payload`, the
+//! payload a tab-separated line. Opening replays the log into hash maps; a torn tail (a record cut by a
+//! crash) is cut off, a record whose checksum fails is counted and skipped, never trusted. Soft-bounce
+//! counters are logged too, so thresholds survive restarts. [`SuppressionStore::compact`] rewrites the
+//! log with only the live state (write to a temporary file, fsync, rename). With `sync` on (the
+//! default) every change is fsynced before the call returns.
+//!
+//! Not implemented: sharing one store between processes (one writer per file), and lookups by domain
+//! or pattern. Addresses are lower-cased whole: RFC 5321 §2.4 lets a local part be case-sensitive, but
+//! mailbox providers treat it case-insensitively, and a bounced `John@` must stop `john@` too.
+
+use super::reason::Reason;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Largest record payload accepted when reading the log.
+const MAX_RECORD: u32 = 4096;
+
+const fn crc_table() -> [u32; 256] {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+}
+
+static CRC_TABLE: [u32; 256] = crc_table();
+
+/// CRC-32 (IEEE 802.3, as zlib).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// Where a suppression came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A bounce (live reply or DSN).
+    Bounce,
+    /// A spam complaint (ARF).
+    Complaint,
+    /// Added by hand.
+    Manual,
+}
+
+impl Source {
+    /// `"bounce"`, `"complaint"` or `"manual"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Bounce => "bounce",
+            Source::Complaint => "complaint",
+            Source::Manual => "manual",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Source> {
+        Some(match s {
+            "bounce" => Source::Bounce,
+            "complaint" => Source::Complaint,
+            "manual" => Source::Manual,
+            _ => return None,
+        })
+    }
+}
+
+/// One suppressed address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppression {
+    /// The tenant (brand) it applies to.
+    pub tenant: String,
+    /// The address (lower-cased).
+    pub address: String,
+    /// The stream it applies to; `None` for every stream of the tenant.
+    pub stream: Option<String>,
+    /// The reason that caused it.
+    pub reason: Reason,
+    /// Where it came from.
+    pub source: Source,
+    /// When (Unix seconds).
+    pub created: u64,
+    /// When it stops applying (Unix seconds), if ever.
+    pub expires: Option<u64>,
+}
+
+impl Suppression {
+    /// Whether it applies at `now` (Unix seconds).
+    pub fn is_active(&self, now: u64) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
+}
+
+/// When bounces suppress, per reason, with per-tenant overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionPolicy {
+    /// Occurrences of a reason that suppress (1 = at the first). A reason absent here never suppresses.
+    pub thresholds: HashMap<Reason, u32>,
+    /// Occurrences of `hostunknown` without a definite NXDOMAIN that suppress.
+    pub unresolved_threshold: u32,
+    /// How long a suppression for a reason lasts; absent = forever.
+    pub expiry: HashMap<Reason, Duration>,
+    /// Per-tenant replacements of `thresholds` entries.
+    pub tenant_thresholds: HashMap<String, HashMap<Reason, u32>>,
+}
+
+impl Default for SuppressionPolicy {
+    fn default() -> Self {
+        SuppressionPolicy {
+            thresholds: HashMap::from([
+                (Reason::UserUnknown, 1),
+                (Reason::NotAccept, 1),
+                (Reason::HostUnknown, 1),
+                (Reason::MailboxFull, 3),
+                (Reason::Suspend, 3),
+            ]),
+            unresolved_threshold: 3,
+            expiry: HashMap::from([(Reason::MailboxFull, Duration::from_secs(30 * 86400))]),
+            tenant_thresholds: HashMap::new(),
+        }
+    }
+}
+
+impl SuppressionPolicy {
+    /// The number of occurrences of `reason` that suppress for `tenant`, or `None` if it never does.
+    /// Reputation reasons never suppress, whatever the configuration says.
+    pub fn threshold(&self, tenant: &str, reason: Reason, definite_nxdomain: bool) -> Option<u32> {
+        if reason.is_reputation() {
+            return None;
+        }
+        if let Some(t) = self
+            .tenant_thresholds
+            .get(tenant)
+            .and_then(|m| m.get(&reason))
+        {
+            return Some((*t).max(1));
+        }
+        if reason == Reason::HostUnknown && !definite_nxdomain {
+            return Some(self.unresolved_threshold.max(1));
+        }
+        self.thresholds.get(&reason).map(|t| (*t).max(1))
+    }
+}
+
+/// What recording a failure did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The recipient is now suppressed.
+    Suppressed(Suppression),
+    /// Counted; `count` of `threshold` occurrences so far.
+    Counted {
+        /// Occurrences so far.
+        count: u32,
+        /// Occurrences that suppress.
+        threshold: u32,
+    },
+    /// This reason never suppresses.
+    Ignored,
+}
+
+/// Counts of what opening the log found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Records replayed.
+    pub records: u64,
+    /// Records skipped because their checksum or content was bad.
+    pub corrupt: u64,
+    /// Bytes cut from a torn tail.
+    pub truncated: u64,
+}
+
+type Key = (String, String, Option<String>);
+
+/// The persistent store.
+#[derive(Debug)]
+pub struct SuppressionStore {
+    path: PathBuf,
+    file: File,
+    entries: HashMap<Key, Suppression>,
+    counts: HashMap<(String, String, Reason), u32>,
+    policy: SuppressionPolicy,
+    /// fsync after every change.
+    pub sync: bool,
+    recovery: Recovery,
+}
+
+/// The form an address is stored and looked up in: angle brackets and white space dropped, lower case.
+pub fn normalize_address(address: &str) -> String {
+    address
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_lowercase()
+}
+
+fn check_field(what: &str, s: &str) -> io::Result<()> {
+    if s.is_empty() || s.len() > 512 || s.chars().any(|c| c == '\t' || c == '\n' || c == '\r') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad {what}: {s:?}"),
+        ));
+    }
+    Ok(())
+}
+
+impl SuppressionStore {
+    /// Opens (or creates) the log at `path` and replays it.
+    pub fn open(path: impl AsRef<Path>, policy: SuppressionPolicy) -> io::Result<SuppressionStore> {
+        let path = path.as_ref().to_path_buf();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let mut data = Vec::new();
+        file.seek(SeekFrom::Start(0))?;
+        file.read_to_end(&mut data)?;
+        let mut store = SuppressionStore {
+            path,
+            file,
+            entries: HashMap::new(),
+            counts: HashMap::new(),
+            policy,
+            sync: true,
+            recovery: Recovery::default(),
+        };
+        let mut pos = 0usize;
+        while pos < data.len() {
+            if data.len() - pos < 8 {
+                break;
+            }
+            let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
+            if len == 0 || len > MAX_RECORD || pos + 8 + len as usize > data.len() {
+                break;
+            }
+            let payload = &data[pos + 8..pos + 8 + len as usize];
+            if crc32(payload) != crc || !store.replay(payload) {
+                store.recovery.corrupt += 1;
+            } else {
+                store.recovery.records += 1;
+            }
+            pos += 8 + len as usize;
+        }
+        if pos < data.len() {
+            store.recovery.truncated = (data.len() - pos) as u64;
+            store.file.set_len(pos as u64)?;
+            store.file.sync_data()?;
+        }
+        Ok(store)
+    }
+
+    /// What opening found.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &SuppressionPolicy {
+        &self.policy
+    }
+
+    fn replay(&mut self, payload: &[u8]) -> bool {
+        let Ok(s) = std::str::from_utf8(payload) else {
+            return false;
+        };
+        let f: Vec<&str> = s.split('\t').collect();
+        match f.as_slice() {
+            [
+                "add",
+                tenant,
+                address,
+                stream,
+                reason,
+                source,
+                created,
+                expires,
+            ] => {
+                let (Some(reason), Some(source), Ok(created)) = (
+                    Reason::parse(reason),
+                    Source::parse(source),
+                    created.parse(),
+                ) else {
+                    return false;
+                };
+                let expires = if expires.is_empty() {
+                    None
+                } else {
+                    match expires.parse() {
+                        Ok(e) => Some(e),
+                        Err(_) => return false,
+                    }
+                };
+                let stream = (!stream.is_empty()).then(|| stream.to_string());
+                let s = Suppression {
+                    tenant: tenant.to_string(),
+                    address: address.to_string(),
+                    stream: stream.clone(),
+                    reason,
+                    source,
+                    created,
+                    expires,
+                };
+                self.counts
+                    .retain(|(t, a, _), _| !(t == tenant && a == address));
+                self.entries
+                    .insert((tenant.to_string(), address.to_string(), stream), s);
+                true
+            }
+            ["remove", tenant, address, stream] => {
+                let stream = (!stream.is_empty()).then(|| stream.to_string());
+                self.entries
+                    .remove(&(tenant.to_string(), address.to_string(), stream));
+                true
+            }
+            ["count", tenant, address, reason, n] => {
+                let (Some(reason), Ok(n)) = (Reason::parse(reason), n.parse::<u32>()) else {
+                    return false;
+                };
+                self.counts
+                    .insert((tenant.to_string(), address.to_string(), reason), n);
+                true
+            }
+            ["reset", tenant, address] => {
+                self.counts
+                    .retain(|(t, a, _), _| !(t == tenant && a == address));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn append(&mut self, payload: &str) -> io::Result<()> {
+        let mut rec = Vec::with_capacity(8 + payload.len());
+        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&crc32(payload.as_bytes()).to_le_bytes());
+        rec.extend_from_slice(payload.as_bytes());
+        self.file.write_all(&rec)?;
+        if self.sync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn add_entry(&mut self, s: Suppression) -> io::Result<()> {
+        check_field("tenant", &s.tenant)?;
+        check_field("address", &s.address)?;
+        if let Some(st) = &s.stream {
+            check_field("stream", st)?;
+        }
+        let payload = format!(
+            "add\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            s.tenant,
+            s.address,
+            s.stream.as_deref().unwrap_or(""),
+            s.reason.as_str(),
+            s.source.as_str(),
+            s.created,
+            s.expires.map(|e| e.to_string()).unwrap_or_default()
+        );
+        self.append(&payload)?;
+        self.replay(payload.as_bytes());
+        Ok(())
+    }
+
+    /// The suppression that stops sending to `address` on `stream` for `tenant` at `now`, if any.
+    pub fn check(
+        &self,
+        tenant: &str,
+        address: &str,
+        stream: Option<&str>,
+        now: u64,
+    ) -> Option<&Suppression> {
+        let address = normalize_address(address);
+        let all = self
+            .entries
+            .get(&(tenant.to_string(), address.clone(), None))
+            .filter(|s| s.is_active(now));
+        all.or_else(|| {
+            stream.and_then(|st| {
+                self.entries
+                    .get(&(tenant.to_string(), address, Some(st.to_string())))
+                    .filter(|s| s.is_active(now))
+            })
+        })
+    }
+
+    /// Adds a suppression by hand (`stream` `None` = every stream).
+    pub fn add(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        stream: Option<&str>,
+        reason: Reason,
+        now: u64,
+        expires: Option<u64>,
+    ) -> io::Result<Suppression> {
+        let s = Suppression {
+            tenant: tenant.to_string(),
+            address: normalize_address(address),
+            stream: stream.map(str::to_string),
+            reason,
+            source: Source::Manual,
+            created: now,
+            expires,
+        };
+        self.add_entry(s.clone())?;
+        Ok(s)
+    }
+
+    /// Removes the suppression of `address` (on `stream`, or the every-stream entry). Returns whether
+    /// one existed.
+    pub fn remove(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        stream: Option<&str>,
+    ) -> io::Result<bool> {
+        let address = normalize_address(address);
+        let key = (
+            tenant.to_string(),
+            address.clone(),
+            stream.map(str::to_string),
+        );
+        if !self.entries.contains_key(&key) {
+            return Ok(false);
+        }
+        let payload = format!("remove\t{tenant}\t{address}\t{}", stream.unwrap_or(""));
+        self.append(&payload)?;
+        self.replay(payload.as_bytes());
+        Ok(true)
+    }
+
+    /// Every entry of `tenant` (or of every tenant), sorted by tenant and address, expired ones included.
+    pub fn list(&self, tenant: Option<&str>) -> Vec<&Suppression> {
+        let mut v: Vec<&Suppression> = self
+            .entries
+            .values()
+            .filter(|s| tenant.is_none_or(|t| s.tenant == t))
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.tenant, &a.address, &a.stream).cmp(&(&b.tenant, &b.address, &b.stream))
+        });
+        v
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records a bounce of `address` with `reason`; suppresses when the policy's threshold is reached.
+    /// `definite_nxdomain` says a `hostunknown` came from an authoritative NXDOMAIN.
+    pub fn record_bounce(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        reason: Reason,
+        definite_nxdomain: bool,
+        now: u64,
+    ) -> io::Result<Recorded> {
+        let Some(threshold) = self.policy.threshold(tenant, reason, definite_nxdomain) else {
+            return Ok(Recorded::Ignored);
+        };
+        check_field("tenant", tenant)?;
+        let address = normalize_address(address);
+        check_field("address", &address)?;
+        let key = (tenant.to_string(), address.clone(), reason);
+        let count = self
+            .counts
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(1);
+        if count >= threshold {
+            let expires = self
+                .policy
+                .expiry
+                .get(&reason)
+                .map(|d| now.saturating_add(d.as_secs()));
+            let s = Suppression {
+                tenant: tenant.to_string(),
+                address,
+                stream: None,
+                reason,
+                source: Source::Bounce,
+                created: now,
+                expires,
+            };
+            self.add_entry(s.clone())?;
+            return Ok(Recorded::Suppressed(s));
+        }
+        let payload = format!("count\t{tenant}\t{address}\t{}\t{count}", reason.as_str());
+        self.append(&payload)?;
+        self.replay(payload.as_bytes());
+        Ok(Recorded::Counted { count, threshold })
+    }
+
+    /// Records a spam complaint: suppresses `address` for every stream of `tenant`.
+    pub fn record_complaint(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        now: u64,
+    ) -> io::Result<Suppression> {
+        let s = Suppression {
+            tenant: tenant.to_string(),
+            address: normalize_address(address),
+            stream: None,
+            reason: Reason::Feedback,
+            source: Source::Complaint,
+            created: now,
+            expires: None,
+        };
+        self.add_entry(s.clone())?;
+        Ok(s)
+    }
+
+    /// Records a successful delivery: soft-bounce counters of the address start again.
+    pub fn record_delivery(&mut self, tenant: &str, address: &str) -> io::Result<()> {
+        let address = normalize_address(address);
+        if !self
+            .counts
+            .keys()
+            .any(|(t, a, _)| t == tenant && *a == address)
+        {
+            return Ok(());
+        }
+        let payload = format!("reset\t{tenant}\t{address}");
+        self.append(&payload)?;
+        self.replay(payload.as_bytes());
+        Ok(())
+    }
+
+    /// Rewrites the log with only the live state (entries active at `now` and pending counters).
+    pub fn compact(&mut self, now: u64) -> io::Result<()> {
+        let tmp = self.path.with_extension("compact");
+        {
+            let mut out = File::create(&tmp)?;
+            let mut buf = Vec::new();
+            let mut push = |payload: String| {
+                buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                buf.extend_from_slice(&crc32(payload.as_bytes()).to_le_bytes());
+                buf.extend_from_slice(payload.as_bytes());
+            };
+            for s in self.list(None) {
+                if !s.is_active(now) {
+                    continue;
+                }
+                push(format!(
+                    "add\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    s.tenant,
+                    s.address,
+                    s.stream.as_deref().unwrap_or(""),
+                    s.reason.as_str(),
+                    s.source.as_str(),
+                    s.created,
+                    s.expires.map(|e| e.to_string()).unwrap_or_default()
+                ));
+            }
+            for ((t, a, r), n) in &self.counts {
+                push(format!("count\t{t}\t{a}\t{}\t{n}", r.as_str()));
+            }
+            out.write_all(&buf)?;
+            out.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
+        {
+            let _ = d.sync_all();
+        }
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        self.entries.retain(|_, s| s.is_active(now));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmta-supp-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("suppression.log")
+    }
+
+    #[test]
+    fn crc_matches_zlib() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn thresholds_and_expiry() {
+        let p = tmp("thresholds");
+        let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+        s.sync = false;
+        assert!(matches!(
+            s.record_bounce("t", "a@X.example", Reason::UserUnknown, false, 10)
+                .unwrap(),
+            Recorded::Suppressed(_)
+        ));
+        assert!(s.check("t", "a@x.example", None, 11).is_some());
+        assert!(s.check("t", "<A@X.EXAMPLE>", None, 11).is_some());
+        assert!(s.check("other", "a@x.example", None, 11).is_none());
+        assert_eq!(
+            s.record_bounce("t", "b@x.example", Reason::Blocked, false, 10)
+                .unwrap(),
+            Recorded::Ignored
+        );
+        assert_eq!(
+            s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 10)
+                .unwrap(),
+            Recorded::Counted {
+                count: 1,
+                threshold: 3
+            }
+        );
+        assert_eq!(
+            s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 10)
+                .unwrap(),
+            Recorded::Counted {
+                count: 2,
+                threshold: 3
+            }
+        );
+        let Recorded::Suppressed(e) = s
+            .record_bounce("t", "c@x.example", Reason::MailboxFull, false, 100)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(e.expires, Some(100 + 30 * 86400));
+        assert!(s.check("t", "c@x.example", Some("news"), 101).is_some());
+        assert!(
+            s.check("t", "c@x.example", None, 100 + 30 * 86400)
+                .is_none()
+        );
+        // Host unknown: definite NXDOMAIN at once, otherwise the third time.
+        assert!(matches!(
+            s.record_bounce("t", "d@gone.example", Reason::HostUnknown, true, 1)
+                .unwrap(),
+            Recorded::Suppressed(_)
+        ));
+        assert!(matches!(
+            s.record_bounce("t", "e@flaky.example", Reason::HostUnknown, false, 1)
+                .unwrap(),
+            Recorded::Counted { .. }
+        ));
+        // A delivery resets soft counters.
+        s.record_bounce("t", "f@x.example", Reason::Suspend, false, 1)
+            .unwrap();
+        s.record_bounce("t", "f@x.example", Reason::Suspend, false, 1)
+            .unwrap();
+        s.record_delivery("t", "f@x.example").unwrap();
+        assert_eq!(
+            s.record_bounce("t", "f@x.example", Reason::Suspend, false, 1)
+                .unwrap(),
+            Recorded::Counted {
+                count: 1,
+                threshold: 3
+            }
+        );
+    }
+
+    #[test]
+    fn complaint_covers_every_stream_and_manual_edits() {
+        let p = tmp("complaint");
+        let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+        s.record_complaint("t", "u@example.com", 5).unwrap();
+        assert!(
+            s.check("t", "u@example.com", Some("transactional"), 6)
+                .is_some()
+        );
+        s.add(
+            "t",
+            "v@example.com",
+            Some("news"),
+            Reason::Suppressed,
+            5,
+            None,
+        )
+        .unwrap();
+        assert!(s.check("t", "v@example.com", Some("news"), 6).is_some());
+        assert!(s.check("t", "v@example.com", Some("billing"), 6).is_none());
+        assert!(s.remove("t", "v@example.com", Some("news")).unwrap());
+        assert!(!s.remove("t", "v@example.com", Some("news")).unwrap());
+        assert!(s.check("t", "v@example.com", Some("news"), 6).is_none());
+        assert!(
+            s.add("t\tx", "v@example.com", None, Reason::Suppressed, 5, None)
+                .is_err()
+        );
+        assert_eq!(s.list(Some("t")).len(), 1);
+    }
+
+    #[test]
+    fn survives_reopen_torn_tail_and_corruption() {
+        let p = tmp("recovery");
+        {
+            let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+            s.record_bounce("t", "a@x.example", Reason::UserUnknown, false, 1)
+                .unwrap();
+            s.record_bounce("t", "b@x.example", Reason::UserUnknown, false, 1)
+                .unwrap();
+            s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 1)
+                .unwrap();
+        }
+        let s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.recovery().records, 3);
+        // Corrupt one byte of the first record's payload and append a torn record.
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[10] ^= 0xff;
+        bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3]);
+        std::fs::write(&p, &bytes).unwrap();
+        let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+        assert_eq!(s.recovery().corrupt, 1);
+        assert_eq!(s.recovery().truncated, 7);
+        assert!(s.check("t", "a@x.example", None, 2).is_none());
+        assert!(s.check("t", "b@x.example", None, 2).is_some());
+        // The counter survived: the next two mailbox-full bounces suppress.
+        s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 2)
+            .unwrap();
+        assert!(matches!(
+            s.record_bounce("t", "c@x.example", Reason::MailboxFull, false, 2)
+                .unwrap(),
+            Recorded::Suppressed(_)
+        ));
+        s.compact(3).unwrap();
+        let s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.recovery().corrupt, 0);
+    }
+}
