@@ -22,6 +22,8 @@ enum Command {
     Version,
     /// Run the quick start: a campaign delivered to the built-in test world on loopback.
     Demo(cmd::demo::DemoArgs),
+    /// Summarise, list or remove what a spool holds.
+    Queue(cmd::queue::QueueArgs),
     /// Deliver one message over one SMTP session and print the conversation summary.
     Send(cmd::send::SendArgs),
     /// Resolve like the delivery engine does: MX targets, addresses, TXT, PTR.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Version => cmd::version(),
         Command::Send(args) => cmd::send::run(args),
+        Command::Queue(args) => cmd::queue::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Dns(args) => cmd::dns::run(args),
         Command::Dkim(args) => cmd::dkim::run(args),

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod dkim;
 pub mod policy;
 pub mod preflight;
+pub mod queue;
 pub mod send;
 
 /// `vmta version`.
