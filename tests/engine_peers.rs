@@ -25,6 +25,9 @@ fn config(spool: &TempDir, dns: std::net::SocketAddr, port: u16) -> EngineConfig
         .max_connections_per_host(4)
         .shaping_rules(vmta_testworld::world::UNSHAPED)
         .with(|c| {
+            // Tests that wait for retries use short exponential intervals; the bounce test uses the
+            // classified schedule.
+            c.retry.policy = vmta::engine::config::RetryKind::Exponential;
             c.delivery.connect_timeout_s = 5;
             c.delivery.idle_timeout_s = 1;
             c.delivery.host_down_s = 30;
@@ -180,7 +183,10 @@ fn bounces_5xx_without_retry_and_dns_failures_by_kind() {
         &["-f", "RCPT", "-B", "550 5.1.1 No such user"],
     );
     let spool = TempDir::new("engine-bounce");
-    let e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
+    let mut cfg = config(&spool, zone.addr, port);
+    // The default schedule: per reason, from the bounce classifier.
+    cfg.retry.policy = vmta::engine::config::RetryKind::Classified;
+    let e = Engine::start(&cfg).unwrap();
     submit(&e, "nobody@hard.engine.test", 0);
     submit(&e, "x@nullmx.engine.test", 1);
     submit(&e, "x@nxdomain.engine.test", 2);
@@ -197,12 +203,15 @@ fn bounces_5xx_without_retry_and_dns_failures_by_kind() {
         Some("5.1.1")
     );
     assert_eq!(hard.attempts, 1);
+    assert_eq!(hard.reason, "userunknown");
     let null = by_rcpt["x@nullmx.engine.test"];
     assert_eq!(null.kind, EventKind::Bounced);
     assert!(null.text.contains("notaccept"), "{}", null.text);
+    assert_eq!(null.reason, "notaccept");
     let nx = by_rcpt["x@nxdomain.engine.test"];
     assert_eq!(nx.kind, EventKind::Bounced);
     assert!(nx.text.contains("hostunknown"), "{}", nx.text);
+    assert_eq!(nx.reason, "hostunknown");
     // Nothing more happens to them.
     let more = collect(&e, Duration::from_millis(1500), |_| false);
     assert!(more.is_empty(), "{more:#?}");

@@ -32,8 +32,9 @@
 //! ca_file = ""                # extra CA certificates (PEM) for "required"
 //! host_down_s = 60            # after a connection failure, skip that MX address this long
 //!
-//! [retry]                     # used until a per-reason policy is configured
-//! first_s = 900               # first retry after 15 minutes ...
+//! [retry]
+//! policy = "classified"       # per reason, from the bounce classifier; or "exponential" (below)
+//! first_s = 900               # exponential: first retry after 15 minutes ...
 //! max_s = 14400               # ... doubling up to 4 hours ...
 //! jitter = 0.2                # ... each spread by up to ±20% ...
 //! max_age_s = 259200          # ... until the message is 72 hours old: then it expires
@@ -240,10 +241,23 @@ impl Default for DeliverySection {
     }
 }
 
-/// `[retry]`: the default schedule for temporary failures.
+/// Which retry schedule the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryKind {
+    /// Per reason, from the bounce classifier.
+    #[default]
+    Classified,
+    /// Exponential from `first_s` to `max_s`, whatever the reason.
+    Exponential,
+}
+
+/// `[retry]`: the schedule for temporary failures.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySection {
+    /// Which schedule.
+    pub policy: RetryKind,
     /// First retry delay.
     pub first_s: u64,
     /// Largest delay.
@@ -257,6 +271,7 @@ pub struct RetrySection {
 impl Default for RetrySection {
     fn default() -> Self {
         RetrySection {
+            policy: RetryKind::Classified,
             first_s: 15 * 60,
             max_s: 4 * 3600,
             jitter: 0.2,
@@ -744,6 +759,7 @@ impl EngineConfigBuilder {
     /// Retry schedule.
     pub fn retry(mut self, first: Duration, max: Duration, jitter: f64, max_age: Duration) -> Self {
         self.0.retry = RetrySection {
+            policy: RetryKind::Exponential,
             first_s: first.as_secs(),
             max_s: max.as_secs(),
             jitter,

@@ -53,6 +53,9 @@ pub struct DeliveryEvent {
     pub text: String,
     /// The conversation phase of the reply or failure.
     pub phase: Option<Phase>,
+    /// For failures: the reason in the field's words (`userunknown`, `mailboxfull`, `ratelimited`,
+    /// ...), when the retry policy classifies; empty otherwise.
+    pub reason: String,
     /// The MX host name (or smarthost) tried, if any.
     pub mx: String,
     /// Its address, if a connection was made.
@@ -93,6 +96,8 @@ impl DeliveryEvent {
         field(&mut s, "text", &self.text);
         s.push(',');
         field(&mut s, "phase", self.phase.map_or("", |p| p.as_str()));
+        s.push(',');
+        field(&mut s, "reason", &self.reason);
         s.push(',');
         field(&mut s, "mx", &self.mx);
         s.push(',');
@@ -161,6 +166,7 @@ mod tests {
             enhanced: EnhancedCode::new(5, 1, 1),
             text: "no \"such\"\nuser".into(),
             phase: Some(Phase::Rcpt),
+            reason: "userunknown".into(),
             mx: "mx.y.example".into(),
             ip: Some("127.0.0.2".parse().unwrap()),
             source: "default".into(),

@@ -401,7 +401,14 @@ impl Engine {
     /// Validates the configuration, opens each shard's spool (recovering what it holds) and starts the
     /// shard threads.
     pub fn start(config: &EngineConfig) -> Result<Engine, EngineError> {
-        Engine::start_with(config, Arc::new(retry_from(config)))
+        let retry: Arc<dyn retry::RetryPolicy> = match config.retry.policy {
+            config::RetryKind::Classified => Arc::new(retry::ClassifiedRetry::new(
+                config.retry.max_age_s,
+                config.retry.jitter,
+            )),
+            config::RetryKind::Exponential => Arc::new(retry_from(config)),
+        };
+        Engine::start_with(config, retry)
     }
 
     /// Like [`Engine::start`] with another retry policy.

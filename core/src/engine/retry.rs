@@ -6,11 +6,16 @@
 //! `max_age`; a failure at or after that age expires the recipient, with its last reason. Permanent failures (5xx, a null MX, NXDOMAIN) are never
 //! retried.
 //!
-//! This is the engine's fallback. A per-reason policy (bounce classification) plugs in through
-//! [`RetryPolicy`].
+//! [`ClassifiedRetry`] is the engine's default: it asks the bounce classifier (`crate::bounce`) what
+//! the failure means (code, enhanced code, text, phase, receiving domain and MX host) and retries per
+//! reason (421 in about 20 minutes, an unclear 554 or a full mailbox in 24 hours, rate limits with
+//! backoff, intervals between 15 minutes and 30 hours, user unknown never), up to the same maximum age.
+//! [`ExponentialRetry`] stays for `[retry] policy = "exponential"`.
 
+use crate::smtp::{EnhancedCode, Phase};
 use rand::RngExt;
 use rand::rngs::StdRng;
+use std::time::Duration;
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +35,16 @@ pub struct FailedAttempt<'a> {
     pub permanent: bool,
     /// The SMTP code, if a server answered.
     pub code: Option<u16>,
+    /// The enhanced status code, if the server sent one.
+    pub enhanced: Option<EnhancedCode>,
     /// The reply or failure text.
     pub text: &'a str,
+    /// Where in the conversation it failed.
+    pub phase: Option<Phase>,
+    /// The recipient's domain.
+    pub domain: &'a str,
+    /// The MX host that answered, if any.
+    pub mx: &'a str,
     /// Attempts made so far, this one included.
     pub attempts: u16,
     /// When the message was submitted (Unix seconds).
@@ -47,6 +60,92 @@ pub trait RetryPolicy: Send + Sync + std::fmt::Debug {
 
     /// The maximum age in seconds.
     fn max_age(&self) -> u64;
+
+    /// The reason of the failure in the field's words (Sisimai's names: `userunknown`, `mailboxfull`,
+    /// `ratelimited`, ...), when the policy knows it.
+    fn reason(&self, _attempt: &FailedAttempt<'_>) -> Option<&'static str> {
+        None
+    }
+}
+
+/// Retries per reason, as the bounce classifier says.
+#[derive(Debug)]
+pub struct ClassifiedRetry {
+    /// The classifier (reloadable).
+    pub classifier: crate::bounce::ClassifierHandle,
+    /// Intervals and maximum age.
+    pub policy: crate::bounce::RetryPolicy,
+    /// Random spread of each interval, 0.0–0.5.
+    pub jitter: f64,
+}
+
+impl ClassifiedRetry {
+    /// The shipped rules with a maximum age in seconds.
+    pub fn new(max_age: u64, jitter: f64) -> ClassifiedRetry {
+        ClassifiedRetry {
+            classifier: crate::bounce::ClassifierHandle::new(
+                crate::bounce::Classifier::default_rules(),
+            ),
+            policy: crate::bounce::RetryPolicy {
+                max_age: Duration::from_secs(max_age),
+                ..crate::bounce::RetryPolicy::default()
+            },
+            jitter,
+        }
+    }
+
+    fn classify(&self, a: &FailedAttempt<'_>) -> crate::bounce::Classification {
+        let d = crate::bounce::Diagnostic {
+            code: a.code,
+            enhanced: a.enhanced,
+            text: a.text,
+            phase: a.phase,
+            sender_domain: "",
+            recipient_domain: a.domain,
+            mx_host: a.mx,
+        };
+        self.classifier.classify(&d)
+    }
+}
+
+impl RetryPolicy for ClassifiedRetry {
+    fn decide(&self, a: &FailedAttempt<'_>, rng: &mut StdRng) -> Decision {
+        use crate::bounce::RetryDecision;
+        // A permanent failure without a server reply (NXDOMAIN, a null MX, a message the server's SIZE
+        // or SMTPUTF8 support rules out) is final whatever its text.
+        if a.permanent && a.code.is_none() {
+            return Decision::Bounce;
+        }
+        let c = self.classify(a);
+        // For a server's reply the classifier decides: a 5xx "mailbox full" or an unclear 554 is
+        // retried, a 4xx "user unknown" is not.
+        let now = Duration::from_secs(a.now);
+        let first = Duration::from_secs(a.submitted_at);
+        match self.policy.next(&c, u32::from(a.attempts), first, now) {
+            RetryDecision::Bounce => Decision::Bounce,
+            RetryDecision::Expire { .. } => Decision::Expire,
+            RetryDecision::Done => Decision::RetryAt(a.now + self.policy.min_interval.as_secs()),
+            RetryDecision::RetryAt(at) => {
+                let deadline = a.submitted_at.saturating_add(self.policy.max_age.as_secs());
+                let delay = at.as_secs().saturating_sub(a.now) as f64;
+                let spread = if self.jitter > 0.0 {
+                    rng.random_range(-self.jitter..=self.jitter)
+                } else {
+                    0.0
+                };
+                let at = a.now + (delay * (1.0 + spread)).max(1.0) as u64;
+                Decision::RetryAt(at.min(deadline))
+            }
+        }
+    }
+
+    fn max_age(&self) -> u64 {
+        self.policy.max_age.as_secs()
+    }
+
+    fn reason(&self, a: &FailedAttempt<'_>) -> Option<&'static str> {
+        Some(self.classify(a).reason.as_str())
+    }
 }
 
 /// Exponential backoff with jitter and a maximum age.
@@ -116,11 +215,50 @@ mod tests {
         FailedAttempt {
             permanent: false,
             code: Some(451),
+            enhanced: None,
             text: "try later",
+            phase: Some(Phase::Rcpt),
+            domain: "example.test",
+            mx: "mx.example.test",
             attempts,
             submitted_at: 0,
             now,
         }
+    }
+
+    #[test]
+    fn classified_retries_follow_the_reason() {
+        let r = ClassifiedRetry::new(72 * 3600, 0.0);
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut a = attempt(1, 1000);
+        a.code = Some(550);
+        a.enhanced = EnhancedCode::new(5, 1, 1);
+        a.text = "<x@example.test>: Recipient address rejected: User unknown";
+        a.permanent = true;
+        assert_eq!(r.decide(&a, &mut rng), Decision::Bounce);
+        assert_eq!(r.reason(&a), Some("userunknown"));
+        let mut a = attempt(1, 1000);
+        a.code = Some(421);
+        a.text = "Service not available, closing transmission channel";
+        match r.decide(&a, &mut rng) {
+            Decision::RetryAt(t) => assert!((1000 + 15 * 60..=1000 + 30 * 60).contains(&t), "{t}"),
+            d => panic!("{d:?}"),
+        }
+        let mut a = attempt(1, 1000);
+        a.code = Some(552);
+        a.enhanced = EnhancedCode::new(5, 2, 2);
+        a.text = "Mailbox full";
+        a.permanent = true;
+        match r.decide(&a, &mut rng) {
+            Decision::RetryAt(t) => assert!(
+                t >= 1000 + 20 * 3600,
+                "mailbox full retries in about a day: {t}"
+            ),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(r.reason(&a), Some("mailboxfull"));
+        let a = attempt(30, 72 * 3600);
+        assert_eq!(r.decide(&a, &mut rng), Decision::Expire);
     }
 
     #[test]

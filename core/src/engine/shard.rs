@@ -1196,17 +1196,20 @@ impl ShardCore {
                 event.enhanced = *enhanced;
                 event.text = text.clone();
                 event.phase = Some(*phase);
-                let decision = self.retry.decide(
-                    &FailedAttempt {
-                        permanent: *permanent,
-                        code: (*code > 0).then_some(*code),
-                        text,
-                        attempts,
-                        submitted_at: event.submitted_at,
-                        now: now.unix(),
-                    },
-                    &mut self.rng,
-                );
+                let attempt = FailedAttempt {
+                    permanent: *permanent,
+                    code: (*code > 0).then_some(*code),
+                    enhanced: *enhanced,
+                    text,
+                    phase: Some(*phase),
+                    domain: &domain,
+                    mx: via.map_or("", |(mx, _)| mx),
+                    attempts,
+                    submitted_at: event.submitted_at,
+                    now: now.unix(),
+                };
+                let decision = self.retry.decide(&attempt, &mut self.rng);
+                event.reason = self.retry.reason(&attempt).unwrap_or_default().to_string();
                 let summary = if *code > 0 {
                     match enhanced {
                         Some(e) => format!("{code} {e} {text}"),
@@ -1303,6 +1306,7 @@ impl ShardCore {
             enhanced: None,
             text: String::new(),
             phase: None,
+            reason: String::new(),
             mx: String::new(),
             ip: None,
             source: String::new(),
