@@ -524,10 +524,10 @@ vmta_result vmta_suppression_remove(const vmta_suppression *store,
 //
 // # Safety
 // `tenant` readable for `tenant_len` bytes; `list_out` writable.
-vmta_result vmta_suppression_list(const vmta_suppression *store,
-                                  const uint8_t *tenant,
-                                  size_t tenant_len,
-                                  vmta_suppression_list **list_out);
+vmta_result vmta_suppression_list_new(const vmta_suppression *store,
+                                      const uint8_t *tenant,
+                                      size_t tenant_len,
+                                      vmta_suppression_list **list_out);
 
 // The number of entries in a list (0 for NULL or a bad handle).
 size_t vmta_suppression_list_len(const vmta_suppression_list *list);

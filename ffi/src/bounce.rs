@@ -389,7 +389,7 @@ pub struct vmta_suppression_entry {
 /// # Safety
 /// `tenant` readable for `tenant_len` bytes; `list_out` writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vmta_suppression_list(
+pub unsafe extern "C" fn vmta_suppression_list_new(
     store: *const vmta_suppression,
     tenant: *const u8,
     tenant_len: usize,

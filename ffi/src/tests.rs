@@ -623,7 +623,7 @@ fn suppression_list_round_trip_and_reports() {
         assert_eq!(info.source, VMTA_SOURCE_MANUAL);
 
         let mut list = null_mut();
-        assert_eq!(vmta_suppression_list(st, null(), 0, &mut list), VMTA_OK);
+        assert_eq!(vmta_suppression_list_new(st, null(), 0, &mut list), VMTA_OK);
         assert_eq!(vmta_suppression_list_len(list), 1);
         let mut entry = std::mem::MaybeUninit::<vmta_suppression_entry>::uninit();
         assert_eq!(
