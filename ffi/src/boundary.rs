@@ -134,3 +134,49 @@ pub(crate) unsafe fn write<T>(ptr: *mut T, value: T) {
     // contents, so uninitialised memory is fine.
     unsafe { ptr.write(value) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_a_code_or_the_default() {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        assert_eq!(guard_result(|| panic!("inside")), VMTA_PANIC);
+        assert_eq!(guard(-1, || -> i32 { panic!("inside") }), -1);
+        std::panic::set_hook(hook);
+        assert_eq!(guard_result(|| Err(VMTA_TOO_LARGE)), VMTA_TOO_LARGE);
+    }
+
+    #[test]
+    fn inputs_are_checked_before_they_are_read() {
+        // SAFETY: NULL pointers are never read: the length check or the NULL check answers first.
+        unsafe {
+            assert_eq!(bytes(std::ptr::null(), 0, 10), Ok(&[][..]));
+            assert_eq!(bytes(std::ptr::null(), 3, 10), Err(VMTA_NULL_PARAMETER));
+            assert_eq!(bytes(b"abc".as_ptr(), 11, 10), Err(VMTA_TOO_LARGE));
+            assert_eq!(
+                bytes(b"abc".as_ptr(), usize::MAX, usize::MAX),
+                Err(VMTA_TOO_LARGE)
+            );
+            assert_eq!(text(b"\xff".as_ptr(), 1, 10), Err(VMTA_INVALID_UTF8));
+            assert_eq!(text(b"ok".as_ptr(), 2, 10), Ok("ok"));
+        }
+    }
+
+    #[test]
+    fn registries_refuse_what_they_do_not_hold() {
+        let r: Registry<u32> = Registry::new();
+        let h: *mut u8 = r.insert(7);
+        assert_eq!(*r.get(h).unwrap(), 7);
+        assert_eq!(
+            r.get(std::ptr::null::<u8>()).unwrap_err(),
+            VMTA_NULL_PARAMETER
+        );
+        assert_eq!(r.get(0x1000 as *const u8).unwrap_err(), VMTA_INVALID_HANDLE);
+        assert!(r.remove(h).is_ok());
+        assert_eq!(r.remove(h).unwrap_err(), VMTA_INVALID_HANDLE);
+        assert_eq!(r.get(h).unwrap_err(), VMTA_INVALID_HANDLE);
+    }
+}

@@ -87,7 +87,7 @@ def test_refusals_raise_and_queue_nothing(config):
         with pytest.raises(vmta.InvalidMessage):
             engine.submit("sender@vmta.test", ["a@ok.ffi.test"], b"")
         with pytest.raises(vmta.VmtaError) as e:
-            engine.submit("sender@vmta.test", ["a@ok.ffi.test"], b"x" * (64 << 20 + 1))
+            engine.submit("sender@vmta.test", ["a@ok.ffi.test"], b"x" * ((64 << 20) + 1))
         assert e.value.code == vmta.TOO_LARGE
         with pytest.raises(vmta.VmtaError) as e:
             engine.submit("sender@vmta.test", [b"\xff@ok.ffi.test"], message("x"))
