@@ -14,7 +14,7 @@ cd "$root"
 profile="${VMTA_PROFILE:-debug}"
 if [ "$profile" = release ]; then cargo build -q -p vmta-ffi --release; else cargo build -q -p vmta-ffi; fi
 libdir="$root/target/$profile"
-for tool in cc pkg-config valgrind python3; do
+for tool in cc c++ pkg-config valgrind python3; do
   command -v "$tool" >/dev/null || { echo "c tests: $tool is not installed (run .ci/deps)" >&2; exit 1; }
 done
 
@@ -42,6 +42,11 @@ echo "c: building"
   cc $cflags examples/c/misuse.c -o "$work/misuse-static" $static
   cc $cflags $asan examples/c/misuse.c -o "$work/misuse-asan" $shared
   cc $cflags examples/c/misuse.c -o "$work/misuse" $shared
+  # The header also compiles as C++ (extern "C" guards) and as pedantic C99.
+  printf '#include <vmta.h>\nint main() { return vmta_version() == VMTA_VERSION_NUMBER ? 0 : 1; }\n' >"$work/cxx.cc"
+  c++ -std=c++11 -Wall -Wextra -Werror $(pkg-config --cflags vmta) "$work/cxx.cc" -o "$work/cxx" $shared
+  "$work/cxx"
+  cc -std=c99 -pedantic -Wall -Wextra -Werror $(pkg-config --cflags vmta) -fsyntax-only -x c "$work/cxx.cc"
 }
 
 python3 examples/peers/mailworld.py 127.0.70.20 >"$work/world.json" &
