@@ -22,8 +22,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmta::spool::{
-    Envelope, MessageId, Options, Priority, RecipientId, RecipientState, Spool, SpoolError, StateChange,
-    SyncPolicy,
+    Envelope, MessageId, Options, Priority, RecipientId, RecipientState, Spool, SpoolError,
+    StateChange, SyncPolicy,
 };
 use vmta_tests::TempDir;
 
@@ -40,7 +40,9 @@ fn options() -> Options {
 
 /// The body of the message tagged `tag`: deterministic, 200 bytes to 6 KiB.
 fn body_for(tag: &str) -> Vec<u8> {
-    let h = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let len = 200 + (h % 6000) as usize;
     let mut b = format!("Subject: {tag}\r\nX-Hash: {h:x}\r\n\r\n").into_bytes();
     while b.len() < len {
@@ -116,14 +118,24 @@ fn change(
         next_attempt: 1_800_000_000 + u64::from(attempts),
         reply: &reply,
     };
-    out.line(&format!("TRYST {} {} {} {attempts}", rid.message, rid.index, state_name(state)));
+    out.line(&format!(
+        "TRYST {} {} {} {attempts}",
+        rid.message,
+        rid.index,
+        state_name(state)
+    ));
     let (ticket, dur) = {
         let mut s = spool.lock().unwrap();
         let t = s.record_state(rid, &c).expect("record state");
         (t, s.durability())
     };
     dur.wait(ticket).expect("commit state");
-    out.line(&format!("ST {} {} {} {attempts}", rid.message, rid.index, state_name(state)));
+    out.line(&format!(
+        "ST {} {} {} {attempts}",
+        rid.message,
+        rid.index,
+        state_name(state)
+    ));
     (state, attempts)
 }
 
@@ -139,7 +151,11 @@ fn child(dir: &Path, run: u64) {
         .map(|t| {
             let spool = spool.clone();
             let out = out.clone();
-            let recovered = if t == 0 { recovered.clone() } else { Vec::new() };
+            let recovered = if t == 0 {
+                recovered.clone()
+            } else {
+                Vec::new()
+            };
             std::thread::spawn(move || {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (run << 8) ^ t);
                 // Thread 0 first works on what the previous runs left.
@@ -151,8 +167,9 @@ fn child(dir: &Path, run: u64) {
                 let mut n = 0u64;
                 while started.elapsed() < Duration::from_secs(20) {
                     let tag = format!("r{run}t{t}n{n}");
-                    let addrs: Vec<String> =
-                        (0..rcpt_count_for(n)).map(|i| format!("u{i}@d{}.example", n % 7)).collect();
+                    let addrs: Vec<String> = (0..rcpt_count_for(n))
+                        .map(|i| format!("u{i}@d{}.example", n % 7))
+                        .collect();
                     let rcpts: Vec<&str> = addrs.iter().map(String::as_str).collect();
                     let env = Envelope {
                         sender: "bounce@crash.example",
@@ -181,7 +198,10 @@ fn child(dir: &Path, run: u64) {
                         }
                         _ => {
                             for i in 0..rcpts.len() as u16 {
-                                let rid = RecipientId { message: id, index: i };
+                                let rid = RecipientId {
+                                    message: id,
+                                    index: i,
+                                };
                                 let mut attempts = 0;
                                 for _ in 0..rng.below(3) {
                                     let (state, a) = change(&spool, &out, &mut rng, rid, attempts);
@@ -266,7 +286,10 @@ impl Model {
             }
             ["TRYST", id, i, st, a] | ["ST", id, i, st, a] => {
                 let id: MessageId = id.parse().unwrap();
-                let tag = self.by_id.get(&id).unwrap_or_else(|| panic!("state for unknown {id}"));
+                let tag = self
+                    .by_id
+                    .get(&id)
+                    .unwrap_or_else(|| panic!("state for unknown {id}"));
                 let m = self.msgs.get_mut(tag).unwrap();
                 let r = &mut m.rcpts[i.parse::<usize>().unwrap()];
                 let c = (state_from(st), a.parse().unwrap());
@@ -300,17 +323,30 @@ impl Model {
         for id in spool.messages() {
             let m = spool.message(id).unwrap();
             let tag = m.tenant().to_string();
-            let model = self
-                .msgs
-                .get(&tag)
-                .unwrap_or_else(|| panic!("round {round}: message {id} ({tag:?}) was never submitted"));
-            assert_eq!(m.body(), &body_for(&tag)[..], "round {round}: body of {tag} differs");
-            assert_eq!(usize::from(m.recipient_count()), model.rcpts.len(), "round {round}: {tag}");
+            let model = self.msgs.get(&tag).unwrap_or_else(|| {
+                panic!("round {round}: message {id} ({tag:?}) was never submitted")
+            });
+            assert_eq!(
+                m.body(),
+                &body_for(&tag)[..],
+                "round {round}: body of {tag} differs"
+            );
+            assert_eq!(
+                usize::from(m.recipient_count()),
+                model.rcpts.len(),
+                "round {round}: {tag}"
+            );
             if let Some(known) = model.id {
                 assert_eq!(known, id, "round {round}: {tag} changed id");
             }
-            assert!(!model.gone, "round {round}: {tag} came back after it was finished");
-            assert!(!model.remove_acked, "round {round}: removed {tag} came back");
+            assert!(
+                !model.gone,
+                "round {round}: {tag} came back after it was finished"
+            );
+            assert!(
+                !model.remove_acked,
+                "round {round}: removed {tag} came back"
+            );
             present.insert(tag, id);
         }
         for (tag, m) in self.msgs.iter_mut() {
@@ -320,7 +356,10 @@ impl Model {
             match present.get(tag) {
                 Some(&id) => {
                     for (i, r) in m.rcpts.iter_mut().enumerate() {
-                        let rid = RecipientId { message: id, index: i as u16 };
+                        let rid = RecipientId {
+                            message: id,
+                            index: i as u16,
+                        };
                         let v = spool.recipient(rid).unwrap();
                         let got = (v.state, v.attempts);
                         let base = r.acked.unwrap_or((RecipientState::Queued, 0));
@@ -351,9 +390,14 @@ impl Model {
                     let explained = m.remove_tried
                         || m.remove_acked
                         || m.rcpts.iter().all(|r| {
-                            r.acked.is_some_and(|a| a.0.is_final()) || r.tried.iter().any(|t| t.0.is_final())
+                            r.acked.is_some_and(|a| a.0.is_final())
+                                || r.tried.iter().any(|t| t.0.is_final())
                         });
-                    assert!(explained, "round {round}: acknowledged message {tag} ({:?}) was lost: {m:?}", m.id);
+                    assert!(
+                        explained,
+                        "round {round}: acknowledged message {tag} ({:?}) was lost: {m:?}",
+                        m.id
+                    );
                     m.gone = true;
                 }
                 None => m.gone = true, // attempted, never acknowledged, not written: fine
@@ -369,10 +413,20 @@ fn acknowledged_records_survive_sigkill() {
         child(Path::new(&dir), run);
         return;
     }
-    let rounds: usize = std::env::var("SPOOL_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let seed: u64 = std::env::var("SPOOL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let rounds: usize = std::env::var("SPOOL_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let seed: u64 = std::env::var("SPOOL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("spool crash test: seed {seed}, {rounds} rounds (SPOOL_CRASH_SEED={seed} to replay)");
     let mut rng = Rng(seed);
     let dir = TempDir::new("spool-crash");
@@ -382,7 +436,12 @@ fn acknowledged_records_survive_sigkill() {
     let mut during_recovery = 0;
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "acknowledged_records_survive_sigkill", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "acknowledged_records_survive_sigkill",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR, dir.path())
             .env(CHILD_RUN, round.to_string())
             .stdin(Stdio::null())
@@ -404,7 +463,11 @@ fn acknowledged_records_survive_sigkill() {
             lines
         });
         // Kill at a random moment: mostly while submitting, sometimes during open and recovery.
-        let delay = if rng.below(8) == 0 { rng.below(15) } else { 20 + rng.below(250) };
+        let delay = if rng.below(8) == 0 {
+            rng.below(15)
+        } else {
+            20 + rng.below(250)
+        };
         std::thread::sleep(Duration::from_millis(delay));
         // SAFETY: kill(2) takes two integers and touches no memory of ours; the pid is our unreaped
         // child, so it cannot have been reused by another process.
@@ -421,7 +484,9 @@ fn acknowledged_records_survive_sigkill() {
         }
         let (spool, rep) = match Spool::open(dir.path(), options()) {
             Ok(x) => x,
-            Err(SpoolError::Locked { .. }) => panic!("round {round}: lock still held after the child died"),
+            Err(SpoolError::Locked { .. }) => {
+                panic!("round {round}: lock still held after the child died")
+            }
             Err(e) => panic!("round {round}: reopen failed: {e}"),
         };
         assert_eq!(rep.corrupt_records, 0, "round {round}: {rep:?}");
@@ -434,6 +499,10 @@ fn acknowledged_records_survive_sigkill() {
          changes acknowledged, {truncated} torn bytes cut",
         model.acks, model.state_acks
     );
-    assert!(model.acks > rounds as u64, "too few acknowledgements to mean anything: {}", model.acks);
+    assert!(
+        model.acks > rounds as u64,
+        "too few acknowledgements to mean anything: {}",
+        model.acks
+    );
     assert!(model.state_acks > 0);
 }
