@@ -1,5 +1,7 @@
 //! One module per subcommand of `vmta`.
 
+pub mod queue;
+
 use std::process::ExitCode;
 
 /// `vmta version`.

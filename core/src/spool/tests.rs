@@ -573,3 +573,27 @@ fn index_stays_under_64_bytes_per_recipient() {
     let per = s.stats().index_bytes as f64 / 20_000.0;
     assert!(per <= 64.0, "{per} bytes per recipient");
 }
+
+/// Leaves a small spool in `VMTA_SPOOL_DEMO_DIR` for trying `vmta queue` by hand.
+#[test]
+#[ignore = "writes a demo spool for manual use of `vmta queue`"]
+fn write_demo_spool() {
+    let Ok(dir) = std::env::var("VMTA_SPOOL_DEMO_DIR") else {
+        return;
+    };
+    let (mut s, _) = Spool::open(&dir, opts(SyncPolicy::Sync)).unwrap();
+    for n in 0..5u64 {
+        let rc = ["a@gmail.com", "b@yahoo.com", "c@gmail.com"];
+        let id = s
+            .submit(&env(&rc, 1_700_000_000 + n), &body(n as usize, 900))
+            .unwrap();
+        s.update(
+            RecipientId {
+                message: id,
+                index: 1,
+            },
+            &deferred(1, "421 try later"),
+        )
+        .unwrap();
+    }
+}
