@@ -1,7 +1,53 @@
-//! The C ABI of vmta (`include/vmta.h`), following the conventions of rustls-ffi and curl: a `vmta_`
-//! prefix, opaque handles, `vmta_result` codes, NULL checks and panics caught at the boundary.
+//! The C ABI of vmta (`include/vmta.h`, generated from this crate by cbindgen).
+//!
+//! Conventions (rustls-ffi, curl, sqlite, hyper's C API):
+//! - Every name starts with `vmta_`; objects are opaque handles made by `vmta_*_new` (or `_open`,
+//!   `_from_*`) and released by `vmta_*_free`, which accepts NULL.
+//! - Functions take the object first, then inputs, then outputs, and write outputs only on success.
+//! - Fallible functions return a `vmta_result` (`VMTA_OK` is 0; codes are never renumbered);
+//!   `vmta_result_str` names a code. Rich detail comes in an optional `vmta_error **`; there is no
+//!   thread-local last error.
+//! - Every function checks its pointers and catches panics (returning `VMTA_PANIC` or a documented
+//!   default), and handles are looked up in registries rather than dereferenced
+//!   ([`boundary`]), so a handle freed twice gets `VMTA_INVALID_HANDLE`.
+//! - Inputs are `(const uint8_t *ptr, size_t len)` and are copied before the call returns; outputs are
+//!   borrowed `(ptr, len)` views whose lifetime each function states.
+//!
+//! The crate is built as `cdylib` and `staticlib` only (its library name, `vmta`, is the core crate's
+//! too). Modules refer to each other through `super::`, never `crate::`, so the fuzz crate can compile
+//! this file as a module of its own and call the exported functions directly.
+//!
+//! Exported: version, configuration, engine (start, submit, cancel, events, statistics, Prometheus
+//! text, tenant locks, shutdown), reply classification, suppression lists, VERP, inbound reports.
+//! Not exported yet: suppression consulted by the engine at submission, changing the configuration
+//! of a running engine, per-recipient DSN parameters, the shaping and queue inspection tools.
 
-/// The version of the library as `major * 10000 + minor * 100 + patch`.
+#![allow(non_camel_case_types)]
+// Every pointer argument follows one contract, written once at the top of include/vmta.h (and on
+// each function): NULL only where allowed, valid for the given length, aligned. Each `# Safety` line
+// repeats it briefly.
+#![allow(clippy::missing_safety_doc)]
+
+pub mod bounce;
+pub(crate) mod boundary;
+pub mod buffer;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod result;
+
+/// The major version of the headers (`VMTA_VERSION_MAJOR`).
+pub const VMTA_VERSION_MAJOR: u32 = 0;
+/// The minor version.
+pub const VMTA_VERSION_MINOR: u32 = 1;
+/// The patch version.
+pub const VMTA_VERSION_PATCH: u32 = 0;
+/// The version of the headers as one number: `major * 10000 + minor * 100 + patch`. Compare with
+/// `vmta_version()`, the version of the library actually linked.
+pub const VMTA_VERSION_NUMBER: u32 =
+    VMTA_VERSION_MAJOR * 10000 + VMTA_VERSION_MINOR * 100 + VMTA_VERSION_PATCH;
+
+/// The version of the linked library as `major * 10000 + minor * 100 + patch` (0.1.0 is 100).
 #[unsafe(no_mangle)]
 pub extern "C" fn vmta_version() -> u32 {
     let major: u32 = env!("CARGO_PKG_VERSION_MAJOR").parse().unwrap_or(0);
@@ -11,9 +57,4 @@ pub extern "C" fn vmta_version() -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn version_number_is_computed_from_the_package_version() {
-        assert_eq!(super::vmta_version(), 100);
-    }
-}
+mod tests;

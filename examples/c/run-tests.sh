@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds the C examples against the vmta library (with pkg-config, -Wall -Wextra -Werror) and runs
+# them against a real loopback mail world (examples/peers/mailworld.py: dnsmasq and Postfix
+# smtp-sink on 127.0.70.20-23):
+#   - send, linked with the shared library: natively, under AddressSanitizer (+UBSan) and under
+#     valgrind; it must report a delivered, a bounced and an expired recipient, and the accepting
+#     sink must have received the message;
+#   - misuse, linked with the static library, and with the shared one under ASan and valgrind.
+# Any failure, sanitizer report, valgrind error or leak fails the script.
+# VMTA_PROFILE=release uses target/release (default debug).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+profile="${VMTA_PROFILE:-debug}"
+if [ "$profile" = release ]; then cargo build -q -p vmta-ffi --release; else cargo build -q -p vmta-ffi; fi
+libdir="$root/target/$profile"
+for tool in cc pkg-config valgrind python3; do
+  command -v "$tool" >/dev/null || { echo "c tests: $tool is not installed (run .ci/deps)" >&2; exit 1; }
+done
+
+work="$(mktemp -d -t vmta-c-XXXXXX)"
+world_pid=""
+cleanup() {
+  if [ -n "$world_pid" ]; then kill "$world_pid" 2>/dev/null || true; wait "$world_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p "$work/pkgconfig"
+ffi/pkgconfig.sh "$libdir" include >"$work/pkgconfig/vmta.pc"
+export PKG_CONFIG_PATH="$work/pkgconfig"
+cflags="-std=c11 -Wall -Wextra -Werror -g -O1 $(pkg-config --cflags vmta)"
+shared="$(pkg-config --libs vmta) -Wl,-rpath,$libdir -lpthread"
+static="$libdir/libvmta.a $(pkg-config --static --libs-only-l vmta | sed 's/-lvmta//')"
+asan="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+
+echo "c: building"
+# shellcheck disable=SC2086
+{
+  cc $cflags examples/c/send.c -o "$work/send" $shared
+  cc $cflags $asan examples/c/send.c -o "$work/send-asan" $shared
+  cc $cflags examples/c/misuse.c -o "$work/misuse-static" $static
+  cc $cflags $asan examples/c/misuse.c -o "$work/misuse-asan" $shared
+  cc $cflags examples/c/misuse.c -o "$work/misuse" $shared
+}
+
+python3 examples/peers/mailworld.py 127.0.70.20 >"$work/world.json" &
+world_pid=$!
+for _ in $(seq 100); do [ -s "$work/world.json" ] && break; sleep 0.1; done
+[ -s "$work/world.json" ] || { echo "c: the mail world did not start" >&2; exit 1; }
+world_toml="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["toml"])' "$work/world.json")"
+dump="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dump"])' "$work/world.json")"
+
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=86"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+valgrind=(valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect
+  --errors-for-leak-kinds=definite,indirect)
+
+run_send() { # name, command...
+  local name="$1"
+  shift
+  local spool="$work/spool-$name"
+  cat >"$work/$name.toml" <<EOF
+[engine]
+shards = 2
+pin_shards = false
+durability = "none"
+spool_dir = "$spool"
+[retry]
+max_age_s = 3
+$world_toml
+EOF
+  local tag="c-$name"
+  echo "c: send ($name)"
+  "$@" "$work/$name.toml" "sender@vmta.test" "$tag@ok.ffi.test" "$tag@bad.ffi.test" \
+    "$tag@later.ffi.test" >"$work/$name.out"
+  cat "$work/$name.out"
+  grep -Eq "^delivered [0-9a-f]{16} $tag@ok.ffi.test 250 " "$work/$name.out"
+  grep -Eq "^bounced [0-9a-f]{16} $tag@bad.ffi.test 5[0-9][0-9] " "$work/$name.out"
+  grep -Eq "^deferred [0-9a-f]{16} $tag@later.ffi.test 4[0-9][0-9] " "$work/$name.out"
+  grep -Eq "^expired [0-9a-f]{16} $tag@later.ffi.test " "$work/$name.out"
+  grep -q "^stats submitted=3 delivered=1 bounced=1 " "$work/$name.out"
+  grep -lq "^To: <$tag@ok.ffi.test>" "$dump"/* || { echo "c: the sink did not receive $tag's message" >&2; exit 1; }
+}
+
+run_send native "$work/send"
+run_send asan "$work/send-asan"
+run_send valgrind "${valgrind[@]}" "$work/send"
+
+for variant in misuse-static misuse-asan; do
+  echo "c: $variant"
+  mkdir -p "$work/spool-$variant"
+  "$work/$variant" "$work/spool-$variant"
+done
+echo "c: misuse (valgrind)"
+mkdir -p "$work/spool-misuse-valgrind"
+"${valgrind[@]}" "$work/misuse" "$work/spool-misuse-valgrind"
+echo "c: all passed"

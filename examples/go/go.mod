@@ -1,0 +1,3 @@
+module vmta.example/vmta
+
+go 1.19

@@ -1,0 +1,300 @@
+package vmta
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// world is the loopback mail world of real peers (examples/peers/mailworld.py: dnsmasq and Postfix
+// smtp-sink) on 127.0.70.40-43, started once for the package's tests.
+var world struct {
+	DNS  string `json:"dns"`
+	Port int    `json:"port"`
+	Dump string `json:"dump"`
+	TOML string `json:"toml"`
+}
+
+func TestMain(m *testing.M) {
+	cmd := exec.Command("python3", filepath.Join("..", "peers", "mailworld.py"), "127.0.70.40")
+	out, err := cmd.StdoutPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cannot start the mail world:", err)
+		os.Exit(1)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err == nil {
+		err = json.Unmarshal([]byte(line), &world)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "the mail world did not start (dnsmasq and smtp-sink installed? run .ci/deps):", err)
+		_ = cmd.Process.Kill()
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = cmd.Process.Signal(os.Interrupt)
+	_ = cmd.Wait()
+	os.Exit(code)
+}
+
+func config(t testing.TB, extra string) string {
+	return fmt.Sprintf("[engine]\nshards = 2\npin_shards = false\ndurability = \"none\"\nspool_dir = %q\n[retry]\nmax_age_s = 3\n%s%s",
+		filepath.Join(t.TempDir(), "spool"), world.TOML, extra)
+}
+
+func body(subject, to string) []byte {
+	return []byte("From: <sender@vmta.test>\r\nTo: <" + to + ">\r\nSubject: " + subject + "\r\n\r\nHello from Go.\r\n")
+}
+
+// finals reads events until each id has `want[id]` final events.
+func finals(t *testing.T, e *Engine, want map[uint64]int) []Event {
+	t.Helper()
+	var got []Event
+	timeout := time.After(30 * time.Second)
+	for len(want) > 0 {
+		select {
+		case ev, ok := <-e.Events():
+			if !ok {
+				t.Fatalf("events closed early; still waiting for %v", want)
+			}
+			got = append(got, ev)
+			if ev.Kind.Final() && want[ev.MessageID] > 0 {
+				want[ev.MessageID]--
+				if want[ev.MessageID] == 0 {
+					delete(want, ev.MessageID)
+				}
+			}
+		case <-timeout:
+			t.Fatalf("no final events for %v; got %+v", want, got)
+		}
+	}
+	return got
+}
+
+func received(needle string) bool {
+	files, _ := os.ReadDir(world.Dump)
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(world.Dump, f.Name()))
+		if err == nil && strings.Contains(string(b), "\nReceived: ") && strings.Contains(string(b), needle) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestVersion(t *testing.T) {
+	if Version() != "0.1.0" || HeaderVersion != 100 {
+		t.Fatalf("library %s, header %d", Version(), HeaderVersion)
+	}
+}
+
+func TestDeliveredBouncedAndExpiredFromARealSink(t *testing.T) {
+	e, err := New(Options{TOML: config(t, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ok, err := e.Submit(Message{Sender: "sender@vmta.test", Recipients: []string{"go-ok@ok.ffi.test"},
+		Body: body("go delivered", "go-ok@ok.ffi.test"), Tags: map[string]string{"lang": "go"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, err := e.Submit(Message{Sender: "sender@vmta.test", Recipients: []string{"go-bad@bad.ffi.test"}, Body: body("go bounced", "x@y")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	later, err := e.Submit(Message{Sender: "sender@vmta.test", Recipients: []string{"go-later@later.ffi.test"}, Body: body("go later", "x@y")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := finals(t, e, map[uint64]int{ok: 1, bad: 1, later: 1})
+	seen := map[string]Event{}
+	for _, ev := range events {
+		seen[fmt.Sprintf("%d/%s", ev.MessageID, ev.Kind)] = ev
+	}
+	d, found := seen[fmt.Sprintf("%d/delivered", ok)]
+	if !found || d.Code != 250 || d.Recipient != "go-ok@ok.ffi.test" || d.Tags["lang"] != "go" || d.IP != "127.0.70.41" {
+		t.Fatalf("delivered event: %+v (all: %+v)", d, events)
+	}
+	b, found := seen[fmt.Sprintf("%d/bounced", bad)]
+	if !found || b.Code < 500 || b.Code > 599 || b.Phase != "rcpt" || b.Reason == "" {
+		t.Fatalf("bounced event: %+v", b)
+	}
+	if d, found := seen[fmt.Sprintf("%d/deferred", later)]; !found || d.Code < 400 || d.Code > 499 || d.NextAttempt.IsZero() {
+		t.Fatalf("deferred event: %+v", d)
+	}
+	if _, found := seen[fmt.Sprintf("%d/expired", later)]; !found {
+		t.Fatalf("no expired event: %+v", events)
+	}
+	s, err := e.Stats()
+	if err != nil || s.Submitted != 3 || s.Delivered != 1 || s.Bounced != 1 || s.Expired != 1 {
+		t.Fatalf("stats %+v %v", s, err)
+	}
+	if p, err := e.Prometheus(); err != nil || !strings.Contains(p, "vmta_bounced_total") {
+		t.Fatalf("prometheus: %v", err)
+	}
+	if !received("Subject: go delivered") {
+		t.Fatal("the sink did not receive the message")
+	}
+}
+
+func TestConcurrentSubmitters(t *testing.T) {
+	e, err := New(Options{TOML: config(t, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	const goroutines, each = 8, 25
+	ids := make(chan uint64, goroutines*each)
+	var wg sync.WaitGroup
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				rcpt := fmt.Sprintf("g%d-%d@ok.ffi.test", g, i)
+				id, err := e.Submit(Message{Sender: "sender@vmta.test", Recipients: []string{rcpt}, Body: body("go many", rcpt), Bulk: true})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ids <- id
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(ids)
+	want := map[uint64]int{}
+	for id := range ids {
+		want[id] = 1
+	}
+	if len(want) != goroutines*each {
+		t.Fatalf("%d distinct ids", len(want))
+	}
+	for _, ev := range finals(t, e, want) {
+		if ev.Kind != Delivered {
+			t.Fatalf("%+v", ev)
+		}
+	}
+}
+
+func TestRefusalsAreTypedErrors(t *testing.T) {
+	e, err := New(Options{TOML: config(t, "[[tenant]]\nname = \"acme\"\npool = \"default\"\nsender_domains = [\"acme.example\"]\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	msg := Message{Sender: "news@acme.example", Recipients: []string{"x@ok.ffi.test"}, Tenant: "acme",
+		Body: []byte("From: news@acme.example\r\nTo: x@ok.ffi.test\r\nSubject: t\r\n\r\nhi\r\n")}
+	try := func(m Message, want Result) {
+		t.Helper()
+		_, err := e.Submit(m)
+		if !errors.Is(err, want) {
+			t.Fatalf("want %v, got %v", want, err)
+		}
+	}
+	m := msg
+	m.Recipients = nil
+	try(m, InvalidMessage)
+	m = msg
+	m.Tenant = "ghost"
+	try(m, UnknownTenant)
+	m = msg
+	m.Sender = "news@elsewhere.example"
+	try(m, SenderNotApproved)
+	m = msg
+	m.Recipients = []string{"\xff@ok.ffi.test"}
+	try(m, InvalidUTF8)
+	m = msg
+	m.Body = make([]byte, 64<<20+1)
+	try(m, TooLarge)
+	if err := e.SetTenantLocked("acme", true); err != nil {
+		t.Fatal(err)
+	}
+	try(msg, AccountLocked)
+	if err := e.SetTenantLocked("acme", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetTenantLocked("ghost", true); !errors.Is(err, UnknownTenant) {
+		t.Fatal(err)
+	}
+	_, err = e.Submit(Message{Sender: "news@acme.example", Recipients: []string{"x@ok.ffi.test"}, Tenant: "acme", Body: []byte("no header")})
+	var verr *Error
+	if !errors.As(err, &verr) || verr.Code != InvalidMessage || verr.Message == "" {
+		t.Fatalf("%#v", err)
+	}
+	id, err := e.Submit(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	finals(t, e, map[uint64]int{id: 1})
+	if err := e.Shutdown(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	try(msg, ShuttingDown)
+	for range e.Events() {
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	try(msg, InvalidHandle)
+	if err := e.Close(); err != nil {
+		t.Fatal("second close:", err)
+	}
+}
+
+func TestConfigurationErrorsNameTheKey(t *testing.T) {
+	_, err := New(Options{TOML: "[delivery]\nport = \"x\"\n"})
+	var verr *Error
+	if !errors.As(err, &verr) || verr.Code != ConfigInvalid || verr.Key != "delivery.port" {
+		t.Fatalf("%#v", err)
+	}
+	_, err = New(Options{Durability: "sometimes"})
+	if !errors.Is(err, InvalidArgument) {
+		t.Fatal(err)
+	}
+}
+
+func TestCloseWithUnreadEventsDoesNotHang(t *testing.T) {
+	e, err := New(Options{TOML: config(t, ""), EventBuffer: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		if _, err := e.Submit(Message{Sender: "s@vmta.test", Recipients: []string{"u@bad.ffi.test"}, Body: body("unread", "u@bad.ffi.test")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	done := make(chan error)
+	go func() { done <- e.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung")
+	}
+}
+
+func TestClassifyReply(t *testing.T) {
+	c, err := ClassifyReply("550 5.1.1 <a@b.example>: Recipient address rejected: User unknown")
+	if err != nil || c.Reason != "userunknown" || c.Action != "bounce" || c.Kind != "hard" {
+		t.Fatalf("%+v %v", c, err)
+	}
+	if _, err := ClassifyReply(""); !errors.Is(err, InvalidArgument) {
+		t.Fatal(err)
+	}
+}

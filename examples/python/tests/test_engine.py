@@ -1,0 +1,200 @@
+"""The Python binding against a real sink: delivered, bounced, deferred and expired events, refusals,
+the context manager, the event iterator and asyncio through add_reader."""
+
+import asyncio
+import concurrent.futures
+import threading
+
+import pytest
+
+import vmta
+from conftest import received
+
+
+def message(subject: str, to: str = "someone@ok.ffi.test") -> bytes:
+    return f"From: <sender@vmta.test>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\nHello from Python.\r\n".encode()
+
+
+def final_events(engine, ids, timeout=30.0):
+    """Events until every message id in `ids` has a final event per recipient."""
+    want = dict(ids)  # id -> number of recipients
+    got = []
+    for e in engine.events(timeout=timeout):
+        got.append(e)
+        if e.final and e.message_id in want:
+            want[e.message_id] -= 1
+            if want[e.message_id] == 0:
+                del want[e.message_id]
+        if not want:
+            break
+    assert not want, f"no final event for {want}; got {got}"
+    return got
+
+
+def test_version():
+    assert vmta.version() == "0.1.0"
+
+
+def test_delivered_bounced_and_expired_events_from_a_real_sink(world, config):
+    with vmta.Engine(toml=config) as engine:
+        ok = engine.submit(
+            "sender@vmta.test",
+            ["py-ok@ok.ffi.test"],
+            message("python delivered", "py-ok@ok.ffi.test"),
+            tags={"campaign": "py", "n": "1"},
+        )
+        bad = engine.submit("sender@vmta.test", ["py-bad@bad.ffi.test"], message("python bounced"))
+        later = engine.submit("sender@vmta.test", ["py-later@later.ffi.test"], message("python later"))
+        assert len({ok, bad, later}) == 3
+        events = final_events(engine, {ok: 1, bad: 1, later: 1})
+        by = {}
+        for e in events:
+            by.setdefault((e.message_id, e.kind), e)
+        d = by[(ok, "delivered")]
+        assert (d.recipient, d.code, d.recipient_index) == ("py-ok@ok.ffi.test", 250, 0)
+        assert d.tags == {"campaign": "py", "n": "1"}
+        assert d.ip == "127.0.70.31" and d.mx == "mx-ok.ffi.test"
+        b = by[(bad, "bounced")]
+        assert b.recipient == "py-bad@bad.ffi.test" and 500 <= b.code < 600 and b.phase == "rcpt"
+        assert b.reason  # classified
+        assert 400 <= by[(later, "deferred")].code < 500
+        assert (later, "expired") in by
+        stats = engine.stats()
+        assert (stats.submitted, stats.delivered, stats.bounced, stats.expired) == (3, 1, 1, 1)
+        assert "vmta_delivered_total" in engine.prometheus()
+    assert received(world, "Subject: python delivered")
+
+
+def test_one_message_to_several_recipients(world, config):
+    with vmta.Engine(toml=config, shards=3) as engine:
+        rcpts = ["a@ok.ffi.test", "unknown@bad.ffi.test", "b@ok.ffi.test"]
+        mid = engine.submit("sender@vmta.test", rcpts, message("python many"), priority="bulk")
+        events = [e for e in final_events(engine, {mid: 3}) if e.final]
+        assert sorted((e.recipient_index, e.kind) for e in events) == [
+            (0, "delivered"),
+            (1, "bounced"),
+            (2, "delivered"),
+        ]
+
+
+def test_refusals_raise_and_queue_nothing(config):
+    with vmta.Engine(toml=config) as engine:
+        with pytest.raises(vmta.InvalidMessage) as e:
+            engine.submit("sender@vmta.test", [], message("x"))
+        assert "no recipients" in str(e.value) and e.value.code == 11
+        with pytest.raises(vmta.InvalidMessage):
+            engine.submit("sender@vmta.test", ["not an address"], message("x"))
+        with pytest.raises(vmta.InvalidMessage):
+            engine.submit("sender@vmta.test", ["a@ok.ffi.test"], b"")
+        with pytest.raises(vmta.VmtaError) as e:
+            engine.submit("sender@vmta.test", ["a@ok.ffi.test"], b"x" * (64 << 20 + 1))
+        assert e.value.code == vmta.TOO_LARGE
+        with pytest.raises(vmta.VmtaError) as e:
+            engine.submit("sender@vmta.test", [b"\xff@ok.ffi.test"], message("x"))
+        assert e.value.code == vmta.INVALID_UTF8
+        assert engine.stats().submitted == 0
+        engine.shutdown(grace=0.5)
+        with pytest.raises(vmta.ShuttingDown):
+            engine.submit("sender@vmta.test", ["a@ok.ffi.test"], message("x"))
+    with pytest.raises(vmta.VmtaError) as e:
+        engine.submit("sender@vmta.test", ["a@ok.ffi.test"], message("x"))
+    assert e.value.code == vmta.INVALID_HANDLE
+
+
+def test_tenant_policy_refusals(world, tmp_path):
+    toml = (
+        f'[engine]\nshards = 1\npin_shards = false\ndurability = "none"\nspool_dir = "{tmp_path}"\n'
+        + world["toml"]
+        + '[[tenant]]\nname = "acme"\npool = "default"\nsender_domains = ["acme.example"]\n'
+    )
+    body = b"From: news@acme.example\r\nTo: x@ok.ffi.test\r\nSubject: policy\r\n\r\nhi\r\n"
+    with vmta.Engine(toml=toml) as engine:
+        with pytest.raises(vmta.UnknownTenant):
+            engine.submit("news@acme.example", ["x@ok.ffi.test"], body, tenant="nobody")
+        with pytest.raises(vmta.SenderNotApproved):
+            engine.submit("news@other.example", ["x@ok.ffi.test"], body, tenant="acme")
+        engine.set_tenant_locked("acme", True)
+        with pytest.raises(vmta.AccountLocked):
+            engine.submit("news@acme.example", ["x@ok.ffi.test"], body, tenant="acme")
+        engine.set_tenant_locked("acme", False)
+        mid = engine.submit("news@acme.example", ["x@ok.ffi.test"], body, tenant="acme")
+        events = final_events(engine, {mid: 1})
+        assert [e.kind for e in events if e.final] == ["delivered"]
+        assert events[-1].tenant == "acme"
+        with pytest.raises(vmta.UnknownTenant):
+            engine.set_tenant_locked("ghost")
+
+
+def test_configuration_errors_name_the_key(tmp_path):
+    with pytest.raises(vmta.ConfigError) as e:
+        vmta.Engine(toml="[delivery]\nport = 0\n", spool_dir=str(tmp_path))
+    assert e.value.key == "delivery.port"
+    with pytest.raises(vmta.ConfigError) as e:
+        vmta.Engine(toml="[engine]\nshards = 'x'\n")
+    assert e.value.key == "engine.shards"
+    with pytest.raises(TypeError):
+        vmta.Engine(colour="blue")
+    with pytest.raises(vmta.VmtaError) as e:
+        vmta.Engine(spool_dir=str(tmp_path), port=0)
+    assert e.value.code == vmta.INVALID_ARGUMENT
+
+
+def test_events_iterator_ends_on_timeout_and_after_shutdown(config):
+    engine = vmta.Engine(toml=config)
+    assert list(engine.events(timeout=0.2)) == []
+    waiter = threading.Thread(target=lambda: list(engine.events()))
+    waiter.start()
+    engine.shutdown(grace=0.1)
+    engine.wakeup()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive(), "the iterator ends once the engine is shut down"
+    engine.close()
+    engine.close()  # twice is harmless
+
+
+def test_cancel(world, config):
+    with vmta.Engine(toml=config) as engine:
+        # later.ffi.test defers: the message waits for its retry and can be cancelled.
+        mid = engine.submit("sender@vmta.test", ["c@later.ffi.test"], message("cancel me"))
+        for e in engine.events(timeout=10):
+            if e.kind == "deferred":
+                break
+        assert engine.cancel(mid) == 1
+        kinds = [e.kind for e in engine.events(timeout=2)]
+        assert "cancelled" in kinds
+        assert engine.cancel(mid) == 0
+        assert engine.stats().cancelled == 1
+
+
+def test_asyncio_reads_events_through_add_reader(world, config):
+    async def run():
+        with vmta.Engine(toml=config) as engine:
+            loop = asyncio.get_running_loop()
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                # submit blocks until the message is durable: keep it off the event loop.
+                ids = await asyncio.gather(
+                    *[
+                        loop.run_in_executor(
+                            pool,
+                            lambda i=i: engine.submit(
+                                "sender@vmta.test", [f"async{i}@ok.ffi.test"], message(f"async {i}")
+                            ),
+                        )
+                        for i in range(5)
+                    ]
+                )
+            delivered = set()
+
+            async def collect():
+                async for e in engine.aevents():
+                    if e.kind == "delivered":
+                        delivered.add(e.message_id)
+                    if delivered == set(ids):
+                        return
+
+            await asyncio.wait_for(collect(), timeout=30)
+            return ids
+
+    ids = asyncio.run(run())
+    assert len(set(ids)) == 5
+    assert all(received(world, f"Subject: async {i}\r") or received(world, f"Subject: async {i}") for i in range(5))

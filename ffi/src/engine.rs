@@ -1,0 +1,662 @@
+//! `vmta_engine`: a running delivery engine: start, submit, cancel, events, statistics, shutdown.
+//!
+//! Events follow curl's `curl_multi_info_read`: the engine never calls into the host; the host drains
+//! fixed-size `vmta_event` structs with `vmta_engine_poll_events`, and learns that events wait from
+//! `vmta_engine_event_fd` (readable while any wait: poll, epoll, libuv, asyncio `add_reader`) or by
+//! blocking in `vmta_engine_wait` (a goroutine, a plain thread), which `vmta_engine_wakeup` interrupts.
+//! The strings of a polled event are borrowed from the engine handle and stay valid until the next
+//! `vmta_engine_poll_events` on that engine or `vmta_engine_free`.
+
+use super::boundary::{Registry, bytes, guard, guard_result, out, text, write};
+use super::buffer::{new_buffer, vmta_buffer};
+use super::config::{snapshot, vmta_config};
+use super::error::{report, vmta_error};
+use super::result::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, TryLockError};
+use std::time::Duration;
+use vmta::engine::{DeliveryEvent, Engine, EngineError, EventKind, Submission, SubmitError};
+use vmta::spool::Priority;
+
+/// A running engine.
+#[derive(Debug)]
+pub struct vmta_engine {
+    _opaque: [u8; 0],
+}
+
+/// Borrowed bytes: `len` bytes at `ptr` (not NUL-terminated). As an input, `ptr` may be NULL when
+/// `len` is 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vmta_str {
+    /// The first byte.
+    pub ptr: *const u8,
+    /// The number of bytes.
+    pub len: usize,
+}
+
+impl vmta_str {
+    const EMPTY: vmta_str = vmta_str {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
+
+    pub(crate) fn of(s: &str) -> vmta_str {
+        vmta_str {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
+    }
+}
+
+/// A metadata tag: given at submission, returned in every event of the message.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vmta_tag {
+    /// The name.
+    pub key: vmta_str,
+    /// The value.
+    pub value: vmta_str,
+}
+
+/// A message to submit. Every string is copied before `vmta_engine_submit` returns.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vmta_message {
+    /// The envelope sender (UTF-8); empty for the null sender `<>`.
+    pub sender: vmta_str,
+    /// The recipient addresses (UTF-8), `recipients_len` of them (at least 1).
+    pub recipients: *const vmta_str,
+    /// The number of recipients.
+    pub recipients_len: usize,
+    /// The tenant (UTF-8); chooses the source pool and the sender policy.
+    pub tenant: vmta_str,
+    /// Metadata tags (UTF-8), `tags_len` of them; may be NULL when `tags_len` is 0.
+    pub tags: *const vmta_tag,
+    /// The number of tags.
+    pub tags_len: usize,
+    /// The message: header fields and body, CRLF line ends (any bytes).
+    pub body: vmta_str,
+    /// `VMTA_PRIORITY_TRANSACTIONAL` or `VMTA_PRIORITY_BULK`.
+    pub priority: u32,
+}
+
+/// Delivered ahead of bulk mail in every queue (the default).
+pub const VMTA_PRIORITY_TRANSACTIONAL: u32 = 0;
+/// Newsletters and campaigns.
+pub const VMTA_PRIORITY_BULK: u32 = 1;
+
+/// Largest message (header and body) `vmta_engine_submit` takes: 64 MiB, the spool's limit.
+pub const VMTA_MAX_MESSAGE_SIZE: usize = 67108864;
+/// Most recipients in one submission (an event's `recipient_index` is 16 bits).
+pub const VMTA_MAX_RECIPIENTS: usize = 65535;
+/// Longest sender, recipient, tenant, tag name or tag value, in bytes.
+pub const VMTA_MAX_FIELD_SIZE: usize = 4096;
+/// Most tags on one submission.
+pub const VMTA_MAX_TAGS: usize = 64;
+
+/// The receiving server accepted the message for this recipient.
+pub const VMTA_EVENT_DELIVERED: u32 = 1;
+/// A temporary failure; the next attempt is at `next_attempt`.
+pub const VMTA_EVENT_DEFERRED: u32 = 2;
+/// A permanent failure; no more attempts.
+pub const VMTA_EVENT_BOUNCED: u32 = 3;
+/// Temporary failures until the maximum age; no more attempts.
+pub const VMTA_EVENT_EXPIRED: u32 = 4;
+/// Cancelled by `vmta_engine_cancel` or an operator.
+pub const VMTA_EVENT_CANCELLED: u32 = 5;
+
+/// One recipient's outcome of one attempt. The `vmta_str` fields and `tags` are borrowed from the
+/// engine: valid until the next `vmta_engine_poll_events` on the same engine or `vmta_engine_free`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vmta_event {
+    /// The id `vmta_engine_submit` returned.
+    pub message_id: u64,
+    /// `VMTA_EVENT_*`.
+    pub kind: u32,
+    /// The SMTP reply code; 0 when no server answered (DNS or connection failures).
+    pub code: u16,
+    /// The recipient's position in the submitted `recipients` array.
+    pub recipient_index: u16,
+    /// The enhanced status code class (2, 4 or 5; 0 when the reply had none).
+    pub enhanced_class: u16,
+    /// The enhanced status code subject.
+    pub enhanced_subject: u16,
+    /// The enhanced status code detail.
+    pub enhanced_detail: u16,
+    /// Attempts made, this one included.
+    pub attempts: u16,
+    /// For `VMTA_EVENT_DEFERRED`: Unix time (seconds) of the next attempt.
+    pub next_attempt: u64,
+    /// Unix time (seconds) of submission.
+    pub submitted_at: u64,
+    /// Unix time of this event, in milliseconds.
+    pub at_ms: u64,
+    /// The recipient address.
+    pub recipient: vmta_str,
+    /// The tenant.
+    pub tenant: vmta_str,
+    /// The reply text or the failure description.
+    pub text: vmta_str,
+    /// The conversation phase of the reply or failure (`resolve`, `connect`, `rcpt`, `end-of-data`,
+    /// ...); empty when none.
+    pub phase: vmta_str,
+    /// For failures, the reason in the bounce classifier's words (`userunknown`, `mailboxfull`, ...);
+    /// may be empty.
+    pub reason: vmta_str,
+    /// The MX host (or smarthost) tried; may be empty.
+    pub mx: vmta_str,
+    /// Its IP address as text, if a connection was made; else empty.
+    pub ip: vmta_str,
+    /// The source (sending identity) used.
+    pub source: vmta_str,
+    /// The tags given at submission.
+    pub tags: *const vmta_tag,
+    /// The number of tags.
+    pub tags_len: usize,
+}
+
+/// Counters (since start) and gauges (now), summed over shards.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct vmta_stats {
+    /// Shard threads.
+    pub shards: u64,
+    /// Recipients accepted by submission.
+    pub submitted: u64,
+    /// Recipients delivered.
+    pub delivered: u64,
+    /// Deferrals.
+    pub deferred: u64,
+    /// Recipients bounced.
+    pub bounced: u64,
+    /// Recipients expired.
+    pub expired: u64,
+    /// Recipients cancelled.
+    pub cancelled: u64,
+    /// Recipients waiting (gauge).
+    pub queued: u64,
+    /// Recipients in an SMTP transaction (gauge).
+    pub in_flight: u64,
+    /// Open SMTP connections (gauge).
+    pub connections_open: u64,
+    /// SMTP connections opened.
+    pub connections_opened: u64,
+    /// Connections that failed before the session was ready.
+    pub connection_failures: u64,
+    /// Spool write errors on state changes.
+    pub spool_errors: u64,
+}
+
+/// The tag views of the last poll. They point into the events kept next to them.
+#[derive(Debug, Default)]
+struct TagViews(Vec<vmta_tag>);
+
+// SAFETY: the raw pointers only point into strings owned by the `Polled` that owns this vector, and
+// Rust never dereferences them; they are read by the C caller under the documented lifetime rules.
+unsafe impl Send for TagViews {}
+// SAFETY: as above; shared references never dereference the pointers.
+unsafe impl Sync for TagViews {}
+
+/// What the last `vmta_engine_poll_events` handed out, kept alive until the next one.
+#[derive(Debug, Default)]
+struct Polled {
+    events: Vec<DeliveryEvent>,
+    ips: Vec<String>,
+    tags: TagViews,
+}
+
+#[derive(Debug)]
+pub(crate) struct EngineHandle {
+    engine: Engine,
+    shut: AtomicBool,
+    polled: Mutex<Polled>,
+}
+
+static ENGINES: Registry<EngineHandle> = Registry::new();
+
+/// Starts an engine from a configuration (which is copied: the caller may free it at once): checks
+/// every value, opens and recovers each shard's spool, starts the shard threads. On failure returns
+/// `VMTA_CONFIG` (the `vmta_error` names the key) or `VMTA_START_FAILED`.
+///
+/// # Safety
+/// `engine_out` must be writable; `err_out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_new(
+    config: *const vmta_config,
+    engine_out: *mut *mut vmta_engine,
+    err_out: *mut *mut vmta_error,
+) -> vmta_result {
+    guard_result(|| {
+        let config = snapshot(config)?;
+        let engine_out = out(engine_out)?;
+        match Engine::start(&config) {
+            Ok(engine) => {
+                let handle = ENGINES.insert(EngineHandle {
+                    engine,
+                    shut: AtomicBool::new(false),
+                    polled: Mutex::new(Polled::default()),
+                });
+                // SAFETY: checked non-NULL; the caller promises it is writable.
+                unsafe { write(engine_out, handle) };
+                Ok(())
+            }
+            Err(e) => {
+                let (code, key) = match &e {
+                    EngineError::Config(c) => (VMTA_CONFIG, c.key.as_str()),
+                    EngineError::Spool { .. } | EngineError::Io(_) => (VMTA_START_FAILED, ""),
+                };
+                // SAFETY: the caller promises err_out is NULL or writable.
+                unsafe { report(err_out, code, key, &e.to_string()) };
+                Err(code)
+            }
+        }
+    })
+}
+
+/// Reads one string field of a message.
+///
+/// # Safety
+/// `s.ptr` must be readable for `s.len` bytes unless NULL.
+unsafe fn field(s: vmta_str) -> Result<String, vmta_result> {
+    // SAFETY: passed on from the caller.
+    unsafe { text(s.ptr, s.len, VMTA_MAX_FIELD_SIZE) }.map(str::to_string)
+}
+
+/// An array input.
+///
+/// # Safety
+/// `ptr` must be valid for `len` elements unless NULL.
+unsafe fn array<'a, T>(ptr: *const T, len: usize, limit: usize) -> Result<&'a [T], vmta_result> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(VMTA_NULL_PARAMETER);
+    }
+    if len > limit {
+        return Err(VMTA_TOO_LARGE);
+    }
+    // SAFETY: not NULL, the caller promises `len` valid, aligned elements; `limit` keeps the size far
+    // below isize::MAX.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Copies a `vmta_message` into a submission.
+///
+/// # Safety
+/// Every pointer in `m` must be valid as documented on `vmta_message`.
+unsafe fn read_message(m: &vmta_message) -> Result<Submission, vmta_result> {
+    let priority = match m.priority {
+        VMTA_PRIORITY_TRANSACTIONAL => Priority::Transactional,
+        VMTA_PRIORITY_BULK => Priority::Bulk,
+        _ => return Err(VMTA_INVALID_ARGUMENT),
+    };
+    // SAFETY: the caller's promise about the pointers in `m` is passed on (here and below).
+    let recipients = unsafe { array(m.recipients, m.recipients_len, VMTA_MAX_RECIPIENTS) }?;
+    // SAFETY: as above.
+    let tags = unsafe { array(m.tags, m.tags_len, VMTA_MAX_TAGS) }?;
+    // SAFETY: as above.
+    let body = unsafe { bytes(m.body.ptr, m.body.len, VMTA_MAX_MESSAGE_SIZE) }?;
+    let mut s = Submission {
+        // SAFETY: as above.
+        sender: unsafe { field(m.sender) }?,
+        // SAFETY: as above.
+        tenant: unsafe { field(m.tenant) }?,
+        priority,
+        ..Submission::default()
+    };
+    s.recipients.reserve(recipients.len());
+    for r in recipients {
+        // SAFETY: as above.
+        s.recipients.push(unsafe { field(*r) }?);
+    }
+    for t in tags {
+        // SAFETY: as above.
+        let (k, v) = unsafe { (field(t.key)?, field(t.value)?) };
+        if k.is_empty() {
+            return Err(VMTA_INVALID_ARGUMENT);
+        }
+        s.tags.push((k, v));
+    }
+    s.body = body.to_vec();
+    Ok(s)
+}
+
+fn refusal(e: &SubmitError) -> vmta_result {
+    match e {
+        SubmitError::Busy => VMTA_BUSY,
+        SubmitError::ShuttingDown => VMTA_SHUTTING_DOWN,
+        SubmitError::Invalid(_) => VMTA_INVALID_MESSAGE,
+        SubmitError::UnknownTenant(_) => VMTA_UNKNOWN_TENANT,
+        SubmitError::AccountLocked(_) => VMTA_ACCOUNT_LOCKED,
+        SubmitError::SenderNotApproved(_) => VMTA_SENDER_NOT_APPROVED,
+        SubmitError::NoSpace => VMTA_NO_SPACE,
+        SubmitError::Spool(_) => VMTA_SPOOL_ERROR,
+    }
+}
+
+/// Queues a message. Everything is copied before the call returns. On success writes the message id
+/// (carried by every event of the message) to `*id_out` once the message is durable per the configured
+/// durability. A refusal (`VMTA_BUSY`, `VMTA_INVALID_MESSAGE`, `VMTA_UNKNOWN_TENANT`,
+/// `VMTA_ACCOUNT_LOCKED`, `VMTA_SENDER_NOT_APPROVED`, `VMTA_NO_SPACE`, `VMTA_SPOOL_ERROR`,
+/// `VMTA_SHUTTING_DOWN`) queues nothing; `err_out`, when not NULL, receives the reason in words.
+///
+/// # Safety
+/// `message` must point to a `vmta_message` whose pointers are valid as documented there; `id_out`
+/// writable; `err_out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_submit(
+    engine: *const vmta_engine,
+    message: *const vmta_message,
+    id_out: *mut u64,
+    err_out: *mut *mut vmta_error,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let id_out = out(id_out)?;
+        if message.is_null() {
+            return Err(VMTA_NULL_PARAMETER);
+        }
+        // SAFETY: not NULL; the caller promises a valid, aligned vmta_message.
+        let m = unsafe { &*message };
+        // SAFETY: the caller promises the pointers inside are valid.
+        let submission = unsafe { read_message(m) }?;
+        match h.engine.submit(&submission) {
+            Ok(id) => {
+                // SAFETY: checked non-NULL; the caller promises it is writable.
+                unsafe { write(id_out, id) };
+                Ok(())
+            }
+            Err(e) => {
+                let code = refusal(&e);
+                // SAFETY: the caller promises err_out is NULL or writable.
+                unsafe { report(err_out, code, "", &e.to_string()) };
+                Err(code)
+            }
+        }
+    })
+}
+
+/// Cancels every recipient of a message not yet delivered; a `VMTA_EVENT_CANCELLED` event follows for
+/// each. Writes how many were cancelled to `*cancelled_out` when it is not NULL (0 for an unknown id or
+/// a message already finished).
+///
+/// # Safety
+/// `cancelled_out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_cancel(
+    engine: *const vmta_engine,
+    message_id: u64,
+    cancelled_out: *mut usize,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        if h.shut.load(Ordering::Acquire) {
+            return Err(VMTA_SHUTTING_DOWN);
+        }
+        let n = h.engine.cancel(message_id);
+        if !cancelled_out.is_null() {
+            // SAFETY: not NULL; the caller promises it is writable.
+            unsafe { write(cancelled_out, n) };
+        }
+        Ok(())
+    })
+}
+
+fn kind_code(k: EventKind) -> u32 {
+    match k {
+        EventKind::Delivered => VMTA_EVENT_DELIVERED,
+        EventKind::Deferred => VMTA_EVENT_DEFERRED,
+        EventKind::Bounced => VMTA_EVENT_BOUNCED,
+        EventKind::Expired => VMTA_EVENT_EXPIRED,
+        EventKind::Cancelled => VMTA_EVENT_CANCELLED,
+    }
+}
+
+/// Moves up to `capacity` pending events into `events_out[0..n]` and writes `n` to `*count_out` (0 when
+/// none wait). The strings and tags of the events are borrowed: valid until the next call of this
+/// function on the same engine or `vmta_engine_free`. Events have one consumer: while one thread is in
+/// this function, another gets `VMTA_CONCURRENT_POLL`. Works after `vmta_engine_shutdown`, to drain the
+/// last events.
+///
+/// # Safety
+/// `events_out` must be valid for writes of `capacity` `vmta_event`s (NULL only with capacity 0);
+/// `count_out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_poll_events(
+    engine: *const vmta_engine,
+    events_out: *mut vmta_event,
+    capacity: usize,
+    count_out: *mut usize,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let count_out = out(count_out)?;
+        if capacity > 0 && events_out.is_null() {
+            return Err(VMTA_NULL_PARAMETER);
+        }
+        let mut polled = match h.polled.try_lock() {
+            Ok(p) => p,
+            Err(TryLockError::WouldBlock) => return Err(VMTA_CONCURRENT_POLL),
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        let Polled { events, ips, tags } = &mut *polled;
+        if capacity > 0 {
+            events.clear();
+            ips.clear();
+            tags.0.clear();
+            h.engine.poll_events(events, capacity);
+            for e in events.iter() {
+                ips.push(e.ip.map(|ip| ip.to_string()).unwrap_or_default());
+            }
+            tags.0
+                .reserve(events.iter().map(|e| e.tags.len()).sum::<usize>());
+            for e in events.iter() {
+                for (k, v) in &e.tags {
+                    tags.0.push(vmta_tag {
+                        key: vmta_str::of(k),
+                        value: vmta_str::of(v),
+                    });
+                }
+            }
+        }
+        let mut first_tag = 0;
+        for (i, (e, ip)) in events.iter().zip(ips.iter()).enumerate().take(capacity) {
+            let enhanced = e.enhanced;
+            let ev = vmta_event {
+                message_id: e.message_id,
+                kind: kind_code(e.kind),
+                code: e.code,
+                recipient_index: e.recipient_index,
+                enhanced_class: enhanced.map_or(0, |c| u16::from(c.class)),
+                enhanced_subject: enhanced.map_or(0, |c| c.subject),
+                enhanced_detail: enhanced.map_or(0, |c| c.detail),
+                attempts: e.attempts,
+                next_attempt: e.next_attempt,
+                submitted_at: e.submitted_at,
+                at_ms: e.at_ms,
+                recipient: vmta_str::of(&e.recipient),
+                tenant: vmta_str::of(&e.tenant),
+                text: vmta_str::of(&e.text),
+                phase: e
+                    .phase
+                    .map_or(vmta_str::EMPTY, |p| vmta_str::of(p.as_str())),
+                reason: vmta_str::of(&e.reason),
+                mx: vmta_str::of(&e.mx),
+                ip: vmta_str::of(ip),
+                source: vmta_str::of(&e.source),
+                tags: if e.tags.is_empty() {
+                    std::ptr::null()
+                } else {
+                    tags.0[first_tag..].as_ptr()
+                },
+                tags_len: e.tags.len(),
+            };
+            first_tag += e.tags.len();
+            // SAFETY: i < capacity (take), and the caller promises `capacity` writable, aligned slots.
+            unsafe { write(events_out.add(i), ev) };
+        }
+        let n = if capacity > 0 { events.len() } else { 0 };
+        // SAFETY: checked non-NULL; the caller promises it is writable.
+        unsafe { write(count_out, n) };
+        Ok(())
+    })
+}
+
+/// A file descriptor that is readable while events are pending (for poll, epoll, kqueue-less event
+/// loops, asyncio `add_reader`). Owned by the engine: do not read from or close it. -1 for NULL or a bad
+/// handle.
+#[unsafe(no_mangle)]
+pub extern "C" fn vmta_engine_event_fd(engine: *const vmta_engine) -> std::ffi::c_int {
+    guard(-1, || {
+        ENGINES.get(engine).map_or(-1, |h| h.engine.event_fd())
+    })
+}
+
+/// Blocks until events are pending (`VMTA_OK`) or `timeout_ms` passes or `vmta_engine_wakeup` is
+/// called (`VMTA_NO_EVENTS`). After `vmta_engine_shutdown`, returns at once: `VMTA_OK` while events are
+/// left to drain, then `VMTA_SHUTTING_DOWN`.
+#[unsafe(no_mangle)]
+pub extern "C" fn vmta_engine_wait(engine: *const vmta_engine, timeout_ms: u32) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let timeout = if h.shut.load(Ordering::Acquire) {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(u64::from(timeout_ms))
+        };
+        if h.engine.wait(timeout) {
+            Ok(())
+        } else if h.shut.load(Ordering::Acquire) {
+            Err(VMTA_SHUTTING_DOWN)
+        } else {
+            Err(VMTA_NO_EVENTS)
+        }
+    })
+}
+
+/// Wakes every thread blocked in `vmta_engine_wait` on this engine. Safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn vmta_engine_wakeup(engine: *const vmta_engine) -> vmta_result {
+    guard_result(|| {
+        ENGINES.get(engine)?.engine.wakeup();
+        Ok(())
+    })
+}
+
+/// Writes the engine's counters and gauges to `*stats_out`.
+///
+/// # Safety
+/// `stats_out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_stats(
+    engine: *const vmta_engine,
+    stats_out: *mut vmta_stats,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let stats_out = out(stats_out)?;
+        let m = h.engine.metrics();
+        let t = m.total();
+        let stats = vmta_stats {
+            shards: m.shards.len() as u64,
+            submitted: t.submitted,
+            delivered: t.delivered,
+            deferred: t.deferred,
+            bounced: t.bounced,
+            expired: t.expired,
+            cancelled: t.cancelled,
+            queued: t.queued,
+            in_flight: t.in_flight,
+            connections_open: t.connections_open,
+            connections_opened: t.connections_opened,
+            connection_failures: t.connection_failures,
+            spool_errors: t.spool_errors,
+        };
+        // SAFETY: checked non-NULL; the caller promises it is writable.
+        unsafe { write(stats_out, stats) };
+        Ok(())
+    })
+}
+
+/// The engine's metrics in the Prometheus text exposition format, as a new buffer the caller frees
+/// with `vmta_buffer_free`.
+///
+/// # Safety
+/// `text_out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_prometheus(
+    engine: *const vmta_engine,
+    text_out: *mut *mut vmta_buffer,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let text_out = out(text_out)?;
+        let buf = new_buffer(h.engine.metrics().prometheus().into_bytes());
+        // SAFETY: checked non-NULL; the caller promises it is writable.
+        unsafe { write(text_out, buf) };
+        Ok(())
+    })
+}
+
+/// Locks (`locked` true) or unlocks a tenant configured with `[[tenant]]`: a locked tenant's
+/// submissions are refused with `VMTA_ACCOUNT_LOCKED` and its queued mail is held. `VMTA_UNKNOWN_TENANT`
+/// when no such tenant is configured.
+///
+/// # Safety
+/// `tenant` readable for `tenant_len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_set_tenant_locked(
+    engine: *const vmta_engine,
+    tenant: *const u8,
+    tenant_len: usize,
+    locked: bool,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        // SAFETY: the caller promises tenant_len readable bytes.
+        let name = unsafe { text(tenant, tenant_len, VMTA_MAX_FIELD_SIZE) }?;
+        let registry = h.engine.tenants().ok_or(VMTA_UNKNOWN_TENANT)?;
+        let r = if locked {
+            registry.lock(name)
+        } else {
+            registry.unlock(name)
+        };
+        r.map_err(|_| VMTA_UNKNOWN_TENANT)
+    })
+}
+
+/// Stops intake (later submissions get `VMTA_SHUTTING_DOWN`), lets in-flight SMTP transactions finish
+/// within `grace_ms`, then stops the shard threads. Mail not delivered stays in the spool: an engine
+/// started later on the same spool resumes it. Events stay available to `vmta_engine_poll_events`.
+/// Calling it again does nothing. The handle stays valid until `vmta_engine_free`.
+#[unsafe(no_mangle)]
+pub extern "C" fn vmta_engine_shutdown(engine: *const vmta_engine, grace_ms: u32) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        h.shut.store(true, Ordering::Release);
+        h.engine
+            .shutdown(Duration::from_millis(u64::from(grace_ms)));
+        Ok(())
+    })
+}
+
+/// Stops the engine at once if `vmta_engine_shutdown` was not called (no grace: in-flight
+/// transactions are abandoned and retried by the next engine on the spool) and frees it; events not
+/// polled are dropped, views from the last poll become invalid. `vmta_engine_free(NULL)` does nothing
+/// and returns `VMTA_OK`; freeing twice returns `VMTA_INVALID_HANDLE`. A call running on another thread
+/// keeps the engine alive until it returns.
+#[unsafe(no_mangle)]
+pub extern "C" fn vmta_engine_free(engine: *mut vmta_engine) -> vmta_result {
+    if engine.is_null() {
+        return VMTA_OK;
+    }
+    guard_result(|| {
+        let h = ENGINES.remove(engine)?;
+        h.shut.store(true, Ordering::Release);
+        h.engine.shutdown(Duration::ZERO);
+        Ok(())
+    })
+}
