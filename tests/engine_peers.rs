@@ -667,3 +667,44 @@ fn a_locked_tenant_is_refused_and_its_queued_mail_held_until_unlocked() {
     assert_eq!(sink.received(), 5);
     e.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn the_per_host_connection_cap_holds_on_the_sink_side() {
+    let ip = "127.0.50.101";
+    let port = common_port(&[ip]);
+    let zone = Zone::start(
+        "127.0.50.100",
+        &[
+            "mx-host=cap.engine.test,mx.cap.engine.test,10".into(),
+            "host-record=mx.cap.engine.test,127.0.50.101".into(),
+        ],
+    );
+    let sink = sink_at(ip, port, &[]);
+    let spool = TempDir::new("engine-cap");
+    let mut cfg = config(&spool, zone.addr, port);
+    cfg.delivery.max_connections_per_host = 3;
+    let e = Engine::start(&cfg).unwrap();
+    let batch: Vec<Submission> = (0..150)
+        .map(|n| Submission {
+            sender: "a@x.test".into(),
+            recipients: vec![format!("u{n}@cap.engine.test")],
+            body: body(n),
+            ..Submission::default()
+        })
+        .collect();
+    assert!(e.submit_batch(&batch).iter().all(|r| r.is_ok()));
+    let server: std::net::SocketAddrV4 = format!("{ip}:{port}").parse().unwrap();
+    let mut peak = 0;
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&events, EventKind::Delivered) < 150 && Instant::now() < deadline {
+        peak = peak.max(vmta_tests::shaping::established_at(server));
+        e.poll_events(&mut events, 10_000);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(count(&events, EventKind::Delivered), 150);
+    assert_eq!(sink.received(), 150);
+    assert!(peak >= 1, "the sampler saw no connection");
+    assert!(peak <= 3, "{peak} connections at once at the sink");
+    e.shutdown(Duration::from_secs(5));
+}

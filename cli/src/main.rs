@@ -22,8 +22,17 @@ enum Command {
     Version,
     /// Run the quick start: a campaign delivered to the built-in test world on loopback.
     Demo(cmd::demo::DemoArgs),
-    /// Summarise, list or remove what a spool holds.
-    Queue(cmd::queue::QueueArgs),
+    /// Summarise, list or remove messages of a spool directory.
+    Queue {
+        /// The spool directory (one shard's).
+        dir: std::path::PathBuf,
+        /// One line per queued message.
+        #[arg(long)]
+        list: bool,
+        /// Cancel every live recipient of this message (16 hex digits) and free its space.
+        #[arg(long, value_name = "ID")]
+        remove: Option<String>,
+    },
     /// Deliver one message over one SMTP session and print the conversation summary.
     Send(cmd::send::SendArgs),
     /// Resolve like the delivery engine does: MX targets, addresses, TXT, PTR.
@@ -50,7 +59,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Version => cmd::version(),
         Command::Send(args) => cmd::send::run(args),
-        Command::Queue(args) => cmd::queue::run(args),
+        Command::Queue { dir, list, remove } => cmd::queue::run(&dir, list, remove.as_deref()),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Dns(args) => cmd::dns::run(args),
         Command::Dkim(args) => cmd::dkim::run(args),

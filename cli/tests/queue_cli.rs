@@ -68,27 +68,27 @@ fn summary_listing_and_removal() {
     let path = dir.path().to_str().unwrap();
     let (code, out, err) = run(&["queue", path]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("messages:    3"), "{out}");
-    assert!(out.contains("recipients:  6"), "{out}");
-    assert!(out.lines().any(|l| l.trim() == "queued     5"), "{out}");
-    assert!(out.lines().any(|l| l.trim() == "deferred   1"), "{out}");
-    assert!(
+    let has = |out: &str, words: &[&str]| {
         out.lines()
-            .any(|l| l.trim_start().starts_with("one.test") && l.trim_end().ends_with(" 3")),
-        "{out}"
-    );
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == words)
+    };
+    assert!(has(&out, &["messages", "3"]), "{out}");
+    assert!(has(&out, &["recipients", "6", "live"]), "{out}");
+    assert!(has(&out, &["queued", "5"]), "{out}");
+    assert!(has(&out, &["deferred", "1"]), "{out}");
+    assert!(has(&out, &["3", "one.test"]), "{out}");
     let (_, out, _) = run(&["queue", path, "--list"]);
-    assert!(out.contains("deferred  attempts 1"), "{out}");
-    assert!(out.contains("451 4.7.1 greylisted"), "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains("b0@two.test=deferred"), "{out}");
     let id = ids[1].to_string();
     let (code, out, err) = run(&["queue", path, "--remove", &id]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("removed {id}")), "{out}");
     let (_, out, _) = run(&["queue", path]);
-    assert!(out.contains("messages:    2"), "{out}");
+    assert!(has(&out, &["messages", "2"]), "{out}");
     let (code, _, err) = run(&["queue", path, "--remove", "00000000000000ff"]);
     assert_eq!(code, 1);
-    assert!(err.contains("no queued message"), "{err}");
+    assert!(err.contains("00000000000000ff"), "{err}");
 }
 
 #[test]

@@ -1,151 +1,154 @@
-//! `vmta queue DIR`: what a spool directory (one shard's, `SPOOL/shard-N`, or the whole `SPOOL`)
-//! holds, for the people operating it: a summary (messages, recipients, by state and by destination
-//! domain, oldest message, disk used), a listing of queued recipients, and removal of a message.
+//! `vmta queue DIR`: inspect and operate a spool directory.
 //!
-//! Reading takes the spool's shared lock and is refused while an engine has the spool open (an engine
-//! holds the exclusive lock); removing needs the exclusive lock, so stop the engine first.
+//! Without options it prints a summary (messages, recipients by state and by destination domain, the
+//! oldest message, disk use, what recovery found). `--list` prints one line per queued message;
+//! `--remove ID` cancels every live recipient of a message and frees its space. The summary and the
+//! list open the spool read-only and refuse to run while an engine has it open (the lock says so).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use vmta::spool::{MessageId, Options, RecipientState, Spool};
+use vmta::spool::{MessageId, Options, RecipientId, RecipientState, Spool, SyncPolicy};
 
-/// Arguments of `vmta queue`.
-#[derive(Debug, clap::Args)]
-pub struct QueueArgs {
-    /// A shard's spool directory, or an engine's spool directory holding `shard-N` directories.
-    dir: PathBuf,
-    /// List every queued recipient.
-    #[arg(long)]
+/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc(t: u64) -> String {
+    let days = (t / 86_400) as i64;
+    let rem = t % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Runs the command.
+pub fn run(dir: &Path, list: bool, remove: Option<&str>) -> ExitCode {
+    match run_inner(dir, list, remove) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmta queue: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner(
+    dir: &Path,
     list: bool,
-    /// Remove (cancel) the message with this id (16 hex digits, as listed).
-    #[arg(long)]
-    remove: Option<String>,
-}
-
-/// Runs `vmta queue`.
-pub fn run(args: QueueArgs) -> ExitCode {
-    let dirs = shard_dirs(&args.dir);
-    if dirs.is_empty() {
-        eprintln!("vmta queue: {}: no spool there", args.dir.display());
-        return ExitCode::from(2);
-    }
-    let mut status = ExitCode::SUCCESS;
-    let mut removed = false;
-    for dir in dirs {
-        let result = match &args.remove {
-            Some(id) => remove(&dir, id).map(|r| removed |= r),
-            None => show(&dir, args.list),
-        };
-        if let Err(e) = result {
-            eprintln!("vmta queue: {}: {e}", dir.display());
-            status = ExitCode::from(1);
-        }
-    }
-    if let Some(id) = &args.remove
-        && !removed
-        && status == ExitCode::SUCCESS
-    {
-        eprintln!("vmta queue: no queued message {id}");
-        status = ExitCode::from(1);
-    }
-    status
-}
-
-/// The shard directories under `dir`, or `dir` itself when it is one.
-fn shard_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.is_dir()
-                        && p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with("shard-"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    shards.sort();
-    if shards.is_empty() && dir.is_dir() {
-        shards.push(dir.to_path_buf());
-    }
-    shards
-}
-
-fn show(dir: &Path, list: bool) -> Result<(), String> {
-    let opts = Options {
-        read_only: true,
-        ..Options::default()
-    };
-    let (spool, report) = Spool::open(dir, opts).map_err(|e| e.to_string())?;
-    let s = spool.stats();
-    println!("spool {}", dir.display());
-    println!("  messages:    {}", s.messages);
-    println!("  recipients:  {}", s.recipients);
-    for state in RecipientState::ALL {
-        let n = s.by_state[state as usize];
-        if n > 0 {
-            println!("    {:<10} {n}", state.as_str());
-        }
-    }
-    if let Some(oldest) = s.oldest_submitted {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+    remove: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(id) = remove {
+        let id: MessageId = id
+            .parse()
+            .map_err(|_| format!("{id:?} is not a message id (16 hex digits)"))?;
+        let (mut spool, _) = Spool::open(
+            dir,
+            Options {
+                policy: SyncPolicy::Sync,
+                ..Options::default()
+            },
+        )?;
+        let t = spool.remove(id)?;
+        spool.commit(t)?;
+        let m = spool.maintain()?;
         println!(
-            "  oldest:      submitted {} s ago",
-            now.saturating_sub(oldest)
+            "removed {id}; {} segment(s) deleted, {} bytes freed",
+            m.deleted_segments, m.freed_bytes
         );
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()).into());
+    }
+    let (spool, rep) = Spool::open(
+        dir,
+        Options {
+            read_only: true,
+            ..Options::default()
+        },
+    )?;
+    if list {
+        for id in spool.messages() {
+            let m = spool.message(id)?;
+            let mut states = Vec::new();
+            for i in 0..m.recipient_count() {
+                let r = spool.recipient(RecipientId {
+                    message: id,
+                    index: i,
+                })?;
+                states.push(format!("{}={}", r.address, r.state));
+            }
+            println!(
+                "{id}  {}  {}  <{}>  {} bytes  {}",
+                utc(m.submitted_at()),
+                m.priority().as_str(),
+                m.sender(),
+                m.body().len(),
+                states.join(" ")
+            );
+        }
+        return Ok(());
+    }
+    let st = spool.stats();
+    println!("spool      {}", dir.display());
+    println!("messages   {}", st.messages);
+    println!("recipients {} live", st.recipients);
+    for s in RecipientState::ALL {
+        let n = st.by_state[s as usize];
+        if n > 0 {
+            println!("  {:<10} {n}", s.as_str());
+        }
+    }
+    match st.oldest_submitted {
+        Some(t) => println!("oldest     {}", utc(t)),
+        None => println!("oldest     -"),
     }
     println!(
-        "  disk:        {} bytes in {} segments ({} bytes of records)",
-        s.disk_bytes, s.segments, s.used_bytes
+        "disk       {} bytes in {} segment(s), {} bytes of records",
+        st.disk_bytes, st.segments, st.used_bytes
     );
-    if report.corrupt_records > 0 || report.truncated_bytes > 0 || report.damaged_segments > 0 {
+    println!("index      {} bytes in memory", st.index_bytes);
+    if rep.corrupt_records + rep.truncated_bytes + rep.damaged_segments as u64 + rep.orphan_records
+        > 0
+    {
         println!(
-            "  damage:      {} corrupt stretches skipped, {} torn bytes, {} damaged segments",
-            report.corrupt_records, report.truncated_bytes, report.damaged_segments
+            "damage     {} corrupt record(s) ({} bytes), {} torn bytes, {} damaged segment(s), {} orphan record(s)",
+            rep.corrupt_records,
+            rep.corrupt_bytes,
+            rep.truncated_bytes,
+            rep.damaged_segments,
+            rep.orphan_records
         );
     }
-    let mut domains = spool.domains();
-    domains.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    println!("  by domain:");
-    for (d, n) in domains.iter().filter(|(_, n)| *n > 0) {
-        println!("    {d:<40} {n}");
-    }
-    if list {
-        println!("  queued:");
-        for q in spool.queued() {
-            let Ok(r) = spool.recipient(q.id) else {
-                continue;
-            };
-            println!(
-                "    {} {:<9} attempts {:<3} next {:<10} {} {}",
-                q.id,
-                q.state.as_str(),
-                q.attempts,
-                q.next_attempt,
-                r.address,
-                r.last_reply
-            );
+    let domains = spool.domains();
+    if !domains.is_empty() {
+        println!("by domain");
+        for (d, n) in domains.iter().take(25) {
+            println!("  {n:>8}  {d}");
+        }
+        if domains.len() > 25 {
+            println!("  ... and {} more domain(s)", domains.len() - 25);
         }
     }
     Ok(())
 }
 
-/// Removes the message from this spool; false when it is not there.
-fn remove(dir: &Path, id: &str) -> Result<bool, String> {
-    let id: MessageId = id
-        .parse()
-        .map_err(|_| format!("{id:?} is not a message id (16 hex digits)"))?;
-    let (mut spool, _) = Spool::open(dir, Options::default()).map_err(|e| e.to_string())?;
-    match spool.remove(id) {
-        Ok(t) => {
-            spool.commit(t).map_err(|e| e.to_string())?;
-            println!("removed {id} from {}", dir.display());
-            Ok(true)
-        }
-        Err(vmta::spool::SpoolError::UnknownMessage(_)) => Ok(false),
-        Err(e) => Err(e.to_string()),
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

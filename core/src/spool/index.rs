@@ -211,6 +211,13 @@ impl Index {
     /// always, with `force`). Recipient indexes change; message ids do not.
     pub fn sweep(&mut self, force: bool) {
         let total = self.messages.len() + self.late.len();
+        if self.dead == 0 && self.late.is_empty() {
+            if force {
+                self.messages.shrink_to_fit();
+                self.rcpts.shrink_to_fit();
+            }
+            return;
+        }
         if !force && (self.dead < 1024 || self.dead * 2 < total) {
             return;
         }

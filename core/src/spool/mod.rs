@@ -552,11 +552,14 @@ impl Spool {
             let before = spool.segments.len();
             spool.delete_unneeded()?;
             report.removed_segments += before - spool.segments.len();
-            // On a full disk the spool still opens (everything in it is readable and deliverable);
-            // appends report `NoSpace` until a segment can be created.
-            match spool.new_active(0) {
-                Ok(()) | Err(SpoolError::NoSpace) => {}
-                Err(e) => return Err(e),
+            match spool.active.and_then(|a| spool.segments.get(&a)) {
+                Some(seg) => spool.durability.set_file(Some(seg.file.clone())),
+                None => match spool.new_active(0) {
+                    // A full disk must not stop the engine from delivering what is queued: state
+                    // changes will try to create a segment again, and so will submissions.
+                    Ok(()) | Err(SpoolError::NoSpace) => {}
+                    Err(e) => return Err(e),
+                },
             }
             if let SyncPolicy::Interval(every) = spool.opts.policy {
                 let d = spool.durability.clone();
@@ -588,6 +591,7 @@ impl Spool {
             }
         }
         ids.sort_unstable();
+        let last = ids.last().copied();
         let writable = !self.opts.read_only;
         let mut max_id = 0u64;
         for id in ids {
@@ -635,7 +639,16 @@ impl Spool {
             let seg = self.segments.get_mut(&id).expect("inserted above");
             seg.put_map(map);
             seg.used = scan.end as u64;
-            if writable {
+            let room = seg.capacity.saturating_sub(seg.used);
+            if writable && Some(id) == last && room > self.opts.segment_size / 4 {
+                // The segment that was active when the engine stopped: keep appending to it (its space
+                // is already reserved, which matters when the disk is full). A torn tail is zeroed.
+                if scan.torn_bytes > 0 {
+                    seg.zero(seg.used, scan.torn_bytes)
+                        .map_err(|e| io_err("clear torn tail of", &path, e))?;
+                }
+                self.active = Some(id);
+            } else if writable {
                 seg.seal().map_err(|e| io_err("truncate", &path, e))?;
             } else {
                 seg.sealed = true;

@@ -195,6 +195,20 @@ impl Segment {
         Ok(off)
     }
 
+    /// Overwrites `len` bytes at `from` with zeros and flushes (clears a torn tail in place, without
+    /// allocating disk space).
+    pub fn zero(&self, from: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut at = from;
+        let end = from + len;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_data()
+    }
+
     /// Stops appends and gives the unused pre-allocated space back: the file is cut to `used` bytes
     /// and remapped. Cutting also removes a torn tail or a partial write after `used`.
     pub fn seal(&mut self) -> io::Result<()> {

@@ -573,3 +573,84 @@ fn index_stays_under_64_bytes_per_recipient() {
     let per = s.stats().index_bytes as f64 / 20_000.0;
     assert!(per <= 64.0, "{per} bytes per recipient");
 }
+
+/// Leaves a small spool in `VMTA_SPOOL_DEMO_DIR` for trying `vmta queue` by hand.
+#[test]
+#[ignore = "writes a demo spool for manual use of `vmta queue`"]
+fn write_demo_spool() {
+    let Ok(dir) = std::env::var("VMTA_SPOOL_DEMO_DIR") else {
+        return;
+    };
+    let (mut s, _) = Spool::open(&dir, opts(SyncPolicy::Sync)).unwrap();
+    for n in 0..5u64 {
+        let rc = ["a@gmail.com", "b@yahoo.com", "c@gmail.com"];
+        let id = s
+            .submit(&env(&rc, 1_700_000_000 + n), &body(n as usize, 900))
+            .unwrap();
+        s.update(
+            RecipientId {
+                message: id,
+                index: 1,
+            },
+            &deferred(1, "421 try later"),
+        )
+        .unwrap();
+    }
+}
+
+/// Writes the seed corpus of the `spool_recovery` fuzz target into `VMTA_SPOOL_SEED_DIR`.
+#[test]
+#[ignore = "regenerates fuzz/corpus/spool_recovery"]
+fn write_fuzz_seeds() {
+    let Ok(out) = std::env::var("VMTA_SPOOL_SEED_DIR") else {
+        return;
+    };
+    let d = Dir::new("seeds");
+    let o = Options {
+        fixed_salt: Some(0x5eed_5a17),
+        segment_size: 4096,
+        ..opts(SyncPolicy::None)
+    };
+    let (mut s, _) = Spool::open(&d.0, o).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3u64 {
+        let rc = ["a@x.example", "b@y.example"];
+        ids.push(
+            s.submit(&env(&rc[..1 + n as usize % 2], n), &body(n as usize, 60))
+                .unwrap(),
+        );
+    }
+    s.update(
+        RecipientId {
+            message: ids[0],
+            index: 0,
+        },
+        &deferred(1, "451 later"),
+    )
+    .unwrap();
+    s.update(
+        RecipientId {
+            message: ids[1],
+            index: 1,
+        },
+        &final_state(RecipientState::Delivered),
+    )
+    .unwrap();
+    let t = s.remove(ids[2]).unwrap();
+    s.commit(t).unwrap();
+    let used = s.segments.values().next().unwrap().used as usize;
+    let bytes = fs::read(d.0.join(segment::file_name(1))).unwrap();
+    let records = &bytes[SEGMENT_HEADER_LEN..used];
+    let mut seed = vec![0u8];
+    seed.extend_from_slice(records);
+    fs::write(Path::new(&out).join("records"), &seed).unwrap();
+    let mut whole = vec![1u8];
+    whole.extend_from_slice(&bytes[..used]);
+    fs::write(Path::new(&out).join("whole"), &whole).unwrap();
+    let first = record::decode_record(&bytes, SEGMENT_HEADER_LEN, 0x5eed_5a17)
+        .unwrap()
+        .span;
+    let mut one = vec![0u8];
+    one.extend_from_slice(&records[..first]);
+    fs::write(Path::new(&out).join("one_message"), &one).unwrap();
+}
