@@ -708,3 +708,37 @@ fn the_per_host_connection_cap_holds_on_the_sink_side() {
     assert!(peak <= 3, "{peak} connections at once at the sink");
     e.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn cancelled_recipients_are_reported_with_the_message_id_tenant_and_tags() {
+    let spool = TempDir::new("engine-cancel");
+    // No DNS server answers: the recipients wait in the queue.
+    let cfg = config(&spool, "127.0.50.109:53".parse().unwrap(), 2525);
+    let e = Engine::start(&cfg).unwrap();
+    let id = e
+        .submit(&Submission {
+            sender: "a@x.test".into(),
+            recipients: vec!["one@c1.engine.test".into(), "two@c2.engine.test".into()],
+            tenant: "acme".into(),
+            tags: vec![("campaign".into(), "spring".into())],
+            body: body(1),
+            ..Submission::default()
+        })
+        .unwrap();
+    assert_eq!(e.cancel(id), 2);
+    let events = collect(&e, Duration::from_secs(5), |ev| {
+        count(ev, EventKind::Cancelled) >= 2
+    });
+    let cancelled: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Cancelled)
+        .collect();
+    assert_eq!(cancelled.len(), 2, "{events:#?}");
+    for c in cancelled {
+        assert_eq!(c.message_id, id);
+        assert_eq!(c.tenant, "acme");
+        assert_eq!(c.tags, vec![("campaign".to_string(), "spring".to_string())]);
+    }
+    assert_eq!(e.cancel(id), 0, "a second cancel finds nothing");
+    e.shutdown(Duration::from_secs(1));
+}

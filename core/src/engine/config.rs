@@ -489,8 +489,11 @@ impl EngineConfig {
         if shards > 256 {
             return Err(err("engine.shards", "at most 256 shards"));
         }
-        if e.submission_queue == 0 {
-            return Err(err("engine.submission_queue", "must be at least 1"));
+        if e.submission_queue == 0 || e.submission_queue > 1 << 20 {
+            return Err(err(
+                "engine.submission_queue",
+                "must be between 1 and 1048576",
+            ));
         }
         if e.max_recipients_per_transaction == 0 {
             return Err(err(

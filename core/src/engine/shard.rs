@@ -508,23 +508,26 @@ impl ShardCore {
                     (!r.state.is_final()).then(|| (index, r.address.to_string()))
                 })
                 .collect();
+        // The events are built while the message is still readable (engine id, tenant, tags).
+        let events: Vec<DeliveryEvent> = live
+            .iter()
+            .map(|(index, address)| {
+                let rid = RecipientId {
+                    message: m,
+                    index: *index,
+                };
+                let mut e = self.event_base(rid, now);
+                e.kind = EventKind::Cancelled;
+                e.recipient = address.clone();
+                e
+            })
+            .collect();
         match self.spool.remove(m) {
             Ok(t) => self.commit = Some(t),
             Err(_) => return 0,
         }
         self.ids.remove(&engine_id);
-        for (index, address) in &live {
-            let mut e = self.event_base(
-                RecipientId {
-                    message: m,
-                    index: *index,
-                },
-                now,
-            );
-            e.kind = EventKind::Cancelled;
-            e.recipient = address.clone();
-            self.events.push(e);
-        }
+        self.events.extend(events);
         self.metrics
             .cancelled
             .fetch_add(live.len() as u64, Ordering::Relaxed);
