@@ -404,10 +404,13 @@ impl Engine {
     /// shard threads.
     pub fn start(config: &EngineConfig) -> Result<Engine, EngineError> {
         let retry: Arc<dyn retry::RetryPolicy> = match config.retry.policy {
-            config::RetryKind::Classified => Arc::new(retry::ClassifiedRetry::new(
-                config.retry.max_age_s,
-                config.retry.jitter,
-            )),
+            config::RetryKind::Classified => {
+                let mut r =
+                    retry::ClassifiedRetry::new(config.retry.max_age_s, config.retry.jitter);
+                r.policy.min_interval = Duration::from_secs(config.retry.min_interval_s);
+                r.policy.max_interval = Duration::from_secs(config.retry.max_interval_s);
+                Arc::new(r)
+            }
             config::RetryKind::Exponential => Arc::new(retry_from(config)),
         };
         Engine::start_with(config, retry)

@@ -318,6 +318,9 @@ pub(crate) struct ShardCore {
     paused: bool,
 }
 
+/// How soon a queue whose shaping lane is full with other shards' connections looks again.
+const LANE_BUSY_RECHECK: Duration = Duration::from_millis(200);
+
 impl ShardCore {
     /// A shard over an opened spool. Call [`ShardCore::recover`] next.
     #[allow(clippy::too_many_arguments)]
@@ -743,7 +746,15 @@ impl ShardCore {
                     break;
                 }
                 // Wait for one of the lane's connections to close (the queue waits on its pool).
-                Err(Deferral::ConnectionsBusy) | Err(Deferral::ConnectionSpent) => break,
+                // The lane's connections may all be another shard's (the cap is shared): then no
+                // close will come through this pool, so look again shortly.
+                Err(Deferral::ConnectionsBusy) | Err(Deferral::ConnectionSpent) => {
+                    let p = self.pools.entry(pk).or_default();
+                    if p.open + p.connecting == 0 {
+                        self.wake_at(now, now.mono + LANE_BUSY_RECHECK, key);
+                    }
+                    break;
+                }
             }
         }
     }
@@ -956,6 +967,14 @@ impl ShardCore {
 
     fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
         self.conns.get_mut(conn)?.as_mut()?.session.as_mut()
+    }
+
+    /// Has the core asked the driver to close this connection id (not yet done)? Its socket then
+    /// belongs to a connection that is over, even if the id was given to a new one meanwhile.
+    pub(crate) fn close_pending(&self, conn: ConnId) -> bool {
+        self.actions
+            .iter()
+            .any(|a| matches!(a, Action::Close { conn: c } if *c == conn))
     }
 
     /// The next action for the driver.
