@@ -56,8 +56,8 @@ fn behaviours(hosts: usize, faults: bool) -> Vec<Behaviour> {
     // mx3: 2% of recipients deferred (451), 0.5% refused by policy (550 5.7.1).
     v[3].rcpt_tempfail_permille = 20;
     v[3].rcpt_permfail_permille = 5;
-    // mx4: a slow receiver, 20 ms per reply.
-    v[4].latency = Duration::from_millis(20);
+    // mx4: a slow receiver, 5 ms per reply.
+    v[4].latency = Duration::from_millis(5);
     // mx5: offers STARTTLS.
     v[5].tls = true;
     v
@@ -185,7 +185,7 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
                         .iter()
                         .map(|&i| {
                             // One recipient in fifty does not exist: the receiver refuses it.
-                            let local = if i % 50 == 7 {
+                            let local = if (i / 7) % 50 == 3 {
                                 format!("unknown{i}")
                             } else {
                                 format!("user{i}")
