@@ -128,12 +128,16 @@ smtpd_tls_security_level = none
 smtputf8_enable = no
 
 # Throughput: the same connections per MX host as vmta, opened at once (no slow start), kept in the
-# connection cache and reused without a count limit; no input throttling; long-lived daemons.
+# connection cache (always, not only when the active queue has a backlog) and reused without a
+# count limit; no input throttling; long-lived daemons.
 default_destination_concurrency_limit = $per_host
 smtp_destination_concurrency_limit = $per_host
 initial_destination_concurrency = $per_host
 smtp_connection_cache_on_demand = yes
+# (relay host names as in the transport map, without [] or port: see postconf(5))
+smtp_connection_cache_destinations = $(awk 'NF==3 {print $2}' "$routes" | sort -u | tr '\n' ' ')
 smtp_connection_cache_time_limit = 10s
+connection_cache_ttl_limit = 10s
 smtp_connection_reuse_count_limit = 0
 in_flow_delay = 0
 max_use = 100000
