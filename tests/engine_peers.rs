@@ -742,3 +742,36 @@ fn cancelled_recipients_are_reported_with_the_message_id_tenant_and_tags() {
     assert_eq!(e.cancel(id), 0, "a second cancel finds nothing");
     e.shutdown(Duration::from_secs(1));
 }
+
+#[test]
+fn a_paused_engine_queues_without_sending_and_delivers_everything_on_resume() {
+    let ips = ["127.0.50.111"];
+    let port = common_port(&ips);
+    let zone = Zone::start(
+        "127.0.50.110",
+        &[
+            "mx-host=pause.engine.test,mx.pause.engine.test,10".into(),
+            "host-record=mx.pause.engine.test,127.0.50.111".into(),
+        ],
+    );
+    let sink = sink_at(ips[0], port, &[]);
+    let spool = TempDir::new("engine-pause");
+    let e = Engine::start(&config(&spool, zone.addr, port)).unwrap();
+    e.pause();
+    let n = 30;
+    for i in 0..n {
+        submit(&e, &format!("u{i}@pause.engine.test"), i);
+    }
+    // Paused: accepted and spooled, nothing sent (the lookup itself may run).
+    let early = collect(&e, Duration::from_millis(1500), |_| false);
+    assert_eq!(count(&early, EventKind::Delivered), 0, "{early:#?}");
+    assert_eq!(sink.received(), 0);
+    assert_eq!(e.metrics().total().queued, n as u64);
+    e.resume();
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Delivered) >= n
+    });
+    assert_eq!(count(&events, EventKind::Delivered), n, "{events:#?}");
+    assert_eq!(sink.received(), n);
+    e.shutdown(Duration::from_secs(2));
+}

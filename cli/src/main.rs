@@ -22,6 +22,8 @@ enum Command {
     Version,
     /// Run the quick start: a campaign delivered to the built-in test world on loopback.
     Demo(cmd::demo::DemoArgs),
+    /// Measure the workloads (a)-(f) against the built-in test world, and the blast ceiling.
+    Bench(cmd::bench::BenchArgs),
     /// Summarise, list or remove messages of a spool directory.
     Queue {
         /// The spool directory (one shard's).
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cmd::send::run(args),
         Command::Queue { dir, list, remove } => cmd::queue::run(&dir, list, remove.as_deref()),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Dns(args) => cmd::dns::run(args),
         Command::Dkim(args) => cmd::dkim::run(args),
         Command::Preflight(args) => cmd::preflight::run(args),

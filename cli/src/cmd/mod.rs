@@ -1,5 +1,7 @@
 //! One module per subcommand of `vmta`.
 
+pub mod bench;
+pub mod blast;
 pub mod bounce;
 pub mod dns;
 pub mod shaping;

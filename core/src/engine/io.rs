@@ -153,6 +153,7 @@ impl ShardThread {
                         let n = self.core.cancel(now, id);
                         let _ = reply.send(n);
                     }
+                    Control::Pause(paused) => self.core.set_paused(now, paused),
                     Control::Shutdown(grace) => {
                         deadline = Some(now.mono + grace);
                         self.core.begin_shutdown(now);

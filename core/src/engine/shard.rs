@@ -314,6 +314,8 @@ pub(crate) struct ShardCore {
     tenants_generation: u64,
     /// Recipients held because their tenant is locked; looked at again when the tenants change.
     held: Vec<RecipientId>,
+    /// Delivery paused by the host: no transaction starts.
+    paused: bool,
 }
 
 impl ShardCore {
@@ -398,6 +400,7 @@ impl ShardCore {
             tenants_generation: tenants.as_ref().map_or(0, |t| t.generation()),
             tenants,
             held: Vec::new(),
+            paused: false,
             cfg,
         }
     }
@@ -588,8 +591,29 @@ impl ShardCore {
         }
     }
 
+    /// Pauses or resumes delivery ([`crate::engine::Engine::pause`]). On resume every queue with
+    /// ready recipients is dispatched.
+    pub(crate) fn set_paused(&mut self, now: Now, paused: bool) {
+        if self.paused == paused {
+            return;
+        }
+        self.paused = paused;
+        if !paused {
+            let mut keys: Vec<QueueKey> = self
+                .queues
+                .iter()
+                .filter(|(_, q)| q.len() > 0)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.sort_unstable_by_key(|k| (k.domain, k.source));
+            self.pending.extend(keys);
+            self.dispatch_pending(now);
+        }
+    }
+
     fn dispatch_pending(&mut self, now: Now) {
-        if self.shutting_down {
+        if self.shutting_down || self.paused {
+            // Paused: the queues keep their recipients; resuming dispatches every queue again.
             self.pending.clear();
             return;
         }
@@ -600,6 +624,9 @@ impl ShardCore {
 
     /// Finds a way for a queue's recipients: a route, a pool, a connection.
     fn dispatch(&mut self, now: Now, key: QueueKey) {
+        if self.paused {
+            return;
+        }
         let Some(q) = self.queues.get(&key) else {
             return;
         };
@@ -1439,6 +1466,9 @@ impl ShardCore {
 
     /// Takes the next recipients of one message from a queue (up to the per-transaction limit).
     fn build_transaction(&mut self, key: QueueKey) -> Option<(Transaction, InFlight)> {
+        if self.paused {
+            return None;
+        }
         let max = self.cfg.config.engine.max_recipients_per_transaction;
         let q = self.queues.get_mut(&key)?;
         let (first, view) = loop {
