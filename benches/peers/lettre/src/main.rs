@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const SENDER: &str = "news@sender.vmta.test";
+const SENDER: &str = "bounces@sender.vmta.test";
 
 struct Options {
     routes: String,
@@ -130,16 +130,14 @@ fn hosts(routes: &str, messages: usize) -> Vec<Host> {
     hosts
 }
 
-/// The workload's message: the same headers and 2 KiB size as `vmta bench`.
+/// The workload's message, byte for byte what `vmta bench` sends (`cli/src/cmd/demo.rs`).
 fn message(i: usize, to: &str) -> Vec<u8> {
     let mut m = format!(
-        "From: News <news@sender.vmta.test>\r\nTo: <{to}>\r\nSubject: Bench message {i}\r\nMessage-ID: <{i}.bench@sender.vmta.test>\r\nDate: Mon, 23 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "From: News <news@sender.vmta.test>\r\nTo: <{to}>\r\nSubject: Demo message {i}\r\nMessage-ID: <{i}.demo@sender.vmta.test>\r\nDate: Mon, 23 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     )
     .into_bytes();
     while m.len() < 2048 {
-        m.extend_from_slice(
-            b"This is the vmta benchmark workload. Nothing leaves this machine.\r\n",
-        );
+        m.extend_from_slice(b"This is the vmta demo campaign. Nothing leaves this machine.\r\n");
     }
     m
 }
