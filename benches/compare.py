@@ -45,9 +45,9 @@ def row(directory, system):
         if system in ("vmta", "blast"):
             bits = []
             for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-                if client.get(key) is not None:
+                if client.get(key):
                     bits.append(f"{label} {client[key]} ms")
-            if client.get("peak_rss_mb") is not None:
+            if client.get("peak_rss_mb"):
                 bits.append(f"peak RSS {client['peak_rss_mb']} MB")
             note = ", ".join(bits)
         elif system == "lettre":

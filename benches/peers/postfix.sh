@@ -15,7 +15,8 @@
 #   before feeding starts and again when the world process (--world-pid, which exits at its N-th
 #   message) is gone, or when the queue is empty if no world pid is given.
 # - Prints one JSON line: {"system":"postfix","messages","postfix_cpu_s","postfix_cpu_us_per_msg",
-#   "feed_seconds","feed_cpu_s","feed_msg_per_s","queue_left"}. Stops the instance and removes the
+#   "feed_seconds","feed_cpu_s","feed_msg_per_s","queue_left","cpu_s_by_process"} where the last is
+#   the CPU of the daemons alive at the end, per program, since they started. Stops the instance and removes the
 #   directory on every exit path (trap). Exit 1 if feeding failed or the wait timed out.
 set -euo pipefail
 
@@ -183,28 +184,32 @@ EOF
 done
 master=$(tr -d ' \n' <"$spool/pid/master.pid")
 
-# CPU seconds of the instance: the master and its children, live and exited.
+# CPU seconds of the instance: the master and its children, live and exited. With --by-process, a
+# JSON object of the live processes' CPU since they started, summed per program name.
 instance_cpu() {
-    python3 - "$master" <<'EOF'
-import os, sys
-master = sys.argv[1]
+    python3 - "$master" "${1:-}" <<'EOF'
+import json, os, sys
+master, by_process = sys.argv[1], sys.argv[2] == "--by-process"
 hz = os.sysconf("SC_CLK_TCK")
-def fields(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        s = f.read()
-    return s[s.rindex(")") + 2:].split()  # fields from `state` on: ppid is [1], utime [11]
-total = 0
+total, per = 0, {}
 for pid in os.listdir("/proc"):
     if not pid.isdigit():
         continue
     try:
-        f = fields(pid)
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
     except OSError:
         continue
+    comm = s[s.index("(") + 1:s.rindex(")")]
+    f = s[s.rindex(")") + 2:].split()  # fields from `state` on: ppid is [1], utime [11]
     if pid == master or f[1] == master:
         # utime, stime, and the children this process has reaped (cutime, cstime)
         total += sum(int(x) for x in f[11:15])
-print(total / hz)
+        per[comm] = per.get(comm, 0) + int(f[11]) + int(f[12])
+if by_process:
+    print(json.dumps({k: round(v / hz, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])}))
+else:
+    print(total / hz)
 EOF
 }
 
@@ -237,15 +242,16 @@ else
     done
 fi
 cpu1=$(instance_cpu)
+instance_cpu --by-process >"$dir/by_process.json"
 left=$(queue_files)
 if [ $waited -ne 0 ]; then
     echo "postfix.sh: timeout after ${timeout}s, $left messages still queued" >&2
     grep -E "status=(deferred|bounced)" "$dir/maillog" | tail -5 >&2 || true
 fi
 
-python3 - "$messages" "$cpu0" "$cpu1" "$feed_out" "$left" "$per_host" <<'EOF'
+python3 - "$messages" "$cpu0" "$cpu1" "$feed_out" "$left" "$per_host" "$dir/by_process.json" <<'EOF'
 import json, sys
-n, c0, c1, feed, left, per_host = sys.argv[1:7]
+n, c0, c1, feed, left, per_host, by_process = sys.argv[1:8]
 n = int(n)
 f = json.load(open(feed))
 cpu = float(c1) - float(c0)
@@ -260,6 +266,7 @@ print(json.dumps({
     "feed_cpu_s": f["cpu_s"],
     "feed_cpu_us_per_msg": f["cpu_us_per_msg"],
     "queue_left": int(left),
+    "cpu_s_by_process": json.load(open(by_process)),
 }))
 EOF
 exit $waited
