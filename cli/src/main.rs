@@ -54,6 +54,8 @@ enum Command {
     Bounce(cmd::bounce::BounceCommand),
     /// List, check, add and remove suppressed addresses.
     Suppress(cmd::bounce::SuppressArgs),
+    /// Run the built-in test world in the foreground, for measuring other clients against it.
+    World(cmd::world::WorldArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,5 +74,6 @@ fn main() -> ExitCode {
         Command::Classify(a) => cmd::bounce::classify(a),
         Command::Bounce(c) => cmd::bounce::bounce(c),
         Command::Suppress(a) => cmd::bounce::suppress(a),
+        Command::World(a) => cmd::world::run(a),
     }
 }
