@@ -105,6 +105,18 @@ pub const VMTA_EVENT_BOUNCED: u32 = 3;
 pub const VMTA_EVENT_EXPIRED: u32 = 4;
 /// Cancelled by `vmta_engine_cancel` or an operator.
 pub const VMTA_EVENT_CANCELLED: u32 = 5;
+/// Not queued: the recipient is on the tenant's suppression list (`reason` is the suppression's
+/// reason, `text` says since when). Only for a submission that went ahead with other recipients;
+/// when every recipient is suppressed `vmta_engine_submit` returns `VMTA_SUPPRESSED` instead.
+pub const VMTA_EVENT_SUPPRESSED: u32 = 6;
+/// An inbound DSN (`vmta_engine_apply_report`) reports a permanent failure after the receiving
+/// server's 250 (`reason` as the classifier says).
+pub const VMTA_EVENT_LATE_BOUNCE: u32 = 7;
+/// An inbound DSN reports a delay after the receiving server's 250.
+pub const VMTA_EVENT_LATE_DEFERRAL: u32 = 8;
+/// A spam complaint (an ARF report given to `vmta_engine_apply_report`); the address is now
+/// suppressed for every stream of the tenant.
+pub const VMTA_EVENT_COMPLAINT: u32 = 9;
 
 /// One recipient's outcome of one attempt. The `vmta_str` fields and `tags` are borrowed from the
 /// engine: valid until the next `vmta_engine_poll_events` on the same engine or `vmta_engine_free`.
@@ -334,6 +346,7 @@ fn refusal(e: &SubmitError) -> vmta_result {
         SubmitError::SenderNotApproved(_) => VMTA_SENDER_NOT_APPROVED,
         SubmitError::NoSpace => VMTA_NO_SPACE,
         SubmitError::Spool(_) => VMTA_SPOOL_ERROR,
+        SubmitError::Suppressed(_) => VMTA_SUPPRESSED,
     }
 }
 
@@ -412,6 +425,10 @@ fn kind_code(k: EventKind) -> u32 {
         EventKind::Bounced => VMTA_EVENT_BOUNCED,
         EventKind::Expired => VMTA_EVENT_EXPIRED,
         EventKind::Cancelled => VMTA_EVENT_CANCELLED,
+        EventKind::Suppressed => VMTA_EVENT_SUPPRESSED,
+        EventKind::LateBounce => VMTA_EVENT_LATE_BOUNCE,
+        EventKind::LateDeferral => VMTA_EVENT_LATE_DEFERRAL,
+        EventKind::Complaint => VMTA_EVENT_COMPLAINT,
     }
 }
 

@@ -177,7 +177,8 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
                     finals += 1;
                 }
                 EventKind::Deferred => deferred += 1,
-                EventKind::Cancelled => finals += 1,
+                EventKind::Cancelled | EventKind::Suppressed => finals += 1,
+                EventKind::LateBounce | EventKind::LateDeferral | EventKind::Complaint => {}
             }
         }
         if !events.is_empty() {
