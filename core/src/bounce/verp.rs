@@ -134,6 +134,11 @@ impl Verp {
         }
     }
 
+    /// The domain of the return paths (lower case).
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
     fn tag(key: &hmac::Key, id: &str, recipient: &str) -> String {
         let mut ctx = hmac::Context::with_key(key);
         ctx.update(id.as_bytes());

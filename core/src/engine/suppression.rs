@@ -670,6 +670,44 @@ pub(crate) struct Inbound<'a> {
     pub message_id_domain: &'a str,
 }
 
+/// Addresses `...@domain` in a raw message (headers and returned parts), in order, without
+/// duplicates: where VERP return paths can be when the report's own fields do not give them.
+fn verp_candidates(raw: &[u8], domain: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(1 << 20)]);
+    let lower = text.to_ascii_lowercase();
+    let needle = format!("@{}", domain.to_ascii_lowercase());
+    let stop =
+        |c: u8| c.is_ascii_whitespace() || b"<>:\"',;()[]".contains(&c) || c.is_ascii_control();
+    let bytes = lower.as_bytes();
+    let mut out: Vec<String> = Vec::new();
+    for (i, _) in lower.match_indices(&needle) {
+        let end = i + needle.len();
+        if bytes
+            .get(end)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-')
+        {
+            continue;
+        }
+        let mut start = i;
+        while start > 0 && !stop(bytes[start - 1]) {
+            start -= 1;
+        }
+        // Too long for an address, or nothing before the `@`. (`start` is past an ASCII byte or
+        // at 0, so on a character boundary.)
+        if start == i || i - start > 512 {
+            continue;
+        }
+        let a = text[start..end].to_string();
+        if !out.iter().any(|x| x.eq_ignore_ascii_case(&a)) {
+            out.push(a);
+        }
+        if out.len() >= 16 {
+            break;
+        }
+    }
+    out
+}
+
 /// The engine message id in a `Message-ID` the engine made (`<016x-id@domain>`).
 fn engine_message_id(mid: &str, domain: &str) -> Option<u64> {
     let inner = mid.trim().trim_start_matches('<').trim_end_matches('>');
@@ -690,10 +728,15 @@ impl Inbound<'_> {
         // Return-Path. A VERP-shaped address that does not verify refuses the report.
         let mut decoded = None;
         if let Some(v) = self.verp {
-            for a in [&report.report_to, &report.original_return_path]
+            // The parser's fields first; then a scan of the raw message, because VERP local parts
+            // are often longer than the 64 octets the parser accepts as an address.
+            let mut candidates: Vec<String> = [&report.report_to, &report.original_return_path]
                 .into_iter()
                 .flatten()
-            {
+                .cloned()
+                .collect();
+            candidates.extend(verp_candidates(raw, v.domain()));
+            for a in &candidates {
                 match v.decode(a) {
                     Ok(d) => {
                         if parse_verp_id(&d.message_id).is_none() {
@@ -906,6 +949,22 @@ mod tests {
             Some(255)
         );
         assert_eq!(engine_message_id("<abc@mta.example>", "mta.example"), None);
+    }
+
+    #[test]
+    fn verp_addresses_are_found_in_raw_reports() {
+        let raw = "To: \"Bounces\" <bounces+0000000000000001.abc.a.very.long.local.part.that.goes.on=example.com@Bounce.Example>\r\nX: bounces+x@bounce.example.net, other@bounce.example\r\n\r\nReturn-Path: <BOUNCES+0000000000000001.abc.a.very.long.local.part.that.goes.on=example.com@bounce.example>\r\n@bounce.example \u{e9}\u{e9}@bounce.example";
+        let c = verp_candidates(raw.as_bytes(), "bounce.example");
+        assert_eq!(
+            c,
+            vec![
+                "bounces+0000000000000001.abc.a.very.long.local.part.that.goes.on=example.com@Bounce.Example".to_string(),
+                "other@bounce.example".to_string(),
+                "\u{e9}\u{e9}@bounce.example".to_string(),
+            ]
+        );
+        // Bad bytes do not trip it (they read as U+FFFD).
+        assert_eq!(verp_candidates(&[0xff, b'@', b'b'], "b").len(), 1);
     }
 
     #[test]
