@@ -234,6 +234,8 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
     let mut deferred_by: BTreeMap<String, usize> = BTreeMap::new();
     let mut was_deferred: HashSet<(u64, u16)> = HashSet::new();
     let mut finals = 0usize;
+    let mut suppressed = 0usize;
+    let mut hard_bounced: Vec<String> = Vec::new();
     let mut last_progress = Instant::now();
     let mut elapsed = Duration::ZERO;
     let mut ninety = None;
@@ -262,6 +264,9 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
                     }
                 }
                 EventKind::Bounced | EventKind::Expired => {
+                    if e.reason == "userunknown" && hard_bounced.len() < 2000 {
+                        hard_bounced.push(e.recipient.clone());
+                    }
                     let kind = if e.kind == EventKind::Expired {
                         "expired: "
                     } else {
@@ -275,6 +280,11 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
                     *deferred_by.entry(why()).or_default() += 1;
                 }
                 EventKind::Cancelled => finals += 1,
+                EventKind::Suppressed => {
+                    suppressed += 1;
+                    finals += 1;
+                }
+                EventKind::LateBounce | EventKind::LateDeferral | EventKind::Complaint => {}
             }
         }
         if !events.is_empty() {
@@ -313,6 +323,7 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
             Err(_) => return Err("a submitting thread panicked".into()),
         }
     }
+    let second_wave = resend_to_bounced(&engine, &hard_bounced);
     let metrics = engine.metrics();
     engine.shutdown(Duration::from_secs(5));
     let secs = elapsed.as_secs_f64().max(1e-9);
@@ -340,6 +351,10 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
         println!("  {why:<24}{n}");
     }
     println!(
+        "suppressed:                {suppressed} at submission in the campaign; a second wave to {} addresses that bounced as unknown: {second_wave} refused as suppressed, none sent",
+        hard_bounced.len()
+    );
+    println!(
         "submit busy retries:       {}",
         busy.load(Ordering::Relaxed)
     );
@@ -365,6 +380,32 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
         );
     }
     Ok(ok)
+}
+
+/// Sends again to addresses that bounced as unknown users: the suppression list (a hard bounce
+/// suppresses at the first occurrence) refuses them at submission. Returns how many were refused.
+fn resend_to_bounced(engine: &Engine, addresses: &[String]) -> usize {
+    // The list is written by one thread after the bounce events: wait until the last one is in.
+    if let Some(last) = addresses.last() {
+        let until = Instant::now() + Duration::from_secs(5);
+        while engine.suppression("demo", last, None).is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    addresses
+        .iter()
+        .enumerate()
+        .filter(|(i, to)| {
+            let s = Submission {
+                sender: "bounces@sender.vmta.test".into(),
+                recipients: vec![to.to_string()],
+                tenant: "demo".into(),
+                body: message(*i, to),
+                ..Submission::default()
+            };
+            matches!(engine.submit(&s), Err(SubmitError::Suppressed(_)))
+        })
+        .count()
 }
 
 fn progress(
