@@ -22,6 +22,8 @@ enum Command {
     Version,
     /// Run the quick start: a campaign delivered to the built-in test world on loopback.
     Demo(cmd::demo::DemoArgs),
+    /// Measure the workloads (a)-(f) against the built-in test world, and the blast ceiling.
+    Bench(cmd::bench::BenchArgs),
     /// Summarise, list or remove messages of a spool directory.
     Queue {
         /// The spool directory (one shard's).
@@ -52,6 +54,8 @@ enum Command {
     Bounce(cmd::bounce::BounceCommand),
     /// List, check, add and remove suppressed addresses.
     Suppress(cmd::bounce::SuppressArgs),
+    /// Run the built-in test world in the foreground, for measuring other clients against it.
+    World(cmd::world::WorldArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cmd::send::run(args),
         Command::Queue { dir, list, remove } => cmd::queue::run(&dir, list, remove.as_deref()),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Dns(args) => cmd::dns::run(args),
         Command::Dkim(args) => cmd::dkim::run(args),
         Command::Preflight(args) => cmd::preflight::run(args),
@@ -69,5 +74,6 @@ fn main() -> ExitCode {
         Command::Classify(a) => cmd::bounce::classify(a),
         Command::Bounce(c) => cmd::bounce::bounce(c),
         Command::Suppress(a) => cmd::bounce::suppress(a),
+        Command::World(a) => cmd::world::run(a),
     }
 }

@@ -1,8 +1,10 @@
-//! A whole test world in one call: `hosts` SMTP sinks on 127.0.0.(base+1).. sharing one port, and a
-//! DNS responder on 127.0.0.(base) serving `domains` domains spread over those hosts as MX.
+//! A whole test world in one call: SMTP sinks on 127.0.0.(base+1).. sharing one port (each with its
+//! own [`Behaviour`]), served by a few worker threads, and a DNS responder on 127.0.0.(base) serving
+//! `domains` domains `d{i}.vmta.test` spread over those hosts as MX (domain `i` on host `i % hosts`,
+//! host `h` named `mx{h}.vmta.test`).
 
 use crate::dns::{DnsResponder, Records};
-use crate::sink::Sink;
+use crate::sink::{Behaviour, Sink, SinkServer};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
@@ -19,6 +21,8 @@ pub struct World {
     pub dns: DnsResponder,
     /// The MX hosts.
     pub sinks: Vec<Sink>,
+    /// The threads serving them (they stop when the world is dropped).
+    _server: SinkServer,
     /// The SMTP port every sink listens on.
     pub port: u16,
     /// The domains, `d{i}.vmta.test`.
@@ -26,16 +30,38 @@ pub struct World {
 }
 
 impl World {
-    /// Starts the world on 127.0.0.`base` (DNS) and the `hosts` addresses after it.
+    /// Starts the world on 127.0.0.`base` (DNS) and the `hosts` addresses after it, every host
+    /// accepting everything, served by two threads.
     pub fn start(base: u8, hosts: u8, domains: usize) -> io::Result<World> {
-        let ips: Vec<Ipv4Addr> = (1..=hosts)
+        World::start_with(
+            base,
+            &vec![Behaviour::default(); hosts as usize],
+            domains,
+            2,
+        )
+    }
+
+    /// Starts the world with one sink per behaviour, served by `threads` threads.
+    pub fn start_with(
+        base: u8,
+        behaviours: &[Behaviour],
+        domains: usize,
+        threads: usize,
+    ) -> io::Result<World> {
+        if behaviours.is_empty() || behaviours.len() + base as usize > 255 {
+            return Err(io::Error::other("between 1 and 255 - base hosts"));
+        }
+        let ips: Vec<Ipv4Addr> = (1..=behaviours.len() as u8)
             .map(|i| Ipv4Addr::new(127, 0, 0, base + i))
             .collect();
         let port = common_port(&ips)?;
-        let mut sinks = Vec::new();
-        for ip in &ips {
-            sinks.push(Sink::start(SocketAddr::from((*ip, port)))?);
-        }
+        let hosts: Vec<(SocketAddr, Behaviour)> = ips
+            .iter()
+            .zip(behaviours)
+            .map(|(ip, b)| (SocketAddr::from((*ip, port)), b.clone()))
+            .collect();
+        let server = SinkServer::start(&hosts, threads)?;
+        let sinks = server.sinks();
         let mut records = Records::new();
         let mut names = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
@@ -50,6 +76,7 @@ impl World {
         Ok(World {
             dns,
             sinks,
+            _server: server,
             port,
             domains: names,
         })
@@ -61,6 +88,11 @@ impl World {
             .iter()
             .map(|s| s.counters().messages.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// The host index of domain `i`.
+    pub fn host_of(&self, domain: usize) -> usize {
+        domain % self.sinks.len()
     }
 
     /// Connections accepted by all sinks.

@@ -1,5 +1,7 @@
 //! One module per subcommand of `vmta`.
 
+pub mod bench;
+pub mod blast;
 pub mod bounce;
 pub mod dns;
 pub mod shaping;
@@ -12,6 +14,7 @@ pub mod policy;
 pub mod preflight;
 pub mod queue;
 pub mod send;
+pub mod world;
 
 /// `vmta version`.
 pub fn version() -> ExitCode {

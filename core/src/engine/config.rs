@@ -38,6 +38,8 @@
 //! max_s = 14400               # ... doubling up to 4 hours ...
 //! jitter = 0.2                # ... each spread by up to ±20% ...
 //! max_age_s = 259200          # ... until the message is 72 hours old: then it expires
+//! min_interval_s = 900        # classified: per-reason intervals are kept between 15 minutes ...
+//! max_interval_s = 108000     # ... and 30 hours
 //!
 //! [shaping]                   # traffic shaping (see core/src/shaping): limits per source and receiver
 //! rules_file = ""             # a TOML rule set; empty = the shipped provider defaults
@@ -283,6 +285,10 @@ pub struct RetrySection {
     pub jitter: f64,
     /// Age after which a message expires.
     pub max_age_s: u64,
+    /// Classified: the shortest interval between attempts, whatever the reason.
+    pub min_interval_s: u64,
+    /// Classified: the longest interval between attempts.
+    pub max_interval_s: u64,
 }
 
 impl Default for RetrySection {
@@ -293,6 +299,8 @@ impl Default for RetrySection {
             max_s: 4 * 3600,
             jitter: 0.2,
             max_age_s: 72 * 3600,
+            min_interval_s: 15 * 60,
+            max_interval_s: 30 * 3600,
         }
     }
 }
@@ -695,6 +703,12 @@ impl EngineConfig {
             return Err(err("delivery.connect_timeout_s", "must be at least 1"));
         }
         let r = &self.retry;
+        if r.min_interval_s == 0 || r.max_interval_s < r.min_interval_s {
+            return Err(err(
+                "retry.max_interval_s",
+                "need 0 < retry.min_interval_s <= retry.max_interval_s",
+            ));
+        }
         if r.first_s == 0 || r.max_s < r.first_s {
             return Err(err("retry.max_s", "need 0 < retry.first_s <= retry.max_s"));
         }
@@ -950,7 +964,15 @@ impl EngineConfigBuilder {
             max_s: max.as_secs(),
             jitter,
             max_age_s: max_age.as_secs(),
+            ..RetrySection::default()
         };
+        self
+    }
+    /// Classified retries (the default) with every per-reason interval kept between `min` and `max`.
+    pub fn retry_intervals(mut self, min: Duration, max: Duration) -> Self {
+        self.0.retry.policy = RetryKind::Classified;
+        self.0.retry.min_interval_s = min.as_secs();
+        self.0.retry.max_interval_s = max.as_secs();
         self
     }
     /// Adds a source.

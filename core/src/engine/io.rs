@@ -132,7 +132,10 @@ impl ShardThread {
                             Ok(n) => {
                                 self.core.on_input(now, id, &readbuf[..n]);
                                 total += n;
-                                if total >= READ_PER_PASS {
+                                // The input may have ended the connection (a 221 to QUIT, a 421):
+                                // its id may already belong to a new connection, so this socket's
+                                // next bytes or end of stream must not reach the core under it.
+                                if total >= READ_PER_PASS || self.core.close_pending(id) {
                                     break;
                                 }
                             }
@@ -157,6 +160,7 @@ impl ShardThread {
                         let n = self.core.cancel(now, id);
                         let _ = reply.send(n);
                     }
+                    Control::Pause(paused) => self.core.set_paused(now, paused),
                     Control::Shutdown(grace) => {
                         deadline = Some(now.mono + grace);
                         self.core.begin_shutdown(now);

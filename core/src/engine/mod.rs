@@ -265,6 +265,8 @@ impl Pending {
 #[derive(Debug)]
 pub(crate) enum Control {
     Cancel(u64, crossbeam::channel::Sender<usize>),
+    /// Stop (`true`) or restart (`false`) starting transactions.
+    Pause(bool),
     Shutdown(Duration),
 }
 
@@ -425,10 +427,13 @@ impl Engine {
     /// shard threads.
     pub fn start(config: &EngineConfig) -> Result<Engine, EngineError> {
         let retry: Arc<dyn retry::RetryPolicy> = match config.retry.policy {
-            config::RetryKind::Classified => Arc::new(retry::ClassifiedRetry::new(
-                config.retry.max_age_s,
-                config.retry.jitter,
-            )),
+            config::RetryKind::Classified => {
+                let mut r =
+                    retry::ClassifiedRetry::new(config.retry.max_age_s, config.retry.jitter);
+                r.policy.min_interval = Duration::from_secs(config.retry.min_interval_s);
+                r.policy.max_interval = Duration::from_secs(config.retry.max_interval_s);
+                Arc::new(r)
+            }
             config::RetryKind::Exponential => Arc::new(retry_from(config)),
         };
         Engine::start_with(config, retry)
@@ -1081,6 +1086,27 @@ impl Engine {
             }
         }
         total
+    }
+
+    /// Stops starting transactions, on every shard: submissions are still accepted and spooled,
+    /// MX lookups still run, transactions under way finish, idle connections close after the idle
+    /// timeout. Mail waits until [`Engine::resume`]. A pause is not persisted: a new engine starts
+    /// delivering.
+    pub fn pause(&self) {
+        self.send_pause(true);
+    }
+
+    /// Starts transactions again after [`Engine::pause`]: every queue is looked at at once.
+    pub fn resume(&self) {
+        self.send_pause(false);
+    }
+
+    fn send_pause(&self, paused: bool) {
+        for s in &self.shards {
+            if s.control.send(Control::Pause(paused)).is_ok() {
+                let _ = s.waker.wake();
+            }
+        }
     }
 
     /// Moves up to `max` pending events into `out`; returns how many.

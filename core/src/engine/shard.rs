@@ -332,6 +332,8 @@ pub(crate) struct ShardCore {
     tenants_generation: u64,
     /// Recipients held because their tenant is locked; looked at again when the tenants change.
     held: Vec<RecipientId>,
+    /// Delivery paused by the host: no transaction starts.
+    paused: bool,
     /// With a suppression list: the default tenant's name (outcomes are observed for the list).
     observe: Option<Arc<str>>,
     /// Reasons for failures the retry policy does not classify (for the suppression list).
@@ -339,6 +341,9 @@ pub(crate) struct ShardCore {
     /// What attempts taught, for the suppression list ([`ShardCore::take_observations`]).
     observations: Vec<Observation>,
 }
+
+/// How soon a queue whose shaping lane is full with other shards' connections looks again.
+const LANE_BUSY_RECHECK: Duration = Duration::from_millis(200);
 
 impl ShardCore {
     /// A shard over an opened spool. Call [`ShardCore::recover`] next.
@@ -422,6 +427,7 @@ impl ShardCore {
             tenants_generation: tenants.as_ref().map_or(0, |t| t.generation()),
             tenants,
             held: Vec::new(),
+            paused: false,
             observe: cfg
                 .suppression
                 .as_ref()
@@ -629,8 +635,29 @@ impl ShardCore {
         }
     }
 
+    /// Pauses or resumes delivery ([`crate::engine::Engine::pause`]). On resume every queue with
+    /// ready recipients is dispatched.
+    pub(crate) fn set_paused(&mut self, now: Now, paused: bool) {
+        if self.paused == paused {
+            return;
+        }
+        self.paused = paused;
+        if !paused {
+            let mut keys: Vec<QueueKey> = self
+                .queues
+                .iter()
+                .filter(|(_, q)| q.len() > 0)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.sort_unstable_by_key(|k| (k.domain, k.source));
+            self.pending.extend(keys);
+            self.dispatch_pending(now);
+        }
+    }
+
     fn dispatch_pending(&mut self, now: Now) {
-        if self.shutting_down {
+        if self.shutting_down || self.paused {
+            // Paused: the queues keep their recipients; resuming dispatches every queue again.
             self.pending.clear();
             return;
         }
@@ -641,6 +668,9 @@ impl ShardCore {
 
     /// Finds a way for a queue's recipients: a route, a pool, a connection.
     fn dispatch(&mut self, now: Now, key: QueueKey) {
+        if self.paused {
+            return;
+        }
         let Some(q) = self.queues.get(&key) else {
             return;
         };
@@ -757,7 +787,15 @@ impl ShardCore {
                     break;
                 }
                 // Wait for one of the lane's connections to close (the queue waits on its pool).
-                Err(Deferral::ConnectionsBusy) | Err(Deferral::ConnectionSpent) => break,
+                // The lane's connections may all be another shard's (the cap is shared): then no
+                // close will come through this pool, so look again shortly.
+                Err(Deferral::ConnectionsBusy) | Err(Deferral::ConnectionSpent) => {
+                    let p = self.pools.entry(pk).or_default();
+                    if p.open + p.connecting == 0 {
+                        self.wake_at(now, now.mono + LANE_BUSY_RECHECK, key);
+                    }
+                    break;
+                }
             }
         }
     }
@@ -971,6 +1009,14 @@ impl ShardCore {
 
     fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
         self.conns.get_mut(conn)?.as_mut()?.session.as_mut()
+    }
+
+    /// Has the core asked the driver to close this connection id (not yet done)? Its socket then
+    /// belongs to a connection that is over, even if the id was given to a new one meanwhile.
+    pub(crate) fn close_pending(&self, conn: ConnId) -> bool {
+        self.actions
+            .iter()
+            .any(|a| matches!(a, Action::Close { conn: c } if *c == conn))
     }
 
     /// The next action for the driver.
@@ -1571,6 +1617,9 @@ impl ShardCore {
 
     /// Takes the next recipients of one message from a queue (up to the per-transaction limit).
     fn build_transaction(&mut self, key: QueueKey) -> Option<(Transaction, InFlight)> {
+        if self.paused {
+            return None;
+        }
         let max = self.cfg.config.engine.max_recipients_per_transaction;
         let q = self.queues.get_mut(&key)?;
         let (first, view) = loop {

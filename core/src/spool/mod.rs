@@ -1210,7 +1210,7 @@ impl Spool {
             .segments
             .get(&m.segment)
             .ok_or(SpoolError::Damaged(FormatError::Short))?;
-        let rec = record::decode_record(seg.bytes(), m.offset as usize, seg.salt)
+        let rec = record::decode_verified_record(seg.bytes(), m.offset as usize, seg.salt)
             .map_err(SpoolError::Damaged)?;
         MessageRecord::decode(rec.payload).map_err(SpoolError::Damaged)
     }
@@ -1235,7 +1235,7 @@ impl Spool {
         let Some(s) = self.segments.get(&seg) else {
             return "";
         };
-        let Ok(rec) = record::decode_record(s.bytes(), off as usize, s.salt) else {
+        let Ok(rec) = record::decode_verified_record(s.bytes(), off as usize, s.salt) else {
             return "";
         };
         match rec.kind {

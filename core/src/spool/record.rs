@@ -356,6 +356,24 @@ pub fn check_header(seg: &[u8], off: usize, salt: u64) -> Result<(Kind, usize), 
     Ok((kind, len))
 }
 
+/// Decodes a record already verified in full (written by this spool, or checked at recovery): the
+/// header is checked (magic, checksum, bounds), the payload is not hashed again. Reading a message
+/// for each transaction would otherwise hash its whole body every time.
+pub fn decode_verified_record(
+    seg: &[u8],
+    off: usize,
+    salt: u64,
+) -> Result<RecordRef<'_>, FormatError> {
+    let (kind, len) = check_header(seg, off, salt)?;
+    let start = off + RECORD_HEADER_LEN;
+    let payload = seg.get(start..start + len).ok_or(FormatError::Short)?;
+    Ok(RecordRef {
+        kind,
+        payload,
+        span: align_up(RECORD_HEADER_LEN + len),
+    })
+}
+
 /// Decodes and fully verifies the record at `off` of `seg`.
 pub fn decode_record(seg: &[u8], off: usize, salt: u64) -> Result<RecordRef<'_>, FormatError> {
     let (kind, len) = check_header(seg, off, salt)?;

@@ -1,0 +1,196 @@
+//! Benchmark feeder: submits vmta's workload (a) to one SMTP relay (the Postfix peer), as fast as the
+//! relay takes it.
+//!
+//! Postfix's own `smtp-source` cannot spread recipients over many domains, so this small client does
+//! it: message `i` (0..N) goes to `user{i}@{domain i % D}` with the domains read from the routes file
+//! of `vmta world --routes` (only the first column is used: the relay decides where mail goes).
+//! `--connections` sessions run in parallel, each on its own thread with `TCP_NODELAY`. Each session
+//! sends EHLO, then per message one write holding the previous body and its final dot, followed by
+//! the next `MAIL`, `RCPT` and `DATA` (RFC 2920 PIPELINING: DATA ends the group), and reads the four
+//! replies: one round trip per message. The body is the workload's 2 KiB text, no line starts with a
+//! dot so no dot-stuffing is needed.
+//!
+//! Any reply other than the expected 2xx/354 ends the run with exit code 1 and the reply on stderr.
+//! Prints one JSON line: system "feed", messages, seconds, msg_per_s, cpu_s (getrusage of this
+//! process), cpu_us_per_msg.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const SENDER: &str = "bounces@sender.vmta.test";
+
+fn usage() -> ! {
+    eprintln!("usage: smtp-feed --server IP:PORT --routes FILE --messages N [--connections C]");
+    std::process::exit(2)
+}
+
+/// The workload's message, byte for byte what `vmta bench` sends (`cli/src/cmd/demo.rs`).
+fn message(i: usize, to: &str) -> Vec<u8> {
+    let mut m = format!(
+        "From: News <news@sender.vmta.test>\r\nTo: <{to}>\r\nSubject: Demo message {i}\r\nMessage-ID: <{i}.demo@sender.vmta.test>\r\nDate: Mon, 23 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    )
+    .into_bytes();
+    while m.len() < 2048 {
+        m.extend_from_slice(b"This is the vmta demo campaign. Nothing leaves this machine.\r\n");
+    }
+    m
+}
+
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole `rusage` into the pointer we pass, which points to memory
+    // we own and that is large enough; RUSAGE_SELF is a valid `who`.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    // SAFETY: getrusage returned 0, so it initialised the struct.
+    let u = unsafe { usage.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Reads one (possibly multi-line) reply and checks its code class.
+fn expect(reader: &mut BufReader<TcpStream>, line: &mut String, want: u8) -> Result<(), String> {
+    loop {
+        line.clear();
+        let n = reader.read_line(line).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed by the server".into());
+        }
+        let b = line.as_bytes();
+        if b.len() < 4 || !b[..3].iter().all(u8::is_ascii_digit) {
+            return Err(format!("bad reply line {line:?}"));
+        }
+        if b[3] == b'-' {
+            continue;
+        }
+        if b[0] != want {
+            return Err(format!("unexpected reply {:?}", line.trim_end()));
+        }
+        return Ok(());
+    }
+}
+
+fn envelope(out: &mut Vec<u8>, to: &str) {
+    out.extend_from_slice(format!("MAIL FROM:<{SENDER}>\r\nRCPT TO:<{to}>\r\nDATA\r\n").as_bytes());
+}
+
+fn session(
+    server: &str,
+    domains: &[String],
+    total: usize,
+    next: &AtomicUsize,
+) -> Result<usize, String> {
+    let stream = TcpStream::connect(server).map_err(|e| format!("connect {server}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::with_capacity(16 * 1024, stream);
+    let mut line = String::new();
+    let mut out = Vec::with_capacity(4096);
+    expect(&mut reader, &mut line, b'2')?;
+    writer
+        .write_all(b"EHLO feed.sender.vmta.test\r\n")
+        .map_err(|e| e.to_string())?;
+    expect(&mut reader, &mut line, b'2')?;
+    let take = || {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        (i < total).then(|| (i, format!("user{i}@{}", domains[i % domains.len()])))
+    };
+    let mut sent = 0;
+    let mut current = take();
+    if let Some((_, to)) = &current {
+        envelope(&mut out, to);
+    }
+    while let Some((i, to)) = current {
+        // The previous write ended with DATA: MAIL, RCPT and DATA replies are due.
+        writer.write_all(&out).map_err(|e| e.to_string())?;
+        expect(&mut reader, &mut line, b'2')?;
+        expect(&mut reader, &mut line, b'2')?;
+        expect(&mut reader, &mut line, b'3')?;
+        out.clear();
+        out.extend_from_slice(&message(i, &to));
+        out.extend_from_slice(b"\r\n.\r\n");
+        current = take();
+        if let Some((_, next_to)) = &current {
+            envelope(&mut out, next_to);
+        } else {
+            out.extend_from_slice(b"QUIT\r\n");
+        }
+        // The end of data's reply comes before the next group's; the loop reads those.
+        writer.write_all(&out).map_err(|e| e.to_string())?;
+        out.clear();
+        expect(&mut reader, &mut line, b'2')?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+fn main() {
+    let (mut server, mut routes, mut messages, mut connections) =
+        (String::new(), String::new(), 0usize, 8usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--server" => server = value,
+            "--routes" => routes = value,
+            "--messages" => messages = value.parse().unwrap_or_else(|_| usage()),
+            "--connections" => connections = value.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    if server.is_empty() || routes.is_empty() || messages == 0 || connections == 0 {
+        usage()
+    }
+    let text = std::fs::read_to_string(&routes).unwrap_or_else(|e| {
+        eprintln!("smtp-feed: cannot read {routes}: {e}");
+        std::process::exit(2)
+    });
+    let domains: Arc<Vec<String>> = Arc::new(
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect(),
+    );
+    if domains.is_empty() {
+        eprintln!("smtp-feed: no domains in {routes}");
+        std::process::exit(2)
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let sessions: Vec<_> = (0..connections)
+        .map(|_| {
+            let (server, domains, next) = (server.clone(), domains.clone(), next.clone());
+            std::thread::spawn(move || session(&server, &domains, messages, &next))
+        })
+        .collect();
+    let mut sent = 0;
+    let mut failed = false;
+    for s in sessions {
+        match s.join() {
+            Ok(Ok(n)) => sent += n,
+            Ok(Err(e)) => {
+                eprintln!("smtp-feed: {e}");
+                failed = true;
+            }
+            Err(_) => failed = true,
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    println!(
+        "{{\"system\":\"feed\",\"messages\":{sent},\"seconds\":{seconds:.6},\"msg_per_s\":{:.1},\"cpu_s\":{cpu:.6},\"cpu_us_per_msg\":{:.2}}}",
+        sent as f64 / seconds.max(1e-9),
+        cpu * 1e6 / (sent.max(1) as f64),
+    );
+    if failed || sent != messages {
+        std::process::exit(1);
+    }
+}
