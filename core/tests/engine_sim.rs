@@ -304,3 +304,99 @@ fn shaping_limits_hold_at_the_receiver_and_messages_wait_instead_of_bouncing() {
         out.connections[0]
     );
 }
+
+/// The shard's side of suppression, simulated: what it hands the suppression list for each
+/// outcome, and the signed VERP return path of every message when `[verp]` is configured.
+#[test]
+fn outcomes_are_observed_for_suppression_and_each_recipient_gets_its_verp_return_path() {
+    use vmta::bounce::{Reason, Verp};
+    use vmta::engine::retry::ClassifiedRetry;
+    use vmta::engine::suppression::Observation;
+    let world = World {
+        hosts: vec![
+            HostBehaviour::default(),
+            HostBehaviour {
+                rcpt_5xx: 1.0,
+                ..Default::default()
+            },
+        ],
+        domains: vec![
+            SimDomain {
+                name: "ok.sim.test".into(),
+                mx: vec![0],
+            },
+            SimDomain {
+                name: "hard.sim.test".into(),
+                mx: vec![1],
+            },
+        ],
+        dns_latency: Duration::from_millis(2),
+    };
+    let key = "simulation verp key";
+    let run = |verp: bool, suppression: bool| {
+        let dir = Dir::new("suppression");
+        let mut b = EngineConfig::builder()
+            .shards(1)
+            .max_messages_per_connection(50)
+            .suppression(suppression);
+        if verp {
+            b = b.verp("bounces", "bounce.sim.test", &[key]);
+        }
+        let retry = Arc::new(ClassifiedRetry::new(72 * 3600, 0.0));
+        let mut sim = Simulation::new(world.clone(), &b.build(), retry, &dir.0, 7);
+        for m in 0..20 {
+            let rcpts = (0..3)
+                .map(|r| {
+                    let d = ["ok", "hard", "gone"][(m + r) % 3];
+                    format!("u{m}-{r}@{d}.sim.test")
+                })
+                .collect();
+            sim.submit_at(Duration::from_secs(m as u64), rcpts);
+        }
+        sim.run(HOUR)
+    };
+
+    let out = run(true, true);
+    assert_eq!(out.count(EventKind::Delivered), 20);
+    assert_eq!(out.count(EventKind::Bounced), 40);
+    let mut delivered = 0;
+    for o in &out.observations {
+        match o {
+            Observation::Delivered { tenant, address } => {
+                assert_eq!(tenant, "sim");
+                assert!(address.ends_with("@ok.sim.test"), "{o:?}");
+                delivered += 1;
+            }
+            Observation::Failed {
+                tenant,
+                address,
+                reason,
+                definite_nxdomain,
+            } => {
+                assert_eq!(tenant, "sim");
+                if address.ends_with("@hard.sim.test") {
+                    assert_eq!((*reason, *definite_nxdomain), (Reason::UserUnknown, false));
+                } else {
+                    assert!(address.ends_with("@gone.sim.test"), "{o:?}");
+                    assert_eq!((*reason, *definite_nxdomain), (Reason::HostUnknown, true));
+                }
+            }
+        }
+    }
+    assert_eq!((delivered, out.observations.len()), (20, 60));
+    // Every accepted message left with a return path naming its message, tenant and recipient.
+    let verp = Verp::new("bounces", "bounce.sim.test", &[key.as_bytes()]);
+    assert_eq!(out.mail_from.len(), 20);
+    for (rcpt, from) in &out.mail_from {
+        let d = verp.decode(from).unwrap_or_else(|e| panic!("{from}: {e}"));
+        assert_eq!(&d.recipient, rcpt);
+        let m: u64 = rcpt[1..rcpt.find('-').unwrap()].parse().unwrap();
+        assert_eq!(d.message_id, format!("{:016x}-sim", m + 1));
+    }
+
+    // Without VERP the sender is kept; without suppression nothing is observed.
+    let plain = run(false, false);
+    assert!(plain.observations.is_empty());
+    assert!(plain.mail_from.values().all(|f| f == "sender@sim.test"));
+    assert_eq!(plain.count(EventKind::Delivered), 20);
+}

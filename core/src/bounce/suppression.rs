@@ -204,6 +204,8 @@ pub struct SuppressionStore {
     entries: HashMap<Key, Suppression>,
     counts: HashMap<(String, String, Reason), u32>,
     policy: SuppressionPolicy,
+    /// Reasons the policy counts before suppressing (a threshold above 1 somewhere).
+    soft: Vec<Reason>,
     /// fsync after every change.
     pub sync: bool,
     recovery: Recovery,
@@ -245,6 +247,18 @@ impl SuppressionStore {
             file,
             entries: HashMap::new(),
             counts: HashMap::new(),
+            soft: Reason::ALL
+                .iter()
+                .copied()
+                .filter(|r| {
+                    policy.thresholds.get(r).is_some_and(|t| *t > 1)
+                        || policy
+                            .tenant_thresholds
+                            .values()
+                            .any(|m| m.get(r).is_some_and(|t| *t > 1))
+                        || (*r == Reason::HostUnknown && policy.unresolved_threshold > 1)
+                })
+                .collect(),
             policy,
             sync: true,
             recovery: Recovery::default(),
@@ -326,8 +340,7 @@ impl SuppressionStore {
                     created,
                     expires,
                 };
-                self.counts
-                    .retain(|(t, a, _), _| !(t == tenant && a == address));
+                self.drop_counters(tenant, address);
                 self.entries
                     .insert((tenant.to_string(), address.to_string(), stream), s);
                 true
@@ -347,8 +360,7 @@ impl SuppressionStore {
                 true
             }
             ["reset", tenant, address] => {
-                self.counts
-                    .retain(|(t, a, _), _| !(t == tenant && a == address));
+                self.drop_counters(tenant, address);
                 true
             }
             _ => false,
@@ -546,8 +558,9 @@ impl SuppressionStore {
         Ok(s)
     }
 
-    /// Whether soft-bounce counters of `address` are pending for `tenant` (a few hash lookups, no
-    /// scan: a delivery calls it for every recipient).
+    /// Whether soft-bounce counters of `address` are pending for `tenant`: one hash lookup per
+    /// reason the policy counts, no scan (a delivery asks for every recipient). Counters of reasons
+    /// the policy no longer counts are not looked at: they cannot suppress.
     pub fn has_counters(&self, tenant: &str, address: &str) -> bool {
         if self.counts.is_empty() {
             return false;
@@ -557,10 +570,22 @@ impl SuppressionStore {
             normalize_address(address),
             Reason::Undefined,
         );
-        Reason::ALL.iter().any(|r| {
+        self.soft.iter().any(|r| {
             key.2 = *r;
             self.counts.contains_key(&key)
         })
+    }
+
+    /// Forgets the counters of one address (one removal per reason, not a scan of every counter).
+    fn drop_counters(&mut self, tenant: &str, address: &str) {
+        if self.counts.is_empty() {
+            return;
+        }
+        let mut key = (tenant.to_string(), address.to_string(), Reason::Undefined);
+        for r in Reason::ALL {
+            key.2 = *r;
+            self.counts.remove(&key);
+        }
     }
 
     /// The number of soft-bounce counters pending.

@@ -92,6 +92,10 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Simulation events processed.
     pub steps: u64,
+    /// What the shard handed the suppression list (with `[suppression]` enabled), in order.
+    pub observations: Vec<super::suppression::Observation>,
+    /// The envelope sender (MAIL FROM) of each accepted message, per recipient address.
+    pub mail_from: HashMap<String, String>,
 }
 
 impl Outcome {
@@ -133,6 +137,7 @@ struct SimServer {
     rcpts: Vec<String>,
     ok_rcpts: Vec<String>,
     dropped: bool,
+    mail_from: String,
 }
 
 /// Runs the simulation.
@@ -331,6 +336,7 @@ impl Simulation {
                         rcpts: Vec::new(),
                         ok_rcpts: Vec::new(),
                         dropped: false,
+                        mail_from: String::new(),
                     },
                 );
                 self.open[host] += 1;
@@ -404,6 +410,7 @@ impl Simulation {
         let mut events = Vec::new();
         self.core.take_events(&mut events);
         self.out.events.extend(events);
+        self.core.take_observations(&mut self.out.observations);
         if let Some(t) = self.core.poll_timeout(now) {
             let at = t.saturating_duration_since(self.base).max(self.now);
             if self.timer_at.is_none_or(|x| at < x) {
@@ -439,6 +446,7 @@ impl Simulation {
                     replies.extend_from_slice(b"554 5.5.1 no valid recipients\r\n");
                 } else {
                     for r in s.ok_rcpts.drain(..) {
+                        self.out.mail_from.insert(r.clone(), s.mail_from.clone());
                         *self.out.accepted.entry(r).or_default() += 1;
                     }
                     replies.extend_from_slice(b"250 2.0.0 queued\r\n");
@@ -463,6 +471,12 @@ impl Simulation {
                 "MAIL" => {
                     s.rcpts.clear();
                     s.ok_rcpts.clear();
+                    s.mail_from = text
+                        .split('<')
+                        .nth(1)
+                        .and_then(|x| x.split('>').next())
+                        .unwrap_or("")
+                        .to_string();
                     s.dropped = self.rng.random_bool(b.drop.clamp(0.0, 1.0));
                     replies.extend_from_slice(b"250 2.1.0 ok\r\n");
                 }

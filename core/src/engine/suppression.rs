@@ -28,8 +28,9 @@
 //!
 //! Not done here: sharing a list between engine processes (one writer per file), stream-level
 //! suppression from bounces (bounces and complaints suppress every stream; a stream is chosen at
-//! submission by the tag `stream` and only manual entries name one), and compaction while running
-//! (the log is compacted by `vmta suppress compact` or at start by the store's own rules).
+//! submission by the tag `stream` and only manual entries name one), compaction (the engine never
+//! calls [`SuppressionStore::compact`]; the log grows by one record per counted bounce), and
+//! cancelling mail already queued for an address that becomes suppressed (it keeps its retries).
 
 use super::event::{DeliveryEvent, EventKind};
 use super::{EventQueue, Now};
