@@ -167,6 +167,22 @@
 // Cancelled by `vmta_engine_cancel` or an operator.
 #define VMTA_EVENT_CANCELLED 5
 
+// Not queued: the recipient is on the tenant's suppression list (`reason` is the suppression's
+// reason, `text` says since when). Only for a submission that went ahead with other recipients;
+// when every recipient is suppressed `vmta_engine_submit` returns `VMTA_SUPPRESSED` instead.
+#define VMTA_EVENT_SUPPRESSED 6
+
+// An inbound DSN (`vmta_engine_apply_report`) reports a permanent failure after the receiving
+// server's 250 (`reason` as the classifier says).
+#define VMTA_EVENT_LATE_BOUNCE 7
+
+// An inbound DSN reports a delay after the receiving server's 250.
+#define VMTA_EVENT_LATE_DEFERRAL 8
+
+// A spam complaint (an ARF report given to `vmta_engine_apply_report`); the address is now
+// suppressed for every stream of the tenant.
+#define VMTA_EVENT_COMPLAINT 9
+
 // Bytes owned by vmta until `vmta_buffer_free`.
 typedef struct vmta_buffer vmta_buffer;
 
@@ -298,7 +314,7 @@ typedef struct {
 // One recipient's outcome of one attempt. The `vmta_str` fields and `tags` are borrowed from the
 // engine: valid until the next `vmta_engine_poll_events` on the same engine or `vmta_engine_free`.
 typedef struct {
-  // The id `vmta_engine_submit` returned.
+  // The id `vmta_engine_submit` returned (0 for a report event whose message is not known).
   uint64_t message_id;
   // `VMTA_EVENT_*`.
   uint32_t kind;
@@ -372,6 +388,8 @@ typedef struct {
   uint64_t connection_failures;
   // Spool write errors on state changes.
   uint64_t spool_errors;
+  // Recipients left out at submission because they were suppressed.
+  uint64_t suppressed;
 } vmta_stats;
 
 // Success.
@@ -420,8 +438,9 @@ typedef struct {
 // Refusal: the envelope sender or a From address is not approved for the tenant.
 #define VMTA_SENDER_NOT_APPROVED 14
 
-// Refusal: the recipient is on the tenant's suppression list. Reserved: the engine does not consult
-// suppression at submission yet (see `vmta_suppression_check`).
+// Refusal: every recipient is on the tenant's suppression list; nothing was queued (the
+// `vmta_error` names them and why). A submission with other recipients goes ahead and reports the
+// suppressed ones as `VMTA_EVENT_SUPPRESSED` events.
 #define VMTA_SUPPRESSED 15
 
 // Refusal: the spool's file system is full.
@@ -441,6 +460,13 @@ typedef struct {
 
 // The thing asked about does not exist (an index past the end, an entry that is not there).
 #define VMTA_NOT_FOUND 21
+
+// An inbound report came back to one of the engine's VERP addresses whose signature does not
+// verify: forged or mangled. Nothing changed.
+#define VMTA_FORGED_REPORT 22
+
+// The configuration turned the feature off (`[suppression] enabled = false`).
+#define VMTA_DISABLED 23
 
 #ifdef __cplusplus
 extern "C" {
@@ -595,6 +621,11 @@ vmta_result vmta_suppression_feed_report(const vmta_suppression *store,
 // ("" for NULL or a bad handle).
 const char *vmta_report_kind(const vmta_report *report);
 
+// The engine message id a report applied by `vmta_engine_apply_report` is about (from a verified
+// VERP address, or a `Message-ID` the engine made); 0 when unknown, for NULL, a bad handle, or a
+// report from `vmta_suppression_feed_report`.
+uint64_t vmta_report_message_id(const vmta_report *report);
+
 // The number of recipient outcomes (0 for NULL or a bad handle).
 size_t vmta_report_len(const vmta_report *report);
 
@@ -727,6 +758,25 @@ vmta_result vmta_config_set_smarthost(vmta_config *config,
                                       size_t address_len,
                                       uint32_t tls);
 
+// `[suppression] enabled`: check each recipient against the tenant's suppression list at
+// submission and feed the list with bounces and reports (on by default; the list is
+// `suppression.log` in the spool directory).
+vmta_result vmta_config_set_suppression(vmta_config *config, bool enabled);
+
+// `[verp]`: send each recipient with a signed VERP return path `prefix+...@domain` (HMAC key `key`,
+// at least 16 bytes), so `vmta_engine_apply_report` can match reports to their message and
+// recipient and refuse forged ones. An empty prefix removes VERP. Checked at engine start.
+//
+// # Safety
+// Inputs readable for their lengths.
+vmta_result vmta_config_set_verp(vmta_config *config,
+                                 const uint8_t *prefix,
+                                 size_t prefix_len,
+                                 const uint8_t *domain,
+                                 size_t domain_len,
+                                 const uint8_t *key,
+                                 size_t key_len);
+
 // Starts an engine from a configuration (which is copied: the caller may free it at once): checks
 // every value, opens and recovers each shard's spool, starts the shard threads. On failure returns
 // `VMTA_CONFIG` (the `vmta_error` names the key) or `VMTA_START_FAILED`.
@@ -740,8 +790,11 @@ vmta_result vmta_engine_new(const vmta_config *config,
 // Queues a message. Everything is copied before the call returns. On success writes the message id
 // (carried by every event of the message) to `*id_out` once the message is durable per the configured
 // durability. A refusal (`VMTA_BUSY`, `VMTA_INVALID_MESSAGE`, `VMTA_UNKNOWN_TENANT`,
-// `VMTA_ACCOUNT_LOCKED`, `VMTA_SENDER_NOT_APPROVED`, `VMTA_NO_SPACE`, `VMTA_SPOOL_ERROR`,
-// `VMTA_SHUTTING_DOWN`) queues nothing; `err_out`, when not NULL, receives the reason in words.
+// `VMTA_ACCOUNT_LOCKED`, `VMTA_SENDER_NOT_APPROVED`, `VMTA_SUPPRESSED`, `VMTA_NO_SPACE`,
+// `VMTA_SPOOL_ERROR`, `VMTA_SHUTTING_DOWN`) queues nothing; `err_out`, when not NULL, receives the
+// reason in words. Recipients on the tenant's suppression list (the tag `stream` chooses the
+// stream) are left out and reported as `VMTA_EVENT_SUPPRESSED` events; `VMTA_SUPPRESSED` when that
+// leaves none.
 //
 // # Safety
 // `message` must point to a `vmta_message` whose pointers are valid as documented there; `id_out`
@@ -812,6 +865,93 @@ vmta_result vmta_engine_set_tenant_locked(const vmta_engine *engine,
                                           const uint8_t *tenant,
                                           size_t tenant_len,
                                           bool locked);
+
+// Whether `address` is suppressed now for `tenant` (empty: the default tenant) on `stream` (empty:
+// the every-stream entries only): the check `vmta_engine_submit` makes. Writes `*suppressed_out`,
+// and when suppressed and `info_out` is not NULL, `*info_out`. With suppression disabled, never
+// suppressed. Safe from any thread; does not wait for writers.
+//
+// # Safety
+// Inputs readable for their lengths; `suppressed_out` writable; `info_out` NULL or writable.
+vmta_result vmta_engine_suppression_check(const vmta_engine *engine,
+                                          const uint8_t *tenant,
+                                          size_t tenant_len,
+                                          const uint8_t *address,
+                                          size_t address_len,
+                                          const uint8_t *stream,
+                                          size_t stream_len,
+                                          bool *suppressed_out,
+                                          vmta_suppression_info *info_out);
+
+// Suppresses `address` by hand for `tenant` (empty: the default tenant) on `stream` (empty: every
+// stream) for `reason` (a reason name such as `userunknown`; empty: `suppressed`) until `expires`
+// (Unix time; 0: for good). In force for submissions, and on disk, when the call returns.
+// `VMTA_DISABLED` when suppression is off; `VMTA_INVALID_ARGUMENT` for an address without `@`, a
+// name with tabs or line ends, or an unknown reason; `VMTA_IO` when the list cannot be written.
+//
+// # Safety
+// Inputs readable for their lengths.
+vmta_result vmta_engine_suppression_add(const vmta_engine *engine,
+                                        const uint8_t *tenant,
+                                        size_t tenant_len,
+                                        const uint8_t *address,
+                                        size_t address_len,
+                                        const uint8_t *stream,
+                                        size_t stream_len,
+                                        const uint8_t *reason,
+                                        size_t reason_len,
+                                        uint64_t expires);
+
+// Removes the suppression of `address` for `tenant` (empty: the default tenant) on `stream` (empty:
+// the every-stream entry). Writes whether one existed to `*removed_out` when it is not NULL.
+// `VMTA_DISABLED` when suppression is off.
+//
+// # Safety
+// Inputs readable for their lengths; `removed_out` NULL or writable.
+vmta_result vmta_engine_suppression_remove(const vmta_engine *engine,
+                                           const uint8_t *tenant,
+                                           size_t tenant_len,
+                                           const uint8_t *address,
+                                           size_t address_len,
+                                           const uint8_t *stream,
+                                           size_t stream_len,
+                                           bool *removed_out);
+
+// Every entry of the engine's list for `tenant` (empty: every tenant), sorted by tenant and
+// address, expired ones included, as a new `vmta_suppression_list` (read it with
+// `vmta_suppression_list_len` / `_get`, free it with `vmta_suppression_list_free`).
+// `VMTA_DISABLED` when suppression is off.
+//
+// # Safety
+// `tenant` readable for `tenant_len` bytes; `list_out` writable.
+vmta_result vmta_engine_suppression_list_new(const vmta_engine *engine,
+                                             const uint8_t *tenant,
+                                             size_t tenant_len,
+                                             vmta_suppression_list **list_out);
+
+// Applies an inbound message (a DSN, a non-standard bounce, an ARF complaint, an auto-reply) that
+// came back for `tenant` (empty: the default tenant; a verified VERP address names its own) and
+// writes the per-recipient outcomes as a new report (`vmta_report_*`, `vmta_report_message_id`;
+// free it with `vmta_report_free`).
+//
+// With `[verp]` configured the report is matched through the VERP address it came back to (or, for
+// ARF, the returned message's `Return-Path`); a VERP address whose signature does not verify gives
+// `VMTA_FORGED_REPORT` and changes nothing; a report to no VERP address changes nothing unless
+// `[verp] trust_unsigned`. Without VERP, reports are matched by recipient address and tenant.
+// An applied report changes the suppression list and queues events: `VMTA_EVENT_LATE_BOUNCE` or
+// `VMTA_EVENT_LATE_DEFERRAL` for a DSN, `VMTA_EVENT_COMPLAINT` for an ARF report.
+// `VMTA_INVALID_MESSAGE` when the bytes cannot be read as a message; `VMTA_IO` when the list cannot
+// be written (both with a `vmta_error`). Safe from any thread.
+//
+// # Safety
+// Inputs readable for their lengths; `report_out` writable; `err_out` NULL or writable.
+vmta_result vmta_engine_apply_report(const vmta_engine *engine,
+                                     const uint8_t *tenant,
+                                     size_t tenant_len,
+                                     const uint8_t *message,
+                                     size_t message_len,
+                                     vmta_report **report_out,
+                                     vmta_error **err_out);
 
 // Stops intake (later submissions get `VMTA_SHUTTING_DOWN`), lets in-flight SMTP transactions finish
 // within `grace_ms`, then stops the shard threads. Mail not delivered stays in the spool: an engine

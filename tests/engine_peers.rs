@@ -775,3 +775,56 @@ fn a_paused_engine_queues_without_sending_and_delivers_everything_on_resume() {
     assert_eq!(sink.received(), n);
     e.shutdown(Duration::from_secs(2));
 }
+
+#[test]
+fn a_connection_cap_shared_by_two_shards_never_strands_a_queue() {
+    // One MX host for two domains that live on different shards, with a shaping rule of one
+    // connection and five messages per connection: each shard must get its turn when the other's
+    // connection closes, and a connection that ends on QUIT (its id reused at once by the next)
+    // must not fail the next one with its end of stream.
+    let ips = ["127.0.50.113"];
+    let port = common_port(&ips);
+    let mut names = Vec::new();
+    let mut i = 0;
+    while names.len() < 2 {
+        let d = format!("lane{i}.engine.test");
+        if vmta::engine::shard_of(&d, 2) == names.len() {
+            names.push(d);
+        }
+        i += 1;
+    }
+    let mut zone_lines = vec!["host-record=mx.lane.engine.test,127.0.50.113".to_string()];
+    for d in &names {
+        zone_lines.push(format!("mx-host={d},mx.lane.engine.test,10"));
+    }
+    let zone = Zone::start("127.0.50.112", &zone_lines);
+    let sink = sink_at(ips[0], port, &[]);
+    let spool = TempDir::new("engine-lane");
+    let rules = format!(
+        "{}[[mx]]\nname = \"one-connection\"\npatterns = [\"mx.lane.engine.test\"]\nmax_connections = 1\nmax_messages_per_connection = 5\n",
+        vmta_testworld::world::UNSHAPED
+    );
+    let cfg = EngineConfig::builder()
+        .shards(2)
+        .pin_shards(false)
+        .spool_dir(spool.path())
+        .durability(Durability::None)
+        .nameservers(&[&zone.addr.to_string()])
+        .port(port)
+        .tls(TlsPolicy::Disabled)
+        .shaping_rules(&rules)
+        .build();
+    let e = Engine::start(&cfg).unwrap();
+    let per = 30;
+    for n in 0..per {
+        for d in &names {
+            submit(&e, &format!("u{n}@{d}"), n);
+        }
+    }
+    let events = collect(&e, Duration::from_secs(30), |ev| {
+        count(ev, EventKind::Delivered) >= 2 * per
+    });
+    assert_eq!(count(&events, EventKind::Delivered), 2 * per, "{events:#?}");
+    assert_eq!(sink.received(), 2 * per);
+    e.shutdown(Duration::from_secs(2));
+}

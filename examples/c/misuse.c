@@ -388,6 +388,85 @@ static void bounces(const char *spool) {
   CHECK_EQ(vmta_suppression_check(s, BYTES("t"), BYTES("a@b.c"), NULL, 0, &hit, NULL), VMTA_INVALID_HANDLE);
 }
 
+/* The engine's suppression list and inbound reports: NULL checks, refusals, a forged report. */
+static void engine_suppression(const char *spool) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/verp", spool);
+  vmta_config *c = NULL;
+  CHECK_EQ(vmta_config_new(&c), VMTA_OK);
+  CHECK_EQ(vmta_config_set_spool_dir(c, BYTES(dir)), VMTA_OK);
+  CHECK_EQ(vmta_config_set_shards(c, 1), VMTA_OK);
+  CHECK_EQ(vmta_config_set_pin_shards(c, false), VMTA_OK);
+  CHECK_EQ(vmta_config_set_durability(c, VMTA_DURABILITY_NONE), VMTA_OK);
+  CHECK_EQ(vmta_config_set_smarthost(c, BYTES("127.0.70.254:9"), VMTA_TLS_DISABLED), VMTA_OK);
+  CHECK_EQ(vmta_config_set_verp(c, BYTES("bounces"), BYTES("bounce.ffi.test"), BYTES("short")),
+           VMTA_INVALID_ARGUMENT);
+  CHECK_EQ(vmta_config_set_verp(c, BYTES("bounces"), BYTES("bounce.ffi.test"), BYTES("sixteen bytes or more")),
+           VMTA_OK);
+  CHECK_EQ(vmta_config_set_suppression(NULL, true), VMTA_NULL_PARAMETER);
+  vmta_engine *e = NULL;
+  CHECK_EQ(vmta_engine_new(c, &e, NULL), VMTA_OK);
+  vmta_config_free(c);
+  if (e == NULL)
+    return;
+
+  bool hit = true;
+  CHECK_EQ(vmta_engine_suppression_check(e, NULL, 0, BYTES("a@b.c"), NULL, 0, NULL, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_suppression_check(e, NULL, 0, NULL, 5, NULL, 0, &hit, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_suppression_check(NULL, NULL, 0, BYTES("a@b.c"), NULL, 0, &hit, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_suppression_check(e, NULL, 0, BYTES("a@b.c"), NULL, 0, &hit, NULL), VMTA_OK);
+  CHECK(!hit);
+  CHECK_EQ(vmta_engine_suppression_add(e, NULL, 0, BYTES("no address"), NULL, 0, NULL, 0, 0), VMTA_INVALID_ARGUMENT);
+  CHECK_EQ(vmta_engine_suppression_add(e, NULL, 0, BYTES("a@b.c"), NULL, 0, BYTES("nonsense"), 0),
+           VMTA_INVALID_ARGUMENT);
+  CHECK_EQ(vmta_engine_suppression_add(e, BYTES("t\tx"), BYTES("a@b.c"), NULL, 0, NULL, 0, 0), VMTA_INVALID_ARGUMENT);
+  CHECK_EQ(vmta_engine_suppression_add(e, NULL, 0, BYTES("b@ffi.test"), NULL, 0, NULL, 0, 0), VMTA_OK);
+  vmta_suppression_info info;
+  CHECK_EQ(vmta_engine_suppression_check(e, NULL, 0, BYTES("B@FFI.TEST"), NULL, 0, &hit, &info), VMTA_OK);
+  CHECK(hit && info.source == VMTA_SOURCE_MANUAL && info.expires == 0);
+  CHECK(info.reason.len == 10 && memcmp(info.reason.ptr, "suppressed", 10) == 0);
+
+  vmta_str rcpt = str("b@ffi.test");
+  vmta_message m = {str("a@ffi.test"), &rcpt, 1, str(""), NULL, 0, str(BODY), VMTA_PRIORITY_BULK};
+  uint64_t id = 0;
+  vmta_error *err = NULL;
+  CHECK_EQ(vmta_engine_submit(e, &m, &id, &err), VMTA_SUPPRESSED);
+  CHECK_EQ(vmta_error_code(err), VMTA_SUPPRESSED);
+  CHECK(strstr(vmta_error_message(err), "b@ffi.test") != NULL);
+  vmta_error_free(err);
+  CHECK_EQ(id, 0);
+
+  vmta_report *rep = NULL;
+  const char *forged = "From: MAILER-DAEMON@x.test\r\nTo: bounces+0000000000000001.aaaaaaaaaaaaa.ceo=ffi.test"
+                       "@bounce.ffi.test\r\nSubject: failure\r\n\r\nceo@ffi.test: 550 5.1.1 user unknown\r\n";
+  CHECK_EQ(vmta_engine_apply_report(e, NULL, 0, NULL, 0, &rep, NULL), VMTA_INVALID_ARGUMENT);
+  CHECK_EQ(vmta_engine_apply_report(e, NULL, 0, BYTES(forged), NULL, NULL), VMTA_NULL_PARAMETER);
+  err = NULL;
+  CHECK_EQ(vmta_engine_apply_report(e, NULL, 0, BYTES(forged), &rep, &err), VMTA_FORGED_REPORT);
+  CHECK(rep == NULL);
+  CHECK_EQ(vmta_error_code(err), VMTA_FORGED_REPORT);
+  vmta_error_free(err);
+  CHECK(strcmp(vmta_result_str(VMTA_FORGED_REPORT), "forged report: VERP signature does not verify") == 0);
+  CHECK_EQ(vmta_engine_apply_report(e, NULL, 0, BYTES("not a report"), &rep, NULL), VMTA_OK);
+  CHECK(strcmp(vmta_report_kind(rep), "not-a-bounce") == 0);
+  CHECK_EQ(vmta_report_message_id(rep), 0);
+  CHECK_EQ(vmta_report_free(rep), VMTA_OK);
+  CHECK_EQ(vmta_report_message_id(rep), 0);
+
+  vmta_suppression_list *l = NULL;
+  CHECK_EQ(vmta_engine_suppression_list_new(e, NULL, 0, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_suppression_list_new(e, NULL, 0, &l), VMTA_OK);
+  CHECK_EQ(vmta_suppression_list_len(l), 1);
+  CHECK_EQ(vmta_suppression_list_free(l), VMTA_OK);
+  bool removed = false;
+  CHECK_EQ(vmta_engine_suppression_remove(e, NULL, 0, BYTES("b@ffi.test"), NULL, 0, &removed), VMTA_OK);
+  CHECK(removed);
+  CHECK_EQ(vmta_engine_suppression_remove(e, NULL, 0, BYTES("b@ffi.test"), NULL, 0, NULL), VMTA_OK);
+  CHECK_EQ(vmta_engine_free(e), VMTA_OK);
+  CHECK_EQ(vmta_engine_suppression_add(e, NULL, 0, BYTES("b@ffi.test"), NULL, 0, NULL, 0, 0), VMTA_INVALID_HANDLE);
+  CHECK_EQ(vmta_engine_apply_report(e, NULL, 0, BYTES(forged), &rep, NULL), VMTA_INVALID_HANDLE);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s SPOOL_DIR\n", argv[0]);
@@ -403,6 +482,7 @@ int main(int argc, char **argv) {
   events_and_stats(e);
   after_shutdown(e);
   bounces(argv[1]);
+  engine_suppression(argv[1]);
   printf("misuse: %d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
 }

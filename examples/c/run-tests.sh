@@ -4,10 +4,12 @@
 # smtp-sink on 127.0.70.20-23):
 #   - send, linked with the shared library: natively, under AddressSanitizer (+UBSan) and under
 #     valgrind; it must report a delivered, a bounced and an expired recipient, and the accepting
-#     sink must have received the message;
+#     sink must have received the message; then a DSN applied after the delivery must give a late
+#     bounce matched to the message, after which the recipient is refused (VMTA_SUPPRESSED);
 #   - misuse, linked with the static library, and with the shared one under ASan and valgrind.
 # Any failure, sanitizer report, valgrind error or leak fails the script.
-# VMTA_PROFILE=release uses target/release (default debug).
+# VMTA_PROFILE=release uses target/release (default debug). VMTA_C_WORLD_IP moves the mail world
+# (default 127.0.70.20; it takes that address and the next three).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -49,7 +51,7 @@ echo "c: building"
   cc -std=c99 -pedantic -Wall -Wextra -Werror $(pkg-config --cflags vmta) -fsyntax-only -x c "$work/cxx.cc"
 }
 
-python3 examples/peers/mailworld.py 127.0.70.20 >"$work/world.json" &
+python3 examples/peers/mailworld.py "${VMTA_C_WORLD_IP:-127.0.70.20}" >"$work/world.json" &
 world_pid=$!
 for _ in $(seq 100); do [ -s "$work/world.json" ] && break; sleep 0.1; done
 [ -s "$work/world.json" ] || { echo "c: the mail world did not start" >&2; exit 1; }
@@ -85,6 +87,11 @@ EOF
   grep -Eq "^deferred [0-9a-f]{16} $tag@later.ffi.test 4[0-9][0-9] " "$work/$name.out"
   grep -Eq "^expired [0-9a-f]{16} $tag@later.ffi.test " "$work/$name.out"
   grep -q "^stats submitted=3 delivered=1 bounced=1 " "$work/$name.out"
+  local id
+  id="$(sed -n "s/^delivered \([0-9a-f]\{16\}\) $tag@ok.ffi.test .*/\1/p" "$work/$name.out")"
+  grep -q "^report dsn outcomes=1 message=$id suppressed=1$" "$work/$name.out"
+  grep -Eq "^late-bounce $id $tag@ok.ffi.test [0-9]+ 5.1.1 userunknown " "$work/$name.out"
+  grep -q "^refused $tag@ok.ffi.test suppressed$" "$work/$name.out"
   grep -lq "^To: <$tag@ok.ffi.test>" "$dump"/* || { echo "c: the sink did not receive $tag's message" >&2; exit 1; }
 }
 

@@ -9,7 +9,16 @@
  *
  *   EVENT MESSAGE_ID RECIPIENT CODE ENHANCED REASON TEXT
  *
- * Exit status: 0 when every recipient reached a final outcome, 1 otherwise.
+ * Then the suppression list: each delivered recipient gets a DSN reporting a failure after the 250
+ * (user unknown), applied with vmta_engine_apply_report; a late-bounce event follows, matched to
+ * the message by the Message-ID the engine added, and the recipient is suppressed: submitting to
+ * it again is refused with VMTA_SUPPRESSED. Extra lines:
+ *
+ *   report KIND outcomes=N message=MESSAGE_ID suppressed=0|1
+ *   refused RECIPIENT suppressed          (or: accepted RECIPIENT RESULT)
+ *
+ * Exit status: 0 when every recipient reached a final outcome and every late bounce came, 1
+ * otherwise.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -29,6 +38,10 @@ static const char *kind_name(uint32_t kind) {
   case VMTA_EVENT_BOUNCED: return "bounced";
   case VMTA_EVENT_EXPIRED: return "expired";
   case VMTA_EVENT_CANCELLED: return "cancelled";
+  case VMTA_EVENT_SUPPRESSED: return "suppressed";
+  case VMTA_EVENT_LATE_BOUNCE: return "late-bounce";
+  case VMTA_EVENT_LATE_DEFERRAL: return "late-deferral";
+  case VMTA_EVENT_COMPLAINT: return "complaint";
   default: return "unknown";
   }
 }
@@ -51,12 +64,85 @@ struct pending {
   uint64_t id;
   const char *recipient;
   int final;
+  uint32_t kind; /* the final event's kind */
 };
 
 static double now_s(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Submits one message to one recipient. */
+static vmta_result submit(vmta_engine *engine, const char *sender, const char *recipient,
+                          uint64_t *id, vmta_error **err) {
+  char body[1024];
+  snprintf(body, sizeof body, "From: <%s>\r\nTo: <%s>\r\nSubject: vmta C example\r\n\r\nHello from C.\r\n",
+           sender, recipient);
+  vmta_str rcpt = str(recipient);
+  vmta_tag tag = {str("example"), str("c")};
+  vmta_message m = {
+      .sender = str(sender),
+      .recipients = &rcpt,
+      .recipients_len = 1,
+      .tenant = str(""),
+      .tags = &tag,
+      .tags_len = 1,
+      .body = str(body),
+      .priority = VMTA_PRIORITY_TRANSACTIONAL,
+  };
+  return vmta_engine_submit(engine, &m, id, err);
+}
+
+/* Prints events as they come (waiting on the event fd with poll(2), at most 60 s) until *remaining
+ * reaches 0: with `late` NULL, each recipient's final outcome counts; otherwise a late bounce of
+ * `late` does. */
+static void drain(vmta_engine *engine, int fd, struct pending *p, int n, int *remaining,
+                  const char *late) {
+  vmta_event events[16];
+  double deadline = now_s() + 60.0;
+  while (*remaining > 0 && now_s() < deadline) {
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    int ready = poll(&pfd, 1, 1000);
+    if (ready < 0 && errno != EINTR) {
+      perror("poll");
+      break;
+    }
+    if (ready <= 0)
+      continue;
+    size_t got = 0;
+    vmta_result r = vmta_engine_poll_events(engine, events, sizeof events / sizeof events[0], &got);
+    if (r != VMTA_OK) {
+      fail("poll events", r, NULL);
+      break;
+    }
+    for (size_t i = 0; i < got; i++) {
+      const vmta_event *e = &events[i];
+      char enhanced[24] = "-";
+      if (e->enhanced_class != 0)
+        snprintf(enhanced, sizeof enhanced, "%u.%u.%u", e->enhanced_class, e->enhanced_subject,
+                 e->enhanced_detail);
+      /* The views are valid until the next vmta_engine_poll_events: print them now. */
+      printf("%s %016" PRIx64 " %.*s %u %s %.*s %.*s\n", kind_name(e->kind), e->message_id,
+             (int)e->recipient.len, (const char *)e->recipient.ptr, e->code, enhanced,
+             e->reason.len ? (int)e->reason.len : 1, e->reason.len ? (const char *)e->reason.ptr : "-",
+             (int)e->text.len, (const char *)e->text.ptr);
+      if (late != NULL) {
+        if (e->kind == VMTA_EVENT_LATE_BOUNCE && e->recipient.len == strlen(late) &&
+            memcmp(e->recipient.ptr, late, e->recipient.len) == 0)
+          (*remaining)--;
+        continue;
+      }
+      for (int j = 0; j < n; j++) {
+        if (p[j].final || p[j].id != e->message_id || e->kind == VMTA_EVENT_DEFERRED)
+          continue;
+        p[j].final = 1;
+        p[j].kind = e->kind;
+        (*remaining)--;
+      }
+    }
+    fflush(stdout);
+  }
 }
 
 int main(int argc, char **argv) {
@@ -98,24 +184,8 @@ int main(int argc, char **argv) {
   }
   int remaining = 0;
   for (int i = 0; i < n; i++) {
-    char body[1024];
-    snprintf(body, sizeof body,
-             "From: <%s>\r\nTo: <%s>\r\nSubject: vmta C example %d\r\n\r\nHello from C.\r\n", sender,
-             recipients[i], i);
-    vmta_str rcpt = str(recipients[i]);
-    vmta_tag tag = {str("example"), str("c")};
-    vmta_message m = {
-        .sender = str(sender),
-        .recipients = &rcpt,
-        .recipients_len = 1,
-        .tenant = str(""),
-        .tags = &tag,
-        .tags_len = 1,
-        .body = str(body),
-        .priority = VMTA_PRIORITY_TRANSACTIONAL,
-    };
     p[i].recipient = recipients[i];
-    r = vmta_engine_submit(engine, &m, &p[i].id, &err);
+    r = submit(engine, sender, recipients[i], &p[i].id, &err);
     if (r != VMTA_OK) {
       fail(recipients[i], r, err);
       err = NULL;
@@ -126,43 +196,55 @@ int main(int argc, char **argv) {
   }
 
   int fd = vmta_engine_event_fd(engine);
-  vmta_event events[16];
-  double deadline = now_s() + 60.0;
-  while (remaining > 0 && now_s() < deadline) {
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    int ready = poll(&pfd, 1, 1000);
-    if (ready < 0 && errno != EINTR) {
-      perror("poll");
-      break;
-    }
-    if (ready <= 0)
-      continue;
-    size_t got = 0;
-    r = vmta_engine_poll_events(engine, events, sizeof events / sizeof events[0], &got);
-    if (r != VMTA_OK) {
-      fail("poll events", r, NULL);
-      break;
-    }
-    for (size_t i = 0; i < got; i++) {
-      const vmta_event *e = &events[i];
-      char enhanced[24] = "-";
-      if (e->enhanced_class != 0)
-        snprintf(enhanced, sizeof enhanced, "%u.%u.%u", e->enhanced_class, e->enhanced_subject,
-                 e->enhanced_detail);
-      /* The views are valid until the next vmta_engine_poll_events: print them now. */
-      printf("%s %016" PRIx64 " %.*s %u %s %.*s %.*s\n", kind_name(e->kind), e->message_id,
-             (int)e->recipient.len, (const char *)e->recipient.ptr, e->code, enhanced,
-             e->reason.len ? (int)e->reason.len : 1, e->reason.len ? (const char *)e->reason.ptr : "-",
-             (int)e->text.len, (const char *)e->text.ptr);
-      for (int j = 0; j < n; j++) {
-        if (p[j].final || p[j].id != e->message_id || e->kind == VMTA_EVENT_DEFERRED)
-          continue;
-        p[j].final = 1;
-        remaining--;
+  drain(engine, fd, p, n, &remaining, NULL);
+
+  /* Suppression: a DSN after a 250 puts a delivered recipient on the list; it is refused when
+   * submitted again. */
+  int late_missing = 0;
+  for (int j = 0; j < n; j++) {
+    if (p[j].kind == VMTA_EVENT_DELIVERED) {
+      char dsn[2048];
+      snprintf(dsn, sizeof dsn,
+               "From: MAILER-DAEMON@mx.example\r\nTo: <%s>\r\nSubject: Undelivered Mail Returned to "
+               "Sender\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; "
+               "report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: "
+               "message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"
+               "Final-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+               "Diagnostic-Code: smtp; 550 5.1.1 <%s>: user unknown\r\n\r\n--b\r\nContent-Type: "
+               "text/rfc822-headers\r\n\r\nFrom: <%s>\r\nMessage-ID: <%016" PRIx64
+               "@localhost>\r\n\r\n--b--\r\n",
+               sender, p[j].recipient, p[j].recipient, sender, p[j].id);
+      vmta_report *report = NULL;
+      r = vmta_engine_apply_report(engine, NULL, 0, (const uint8_t *)dsn, strlen(dsn), &report, &err);
+      if (r != VMTA_OK) {
+        fail("apply report", r, err);
+        err = NULL;
+        late_missing++;
+        continue;
       }
+      vmta_report_outcome o;
+      int suppressed = vmta_report_get(report, 0, &o) == VMTA_OK && o.suppressed;
+      printf("report %s outcomes=%zu message=%016" PRIx64 " suppressed=%d\n", vmta_report_kind(report),
+             vmta_report_len(report), vmta_report_message_id(report), suppressed);
+      vmta_report_free(report);
+      int want = 1;
+      drain(engine, fd, p, n, &want, p[j].recipient);
+      late_missing += want;
     }
-    fflush(stdout);
   }
+  for (int j = 0; j < n; j++) {
+    if (p[j].kind != VMTA_EVENT_DELIVERED)
+      continue;
+    uint64_t id = 0;
+    r = submit(engine, sender, p[j].recipient, &id, &err);
+    if (r == VMTA_SUPPRESSED)
+      printf("refused %s suppressed\n", p[j].recipient);
+    else
+      printf("accepted %s %s\n", p[j].recipient, vmta_result_str(r));
+    vmta_error_free(err);
+    err = NULL;
+  }
+  fflush(stdout);
 
   vmta_stats stats;
   if (vmta_engine_stats(engine, &stats) == VMTA_OK)
@@ -174,6 +256,10 @@ int main(int argc, char **argv) {
   free(p);
   if (remaining > 0) {
     fprintf(stderr, "send: %d recipient(s) without a final outcome\n", remaining);
+    return 1;
+  }
+  if (late_missing > 0) {
+    fprintf(stderr, "send: %d late bounce(s) missing\n", late_missing);
     return 1;
   }
   return 0;

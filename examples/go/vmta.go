@@ -53,6 +53,8 @@ const (
 	ConcurrentPoll    Result = C.VMTA_CONCURRENT_POLL
 	IOError           Result = C.VMTA_IO
 	NotFound          Result = C.VMTA_NOT_FOUND
+	ForgedReport      Result = C.VMTA_FORGED_REPORT
+	Disabled          Result = C.VMTA_DISABLED
 )
 
 // String is the library's description of the code.
@@ -226,6 +228,14 @@ const (
 	Bounced   EventKind = C.VMTA_EVENT_BOUNCED
 	Expired   EventKind = C.VMTA_EVENT_EXPIRED
 	Cancelled EventKind = C.VMTA_EVENT_CANCELLED
+	// SuppressedRecipient: not queued, the recipient is on the tenant's suppression list.
+	SuppressedRecipient EventKind = C.VMTA_EVENT_SUPPRESSED
+	// LateBounce: a DSN reported a failure after the receiving server's 250.
+	LateBounce EventKind = C.VMTA_EVENT_LATE_BOUNCE
+	// LateDeferral: a DSN reported a delay after the receiving server's 250.
+	LateDeferral EventKind = C.VMTA_EVENT_LATE_DEFERRAL
+	// Complaint: a spam complaint (ARF); the address is suppressed for every stream of the tenant.
+	Complaint EventKind = C.VMTA_EVENT_COMPLAINT
 )
 
 func (k EventKind) String() string {
@@ -240,12 +250,27 @@ func (k EventKind) String() string {
 		return "expired"
 	case Cancelled:
 		return "cancelled"
+	case SuppressedRecipient:
+		return "suppressed"
+	case LateBounce:
+		return "late-bounce"
+	case LateDeferral:
+		return "late-deferral"
+	case Complaint:
+		return "complaint"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint32(k))
 }
 
-// Final is true when no more events will come for the recipient.
-func (k EventKind) Final() bool { return k != Deferred }
+// Final is true when no more delivery events will come for the recipient (an inbound report may
+// still give a late bounce, late deferral or complaint after a delivery).
+func (k EventKind) Final() bool {
+	switch k {
+	case Delivered, Bounced, Expired, Cancelled, SuppressedRecipient:
+		return true
+	}
+	return false
+}
 
 // Event is one recipient's outcome of one attempt (copied out of the engine).
 type Event struct {
@@ -473,6 +498,7 @@ func (e *Engine) Cancel(id uint64) (int, error) {
 type Stats struct {
 	Shards, Submitted, Delivered, Deferred, Bounced, Expired, Cancelled                   uint64
 	Queued, InFlight, ConnectionsOpen, ConnectionsOpened, ConnectionFailures, SpoolErrors uint64
+	Suppressed                                                                            uint64 // recipients left out at submission
 }
 
 // Stats reads the counters.
@@ -485,7 +511,7 @@ func (e *Engine) Stats() (Stats, error) {
 		uint64(s.shards), uint64(s.submitted), uint64(s.delivered), uint64(s.deferred), uint64(s.bounced),
 		uint64(s.expired), uint64(s.cancelled), uint64(s.queued), uint64(s.in_flight),
 		uint64(s.connections_open), uint64(s.connections_opened), uint64(s.connection_failures),
-		uint64(s.spool_errors),
+		uint64(s.spool_errors), uint64(s.suppressed),
 	}, nil
 }
 
@@ -503,6 +529,79 @@ func (e *Engine) Prometheus() (string, error) {
 func (e *Engine) SetTenantLocked(tenant string, locked bool) error {
 	p, n := cbytes([]byte(tenant))
 	return check(C.vmta_engine_set_tenant_locked(e.h, p, n, C.bool(locked)), nil)
+}
+
+// Suppression is a reason a recipient is not sent to.
+type Suppression struct {
+	Reason  string // userunknown, mailboxfull, feedback, suppressed, ...
+	Source  string // bounce, complaint, manual
+	Created time.Time
+	Expires time.Time // zero: for good
+}
+
+// Suppressed says whether address is on the list of tenant ("": the default tenant) for stream
+// ("": the every-stream entries only) now, and why.
+func (e *Engine) Suppressed(tenant, address, stream string) (*Suppression, error) {
+	tp, tn := cbytes([]byte(tenant))
+	ap, an := cbytes([]byte(address))
+	sp, sn := cbytes([]byte(stream))
+	var hit C.bool
+	var info C.vmta_suppression_info
+	if err := check(C.vmta_engine_suppression_check(e.h, tp, tn, ap, an, sp, sn, &hit, &info), nil); err != nil {
+		return nil, err
+	}
+	if !bool(hit) {
+		return nil, nil
+	}
+	s := &Suppression{
+		Reason:  gostr(info.reason),
+		Source:  map[C.uint32_t]string{C.VMTA_SOURCE_BOUNCE: "bounce", C.VMTA_SOURCE_COMPLAINT: "complaint", C.VMTA_SOURCE_MANUAL: "manual"}[info.source],
+		Created: time.Unix(int64(info.created), 0),
+	}
+	if info.expires != 0 {
+		s.Expires = time.Unix(int64(info.expires), 0)
+	}
+	return s, nil
+}
+
+// Suppress puts address on the list of tenant by hand, for stream ("": every stream), with reason
+// ("": suppressed), until expires (zero: for good).
+func (e *Engine) Suppress(tenant, address, stream, reason string, expires time.Time) error {
+	tp, tn := cbytes([]byte(tenant))
+	ap, an := cbytes([]byte(address))
+	sp, sn := cbytes([]byte(stream))
+	rp, rn := cbytes([]byte(reason))
+	var until C.uint64_t
+	if !expires.IsZero() {
+		until = C.uint64_t(expires.Unix())
+	}
+	return check(C.vmta_engine_suppression_add(e.h, tp, tn, ap, an, sp, sn, rp, rn, until), nil)
+}
+
+// Unsuppress removes a suppression; it says whether there was one.
+func (e *Engine) Unsuppress(tenant, address, stream string) (bool, error) {
+	tp, tn := cbytes([]byte(tenant))
+	ap, an := cbytes([]byte(address))
+	sp, sn := cbytes([]byte(stream))
+	var removed C.bool
+	err := check(C.vmta_engine_suppression_remove(e.h, tp, tn, ap, an, sp, sn, &removed), nil)
+	return bool(removed), err
+}
+
+// ApplyReport applies an inbound DSN, ARF complaint or auto-reply that came back for tenant to the
+// engine's suppression list (events follow: LateBounce, LateDeferral, Complaint). It returns the
+// report's kind (dsn, arf, autoreply, not-a-bounce) and the message id it is about (0 when unknown).
+// A report to a VERP address that does not verify is an error matching ForgedReport.
+func (e *Engine) ApplyReport(tenant string, message []byte) (string, uint64, error) {
+	tp, tn := cbytes([]byte(tenant))
+	mp, mn := cbytes(message)
+	var rep *C.vmta_report
+	var cerr *C.vmta_error
+	if err := check(C.vmta_engine_apply_report(e.h, tp, tn, mp, mn, &rep, &cerr), cerr); err != nil {
+		return "", 0, err
+	}
+	defer C.vmta_report_free(rep)
+	return C.GoString(C.vmta_report_kind(rep)), uint64(C.vmta_report_message_id(rep)), nil
 }
 
 // Shutdown stops intake, lets in-flight transactions finish within grace and stops the engine. The

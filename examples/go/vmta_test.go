@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +16,7 @@ import (
 )
 
 // world is the loopback mail world of real peers (examples/peers/mailworld.py: dnsmasq and Postfix
-// smtp-sink) on 127.0.70.40-43, started once for the package's tests.
+// smtp-sink) on 127.0.70.40-43 (VMTA_GO_WORLD_IP moves it), started once for the package's tests.
 var world struct {
 	DNS  string `json:"dns"`
 	Port int    `json:"port"`
@@ -24,7 +25,11 @@ var world struct {
 }
 
 func TestMain(m *testing.M) {
-	cmd := exec.Command("python3", filepath.Join("..", "peers", "mailworld.py"), "127.0.70.40")
+	base := os.Getenv("VMTA_GO_WORLD_IP")
+	if base == "" {
+		base = "127.0.70.40"
+	}
+	cmd := exec.Command("python3", filepath.Join("..", "peers", "mailworld.py"), base)
 	out, err := cmd.StdoutPipe()
 	if err == nil {
 		err = cmd.Start()
@@ -124,7 +129,7 @@ func TestDeliveredBouncedAndExpiredFromARealSink(t *testing.T) {
 		seen[fmt.Sprintf("%d/%s", ev.MessageID, ev.Kind)] = ev
 	}
 	d, found := seen[fmt.Sprintf("%d/delivered", ok)]
-	if !found || d.Code != 250 || d.Recipient != "go-ok@ok.ffi.test" || d.Tags["lang"] != "go" || d.IP != "127.0.70.41" {
+	if !found || d.Code != 250 || d.Recipient != "go-ok@ok.ffi.test" || d.Tags["lang"] != "go" || d.IP != okIP() {
 		t.Fatalf("delivered event: %+v (all: %+v)", d, events)
 	}
 	b, found := seen[fmt.Sprintf("%d/bounced", bad)]
@@ -296,5 +301,62 @@ func TestClassifyReply(t *testing.T) {
 	}
 	if _, err := ClassifyReply(""); !errors.Is(err, InvalidArgument) {
 		t.Fatal(err)
+	}
+}
+
+// okIP is the address of the world's accepting sink (the one after the DNS server's).
+func okIP() string {
+	host := strings.Split(world.DNS, ":")[0]
+	parts := strings.Split(host, ".")
+	last, _ := strconv.Atoi(parts[3])
+	return strings.Join(append(parts[:3], strconv.Itoa(last+1)), ".")
+}
+
+func TestSuppressionAndLateReports(t *testing.T) {
+	e, err := New(Options{TOML: config(t, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := e.Suppress("", "go-gone@ok.ffi.test", "", "userunknown", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := e.Suppressed("", "GO-GONE@ok.ffi.test", ""); err != nil || s == nil || s.Reason != "userunknown" || s.Source != "manual" {
+		t.Fatalf("check: %+v %v", s, err)
+	}
+	_, err = e.Submit(Message{Sender: "sender@vmta.test", Recipients: []string{"go-gone@ok.ffi.test"}, Body: body("go suppressed", "x@y")})
+	if !errors.Is(err, Suppressed) {
+		t.Fatalf("want Suppressed, got %v", err)
+	}
+	id, err := e.Submit(Message{Sender: "sender@vmta.test", Recipients: []string{"go-fine@ok.ffi.test"}, Body: body("go fine", "go-fine@ok.ffi.test")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	finals(t, e, map[uint64]int{id: 1})
+	dsn := "From: MAILER-DAEMON@mx.example\r\nTo: <sender@vmta.test>\r\nSubject: failure\r\n" +
+		"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n" +
+		"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n" +
+		"Final-Recipient: rfc822; go-fine@ok.ffi.test\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n"
+	kind, _, err := e.ApplyReport("", []byte(dsn))
+	if err != nil || kind != "dsn" {
+		t.Fatalf("apply: %q %v", kind, err)
+	}
+	timeout := time.After(10 * time.Second)
+	for late := false; !late; {
+		select {
+		case ev := <-e.Events():
+			late = ev.Kind == LateBounce && ev.Recipient == "go-fine@ok.ffi.test" && ev.Reason == "userunknown"
+		case <-timeout:
+			t.Fatal("no late bounce")
+		}
+	}
+	if _, err := e.Submit(Message{Sender: "sender@vmta.test", Recipients: []string{"go-fine@ok.ffi.test"}, Body: body("again", "x@y")}); !errors.Is(err, Suppressed) {
+		t.Fatalf("want Suppressed after the late bounce, got %v", err)
+	}
+	if removed, err := e.Unsuppress("", "go-gone@ok.ffi.test", ""); err != nil || !removed {
+		t.Fatalf("unsuppress: %v %v", removed, err)
+	}
+	if s, _ := e.Stats(); s.Suppressed != 2 {
+		t.Fatalf("stats: %+v", s)
 	}
 }

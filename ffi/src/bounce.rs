@@ -2,9 +2,9 @@
 //! (check, add, remove, list), signed VERP return paths, and feeding an inbound DSN or ARF report to
 //! the suppression list.
 //!
-//! These wrap `vmta::bounce` as it stands: the engine does not consult a suppression store at
-//! submission yet, so the host checks with `vmta_suppression_check` before submitting (and
-//! `VMTA_SUPPRESSED` stays reserved for the day the engine refuses by itself).
+//! These wrap `vmta::bounce` for a host that keeps a list of its own. A running engine has its own
+//! list, checked at submission (`VMTA_SUPPRESSED`) and fed by bounces and
+//! `vmta_engine_apply_report`: see `vmta_engine_suppression_*` in the engine module.
 
 use super::boundary::{Registry, bytes, guard, guard_result, out, text, write};
 use super::engine::vmta_str;
@@ -47,7 +47,7 @@ pub struct vmta_classification {
     pub throttle: bool,
 }
 
-fn static_str(s: &'static str) -> vmta_str {
+pub(crate) fn static_str(s: &'static str) -> vmta_str {
     vmta_str {
         ptr: s.as_ptr(),
         len: s.len(),
@@ -115,7 +115,7 @@ pub const VMTA_SOURCE_COMPLAINT: u32 = 2;
 /// Added by hand (`vmta_suppression_add`).
 pub const VMTA_SOURCE_MANUAL: u32 = 3;
 
-fn source_code(s: Source) -> u32 {
+pub(crate) fn source_code(s: Source) -> u32 {
     match s {
         Source::Bounce => VMTA_SOURCE_BOUNCE,
         Source::Complaint => VMTA_SOURCE_COMPLAINT,
@@ -193,7 +193,7 @@ pub extern "C" fn vmta_suppression_free(store: *mut vmta_suppression) -> vmta_re
 ///
 /// # Safety
 /// As `text`.
-unsafe fn name<'a>(ptr: *const u8, len: usize) -> Result<&'a str, vmta_result> {
+pub(crate) unsafe fn name<'a>(ptr: *const u8, len: usize) -> Result<&'a str, vmta_result> {
     // SAFETY: passed on from the caller.
     unsafe { text(ptr, len, VMTA_MAX_NAME_SIZE) }
 }
@@ -351,7 +351,7 @@ pub struct vmta_suppression_list {
 }
 
 #[derive(Debug)]
-struct Listed {
+pub(crate) struct Listed {
     tenant: String,
     address: String,
     stream: String,
@@ -362,6 +362,23 @@ struct Listed {
 }
 
 static LISTS: Registry<Vec<Listed>> = Registry::new();
+
+/// A new list handle of these entries.
+pub(crate) fn new_list(entries: &[vmta::bounce::Suppression]) -> *mut vmta_suppression_list {
+    LISTS.insert(entries.iter().map(listed).collect())
+}
+
+fn listed(e: &vmta::bounce::Suppression) -> Listed {
+    Listed {
+        tenant: e.tenant.clone(),
+        address: e.address.clone(),
+        stream: e.stream.clone().unwrap_or_default(),
+        reason: e.reason.as_str(),
+        source: source_code(e.source),
+        created: e.created,
+        expires: e.expires.unwrap_or(0),
+    }
+}
 
 /// One entry of a `vmta_suppression_list`; the strings are valid until the list is freed.
 #[repr(C)]
@@ -404,15 +421,7 @@ pub unsafe extern "C" fn vmta_suppression_list_new(
         let entries: Vec<Listed> = s
             .list((!tenant.is_empty()).then_some(tenant))
             .into_iter()
-            .map(|e| Listed {
-                tenant: e.tenant.clone(),
-                address: e.address.clone(),
-                stream: e.stream.clone().unwrap_or_default(),
-                reason: e.reason.as_str(),
-                source: source_code(e.source),
-                created: e.created,
-                expires: e.expires.unwrap_or(0),
-            })
+            .map(listed)
             .collect();
         let handle = LISTS.insert(entries);
         // SAFETY: checked non-NULL; the caller promises it is writable.
@@ -583,7 +592,7 @@ pub const VMTA_OUTCOME_COMPLAINT: u32 = 4;
 pub const VMTA_OUTCOME_AUTOREPLY: u32 = 5;
 
 #[derive(Debug)]
-struct ReportOutcome {
+pub(crate) struct ReportOutcome {
     recipient: String,
     message_id: String,
     event: u32,
@@ -594,12 +603,50 @@ struct ReportOutcome {
 }
 
 #[derive(Debug)]
-struct ReportDetail {
+pub(crate) struct ReportDetail {
     kind: &'static str,
     outcomes: Vec<ReportOutcome>,
+    /// The engine message id (reports applied by an engine), 0 when unknown.
+    message_id: u64,
 }
 
 static REPORTS: Registry<ReportDetail> = Registry::new();
+
+/// A new report handle for per-recipient outcomes.
+pub(crate) fn new_report(
+    kind: &'static str,
+    outcomes: Vec<vmta::bounce::Outcome>,
+    message_id: u64,
+) -> *mut vmta_report {
+    REPORTS.insert(ReportDetail {
+        kind,
+        outcomes: outcomes.into_iter().map(report_outcome).collect(),
+        message_id,
+    })
+}
+
+fn report_outcome(o: vmta::bounce::Outcome) -> ReportOutcome {
+    let (event, reason, feedback_type) = match o.event {
+        OutcomeEvent::Bounced { reason, .. } => (VMTA_OUTCOME_BOUNCED, reason, ""),
+        OutcomeEvent::Deferred { reason, .. } => (VMTA_OUTCOME_DEFERRED, reason, ""),
+        OutcomeEvent::Delivered => (VMTA_OUTCOME_DELIVERED, Reason::Delivered, ""),
+        OutcomeEvent::Complaint { ref feedback_type } => (
+            VMTA_OUTCOME_COMPLAINT,
+            Reason::Feedback,
+            feedback_type.as_str(),
+        ),
+        OutcomeEvent::AutoReply => (VMTA_OUTCOME_AUTOREPLY, Reason::Vacation, ""),
+    };
+    ReportOutcome {
+        feedback_type: feedback_type.to_string(),
+        recipient: o.recipient,
+        message_id: o.message_id.unwrap_or_default(),
+        event,
+        reason: reason.as_str(),
+        verified: o.verified,
+        suppressed: matches!(o.suppression, Some(Recorded::Suppressed(_))),
+    }
+}
 
 /// One recipient's outcome in a report; strings valid until `vmta_report_free`.
 #[repr(C)]
@@ -691,35 +738,7 @@ pub unsafe extern "C" fn vmta_suppression_feed_report(
                 return Err(VMTA_IO);
             }
         };
-        let outcomes = outcomes
-            .into_iter()
-            .map(|o| {
-                let (event, reason, feedback_type) = match o.event {
-                    OutcomeEvent::Bounced { reason, .. } => (VMTA_OUTCOME_BOUNCED, reason, ""),
-                    OutcomeEvent::Deferred { reason, .. } => (VMTA_OUTCOME_DEFERRED, reason, ""),
-                    OutcomeEvent::Delivered => (VMTA_OUTCOME_DELIVERED, Reason::Delivered, ""),
-                    OutcomeEvent::Complaint { ref feedback_type } => (
-                        VMTA_OUTCOME_COMPLAINT,
-                        Reason::Feedback,
-                        feedback_type.as_str(),
-                    ),
-                    OutcomeEvent::AutoReply => (VMTA_OUTCOME_AUTOREPLY, Reason::Vacation, ""),
-                };
-                ReportOutcome {
-                    feedback_type: feedback_type.to_string(),
-                    recipient: o.recipient,
-                    message_id: o.message_id.unwrap_or_default(),
-                    event,
-                    reason: reason.as_str(),
-                    verified: o.verified,
-                    suppressed: matches!(o.suppression, Some(Recorded::Suppressed(_))),
-                }
-            })
-            .collect();
-        let handle = REPORTS.insert(ReportDetail {
-            kind: parsed.kind.as_str(),
-            outcomes,
-        });
+        let handle = new_report(parsed.kind.as_str(), outcomes, 0);
         // SAFETY: checked non-NULL; the caller promises it is writable.
         unsafe { write(report_out, handle) };
         Ok(())
@@ -737,6 +756,14 @@ pub extern "C" fn vmta_report_kind(report: *const vmta_report) -> *const std::ff
         Ok(_) => c"not-a-bounce".as_ptr(),
         Err(_) => c"".as_ptr(),
     })
+}
+
+/// The engine message id a report applied by `vmta_engine_apply_report` is about (from a verified
+/// VERP address, or a `Message-ID` the engine made); 0 when unknown, for NULL, a bad handle, or a
+/// report from `vmta_suppression_feed_report`.
+#[unsafe(no_mangle)]
+pub extern "C" fn vmta_report_message_id(report: *const vmta_report) -> u64 {
+    guard(0, || REPORTS.get(report).map_or(0, |r| r.message_id))
 }
 
 /// The number of recipient outcomes (0 for NULL or a bad handle).

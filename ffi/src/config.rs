@@ -417,6 +417,62 @@ pub unsafe extern "C" fn vmta_config_set_smarthost(
     })
 }
 
+/// `[suppression] enabled`: check each recipient against the tenant's suppression list at
+/// submission and feed the list with bounces and reports (on by default; the list is
+/// `suppression.log` in the spool directory).
+#[unsafe(no_mangle)]
+pub extern "C" fn vmta_config_set_suppression(
+    config: *mut vmta_config,
+    enabled: bool,
+) -> vmta_result {
+    guard_result(|| {
+        change(config, |c| {
+            c.suppression.enabled = enabled;
+            Ok(())
+        })
+    })
+}
+
+/// `[verp]`: send each recipient with a signed VERP return path `prefix+...@domain` (HMAC key `key`,
+/// at least 16 bytes), so `vmta_engine_apply_report` can match reports to their message and
+/// recipient and refuse forged ones. An empty prefix removes VERP. Checked at engine start.
+///
+/// # Safety
+/// Inputs readable for their lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_config_set_verp(
+    config: *mut vmta_config,
+    prefix: *const u8,
+    prefix_len: usize,
+    domain: *const u8,
+    domain_len: usize,
+    key: *const u8,
+    key_len: usize,
+) -> vmta_result {
+    guard_result(|| {
+        // SAFETY: the caller promises the lengths.
+        let (prefix, domain, key) = unsafe {
+            (
+                text(prefix, prefix_len, 1024)?,
+                text(domain, domain_len, 1024)?,
+                text(key, key_len, 1024)?,
+            )
+        };
+        if !prefix.is_empty() && (domain.is_empty() || key.len() < 16) {
+            return Err(VMTA_INVALID_ARGUMENT);
+        }
+        change(config, |c| {
+            c.verp = (!prefix.is_empty()).then(|| vmta::engine::config::VerpSection {
+                prefix: prefix.into(),
+                domain: domain.into(),
+                keys: vec![key.into()],
+                trust_unsigned: false,
+            });
+            Ok(())
+        })
+    })
+}
+
 /// A copy of the configuration behind a handle.
 pub(crate) fn snapshot(config: *const vmta_config) -> Result<EngineConfig, vmta_result> {
     let c = CONFIGS.get(config)?;

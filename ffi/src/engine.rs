@@ -7,6 +7,10 @@
 //! The strings of a polled event are borrowed from the engine handle and stay valid until the next
 //! `vmta_engine_poll_events` on that engine or `vmta_engine_free`.
 
+use super::bounce::{
+    VMTA_MAX_REPORT_SIZE, name, new_list, new_report, source_code, static_str, vmta_report,
+    vmta_suppression_info, vmta_suppression_list,
+};
 use super::boundary::{Registry, bytes, guard, guard_result, out, text, write};
 use super::buffer::{new_buffer, vmta_buffer};
 use super::config::{snapshot, vmta_config};
@@ -15,7 +19,11 @@ use super::result::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
-use vmta::engine::{DeliveryEvent, Engine, EngineError, EventKind, Submission, SubmitError};
+use vmta::bounce::Reason;
+use vmta::engine::{
+    DeliveryEvent, Engine, EngineError, EventKind, InboundError, Submission, SubmitError,
+    SuppressionError,
+};
 use vmta::spool::Priority;
 
 /// A running engine.
@@ -105,13 +113,25 @@ pub const VMTA_EVENT_BOUNCED: u32 = 3;
 pub const VMTA_EVENT_EXPIRED: u32 = 4;
 /// Cancelled by `vmta_engine_cancel` or an operator.
 pub const VMTA_EVENT_CANCELLED: u32 = 5;
+/// Not queued: the recipient is on the tenant's suppression list (`reason` is the suppression's
+/// reason, `text` says since when). Only for a submission that went ahead with other recipients;
+/// when every recipient is suppressed `vmta_engine_submit` returns `VMTA_SUPPRESSED` instead.
+pub const VMTA_EVENT_SUPPRESSED: u32 = 6;
+/// An inbound DSN (`vmta_engine_apply_report`) reports a permanent failure after the receiving
+/// server's 250 (`reason` as the classifier says).
+pub const VMTA_EVENT_LATE_BOUNCE: u32 = 7;
+/// An inbound DSN reports a delay after the receiving server's 250.
+pub const VMTA_EVENT_LATE_DEFERRAL: u32 = 8;
+/// A spam complaint (an ARF report given to `vmta_engine_apply_report`); the address is now
+/// suppressed for every stream of the tenant.
+pub const VMTA_EVENT_COMPLAINT: u32 = 9;
 
 /// One recipient's outcome of one attempt. The `vmta_str` fields and `tags` are borrowed from the
 /// engine: valid until the next `vmta_engine_poll_events` on the same engine or `vmta_engine_free`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct vmta_event {
-    /// The id `vmta_engine_submit` returned.
+    /// The id `vmta_engine_submit` returned (0 for a report event whose message is not known).
     pub message_id: u64,
     /// `VMTA_EVENT_*`.
     pub kind: u32,
@@ -187,6 +207,8 @@ pub struct vmta_stats {
     pub connection_failures: u64,
     /// Spool write errors on state changes.
     pub spool_errors: u64,
+    /// Recipients left out at submission because they were suppressed.
+    pub suppressed: u64,
 }
 
 /// The tag views of the last poll. They point into the events kept next to them.
@@ -334,14 +356,18 @@ fn refusal(e: &SubmitError) -> vmta_result {
         SubmitError::SenderNotApproved(_) => VMTA_SENDER_NOT_APPROVED,
         SubmitError::NoSpace => VMTA_NO_SPACE,
         SubmitError::Spool(_) => VMTA_SPOOL_ERROR,
+        SubmitError::Suppressed(_) => VMTA_SUPPRESSED,
     }
 }
 
 /// Queues a message. Everything is copied before the call returns. On success writes the message id
 /// (carried by every event of the message) to `*id_out` once the message is durable per the configured
 /// durability. A refusal (`VMTA_BUSY`, `VMTA_INVALID_MESSAGE`, `VMTA_UNKNOWN_TENANT`,
-/// `VMTA_ACCOUNT_LOCKED`, `VMTA_SENDER_NOT_APPROVED`, `VMTA_NO_SPACE`, `VMTA_SPOOL_ERROR`,
-/// `VMTA_SHUTTING_DOWN`) queues nothing; `err_out`, when not NULL, receives the reason in words.
+/// `VMTA_ACCOUNT_LOCKED`, `VMTA_SENDER_NOT_APPROVED`, `VMTA_SUPPRESSED`, `VMTA_NO_SPACE`,
+/// `VMTA_SPOOL_ERROR`, `VMTA_SHUTTING_DOWN`) queues nothing; `err_out`, when not NULL, receives the
+/// reason in words. Recipients on the tenant's suppression list (the tag `stream` chooses the
+/// stream) are left out and reported as `VMTA_EVENT_SUPPRESSED` events; `VMTA_SUPPRESSED` when that
+/// leaves none.
 ///
 /// # Safety
 /// `message` must point to a `vmta_message` whose pointers are valid as documented there; `id_out`
@@ -412,6 +438,10 @@ fn kind_code(k: EventKind) -> u32 {
         EventKind::Bounced => VMTA_EVENT_BOUNCED,
         EventKind::Expired => VMTA_EVENT_EXPIRED,
         EventKind::Cancelled => VMTA_EVENT_CANCELLED,
+        EventKind::Suppressed => VMTA_EVENT_SUPPRESSED,
+        EventKind::LateBounce => VMTA_EVENT_LATE_BOUNCE,
+        EventKind::LateDeferral => VMTA_EVENT_LATE_DEFERRAL,
+        EventKind::Complaint => VMTA_EVENT_COMPLAINT,
     }
 }
 
@@ -574,6 +604,7 @@ pub unsafe extern "C" fn vmta_engine_stats(
             connections_opened: t.connections_opened,
             connection_failures: t.connection_failures,
             spool_errors: t.spool_errors,
+            suppressed: h.engine.suppression_counts().0,
         };
         // SAFETY: checked non-NULL; the caller promises it is writable.
         unsafe { write(stats_out, stats) };
@@ -625,6 +656,245 @@ pub unsafe extern "C" fn vmta_engine_set_tenant_locked(
             registry.unlock(name)
         };
         r.map_err(|_| VMTA_UNKNOWN_TENANT)
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// The engine's suppression list and inbound reports.
+
+fn suppression_result(e: &SuppressionError) -> vmta_result {
+    match e {
+        SuppressionError::Disabled => VMTA_DISABLED,
+        SuppressionError::Invalid(_) => VMTA_INVALID_ARGUMENT,
+        SuppressionError::Io(_) => VMTA_IO,
+    }
+}
+
+/// Whether `address` is suppressed now for `tenant` (empty: the default tenant) on `stream` (empty:
+/// the every-stream entries only): the check `vmta_engine_submit` makes. Writes `*suppressed_out`,
+/// and when suppressed and `info_out` is not NULL, `*info_out`. With suppression disabled, never
+/// suppressed. Safe from any thread; does not wait for writers.
+///
+/// # Safety
+/// Inputs readable for their lengths; `suppressed_out` writable; `info_out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_suppression_check(
+    engine: *const vmta_engine,
+    tenant: *const u8,
+    tenant_len: usize,
+    address: *const u8,
+    address_len: usize,
+    stream: *const u8,
+    stream_len: usize,
+    suppressed_out: *mut bool,
+    info_out: *mut vmta_suppression_info,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let suppressed_out = out(suppressed_out)?;
+        // SAFETY: the caller promises the lengths.
+        let (tenant, address, stream) = unsafe {
+            (
+                name(tenant, tenant_len)?,
+                name(address, address_len)?,
+                name(stream, stream_len)?,
+            )
+        };
+        let hit = h
+            .engine
+            .suppression(tenant, address, (!stream.is_empty()).then_some(stream));
+        if let (Some(hit), false) = (hit, info_out.is_null()) {
+            let info = vmta_suppression_info {
+                reason: static_str(hit.reason.as_str()),
+                source: source_code(hit.source),
+                created: hit.created,
+                expires: hit.expires.unwrap_or(0),
+            };
+            // SAFETY: not NULL; the caller promises it is writable.
+            unsafe { write(info_out, info) };
+        }
+        // SAFETY: checked non-NULL; the caller promises it is writable.
+        unsafe { write(suppressed_out, hit.is_some()) };
+        Ok(())
+    })
+}
+
+/// Suppresses `address` by hand for `tenant` (empty: the default tenant) on `stream` (empty: every
+/// stream) for `reason` (a reason name such as `userunknown`; empty: `suppressed`) until `expires`
+/// (Unix time; 0: for good). In force for submissions, and on disk, when the call returns.
+/// `VMTA_DISABLED` when suppression is off; `VMTA_INVALID_ARGUMENT` for an address without `@`, a
+/// name with tabs or line ends, or an unknown reason; `VMTA_IO` when the list cannot be written.
+///
+/// # Safety
+/// Inputs readable for their lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_suppression_add(
+    engine: *const vmta_engine,
+    tenant: *const u8,
+    tenant_len: usize,
+    address: *const u8,
+    address_len: usize,
+    stream: *const u8,
+    stream_len: usize,
+    reason: *const u8,
+    reason_len: usize,
+    expires: u64,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        // SAFETY: the caller promises the lengths.
+        let (tenant, address, stream, reason) = unsafe {
+            (
+                name(tenant, tenant_len)?,
+                name(address, address_len)?,
+                name(stream, stream_len)?,
+                name(reason, reason_len)?,
+            )
+        };
+        let reason = if reason.is_empty() {
+            Reason::Suppressed
+        } else {
+            Reason::parse(reason).ok_or(VMTA_INVALID_ARGUMENT)?
+        };
+        h.engine
+            .suppress(
+                tenant,
+                address,
+                (!stream.is_empty()).then_some(stream),
+                reason,
+                (expires != 0).then_some(expires),
+            )
+            .map(drop)
+            .map_err(|e| suppression_result(&e))
+    })
+}
+
+/// Removes the suppression of `address` for `tenant` (empty: the default tenant) on `stream` (empty:
+/// the every-stream entry). Writes whether one existed to `*removed_out` when it is not NULL.
+/// `VMTA_DISABLED` when suppression is off.
+///
+/// # Safety
+/// Inputs readable for their lengths; `removed_out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_suppression_remove(
+    engine: *const vmta_engine,
+    tenant: *const u8,
+    tenant_len: usize,
+    address: *const u8,
+    address_len: usize,
+    stream: *const u8,
+    stream_len: usize,
+    removed_out: *mut bool,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        // SAFETY: the caller promises the lengths.
+        let (tenant, address, stream) = unsafe {
+            (
+                name(tenant, tenant_len)?,
+                name(address, address_len)?,
+                name(stream, stream_len)?,
+            )
+        };
+        let removed = h
+            .engine
+            .unsuppress(tenant, address, (!stream.is_empty()).then_some(stream))
+            .map_err(|e| suppression_result(&e))?;
+        if !removed_out.is_null() {
+            // SAFETY: not NULL; the caller promises it is writable.
+            unsafe { write(removed_out, removed) };
+        }
+        Ok(())
+    })
+}
+
+/// Every entry of the engine's list for `tenant` (empty: every tenant), sorted by tenant and
+/// address, expired ones included, as a new `vmta_suppression_list` (read it with
+/// `vmta_suppression_list_len` / `_get`, free it with `vmta_suppression_list_free`).
+/// `VMTA_DISABLED` when suppression is off.
+///
+/// # Safety
+/// `tenant` readable for `tenant_len` bytes; `list_out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_suppression_list_new(
+    engine: *const vmta_engine,
+    tenant: *const u8,
+    tenant_len: usize,
+    list_out: *mut *mut vmta_suppression_list,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let list_out = out(list_out)?;
+        // SAFETY: the caller promises the length.
+        let tenant = unsafe { name(tenant, tenant_len) }?;
+        let entries = h
+            .engine
+            .suppressions((!tenant.is_empty()).then_some(tenant))
+            .map_err(|e| suppression_result(&e))?;
+        let handle = new_list(&entries);
+        // SAFETY: checked non-NULL; the caller promises it is writable.
+        unsafe { write(list_out, handle) };
+        Ok(())
+    })
+}
+
+/// Applies an inbound message (a DSN, a non-standard bounce, an ARF complaint, an auto-reply) that
+/// came back for `tenant` (empty: the default tenant; a verified VERP address names its own) and
+/// writes the per-recipient outcomes as a new report (`vmta_report_*`, `vmta_report_message_id`;
+/// free it with `vmta_report_free`).
+///
+/// With `[verp]` configured the report is matched through the VERP address it came back to (or, for
+/// ARF, the returned message's `Return-Path`); a VERP address whose signature does not verify gives
+/// `VMTA_FORGED_REPORT` and changes nothing; a report to no VERP address changes nothing unless
+/// `[verp] trust_unsigned`. Without VERP, reports are matched by recipient address and tenant.
+/// An applied report changes the suppression list and queues events: `VMTA_EVENT_LATE_BOUNCE` or
+/// `VMTA_EVENT_LATE_DEFERRAL` for a DSN, `VMTA_EVENT_COMPLAINT` for an ARF report.
+/// `VMTA_INVALID_MESSAGE` when the bytes cannot be read as a message; `VMTA_IO` when the list cannot
+/// be written (both with a `vmta_error`). Safe from any thread.
+///
+/// # Safety
+/// Inputs readable for their lengths; `report_out` writable; `err_out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_apply_report(
+    engine: *const vmta_engine,
+    tenant: *const u8,
+    tenant_len: usize,
+    message: *const u8,
+    message_len: usize,
+    report_out: *mut *mut vmta_report,
+    err_out: *mut *mut vmta_error,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let report_out = out(report_out)?;
+        // SAFETY: the caller promises the lengths.
+        let (tenant, message) = unsafe {
+            (
+                name(tenant, tenant_len)?,
+                bytes(message, message_len, VMTA_MAX_REPORT_SIZE)?,
+            )
+        };
+        if message.is_empty() {
+            return Err(VMTA_INVALID_ARGUMENT);
+        }
+        match h.engine.apply_report(tenant, message) {
+            Ok(o) => {
+                let handle = new_report(o.kind.as_str(), o.outcomes, o.message_id.unwrap_or(0));
+                // SAFETY: checked non-NULL; the caller promises it is writable.
+                unsafe { write(report_out, handle) };
+                Ok(())
+            }
+            Err(e) => {
+                let code = match e {
+                    InboundError::Unreadable(_) => VMTA_INVALID_MESSAGE,
+                    InboundError::ForgedVerp(_) => VMTA_FORGED_REPORT,
+                    InboundError::Io(_) => VMTA_IO,
+                };
+                // SAFETY: the caller promises err_out is NULL or writable.
+                unsafe { report(err_out, code, "", &e.to_string()) };
+                Err(code)
+            }
+        }
     })
 }
 

@@ -18,9 +18,10 @@
 //! this file as a module of its own and call the exported functions directly.
 //!
 //! Exported: version, configuration, engine (start, submit, cancel, events, statistics, Prometheus
-//! text, tenant locks, shutdown), reply classification, suppression lists, VERP, inbound reports.
-//! Not exported yet: suppression consulted by the engine at submission, changing the configuration
-//! of a running engine, per-recipient DSN parameters, the shaping and queue inspection tools.
+//! text, tenant locks, its suppression list and inbound reports, shutdown), reply classification,
+//! stand-alone suppression lists, VERP, inbound reports.
+//! Not exported yet: changing the configuration of a running engine, per-recipient DSN parameters,
+//! the shaping and queue inspection tools.
 
 #![allow(non_camel_case_types)]
 // Every pointer argument follows one contract, written once at the top of include/vmta.h (and on

@@ -37,8 +37,9 @@ pub const VMTA_UNKNOWN_TENANT: vmta_result = 12;
 pub const VMTA_ACCOUNT_LOCKED: vmta_result = 13;
 /// Refusal: the envelope sender or a From address is not approved for the tenant.
 pub const VMTA_SENDER_NOT_APPROVED: vmta_result = 14;
-/// Refusal: the recipient is on the tenant's suppression list. Reserved: the engine does not consult
-/// suppression at submission yet (see `vmta_suppression_check`).
+/// Refusal: every recipient is on the tenant's suppression list; nothing was queued (the
+/// `vmta_error` names them and why). A submission with other recipients goes ahead and reports the
+/// suppressed ones as `VMTA_EVENT_SUPPRESSED` events.
 pub const VMTA_SUPPRESSED: vmta_result = 15;
 /// Refusal: the spool's file system is full.
 pub const VMTA_NO_SPACE: vmta_result = 16;
@@ -52,6 +53,11 @@ pub const VMTA_CONCURRENT_POLL: vmta_result = 19;
 pub const VMTA_IO: vmta_result = 20;
 /// The thing asked about does not exist (an index past the end, an entry that is not there).
 pub const VMTA_NOT_FOUND: vmta_result = 21;
+/// An inbound report came back to one of the engine's VERP addresses whose signature does not
+/// verify: forged or mangled. Nothing changed.
+pub const VMTA_FORGED_REPORT: vmta_result = 22;
+/// The configuration turned the feature off (`[suppression] enabled = false`).
+pub const VMTA_DISABLED: vmta_result = 23;
 
 /// Every code with its name, in number order.
 pub(crate) const NAMES: &[(vmta_result, &std::ffi::CStr)] = &[
@@ -77,6 +83,11 @@ pub(crate) const NAMES: &[(vmta_result, &std::ffi::CStr)] = &[
     (VMTA_CONCURRENT_POLL, c"another thread is polling events"),
     (VMTA_IO, c"input/output error"),
     (VMTA_NOT_FOUND, c"not found"),
+    (
+        VMTA_FORGED_REPORT,
+        c"forged report: VERP signature does not verify",
+    ),
+    (VMTA_DISABLED, c"disabled by the configuration"),
 ];
 
 /// A static, NUL-terminated description of a result code (never NULL; "unknown result code" for a
@@ -116,5 +127,7 @@ mod tests {
         assert_eq!(VMTA_SENDER_NOT_APPROVED, 14);
         assert_eq!(VMTA_SUPPRESSED, 15);
         assert_eq!(VMTA_NOT_FOUND, 21);
+        assert_eq!(VMTA_FORGED_REPORT, 22);
+        assert_eq!(VMTA_DISABLED, 23);
     }
 }

@@ -742,3 +742,261 @@ fn suppression_list_round_trip_and_reports() {
         assert_eq!(vmta_suppression_free(st), VMTA_INVALID_HANDLE);
     }
 }
+
+/// Polls until `want` events of `kind` came or 10 s passed; returns (message id, recipient,
+/// reason, tag count) of each.
+///
+/// # Safety
+/// `e` a live engine.
+unsafe fn events_of(
+    e: *mut vmta_engine,
+    kind: u32,
+    want: usize,
+) -> Vec<(u64, String, String, usize)> {
+    let mut got = Vec::new();
+    let mut events: Vec<vmta_event> = Vec::with_capacity(16);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.len() < want && std::time::Instant::now() < deadline {
+        // SAFETY: passed on from the caller; the buffer has room for 16 events.
+        unsafe {
+            let _ = vmta_engine_wait(e, 200);
+            let mut count = 0;
+            assert_eq!(
+                vmta_engine_poll_events(e, events.as_mut_ptr(), 16, &mut count),
+                VMTA_OK
+            );
+            events.set_len(count);
+        }
+        for ev in &events {
+            if ev.kind == kind {
+                got.push((
+                    ev.message_id,
+                    view(ev.recipient),
+                    view(ev.reason),
+                    ev.tags_len,
+                ));
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn the_engine_refuses_suppressed_recipients_and_applies_reports() {
+    let dir = Dir::new("engine-suppress");
+    let c = offline_config(&dir);
+    let mut e = null_mut();
+    // SAFETY: valid pointers throughout; deliberate NULLs where the contract says they are refused.
+    unsafe {
+        assert_eq!(vmta_engine_new(c, &mut e, null_mut()), VMTA_OK);
+        vmta_config_free(c);
+        let (t, gone) = ("", "Gone@ffi.test");
+        assert_eq!(
+            vmta_engine_suppression_add(
+                e,
+                t.as_ptr(),
+                0,
+                gone.as_ptr(),
+                gone.len(),
+                null(),
+                0,
+                "userunknown".as_ptr(),
+                11,
+                0
+            ),
+            VMTA_OK
+        );
+        assert_eq!(
+            vmta_engine_suppression_add(e, null(), 0, "x".as_ptr(), 1, null(), 0, null(), 0, 0),
+            VMTA_INVALID_ARGUMENT,
+            "not an address"
+        );
+        let mut hit = false;
+        let mut info = std::mem::MaybeUninit::<vmta_suppression_info>::uninit();
+        let lower = "gone@ffi.test";
+        assert_eq!(
+            vmta_engine_suppression_check(
+                e,
+                null(),
+                0,
+                lower.as_ptr(),
+                lower.len(),
+                null(),
+                0,
+                &mut hit,
+                info.as_mut_ptr()
+            ),
+            VMTA_OK
+        );
+        assert!(hit);
+        assert_eq!(view(info.assume_init().reason), "userunknown");
+        assert_eq!(
+            vmta_engine_suppression_check(e, null(), 0, null(), 3, null(), 0, &mut hit, null_mut()),
+            VMTA_NULL_PARAMETER
+        );
+
+        // Only suppressed recipients: refused, nothing queued.
+        let only = [s(gone)];
+        let m = message("a@ffi.test", &only, BODY);
+        let mut id = 0u64;
+        let mut err = null_mut();
+        assert_eq!(
+            vmta_engine_submit(e, &m, &mut id, &mut err),
+            VMTA_SUPPRESSED
+        );
+        assert_eq!(id, 0, "outputs are written only on success");
+        assert!(cstr(vmta_error_message(err)).contains("Gone@ffi.test (userunknown)"));
+        vmta_error_free(err);
+        // With another recipient: queued, and an event for the suppressed one.
+        let both = [s("live@ffi.test"), s(gone)];
+        let tags = [vmta_tag {
+            key: s("campaign"),
+            value: s("c9"),
+        }];
+        let mut m = message("a@ffi.test", &both, BODY);
+        m.tags = tags.as_ptr();
+        m.tags_len = 1;
+        assert_eq!(vmta_engine_submit(e, &m, &mut id, null_mut()), VMTA_OK);
+        let s_ev = events_of(e, VMTA_EVENT_SUPPRESSED, 1);
+        assert_eq!(s_ev, [(id, gone.to_string(), "userunknown".to_string(), 1)]);
+        let mut stats = vmta_stats::default();
+        vmta_engine_stats(e, &mut stats);
+        assert_eq!((stats.suppressed, stats.submitted), (2, 1));
+
+        // A DSN (no VERP configured: matched by address and tenant) bounces a delivered recipient.
+        let late = "late@ffi.test";
+        let dsn = format!(
+            "From: MAILER-DAEMON@mx.ffi.test\r\nTo: a@ffi.test\r\nSubject: Undelivered Mail\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.ffi.test\r\n\r\n\
+             Final-Recipient: rfc822; {late}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+             Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n--b--\r\n"
+        );
+        let mut report = null_mut();
+        assert_eq!(
+            vmta_engine_apply_report(
+                e,
+                null(),
+                0,
+                dsn.as_ptr(),
+                dsn.len(),
+                &mut report,
+                null_mut()
+            ),
+            VMTA_OK
+        );
+        assert_eq!(cstr(vmta_report_kind(report)), "dsn");
+        assert_eq!(vmta_report_len(report), 1);
+        assert_eq!(vmta_report_message_id(report), 0, "no VERP, no Message-ID");
+        let mut o = std::mem::MaybeUninit::<vmta_report_outcome>::uninit();
+        assert_eq!(vmta_report_get(report, 0, o.as_mut_ptr()), VMTA_OK);
+        let o = o.assume_init();
+        assert_eq!(o.event, VMTA_OUTCOME_BOUNCED);
+        assert!(o.suppressed && !o.verified);
+        assert_eq!(vmta_report_free(report), VMTA_OK);
+        let l_ev = events_of(e, VMTA_EVENT_LATE_BOUNCE, 1);
+        assert_eq!(l_ev, [(0, late.to_string(), "userunknown".to_string(), 0)]);
+        vmta_engine_suppression_check(
+            e,
+            null(),
+            0,
+            late.as_ptr(),
+            late.len(),
+            null(),
+            0,
+            &mut hit,
+            null_mut(),
+        );
+        assert!(hit);
+        assert_eq!(
+            vmta_engine_apply_report(e, null(), 0, null(), 0, &mut report, null_mut()),
+            VMTA_INVALID_ARGUMENT
+        );
+
+        let mut list = null_mut();
+        assert_eq!(
+            vmta_engine_suppression_list_new(e, null(), 0, &mut list),
+            VMTA_OK
+        );
+        assert_eq!(vmta_suppression_list_len(list), 2);
+        assert_eq!(vmta_suppression_list_free(list), VMTA_OK);
+        let mut removed = false;
+        assert_eq!(
+            vmta_engine_suppression_remove(
+                e,
+                null(),
+                0,
+                gone.as_ptr(),
+                gone.len(),
+                null(),
+                0,
+                &mut removed
+            ),
+            VMTA_OK
+        );
+        assert!(removed);
+        let m = message("a@ffi.test", &only, BODY);
+        assert_eq!(vmta_engine_submit(e, &m, &mut id, null_mut()), VMTA_OK);
+        assert_eq!(vmta_engine_free(e), VMTA_OK);
+    }
+
+    // With VERP: a report to a VERP address that does not verify is refused.
+    let dir = Dir::new("engine-forged");
+    let c = offline_config(&dir);
+    // SAFETY: valid pointers.
+    unsafe {
+        let (p, d, k) = ("bounces", "bounce.ffi.test", "a key of sixteen bytes");
+        assert_eq!(
+            vmta_config_set_verp(c, p.as_ptr(), p.len(), d.as_ptr(), d.len(), k.as_ptr(), 3),
+            VMTA_INVALID_ARGUMENT,
+            "short key"
+        );
+        assert_eq!(
+            vmta_config_set_verp(
+                c,
+                p.as_ptr(),
+                p.len(),
+                d.as_ptr(),
+                d.len(),
+                k.as_ptr(),
+                k.len()
+            ),
+            VMTA_OK
+        );
+        let mut e = null_mut();
+        assert_eq!(vmta_engine_new(c, &mut e, null_mut()), VMTA_OK);
+        let forged = "From: MAILER-DAEMON@x.test\r\nTo: bounces+0000000000000001.aaaaaaaaaaaaa.ceo=ffi.test@bounce.ffi.test\r\nSubject: failure\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nFinal-Recipient: rfc822; ceo@ffi.test\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n";
+        let mut report = null_mut();
+        let mut err = null_mut();
+        assert_eq!(
+            vmta_engine_apply_report(
+                e,
+                null(),
+                0,
+                forged.as_ptr(),
+                forged.len(),
+                &mut report,
+                &mut err
+            ),
+            VMTA_FORGED_REPORT
+        );
+        assert!(report.is_null());
+        assert!(cstr(vmta_error_message(err)).contains("does not verify"));
+        vmta_error_free(err);
+        let mut list = null_mut();
+        vmta_engine_suppression_list_new(e, null(), 0, &mut list);
+        assert_eq!(vmta_suppression_list_len(list), 0);
+        vmta_suppression_list_free(list);
+        assert_eq!(vmta_engine_free(e), VMTA_OK);
+        // Disabled: the list calls say so.
+        assert_eq!(vmta_config_set_suppression(c, false), VMTA_OK);
+        let mut e = null_mut();
+        assert_eq!(vmta_engine_new(c, &mut e, null_mut()), VMTA_OK);
+        vmta_config_free(c);
+        assert_eq!(
+            vmta_engine_suppression_add(e, null(), 0, "a@b.c".as_ptr(), 5, null(), 0, null(), 0, 0),
+            VMTA_DISABLED
+        );
+        assert_eq!(vmta_engine_free(e), VMTA_OK);
+    }
+}

@@ -559,11 +559,15 @@ fn measure_vmta(
                     finals += 1;
                     delivered_at.push((e.message_id, now));
                 }
-                EventKind::Bounced | EventKind::Expired | EventKind::Cancelled => {
+                EventKind::Bounced
+                | EventKind::Expired
+                | EventKind::Cancelled
+                | EventKind::Suppressed => {
                     bounced += 1;
                     finals += 1;
                 }
                 EventKind::Deferred => deferrals += 1,
+                EventKind::LateBounce | EventKind::LateDeferral | EventKind::Complaint => {}
             }
         }
         if !events.is_empty() {

@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// Builds message number `n`: its envelope recipients and its content.
+pub type MessageSource = Arc<dyn Fn(u32) -> (Vec<String>, Vec<u8>) + Send + Sync>;
+
 /// What to replay.
 #[derive(Clone)]
 pub struct BlastPlan {
@@ -25,7 +28,7 @@ pub struct BlastPlan {
     /// Threads (each a mio loop over its share of the connections).
     pub threads: usize,
     /// Builds the message and its envelope recipients for a message number.
-    pub message: Arc<dyn Fn(u32) -> (Vec<String>, Vec<u8>) + Send + Sync>,
+    pub message: MessageSource,
     /// The envelope sender.
     pub sender: String,
     /// Give up after this long.

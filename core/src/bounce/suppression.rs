@@ -125,7 +125,7 @@ pub struct SuppressionPolicy {
     pub unresolved_threshold: u32,
     /// How long a suppression for a reason lasts; absent = forever.
     pub expiry: HashMap<Reason, Duration>,
-    /// Per-tenant replacements of `thresholds` entries.
+    /// Per-tenant replacements of `thresholds` entries (0 = never for that tenant).
     pub tenant_thresholds: HashMap<String, HashMap<Reason, u32>>,
 }
 
@@ -158,7 +158,7 @@ impl SuppressionPolicy {
             .get(tenant)
             .and_then(|m| m.get(&reason))
         {
-            return Some((*t).max(1));
+            return (*t > 0).then_some(*t);
         }
         if reason == Reason::HostUnknown && !definite_nxdomain {
             return Some(self.unresolved_threshold.max(1));
@@ -546,16 +546,39 @@ impl SuppressionStore {
         Ok(s)
     }
 
+    /// Whether soft-bounce counters of `address` are pending for `tenant` (a few hash lookups, no
+    /// scan: a delivery calls it for every recipient).
+    pub fn has_counters(&self, tenant: &str, address: &str) -> bool {
+        if self.counts.is_empty() {
+            return false;
+        }
+        let mut key = (
+            tenant.to_string(),
+            normalize_address(address),
+            Reason::Undefined,
+        );
+        Reason::ALL.iter().any(|r| {
+            key.2 = *r;
+            self.counts.contains_key(&key)
+        })
+    }
+
+    /// The number of soft-bounce counters pending.
+    pub fn counters(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// fsyncs the log: for a caller that turned `sync` off to commit a batch of changes at once.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Records a successful delivery: soft-bounce counters of the address start again.
     pub fn record_delivery(&mut self, tenant: &str, address: &str) -> io::Result<()> {
-        let address = normalize_address(address);
-        if !self
-            .counts
-            .keys()
-            .any(|(t, a, _)| t == tenant && *a == address)
-        {
+        if !self.has_counters(tenant, address) {
             return Ok(());
         }
+        let address = normalize_address(address);
         let payload = format!("reset\t{tenant}\t{address}");
         self.append(&payload)?;
         self.replay(payload.as_bytes());

@@ -134,6 +134,11 @@ impl Verp {
         }
     }
 
+    /// The domain of the return paths (lower case).
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
     fn tag(key: &hmac::Key, id: &str, recipient: &str) -> String {
         let mut ctx = hmac::Context::with_key(key);
         ctx.update(id.as_bytes());
@@ -264,6 +269,19 @@ pub fn apply_report(
     trust_unsigned: bool,
     now: u64,
 ) -> io::Result<Vec<Outcome>> {
+    apply_report_to(report, verp, tenant, Some(store), trust_unsigned, now)
+}
+
+/// [`apply_report`] with the store optional: without one, the outcomes only (`suppression` is `None`
+/// in each), for an engine running without a suppression list.
+pub fn apply_report_to(
+    report: &Report,
+    verp: Option<&Result<VerpAddress, VerpError>>,
+    tenant: &str,
+    mut store: Option<&mut SuppressionStore>,
+    trust_unsigned: bool,
+    now: u64,
+) -> io::Result<Vec<Outcome>> {
     let verified = match verp {
         Some(Ok(v)) => Some(v),
         _ => None,
@@ -284,7 +302,7 @@ pub fn apply_report(
         }
         None => report.recipients.iter().collect(),
     };
-    let may_suppress = verified.is_some() || trust_unsigned;
+    let may_suppress = (verified.is_some() || trust_unsigned) && store.is_some();
     for r in recipients {
         let address = verified.map_or_else(|| r.address.clone(), |v| v.recipient.clone());
         let message_id = verified.map(|v| v.message_id.clone());
@@ -292,11 +310,11 @@ pub fn apply_report(
             ReportKind::NotABounce => continue,
             ReportKind::AutoReply => (OutcomeEvent::AutoReply, None),
             ReportKind::Arf => {
-                let s = if may_suppress {
-                    let s = store.record_complaint(tenant, &address, now)?;
-                    Some(Recorded::Suppressed(s))
-                } else {
-                    None
+                let s = match store.as_deref_mut() {
+                    Some(store) if may_suppress => Some(Recorded::Suppressed(
+                        store.record_complaint(tenant, &address, now)?,
+                    )),
+                    _ => None,
                 };
                 (
                     OutcomeEvent::Complaint {
@@ -310,7 +328,7 @@ pub fn apply_report(
             }
             ReportKind::Dsn => match (r.reason, r.classification.map(|c| c.action)) {
                 (Reason::Delivered, _) | (_, Some(Action::None)) => {
-                    if may_suppress {
+                    if let Some(store) = store.as_deref_mut().filter(|_| may_suppress) {
                         store.record_delivery(tenant, &address)?;
                     }
                     (OutcomeEvent::Delivered, None)
@@ -318,14 +336,17 @@ pub fn apply_report(
                 (reason, Some(Action::Retry(d)))
                     if r.action.as_deref() != Some("failed") || reason != Reason::Expired =>
                 {
-                    let s = if may_suppress
-                        && matches!(
-                            reason,
-                            Reason::MailboxFull | Reason::Suspend | Reason::HostUnknown
-                        ) {
-                        Some(store.record_bounce(tenant, &address, reason, false, now)?)
-                    } else {
-                        None
+                    let s = match store.as_deref_mut() {
+                        Some(store)
+                            if may_suppress
+                                && matches!(
+                                    reason,
+                                    Reason::MailboxFull | Reason::Suspend | Reason::HostUnknown
+                                ) =>
+                        {
+                            Some(store.record_bounce(tenant, &address, reason, false, now)?)
+                        }
+                        _ => None,
                     };
                     (
                         OutcomeEvent::Deferred {
@@ -338,10 +359,11 @@ pub fn apply_report(
                 (reason, _) => {
                     let nxdomain =
                         reason == Reason::HostUnknown && r.status.is_some_and(|s| s.class == 5);
-                    let s = if may_suppress {
-                        Some(store.record_bounce(tenant, &address, reason, nxdomain, now)?)
-                    } else {
-                        None
+                    let s = match store.as_deref_mut() {
+                        Some(store) if may_suppress => {
+                            Some(store.record_bounce(tenant, &address, reason, nxdomain, now)?)
+                        }
+                        _ => None,
                     };
                     (
                         OutcomeEvent::Bounced {

@@ -38,10 +38,29 @@
 //! max_s = 14400               # ... doubling up to 4 hours ...
 //! jitter = 0.2                # ... each spread by up to ±20% ...
 //! max_age_s = 259200          # ... until the message is 72 hours old: then it expires
+//! min_interval_s = 900        # classified: per-reason intervals are kept between 15 minutes ...
+//! max_interval_s = 108000     # ... and 30 hours
 //!
 //! [shaping]                   # traffic shaping (see core/src/shaping): limits per source and receiver
 //! rules_file = ""             # a TOML rule set; empty = the shipped provider defaults
 //! rules = ""                  # an inline TOML rule set (wins over rules_file), e.g. for tests
+//!
+//! [suppression]               # per-tenant suppression list (see docs/suppression.md)
+//! enabled = true              # checked at submission; bounces and reports feed it
+//! path = ""                   # its log file; empty = <spool_dir>/suppression.log
+//! sync = true                 # fsync each batch of changes before events are released
+//! default_tenant = "default"  # the tenant of submissions that name none
+//! unresolved_threshold = 3    # a domain failing to resolve without a definite NXDOMAIN
+//! thresholds = { mailboxfull = 3 }    # occurrences that suppress, per reason (0 = never); merged
+//!                             # over userunknown/notaccept/hostunknown = 1, mailboxfull/suspend = 3
+//! expiry_s = { mailboxfull = 2592000 }  # how long a suppression for a reason lasts (0 = forever)
+//! tenants = { acme = { mailboxfull = 5 } }  # per-tenant threshold overrides
+//!
+//! [verp]                      # optional: signed VERP return paths, one transaction per recipient
+//! prefix = "bounces"          # bounces+<id>.<tag>.<local>=<domain>@<domain>
+//! domain = "bounce.example.com"
+//! keys = ["current secret", "previous secret"]   # the first signs, any verifies
+//! trust_unsigned = false      # apply reports that come back to no VERP address (matched by address)
 //!
 //! [[tenant]]                  # sender policy (see docs/policy.md); with none configured, the engine
 //! name = "acme"               # accepts any tenant name and sends messages as submitted. With tenants,
@@ -266,6 +285,10 @@ pub struct RetrySection {
     pub jitter: f64,
     /// Age after which a message expires.
     pub max_age_s: u64,
+    /// Classified: the shortest interval between attempts, whatever the reason.
+    pub min_interval_s: u64,
+    /// Classified: the longest interval between attempts.
+    pub max_interval_s: u64,
 }
 
 impl Default for RetrySection {
@@ -276,6 +299,8 @@ impl Default for RetrySection {
             max_s: 4 * 3600,
             jitter: 0.2,
             max_age_s: 72 * 3600,
+            min_interval_s: 15 * 60,
+            max_interval_s: 30 * 3600,
         }
     }
 }
@@ -308,6 +333,146 @@ impl ShapingSection {
         })?;
         crate::shaping::RuleSet::from_toml(&text)
             .map_err(|e| err("shaping.rules_file", e.to_string()))
+    }
+}
+
+/// `[suppression]`: the per-tenant suppression list the engine checks at submission and feeds with
+/// bounces and inbound reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuppressionSection {
+    /// Check and record at all.
+    pub enabled: bool,
+    /// The log file; empty = `suppression.log` in the spool directory.
+    pub path: PathBuf,
+    /// fsync each batch of changes.
+    pub sync: bool,
+    /// The tenant of submissions that name none.
+    pub default_tenant: String,
+    /// Occurrences of `hostunknown` without a definite NXDOMAIN that suppress.
+    pub unresolved_threshold: u32,
+    /// Occurrences per reason that suppress (0 = never), merged over the defaults.
+    pub thresholds: std::collections::BTreeMap<String, u32>,
+    /// Lifetime of a suppression per reason, in seconds (0 = forever), merged over the defaults.
+    pub expiry_s: std::collections::BTreeMap<String, u64>,
+    /// Per-tenant threshold overrides.
+    pub tenants: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>,
+}
+
+impl Default for SuppressionSection {
+    fn default() -> Self {
+        SuppressionSection {
+            enabled: true,
+            path: PathBuf::new(),
+            sync: true,
+            default_tenant: "default".into(),
+            unresolved_threshold: 3,
+            thresholds: Default::default(),
+            expiry_s: Default::default(),
+            tenants: Default::default(),
+        }
+    }
+}
+
+fn reason_key(key: String, name: &str) -> Result<crate::bounce::Reason, ConfigError> {
+    crate::bounce::Reason::parse(name).ok_or_else(|| err(key, format!("unknown reason {name:?}")))
+}
+
+impl SuppressionSection {
+    /// The policy this section describes (the defaults of [`crate::bounce::SuppressionPolicy`] with
+    /// the section's changes). Reputation reasons cannot be given a threshold: they never suppress.
+    pub fn policy(&self) -> Result<crate::bounce::SuppressionPolicy, ConfigError> {
+        let mut p = crate::bounce::SuppressionPolicy::default();
+        let thresholds = |map: &std::collections::BTreeMap<String, u32>,
+                          prefix: &str,
+                          into: &mut std::collections::HashMap<crate::bounce::Reason, u32>|
+         -> Result<(), ConfigError> {
+            for (name, n) in map {
+                let key = format!("{prefix}.{name}");
+                let reason = reason_key(key.clone(), name)?;
+                if reason.is_reputation() && *n > 0 {
+                    return Err(err(key, "reputation blocks never suppress the recipient"));
+                }
+                into.insert(reason, *n);
+            }
+            Ok(())
+        };
+        thresholds(
+            &self.thresholds,
+            "suppression.thresholds",
+            &mut p.thresholds,
+        )?;
+        // 0 = never: a reason absent from the map never suppresses.
+        p.thresholds.retain(|_, n| *n > 0);
+        if self.unresolved_threshold == 0 {
+            return Err(err(
+                "suppression.unresolved_threshold",
+                "must be at least 1",
+            ));
+        }
+        p.unresolved_threshold = self.unresolved_threshold;
+        for (name, s) in &self.expiry_s {
+            let reason = reason_key(format!("suppression.expiry_s.{name}"), name)?;
+            if *s == 0 {
+                p.expiry.remove(&reason);
+            } else {
+                p.expiry.insert(reason, Duration::from_secs(*s));
+            }
+        }
+        for (tenant, map) in &self.tenants {
+            let mut m = std::collections::HashMap::new();
+            thresholds(map, &format!("suppression.tenants.{tenant}"), &mut m)?;
+            // A per-tenant 0 means never for that tenant.
+            p.tenant_thresholds.insert(tenant.clone(), m);
+        }
+        Ok(p)
+    }
+}
+
+/// `[verp]`: signed VERP return paths (`prefix+<id>.<tag>.<local>=<domain>@<domain>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerpSection {
+    /// The local-part prefix.
+    pub prefix: String,
+    /// The domain that receives bounces.
+    pub domain: String,
+    /// HMAC keys: the first signs, every one verifies (rotation).
+    pub keys: Vec<String>,
+    /// Apply reports that came back to no VERP address, matched by recipient and tenant only.
+    #[serde(default)]
+    pub trust_unsigned: bool,
+}
+
+impl VerpSection {
+    /// The scheme, checked.
+    pub fn scheme(&self) -> Result<crate::bounce::Verp, ConfigError> {
+        let word = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        };
+        if !word(&self.prefix) || self.prefix.contains('+') {
+            return Err(err(
+                "verp.prefix",
+                "must be 1-64 letters, digits, '.', '-' or '_'",
+            ));
+        }
+        if !word(&self.domain) || !self.domain.contains('.') {
+            return Err(err("verp.domain", "must be a domain name"));
+        }
+        if self.keys.is_empty() {
+            return Err(err("verp.keys", "at least one key is needed"));
+        }
+        if let Some(i) = self.keys.iter().position(|k| k.len() < 16) {
+            return Err(err(
+                format!("verp.keys[{i}]"),
+                "a key needs at least 16 bytes",
+            ));
+        }
+        let keys: Vec<&[u8]> = self.keys.iter().map(|k| k.as_bytes()).collect();
+        Ok(crate::bounce::Verp::new(&self.prefix, &self.domain, &keys))
     }
 }
 
@@ -394,6 +559,10 @@ pub struct EngineConfig {
     pub routing: RoutingSection,
     /// `[smarthost]`.
     pub smarthost: Option<SmarthostConfig>,
+    /// `[suppression]`.
+    pub suppression: SuppressionSection,
+    /// `[verp]`.
+    pub verp: Option<VerpSection>,
     /// `[[tenant]]`: sender policy per tenant.
     #[serde(rename = "tenant")]
     pub tenants: Vec<crate::policy::TenantConfig>,
@@ -450,6 +619,10 @@ pub struct Resolved {
     pub nameservers: Vec<SocketAddr>,
     /// The smarthost.
     pub smarthost: Option<Smarthost>,
+    /// The suppression policy (`None` when `[suppression] enabled = false`).
+    pub suppression: Option<crate::bounce::SuppressionPolicy>,
+    /// The VERP scheme, when `[verp]` is configured.
+    pub verp: Option<crate::bounce::Verp>,
 }
 
 impl EngineConfig {
@@ -530,6 +703,12 @@ impl EngineConfig {
             return Err(err("delivery.connect_timeout_s", "must be at least 1"));
         }
         let r = &self.retry;
+        if r.min_interval_s == 0 || r.max_interval_s < r.min_interval_s {
+            return Err(err(
+                "retry.max_interval_s",
+                "need 0 < retry.min_interval_s <= retry.max_interval_s",
+            ));
+        }
         if r.first_s == 0 || r.max_s < r.first_s {
             return Err(err("retry.max_s", "need 0 < retry.first_s <= retry.max_s"));
         }
@@ -670,8 +849,26 @@ impl EngineConfig {
                 })
             }
         };
+        let suppression = if self.suppression.enabled {
+            let t = &self.suppression.default_tenant;
+            if t.is_empty() || t.len() > 512 || t.contains(['\t', '\r', '\n']) {
+                return Err(err(
+                    "suppression.default_tenant",
+                    "must be a name without tabs or line ends",
+                ));
+            }
+            Some(self.suppression.policy()?)
+        } else {
+            None
+        };
+        let verp = match &self.verp {
+            Some(v) => Some(v.scheme()?),
+            None => None,
+        };
         Ok(Resolved {
             config: self.clone(),
+            suppression,
+            verp,
             shards,
             sources,
             pools,
@@ -767,7 +964,15 @@ impl EngineConfigBuilder {
             max_s: max.as_secs(),
             jitter,
             max_age_s: max_age.as_secs(),
+            ..RetrySection::default()
         };
+        self
+    }
+    /// Classified retries (the default) with every per-reason interval kept between `min` and `max`.
+    pub fn retry_intervals(mut self, min: Duration, max: Duration) -> Self {
+        self.0.retry.policy = RetryKind::Classified;
+        self.0.retry.min_interval_s = min.as_secs();
+        self.0.retry.max_interval_s = max.as_secs();
         self
     }
     /// Adds a source.
@@ -782,6 +987,57 @@ impl EngineConfigBuilder {
     /// An inline shaping rule set (TOML).
     pub fn shaping_rules(mut self, rules: &str) -> Self {
         self.0.shaping.rules = rules.into();
+        self
+    }
+    /// Turns the suppression list on or off (on by default).
+    pub fn suppression(mut self, enabled: bool) -> Self {
+        self.0.suppression.enabled = enabled;
+        self
+    }
+    /// The suppression log file (default: `suppression.log` in the spool directory).
+    pub fn suppression_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.0.suppression.path = path.into();
+        self
+    }
+    /// Occurrences of `reason` (a name such as `mailboxfull`) that suppress; 0 = never.
+    pub fn suppression_threshold(mut self, reason: &str, occurrences: u32) -> Self {
+        self.0
+            .suppression
+            .thresholds
+            .insert(reason.to_string(), occurrences);
+        self
+    }
+    /// Occurrences of `reason` that suppress for one tenant.
+    pub fn tenant_suppression_threshold(
+        mut self,
+        tenant: &str,
+        reason: &str,
+        occurrences: u32,
+    ) -> Self {
+        self.0
+            .suppression
+            .tenants
+            .entry(tenant.to_string())
+            .or_default()
+            .insert(reason.to_string(), occurrences);
+        self
+    }
+    /// How long a suppression for `reason` lasts (zero = forever).
+    pub fn suppression_expiry(mut self, reason: &str, lifetime: Duration) -> Self {
+        self.0
+            .suppression
+            .expiry_s
+            .insert(reason.to_string(), lifetime.as_secs());
+        self
+    }
+    /// Signed VERP return paths `prefix+...@domain`; `keys[0]` signs, every key verifies.
+    pub fn verp(mut self, prefix: &str, domain: &str, keys: &[&str]) -> Self {
+        self.0.verp = Some(VerpSection {
+            prefix: prefix.into(),
+            domain: domain.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            trust_unsigned: false,
+        });
         self
     }
     /// JSON-lines event log.
@@ -871,6 +1127,71 @@ mod tests {
         assert_eq!(c.resolve().unwrap_err().key, "retry.jitter");
         let c = EngineConfig::from_toml("[dns]\nnameservers = [\"not an address\"]\n").unwrap();
         assert_eq!(c.resolve().unwrap_err().key, "dns.nameservers[0]");
+    }
+
+    #[test]
+    fn suppression_and_verp_sections() {
+        use crate::bounce::Reason;
+        let c = EngineConfig::from_toml(
+            r#"
+            [suppression]
+            thresholds = { mailboxfull = 5, suspend = 0 }
+            expiry_s = { mailboxfull = 0, suspend = 60 }
+            tenants = { acme = { userunknown = 2, mailboxfull = 0 } }
+            [verp]
+            prefix = "bounces"
+            domain = "bounce.example.com"
+            keys = ["0123456789abcdef"]
+            "#,
+        )
+        .unwrap();
+        let r = c.resolve().unwrap();
+        let p = r.suppression.unwrap();
+        assert_eq!(p.threshold("t", Reason::MailboxFull, false), Some(5));
+        assert_eq!(p.threshold("t", Reason::Suspend, false), None);
+        assert_eq!(p.threshold("t", Reason::UserUnknown, false), Some(1));
+        assert_eq!(p.threshold("acme", Reason::UserUnknown, false), Some(2));
+        assert_eq!(p.threshold("acme", Reason::MailboxFull, false), None);
+        assert_eq!(p.threshold("t", Reason::HostUnknown, false), Some(3));
+        assert!(!p.expiry.contains_key(&Reason::MailboxFull));
+        assert_eq!(p.expiry[&Reason::Suspend], Duration::from_secs(60));
+        assert!(r.verp.is_some());
+        // Defaults: on, the issue's thresholds, no VERP.
+        let d = EngineConfig::default().resolve().unwrap();
+        assert_eq!(
+            d.suppression.unwrap(),
+            crate::bounce::SuppressionPolicy::default()
+        );
+        assert!(d.verp.is_none());
+        let off = EngineConfig::builder().suppression(false).build();
+        assert!(off.resolve().unwrap().suppression.is_none());
+        let bad = |t: &str| {
+            EngineConfig::from_toml(t)
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .key
+        };
+        assert_eq!(
+            bad("[suppression]\nthresholds = { blocked = 1 }\n"),
+            "suppression.thresholds.blocked"
+        );
+        assert_eq!(
+            bad("[suppression]\nthresholds = { nosuch = 1 }\n"),
+            "suppression.thresholds.nosuch"
+        );
+        assert_eq!(
+            bad("[suppression]\ntenants = { a = { badreputation = 2 } }\n"),
+            "suppression.tenants.a.badreputation"
+        );
+        assert_eq!(
+            bad("[verp]\nprefix = \"b\"\ndomain = \"x.example\"\nkeys = [\"short\"]\n"),
+            "verp.keys[0]"
+        );
+        assert_eq!(
+            bad("[verp]\nprefix = \"b+c\"\ndomain = \"x.example\"\nkeys = []\n"),
+            "verp.prefix"
+        );
     }
 
     #[test]

@@ -17,6 +17,19 @@ pub enum EventKind {
     Expired,
     /// Cancelled by the host or an operator.
     Cancelled,
+    /// Not queued: the recipient is on the tenant's suppression list (`reason` is the suppression's
+    /// reason). Only for submissions that went ahead with other recipients; when every recipient is
+    /// suppressed the submission fails with `SubmitError::Suppressed` instead.
+    Suppressed,
+    /// An inbound DSN reports a permanent failure after the receiving server's 250 (`reason` as
+    /// the classifier says).
+    LateBounce,
+    /// An inbound DSN reports a delay after the receiving server's 250 (the receiver retries; vmta
+    /// has nothing left to send).
+    LateDeferral,
+    /// A spam complaint (ARF feedback report); the address is suppressed for every stream of the
+    /// tenant.
+    Complaint,
 }
 
 impl EventKind {
@@ -28,6 +41,10 @@ impl EventKind {
             EventKind::Bounced => "bounced",
             EventKind::Expired => "expired",
             EventKind::Cancelled => "cancelled",
+            EventKind::Suppressed => "suppressed",
+            EventKind::LateBounce => "late-bounce",
+            EventKind::LateDeferral => "late-deferral",
+            EventKind::Complaint => "complaint",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! pass is bounded so one busy peer cannot starve the shard.
 
 use super::shard::{Action, ConnId, Now, ShardCore};
+use super::suppression::{OutcomeBatch, WriterMessage};
 use super::{Control, EventQueue, SubmitError, SubmitPart};
 use crate::dns::{self, Answer, Query};
 use crate::spool::{Envelope as SpoolEnvelope, MessageFlags};
@@ -44,6 +45,9 @@ pub(crate) struct ShardThread {
     pub ring: Arc<ArrayQueue<SubmitPart>>,
     pub control: crossbeam::channel::Receiver<Control>,
     pub events: Arc<EventQueue>,
+    /// With a suppression list: its writer, which records the pass's observations and then releases
+    /// its events.
+    pub outcomes: Option<crossbeam::channel::Sender<WriterMessage>>,
 }
 
 impl std::fmt::Debug for ShardThread {
@@ -128,7 +132,10 @@ impl ShardThread {
                             Ok(n) => {
                                 self.core.on_input(now, id, &readbuf[..n]);
                                 total += n;
-                                if total >= READ_PER_PASS {
+                                // The input may have ended the connection (a 221 to QUIT, a 421):
+                                // its id may already belong to a new connection, so this socket's
+                                // next bytes or end of stream must not reach the core under it.
+                                if total >= READ_PER_PASS || self.core.close_pending(id) {
                                     break;
                                 }
                             }
@@ -219,10 +226,7 @@ impl ShardThread {
             if let Some(t) = self.core.take_commit() {
                 let _ = self.core.commit(t);
             }
-            self.core.take_events(&mut batch);
-            if !batch.is_empty() {
-                self.events.push(&mut batch);
-            }
+            self.release(&mut batch);
 
             if let Some(d) = deadline {
                 if !self.core.has_connections() {
@@ -235,10 +239,7 @@ impl ShardThread {
                             close_socket(&self.poll, &mut sockets, conn);
                         }
                     }
-                    self.core.take_events(&mut batch);
-                    if !batch.is_empty() {
-                        self.events.push(&mut batch);
-                    }
+                    self.release(&mut batch);
                     break;
                 }
             }
@@ -248,6 +249,37 @@ impl ShardThread {
             }
         }
         let _ = self.core.spool_mut().flush();
+    }
+
+    /// Hands the pass's events (committed to the spool) to the host: through the suppression
+    /// writer, with the observations behind them, when there is a list; directly otherwise.
+    fn release(&mut self, batch: &mut Vec<super::DeliveryEvent>) {
+        self.core.take_events(batch);
+        match &self.outcomes {
+            Some(tx) => {
+                let mut observations = Vec::new();
+                self.core.take_observations(&mut observations);
+                if batch.is_empty() && observations.is_empty() {
+                    return;
+                }
+                let b = OutcomeBatch {
+                    observations,
+                    events: std::mem::take(batch),
+                };
+                if let Err(crossbeam::channel::SendError(WriterMessage::Batch(b))) =
+                    tx.send(WriterMessage::Batch(b))
+                {
+                    // The writer is gone (never during normal operation): the events still go out.
+                    let mut events = b.events;
+                    self.events.push(&mut events);
+                }
+            }
+            None => {
+                if !batch.is_empty() {
+                    self.events.push(batch);
+                }
+            }
+        }
     }
 
     /// Appends waiting submissions to the spool, commits them together, acknowledges, schedules.

@@ -20,10 +20,18 @@
 //! - [`Engine::shutdown`] stops intake, lets in-flight transactions finish within the grace period and
 //!   leaves everything else in the spool; a new engine on the same spool directory resumes.
 //!
-//! Not yet: per-reason retry schedules and suppression (bounce classification plugs in through
-//! [`retry::RetryPolicy`]), traffic shaping beyond the per-host connection cap and messages per
-//! connection, DSN parameters per recipient, changing the shard count of an existing spool (the old
-//! shards' directories are not read).
+//! - Suppression ([`suppression`], on by default): each recipient is checked against the tenant's
+//!   list at submission (a suppressed one is not queued and gets a `suppressed` event; when all are,
+//!   the submission fails with [`SubmitError::Suppressed`]); bounces and deferrals feed the list
+//!   through one writer thread, which releases the shards' events once it has recorded them;
+//!   [`Engine::apply_report`] applies inbound DSNs and ARF reports (matched by signed VERP return
+//!   paths when `[verp]` is configured); [`Engine::suppress`], [`Engine::unsuppress`],
+//!   [`Engine::suppression`] and [`Engine::suppressions`] edit and read it by hand.
+//!
+//! Not yet: DSN parameters per recipient, changing the shard count of an existing spool (the old
+//! shards' directories are not read), and an envelope-exact `recipient_index` when a message is
+//! split over shards or some of its recipients are suppressed (the index is then the recipient's
+//! position in its shard's part).
 
 pub mod config;
 pub mod event;
@@ -32,12 +40,14 @@ pub mod metrics;
 pub mod retry;
 pub(crate) mod shard;
 pub mod sim;
+pub mod suppression;
 pub mod timer;
 
 pub use config::{ConfigError, EngineConfig};
 pub use event::{DeliveryEvent, EventKind};
 pub use metrics::Metrics;
 pub use shard::Now;
+pub use suppression::{InboundError, ReportOutcome, SuppressionError};
 
 use crate::smtp::TlsSettings;
 use crate::spool::{MessageFlags, Priority, SpoolError, SyncPolicy};
@@ -91,6 +101,8 @@ pub enum SubmitError {
     NoSpace,
     /// The spool could not write or sync.
     Spool(String),
+    /// Every recipient is on the tenant's suppression list (the text names them and why).
+    Suppressed(String),
 }
 
 impl SubmitError {
@@ -113,6 +125,7 @@ impl fmt::Display for SubmitError {
             SubmitError::SenderNotApproved(why) => write!(f, "sender not approved: {why}"),
             SubmitError::NoSpace => f.write_str("spool full: no space left on device"),
             SubmitError::Spool(why) => write!(f, "spool error: {why}"),
+            SubmitError::Suppressed(who) => write!(f, "recipients suppressed: {who}"),
         }
     }
 }
@@ -234,11 +247,16 @@ struct Pending {
     id: u64,
     ack: Arc<Ack>,
     shards: Vec<usize>,
+    /// `suppressed` events for the recipients left out, released once the rest is queued.
+    suppressed: Vec<DeliveryEvent>,
 }
 
 impl Pending {
-    fn finish(self) -> Result<u64, SubmitError> {
+    fn finish(mut self, events: &EventQueue) -> Result<u64, SubmitError> {
         self.ack.wait(Duration::from_secs(300))?;
+        if !self.suppressed.is_empty() {
+            events.push(&mut self.suppressed);
+        }
         Ok(self.id)
     }
 }
@@ -359,6 +377,11 @@ pub struct Engine {
     tenants: Option<Arc<crate::policy::TenantRegistry>>,
     validation: crate::policy::ValidationOptions,
     host_name: String,
+    suppression: Option<Arc<suppression::SuppressionService>>,
+    /// Classifies inbound reports (and failures the retry policy does not classify).
+    classifier: Arc<crate::bounce::ClassifierHandle>,
+    verp: Option<crate::bounce::Verp>,
+    trust_unsigned: bool,
 }
 
 impl fmt::Debug for Engine {
@@ -404,10 +427,13 @@ impl Engine {
     /// shard threads.
     pub fn start(config: &EngineConfig) -> Result<Engine, EngineError> {
         let retry: Arc<dyn retry::RetryPolicy> = match config.retry.policy {
-            config::RetryKind::Classified => Arc::new(retry::ClassifiedRetry::new(
-                config.retry.max_age_s,
-                config.retry.jitter,
-            )),
+            config::RetryKind::Classified => {
+                let mut r =
+                    retry::ClassifiedRetry::new(config.retry.max_age_s, config.retry.jitter);
+                r.policy.min_interval = Duration::from_secs(config.retry.min_interval_s);
+                r.policy.max_interval = Duration::from_secs(config.retry.max_interval_s);
+                Arc::new(r)
+            }
             config::RetryKind::Exponential => Arc::new(retry_from(config)),
         };
         Engine::start_with(config, retry)
@@ -491,6 +517,36 @@ impl Engine {
         let epoch = Instant::now();
         let shaping =
             crate::shaping::ShapingShared::new(rules, resolved.shards, Now::system().unix());
+        let classifier = Arc::new(crate::bounce::ClassifierHandle::new(
+            crate::bounce::Classifier::default_rules(),
+        ));
+        let suppression = match &resolved.suppression {
+            None => None,
+            Some(policy) => {
+                let s = &config.suppression;
+                let path = if s.path.as_os_str().is_empty() {
+                    e.spool_dir.join("suppression.log")
+                } else {
+                    s.path.clone()
+                };
+                let opened = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|_| crate::bounce::SuppressionStore::open(&path, policy.clone()));
+                let store = opened.map_err(|err| {
+                    EngineError::Config(ConfigError {
+                        key: "suppression.path".into(),
+                        message: format!("{}: {err}", path.display()),
+                    })
+                })?;
+                Some(Arc::new(suppression::SuppressionService::open(
+                    store,
+                    s.sync,
+                    s.default_tenant.clone(),
+                )))
+            }
+        };
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let mut shards = Vec::new();
         let mut metrics = Vec::new();
@@ -506,7 +562,7 @@ impl Engine {
             let m = Arc::new(ShardMetrics::default());
             let now = Now::system();
             let seed = now.unix_ms ^ (i as u64).wrapping_mul(0x9e3779b97f4a7c15);
-            let core = shard::ShardCore::new(
+            let mut core = shard::ShardCore::new(
                 i,
                 resolved.clone(),
                 spool,
@@ -519,6 +575,9 @@ impl Engine {
                 tenants.clone(),
                 now,
             );
+            if suppression.is_some() {
+                core.set_classifier(classifier.clone());
+            }
             let poll = mio::Poll::new().map_err(|e| EngineError::Io(e.to_string()))?;
             let waker = Arc::new(
                 mio::Waker::new(poll.registry(), io::WAKER)
@@ -542,6 +601,7 @@ impl Engine {
                 ring: ring.clone(),
                 control: ctl_rx,
                 events: events.clone(),
+                outcomes: suppression.as_ref().map(|s| s.sender()),
             };
             threads.push((thread, cpus.get(i % cpus.len().max(1)).copied()));
             shards.push(ShardHandle {
@@ -551,6 +611,10 @@ impl Engine {
                 thread: Mutex::new(None),
             });
             metrics.push(m);
+        }
+        if let Some(s) = &suppression {
+            s.start(events.clone())
+                .map_err(|e| EngineError::Io(e.to_string()))?;
         }
         for (i, (mut thread, cpu)) in threads.into_iter().enumerate() {
             let pin = e.pin_shards;
@@ -581,6 +645,10 @@ impl Engine {
                 ..crate::policy::ValidationOptions::default()
             },
             host_name: e.helo_name.clone(),
+            suppression,
+            classifier,
+            verp: resolved.verp.clone(),
+            trust_unsigned: config.verp.as_ref().is_some_and(|v| v.trust_unsigned),
         })
     }
 
@@ -591,7 +659,7 @@ impl Engine {
         for &shard in &pending.shards {
             let _ = self.shards[shard].waker.wake();
         }
-        pending.finish()
+        pending.finish(&self.events)
     }
 
     /// Queues several messages at once: every part is handed to its shard before any is waited for,
@@ -608,7 +676,10 @@ impl Engine {
                 }
             }
         }
-        pending.into_iter().map(|p| p?.finish()).collect()
+        pending
+            .into_iter()
+            .map(|p| p?.finish(&self.events))
+            .collect()
     }
 
     /// Checks a submission and pushes its parts to their shards' rings (without waking them).
@@ -635,14 +706,16 @@ impl Engine {
                 self.max_body
             )));
         }
+        let (recipients, hits) = self.check_suppression(s)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (body, flags) = match &self.tenants {
-            Some(registry) => self.apply_policy(registry, id, s)?,
-            None => self.validate_only(id, s)?,
+            Some(registry) => self.apply_policy(registry, id, s, &recipients)?,
+            None => self.validate_only(id, s, &recipients)?,
         };
+        let suppressed = self.suppressed_events(id, s, hits);
         let n = self.shards.len();
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); n];
-        for r in &s.recipients {
+        for r in recipients.iter() {
             let domain = r.rsplit_once('@').map_or("", |(_, d)| d);
             by_shard[shard_of(domain, n)].push(r.clone());
         }
@@ -690,7 +763,107 @@ impl Engine {
             id,
             ack,
             shards: pushed,
+            suppressed,
         })
+    }
+
+    /// The recipients of `s` not on the tenant's suppression list (stream: the `stream` tag), and
+    /// the hits of the others; [`SubmitError::Suppressed`] when no recipient is left.
+    #[allow(clippy::type_complexity)]
+    fn check_suppression<'s>(
+        &self,
+        s: &'s Submission,
+    ) -> Result<
+        (
+            std::borrow::Cow<'s, [String]>,
+            Vec<(usize, suppression::Hit)>,
+        ),
+        SubmitError,
+    > {
+        let all = std::borrow::Cow::Borrowed(s.recipients.as_slice());
+        let Some(sup) = self.suppression.as_ref().filter(|x| !x.index.is_empty()) else {
+            return Ok((all, Vec::new()));
+        };
+        let now = Now::system().unix();
+        let tenant = sup.tenant(&s.tenant);
+        let stream = s
+            .tags
+            .iter()
+            .find(|(k, _)| k == suppression::STREAM_TAG)
+            .map(|(_, v)| v.as_str());
+        let hits: Vec<(usize, suppression::Hit)> = s
+            .recipients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| sup.index.check(tenant, r, stream, now).map(|h| (i, h)))
+            .collect();
+        if hits.is_empty() {
+            return Ok((all, hits));
+        }
+        sup.suppressed
+            .fetch_add(hits.len() as u64, Ordering::Relaxed);
+        if hits.len() == s.recipients.len() {
+            let who: Vec<String> = hits
+                .iter()
+                .map(|(i, h)| format!("{} ({})", s.recipients[*i], h.reason.as_str()))
+                .collect();
+            return Err(SubmitError::Suppressed(who.join(", ")));
+        }
+        let mut left = Vec::with_capacity(s.recipients.len() - hits.len());
+        let mut next = hits.iter().map(|(i, _)| *i).peekable();
+        for (i, r) in s.recipients.iter().enumerate() {
+            if next.peek() == Some(&i) {
+                next.next();
+            } else {
+                left.push(r.clone());
+            }
+        }
+        Ok((std::borrow::Cow::Owned(left), hits))
+    }
+
+    /// The `suppressed` events of a submission that goes ahead without some recipients.
+    fn suppressed_events(
+        &self,
+        id: u64,
+        s: &Submission,
+        hits: Vec<(usize, suppression::Hit)>,
+    ) -> Vec<DeliveryEvent> {
+        let now = Now::system();
+        hits.into_iter()
+            .map(|(i, h)| DeliveryEvent {
+                kind: EventKind::Suppressed,
+                message_id: id,
+                recipient_index: u16::try_from(i).unwrap_or(u16::MAX),
+                recipient: s.recipients[i].clone(),
+                tenant: s.tenant.clone(),
+                code: 0,
+                enhanced: None,
+                text: match h.expires {
+                    Some(until) => format!(
+                        "suppressed: {} ({}) since {}, until {until}",
+                        h.reason.as_str(),
+                        h.source.as_str(),
+                        h.created
+                    ),
+                    None => format!(
+                        "suppressed: {} ({}) since {}",
+                        h.reason.as_str(),
+                        h.source.as_str(),
+                        h.created
+                    ),
+                },
+                phase: None,
+                reason: h.reason.as_str().to_string(),
+                mx: String::new(),
+                ip: None,
+                source: String::new(),
+                attempts: 0,
+                next_attempt: 0,
+                submitted_at: now.unix(),
+                at_ms: now.unix_ms,
+                tags: s.tags.clone(),
+            })
+            .collect()
     }
 
     /// Sender policy at submission: the tenant is known and unlocked, the message valid (and
@@ -701,6 +874,7 @@ impl Engine {
         registry: &crate::policy::TenantRegistry,
         id: u64,
         s: &Submission,
+        recipients: &[String],
     ) -> Result<(Arc<[u8]>, MessageFlags), SubmitError> {
         use crate::policy::{Refusal, Stamp, Trace};
         let unique = format!("{id:016x}");
@@ -737,10 +911,10 @@ impl Engine {
         })?;
         let msg = &admitted.message;
         let mut bytes = match (
-            &s.recipients[..],
+            recipients,
             admitted
                 .tenant
-                .unsubscribe_fields(&s.recipients[0], &msg.message_id),
+                .unsubscribe_fields(&recipients[0], &msg.message_id),
         ) {
             ([one], Some(fields)) if !one.is_empty() => {
                 let mut f = Vec::new();
@@ -761,7 +935,7 @@ impl Engine {
                     .map_err(|e| SubmitError::Invalid(format!("DKIM signing failed: {e}")))?;
             }
         }
-        let mut flags = io::flags_for(&s.sender, &s.recipients, &[]);
+        let mut flags = io::flags_for(&s.sender, recipients, &[]);
         if msg.needs_8bitmime {
             flags = MessageFlags(flags.0 | MessageFlags::EIGHT_BIT.0);
         }
@@ -777,6 +951,7 @@ impl Engine {
         &self,
         id: u64,
         s: &Submission,
+        recipients: &[String],
     ) -> Result<(Arc<[u8]>, MessageFlags), SubmitError> {
         let unique = format!("{id:016x}");
         let stamp = crate::policy::Stamp {
@@ -786,7 +961,7 @@ impl Engine {
         };
         let msg = crate::policy::validate(&s.body, &self.validation, &stamp)
             .map_err(|e| SubmitError::Invalid(e.to_string()))?;
-        let mut flags = io::flags_for(&s.sender, &s.recipients, &[]);
+        let mut flags = io::flags_for(&s.sender, recipients, &[]);
         if msg.needs_8bitmime {
             flags = MessageFlags(flags.0 | MessageFlags::EIGHT_BIT.0);
         }
@@ -800,6 +975,103 @@ impl Engine {
     /// no tenant is configured).
     pub fn tenants(&self) -> Option<&crate::policy::TenantRegistry> {
         self.tenants.as_deref()
+    }
+
+    /// The suppression in force for `address` on `stream` (`None`: the every-stream entries only)
+    /// for `tenant` (empty: the default tenant) now, if any. `None` also when suppression is off.
+    pub fn suppression(
+        &self,
+        tenant: &str,
+        address: &str,
+        stream: Option<&str>,
+    ) -> Option<suppression::Hit> {
+        self.suppression
+            .as_ref()?
+            .check(tenant, address, stream, Now::system().unix())
+    }
+
+    /// Suppresses `address` by hand for `tenant` (empty: the default tenant) on `stream` (`None`:
+    /// every stream) until `expires` (Unix seconds; `None`: for good). On disk (per
+    /// `[suppression] sync`) and in force for submissions when it returns.
+    pub fn suppress(
+        &self,
+        tenant: &str,
+        address: &str,
+        stream: Option<&str>,
+        reason: crate::bounce::Reason,
+        expires: Option<u64>,
+    ) -> Result<crate::bounce::Suppression, SuppressionError> {
+        self.suppression
+            .as_ref()
+            .ok_or(SuppressionError::Disabled)?
+            .add(tenant, address, stream, reason, expires)
+    }
+
+    /// Removes a suppression (the entry for `stream`, or the every-stream one for `None`); returns
+    /// whether there was one.
+    pub fn unsuppress(
+        &self,
+        tenant: &str,
+        address: &str,
+        stream: Option<&str>,
+    ) -> Result<bool, SuppressionError> {
+        self.suppression
+            .as_ref()
+            .ok_or(SuppressionError::Disabled)?
+            .remove(tenant, address, stream)
+    }
+
+    /// Every suppression of `tenant` (empty: the default tenant; `None`: every tenant), sorted by
+    /// tenant and address, expired ones included.
+    pub fn suppressions(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<crate::bounce::Suppression>, SuppressionError> {
+        Ok(self
+            .suppression
+            .as_ref()
+            .ok_or(SuppressionError::Disabled)?
+            .list(tenant))
+    }
+
+    /// Recipients refused at submission because they were suppressed, and changes the suppression
+    /// log could not write, since start.
+    pub fn suppression_counts(&self) -> (u64, u64) {
+        self.suppression.as_ref().map_or((0, 0), |s| {
+            (
+                s.suppressed.load(Ordering::Relaxed),
+                s.errors.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Applies an inbound report (a DSN, a non-standard bounce, an ARF complaint, an auto-reply) that
+    /// came back for `tenant` (empty: the default tenant; a verified VERP address names its own).
+    ///
+    /// With `[verp]` configured, the report is matched through the VERP address it was sent to (or,
+    /// for ARF, the returned message's `Return-Path`): a verified one names the message, the
+    /// recipient and the tenant; one of ours that does not verify refuses the report with
+    /// [`InboundError::ForgedVerp`] and changes nothing; a report to no VERP address is matched by
+    /// recipient address and tenant and applied only with `trust_unsigned`. Without `[verp]`,
+    /// reports are matched by recipient address and tenant.
+    ///
+    /// An applied report changes the suppression list (a hard bounce at once, soft ones counted, a
+    /// complaint for every stream of the tenant) and emits events: `late-bounce` or `late-deferral`
+    /// for a DSN (the receiver accepted with 250, then failed), `complaint` for an ARF report.
+    pub fn apply_report(&self, tenant: &str, raw: &[u8]) -> Result<ReportOutcome, InboundError> {
+        let inbound = suppression::Inbound {
+            classifier: &self.classifier,
+            verp: self.verp.as_ref(),
+            trust_unsigned: self.trust_unsigned,
+            suppression: self.suppression.as_deref(),
+            message_id_domain: &self.validation.message_id_domain,
+        };
+        let outcome = inbound.apply(tenant, raw)?;
+        let mut events = outcome.events.clone();
+        if !events.is_empty() {
+            self.events.push(&mut events);
+        }
+        Ok(outcome)
     }
 
     /// Cancels every recipient of a message not yet delivered; returns how many were cancelled (a
@@ -876,6 +1148,10 @@ impl Engine {
             if let Some(t) = t {
                 let _ = t.join();
             }
+        }
+        // The shards are gone: the writer records and releases what they sent, then stops.
+        if let Some(s) = &self.suppression {
+            s.stop();
         }
         self.events.wake();
     }

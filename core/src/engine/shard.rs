@@ -29,8 +29,10 @@ use super::config::{Resolved, TlsPolicy};
 use super::event::{DeliveryEvent, EventKind};
 use super::metrics::ShardMetrics;
 use super::retry::{Decision, FailedAttempt, RetryPolicy};
+use super::suppression::Observation;
 use super::timer::TimerWheel;
-use crate::dns::{Failure as DnsFailure, MxHost};
+use crate::bounce::{ClassifierHandle, Reason as BounceReason};
+use crate::dns::{Failure as DnsFailure, MxHost, Reason as DnsReason};
 use crate::shaping::{ConnectionPermit, Deferral, Nanos, RouteId, Shaper, SourceId};
 use crate::smtp::session::Tls;
 use crate::smtp::{
@@ -54,6 +56,15 @@ pub const ROUTE_TTL: Duration = Duration::from_secs(60);
 
 /// The tag carrying the engine-wide message id in the spool.
 pub(crate) const ID_TAG: &str = "x-vmta-id";
+
+/// The tenant the suppression list knows a message's tenant by (the default one for none).
+fn suppression_tenant(tenant: &str, default: &str) -> String {
+    if tenant.is_empty() {
+        default.to_string()
+    } else {
+        tenant.to_string()
+    }
+}
 
 /// A connection number, unique within the shard while the connection lives.
 pub(crate) type ConnId = usize;
@@ -219,6 +230,8 @@ enum Outcome {
         enhanced: Option<EnhancedCode>,
         text: String,
         phase: Phase,
+        /// For a failed MX lookup, the resolver's reason.
+        dns: Option<DnsReason>,
     },
 }
 
@@ -230,6 +243,7 @@ impl Outcome {
             enhanced: reply.enhanced,
             text: reply.text.replace('\n', " "),
             phase,
+            dns: None,
         }
     }
 
@@ -242,6 +256,7 @@ impl Outcome {
                 enhanced: EnhancedCode::new(5, 3, 4),
                 text: f.to_string(),
                 phase,
+                dns: None,
             },
             MessageFailure::Smtputf8Unsupported => Outcome::Failed {
                 permanent: true,
@@ -249,6 +264,7 @@ impl Outcome {
                 enhanced: EnhancedCode::new(5, 6, 7),
                 text: f.to_string(),
                 phase,
+                dns: None,
             },
             MessageFailure::NoValidRecipients | MessageFailure::SessionClosed(_) => {
                 Outcome::Failed {
@@ -257,6 +273,7 @@ impl Outcome {
                     enhanced: None,
                     text: f.to_string(),
                     phase,
+                    dns: None,
                 }
             }
         }
@@ -269,6 +286,7 @@ impl Outcome {
             enhanced: None,
             text,
             phase,
+            dns: None,
         }
     }
 }
@@ -316,7 +334,16 @@ pub(crate) struct ShardCore {
     held: Vec<RecipientId>,
     /// Delivery paused by the host: no transaction starts.
     paused: bool,
+    /// With a suppression list: the default tenant's name (outcomes are observed for the list).
+    observe: Option<Arc<str>>,
+    /// Reasons for failures the retry policy does not classify (for the suppression list).
+    classifier: Option<Arc<ClassifierHandle>>,
+    /// What attempts taught, for the suppression list ([`ShardCore::take_observations`]).
+    observations: Vec<Observation>,
 }
+
+/// How soon a queue whose shaping lane is full with other shards' connections looks again.
+const LANE_BUSY_RECHECK: Duration = Duration::from_millis(200);
 
 impl ShardCore {
     /// A shard over an opened spool. Call [`ShardCore::recover`] next.
@@ -401,8 +428,25 @@ impl ShardCore {
             tenants,
             held: Vec::new(),
             paused: false,
+            observe: cfg
+                .suppression
+                .as_ref()
+                .map(|_| Arc::from(cfg.config.suppression.default_tenant.as_str())),
+            classifier: None,
+            observations: Vec::new(),
             cfg,
         }
+    }
+
+    /// The classifier used for the suppression list when the retry policy gives no reason.
+    pub(crate) fn set_classifier(&mut self, c: Arc<ClassifierHandle>) {
+        self.classifier = Some(c);
+    }
+
+    /// Takes what attempts taught since the last call, for the suppression list (hand it over with
+    /// the events of the same pass: the writer records it before releasing them).
+    pub(crate) fn take_observations(&mut self, into: &mut Vec<Observation>) {
+        into.append(&mut self.observations);
     }
 
     fn nanos(&self, now: Now) -> Nanos {
@@ -743,7 +787,15 @@ impl ShardCore {
                     break;
                 }
                 // Wait for one of the lane's connections to close (the queue waits on its pool).
-                Err(Deferral::ConnectionsBusy) | Err(Deferral::ConnectionSpent) => break,
+                // The lane's connections may all be another shard's (the cap is shared): then no
+                // close will come through this pool, so look again shortly.
+                Err(Deferral::ConnectionsBusy) | Err(Deferral::ConnectionSpent) => {
+                    let p = self.pools.entry(pk).or_default();
+                    if p.open + p.connecting == 0 {
+                        self.wake_at(now, now.mono + LANE_BUSY_RECHECK, key);
+                    }
+                    break;
+                }
             }
         }
     }
@@ -822,7 +874,7 @@ impl ShardCore {
                 if targets.is_empty() {
                     d.route = Route::Unresolved;
                     let why = format!("no address for any MX host of {}", d.name);
-                    self.fail_domain(now, domain, false, &why);
+                    self.fail_domain(now, domain, false, &why, DnsReason::NetworkError);
                     return;
                 }
                 let mut names: Vec<Arc<str>> = targets.iter().map(|t| t.mx.clone()).collect();
@@ -846,13 +898,13 @@ impl ShardCore {
             Err(f) => {
                 d.route = Route::Unresolved;
                 let why = format!("{} ({})", f.detail, f.reason);
-                self.fail_domain(now, domain, f.permanent, &why);
+                self.fail_domain(now, domain, f.permanent, &why, f.reason);
             }
         }
     }
 
     /// Every queued recipient of a domain fails the same way (DNS).
-    fn fail_domain(&mut self, now: Now, domain: u32, permanent: bool, why: &str) {
+    fn fail_domain(&mut self, now: Now, domain: u32, permanent: bool, why: &str, dns: DnsReason) {
         let sources = self.domains[domain as usize].sources.clone();
         for source in sources {
             let key = QueueKey { domain, source };
@@ -864,6 +916,7 @@ impl ShardCore {
                     enhanced: None,
                     text: why.to_string(),
                     phase: Phase::Resolve,
+                    dns: Some(dns),
                 };
                 self.finish(now, rid, outcome, None, source);
             }
@@ -956,6 +1009,14 @@ impl ShardCore {
 
     fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
         self.conns.get_mut(conn)?.as_mut()?.session.as_mut()
+    }
+
+    /// Has the core asked the driver to close this connection id (not yet done)? Its socket then
+    /// belongs to a connection that is over, even if the id was given to a new one meanwhile.
+    pub(crate) fn close_pending(&self, conn: ConnId) -> bool {
+        self.actions
+            .iter()
+            .any(|a| matches!(a, Action::Close { conn: c } if *c == conn))
     }
 
     /// The next action for the driver.
@@ -1182,6 +1243,68 @@ impl ShardCore {
         }
     }
 
+    /// Notes a failed attempt for the suppression list when its reason can suppress: a DNS failure
+    /// by the resolver's reason (a definite NXDOMAIN or null MX, or a domain that did not resolve
+    /// without one), a reply by the retry policy's reason (or the classifier's, when the policy gives
+    /// none). Local failures (connection refused, the resolver's own errors) are not the recipient's.
+    fn observe_failure(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        attempt: &FailedAttempt<'_>,
+        reason: Option<&str>,
+        dns: Option<DnsReason>,
+    ) {
+        let (Some(default), Some(policy)) = (&self.observe, &self.cfg.suppression) else {
+            return;
+        };
+        let (reason, definite) = match dns {
+            Some(DnsReason::HostUnknown) if attempt.permanent => (BounceReason::HostUnknown, true),
+            Some(DnsReason::NotAccept) => (BounceReason::NotAccept, true),
+            Some(DnsReason::HostUnknown | DnsReason::NetworkError) => {
+                (BounceReason::HostUnknown, false)
+            }
+            Some(DnsReason::SystemError) => return,
+            None => {
+                if attempt.code.is_none() {
+                    // No server answered (a refused or dropped connection): nothing about the
+                    // recipient.
+                    return;
+                }
+                let reason = match reason.and_then(BounceReason::parse) {
+                    Some(r) => r,
+                    None => match &self.classifier {
+                        Some(c) => {
+                            c.classify(&crate::bounce::Diagnostic {
+                                code: attempt.code,
+                                enhanced: attempt.enhanced,
+                                text: attempt.text,
+                                phase: attempt.phase,
+                                sender_domain: "",
+                                recipient_domain: attempt.domain,
+                                mx_host: attempt.mx,
+                            })
+                            .reason
+                        }
+                        None => return,
+                    },
+                };
+                let definite =
+                    reason == BounceReason::HostUnknown && attempt.code.is_some_and(|c| c >= 500);
+                (reason, definite)
+            }
+        };
+        let tenant = suppression_tenant(tenant, default);
+        if policy.threshold(&tenant, reason, definite).is_some() {
+            self.observations.push(Observation::Failed {
+                tenant,
+                address: address.to_string(),
+                reason,
+                definite_nxdomain: definite,
+            });
+        }
+    }
+
     /// Records one recipient's outcome in the spool and as an event.
     fn finish(
         &mut self,
@@ -1208,6 +1331,12 @@ impl ShardCore {
         }
         let (state, next, reply_text) = match &outcome {
             Outcome::Delivered(reply) => {
+                if let Some(default) = &self.observe {
+                    self.observations.push(Observation::Delivered {
+                        tenant: suppression_tenant(&event.tenant, default),
+                        address: event.recipient.clone(),
+                    });
+                }
                 event.kind = EventKind::Delivered;
                 event.code = reply.code;
                 event.enhanced = reply.enhanced;
@@ -1221,6 +1350,7 @@ impl ShardCore {
                 enhanced,
                 text,
                 phase,
+                dns,
             } => {
                 event.code = *code;
                 event.enhanced = *enhanced;
@@ -1239,7 +1369,11 @@ impl ShardCore {
                     now: now.unix(),
                 };
                 let decision = self.retry.decide(&attempt, &mut self.rng);
-                event.reason = self.retry.reason(&attempt).unwrap_or_default().to_string();
+                let reason = self.retry.reason(&attempt);
+                event.reason = reason.unwrap_or_default().to_string();
+                if self.observe.is_some() {
+                    self.observe_failure(&event.tenant, &event.recipient, &attempt, reason, *dns);
+                }
                 let summary = if *code > 0 {
                     match enhanced {
                         Some(e) => format!("{code} {e} {text}"),
@@ -1295,7 +1429,11 @@ impl ShardCore {
                 m.expired.fetch_add(1, Ordering::Relaxed);
                 m.count(&domain, &event.source, |c| c.expired += 1);
             }
-            EventKind::Cancelled => {}
+            EventKind::Cancelled
+            | EventKind::Suppressed
+            | EventKind::LateBounce
+            | EventKind::LateDeferral
+            | EventKind::Complaint => {}
         }
         if state.is_final() {
             m.queued.fetch_sub(1, Ordering::Relaxed);
@@ -1303,6 +1441,19 @@ impl ShardCore {
             self.wheel.insert(next, rid);
         }
         self.events.push(event);
+    }
+
+    /// The engine-wide id of a message of this shard.
+    fn engine_id(&self, m: MessageId) -> u64 {
+        self.spool
+            .message(m)
+            .ok()
+            .and_then(|v| {
+                v.tags()
+                    .find(|(k, _)| *k == ID_TAG)
+                    .and_then(|(_, v)| u64::from_str_radix(v, 16).ok())
+            })
+            .unwrap_or(m.0)
     }
 
     fn event_base(&self, rid: RecipientId, now: Now) -> DeliveryEvent {
@@ -1492,6 +1643,14 @@ impl ShardCore {
         };
         let mut rcpts = vec![first];
         let mut addresses = vec![view.address.to_string()];
+        // With VERP every recipient gets its own return path, so its own transaction (the null
+        // sender stays null).
+        let verp = self.cfg.verp.as_ref().filter(|_| {
+            self.spool
+                .message(first.message)
+                .is_ok_and(|m| !m.sender().is_empty())
+        });
+        let max = if verp.is_some() { 1 } else { max };
         while rcpts.len() < max {
             let Some(next) = q.peek_same_message(first.message) else {
                 break;
@@ -1506,8 +1665,21 @@ impl ShardCore {
         }
         let msg = self.spool.message(first.message).ok()?;
         let flags = msg.flags();
+        let mail_from = match verp {
+            Some(v) => {
+                let tenant = match &self.observe {
+                    Some(default) => suppression_tenant(msg.tenant(), default),
+                    None => msg.tenant().to_string(),
+                };
+                let id = super::suppression::verp_id(self.engine_id(first.message), &tenant);
+                // A recipient VERP cannot carry (quotes, say) keeps the plain sender.
+                v.encode(&id, &addresses[0])
+                    .unwrap_or_else(|_| msg.sender().to_string())
+            }
+            None => msg.sender().to_string(),
+        };
         let envelope = Envelope {
-            mail_from: msg.sender().to_string(),
+            mail_from,
             recipients: addresses.into_iter().map(Recipient::new).collect(),
             eight_bit: flags.contains(MessageFlags::EIGHT_BIT),
             smtputf8: flags.contains(MessageFlags::SMTPUTF8),

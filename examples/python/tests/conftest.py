@@ -1,5 +1,5 @@
 """Fixtures: a real loopback mail world (dnsmasq and Postfix smtp-sink, examples/peers/mailworld.py)
-on 127.0.70.30-33, and engine configurations delivering into it."""
+on 127.0.70.30-33 (VMTA_PY_WORLD_IP moves it), and engine configurations delivering into it."""
 
 import json
 import os
@@ -14,7 +14,8 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."
 @pytest.fixture(scope="session")
 def world():
     p = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "examples", "peers", "mailworld.py"), "127.0.70.30"],
+        [sys.executable, os.path.join(ROOT, "examples", "peers", "mailworld.py"),
+         os.environ.get("VMTA_PY_WORLD_IP", "127.0.70.30")],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -53,7 +53,9 @@ def test_delivered_bounced_and_expired_events_from_a_real_sink(world, config):
         d = by[(ok, "delivered")]
         assert (d.recipient, d.code, d.recipient_index) == ("py-ok@ok.ffi.test", 250, 0)
         assert d.tags == {"campaign": "py", "n": "1"}
-        assert d.ip == "127.0.70.31" and d.mx == "mx-ok.ffi.test"
+        dns_ip = world["dns"].rsplit(":", 1)[0].split(".")
+        ok_ip = ".".join(dns_ip[:3] + [str(int(dns_ip[3]) + 1)])  # the world's accepting sink
+        assert d.ip == ok_ip and d.mx == "mx-ok.ffi.test"
         b = by[(bad, "bounced")]
         assert b.recipient == "py-bad@bad.ffi.test" and 500 <= b.code < 600 and b.phase == "rcpt"
         assert b.reason  # classified
@@ -198,3 +200,31 @@ def test_asyncio_reads_events_through_add_reader(world, config):
     ids = asyncio.run(run())
     assert len(set(ids)) == 5
     assert all(received(world, f"Subject: async {i}\r") or received(world, f"Subject: async {i}") for i in range(5))
+
+
+def test_suppression_refuses_and_a_late_dsn_suppresses(world, config):
+    with vmta.Engine(toml=config) as engine:
+        engine.suppress("py-gone@ok.ffi.test", reason="userunknown")
+        assert engine.suppression("PY-GONE@ok.ffi.test").reason == "userunknown"
+        with pytest.raises(vmta.Suppressed):
+            engine.submit("sender@vmta.test", ["py-gone@ok.ffi.test"], message("python suppressed"))
+        mid = engine.submit(
+            "sender@vmta.test", ["py-fine@ok.ffi.test", "py-gone@ok.ffi.test"], message("python partly")
+        )
+        events = final_events(engine, {mid: 2})
+        kinds = {(e.recipient, e.kind) for e in events if e.message_id == mid}
+        assert ("py-gone@ok.ffi.test", "suppressed") in kinds and ("py-fine@ok.ffi.test", "delivered") in kinds
+        # A DSN after the 250 (no VERP configured: matched by address and tenant).
+        dsn = (
+            "From: MAILER-DAEMON@mx.example\r\nTo: <sender@vmta.test>\r\nSubject: failure\r\n"
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n"
+            "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"
+            "Final-Recipient: rfc822; py-fine@ok.ffi.test\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n"
+        ).encode()
+        kind, _, outcomes = engine.apply_report(dsn)
+        assert kind == "dsn" and outcomes[0].suppressed and outcomes[0].event == "bounced"
+        late = next((e for e in engine.events(timeout=10) if e.kind == "late-bounce"), None)
+        assert late and late.recipient == "py-fine@ok.ffi.test" and late.reason == "userunknown"
+        assert engine.stats().suppressed == 2  # the refused submission and the partial one
+        assert engine.unsuppress("py-gone@ok.ffi.test")
+        assert engine.suppression("py-gone@ok.ffi.test") is None

@@ -40,6 +40,7 @@ __all__ = [
     "AccountLocked",
     "SenderNotApproved",
     "Suppressed",
+    "ForgedReport",
     "ConfigError",
     "classify_reply",
     "version",
@@ -68,9 +69,21 @@ NO_EVENTS = 18
 CONCURRENT_POLL = 19
 IO = 20
 NOT_FOUND = 21
+FORGED_REPORT = 22
+DISABLED = 23
 
-_KINDS = {1: "delivered", 2: "deferred", 3: "bounced", 4: "expired", 5: "cancelled"}
-_FINAL = {"delivered", "bounced", "expired", "cancelled"}
+_KINDS = {
+    1: "delivered",
+    2: "deferred",
+    3: "bounced",
+    4: "expired",
+    5: "cancelled",
+    6: "suppressed",
+    7: "late-bounce",
+    8: "late-deferral",
+    9: "complaint",
+}
+_FINAL = {"delivered", "bounced", "expired", "cancelled", "suppressed"}
 _DURABILITY = {"sync": 0, "interval": 1, "none": 2}
 _TLS = {"disabled": 0, "opportunistic": 1, "required": 2}
 _PRIORITY = {"transactional": 0, "bulk": 1}
@@ -127,7 +140,12 @@ class SenderNotApproved(Refused):
 
 
 class Suppressed(Refused):
-    """The recipient is suppressed (reserved: the engine does not check at submission yet)."""
+    """Every recipient is on the tenant's suppression list; nothing was queued."""
+
+
+class ForgedReport(VmtaError):
+    """An inbound report came back to a VERP address whose signature does not verify; nothing
+    changed."""
 
 
 _ERRORS = {
@@ -139,6 +157,7 @@ _ERRORS = {
     ACCOUNT_LOCKED: AccountLocked,
     SENDER_NOT_APPROVED: SenderNotApproved,
     SUPPRESSED: Suppressed,
+    FORGED_REPORT: ForgedReport,
     NO_SPACE: Refused,
     SPOOL_ERROR: Refused,
 }
@@ -166,7 +185,9 @@ def _b(value: Union[str, bytes]) -> bytes:
 class Event:
     """One recipient's outcome of one delivery attempt (copied out of the engine)."""
 
-    kind: str  # delivered, deferred, bounced, expired, cancelled
+    # delivered, deferred, bounced, expired, cancelled, suppressed, late-bounce, late-deferral,
+    # complaint
+    kind: str
     message_id: int
     recipient_index: int
     recipient: str
@@ -237,6 +258,7 @@ class Stats:
     connections_opened: int
     connection_failures: int
     spool_errors: int
+    suppressed: int  # recipients left out at submission because they were suppressed
 
 
 class Engine:
@@ -423,6 +445,73 @@ class Engine:
         _check(lib.vmta_engine_stats(self._handle, ctypes.byref(s)))
         return Stats(**{name: getattr(s, name) for name, _ in _lib.Stats._fields_})
 
+    def suppression(self, address: str, *, tenant: str = "", stream: str = "") -> Optional["Suppression"]:
+        """The suppression that stops mail to `address` for `tenant` (empty: the default tenant) on
+        `stream` now, or None."""
+        hit = ctypes.c_bool()
+        info = _lib.SuppressionInfo()
+        _check(
+            lib.vmta_engine_suppression_check(
+                self._handle,
+                *_lib.data(_b(tenant)),
+                *_lib.data(_b(address)),
+                *_lib.data(_b(stream)),
+                ctypes.byref(hit),
+                ctypes.byref(info),
+            )
+        )
+        if not hit.value:
+            return None
+        return Suppression(
+            tenant, address.lower(), stream, info.reason.text(), _SOURCES[info.source], info.created, info.expires or None
+        )
+
+    def suppress(
+        self, address: str, *, tenant: str = "", stream: str = "", reason: str = "", expires: int = 0
+    ) -> None:
+        """Suppresses `address` by hand (every stream unless `stream`; for good unless `expires`)."""
+        _check(
+            lib.vmta_engine_suppression_add(
+                self._handle,
+                *_lib.data(_b(tenant)),
+                *_lib.data(_b(address)),
+                *_lib.data(_b(stream)),
+                *_lib.data(_b(reason)),
+                expires,
+            )
+        )
+
+    def unsuppress(self, address: str, *, tenant: str = "", stream: str = "") -> bool:
+        """Removes a suppression; returns whether there was one."""
+        removed = ctypes.c_bool()
+        _check(
+            lib.vmta_engine_suppression_remove(
+                self._handle,
+                *_lib.data(_b(tenant)),
+                *_lib.data(_b(address)),
+                *_lib.data(_b(stream)),
+                ctypes.byref(removed),
+            )
+        )
+        return removed.value
+
+    def apply_report(self, message: bytes, *, tenant: str = "") -> "tuple[str, int, List[ReportOutcome]]":
+        """Applies an inbound DSN / ARF / auto-reply to the engine's suppression list (events follow:
+        late-bounce, late-deferral, complaint); returns (kind, message id or 0, outcomes). Raises
+        `ForgedReport` for a VERP address that does not verify."""
+        rep = ctypes.c_void_p()
+        err = ctypes.c_void_p()
+        _check(
+            lib.vmta_engine_apply_report(
+                self._handle, *_lib.data(_b(tenant)), *_lib.data(bytes(message)), ctypes.byref(rep), ctypes.byref(err)
+            ),
+            err,
+        )
+        try:
+            return lib.vmta_report_kind(rep).decode(), lib.vmta_report_message_id(rep), _outcomes(rep)
+        finally:
+            lib.vmta_report_free(rep)
+
     def prometheus(self) -> str:
         """Metrics in the Prometheus text format."""
         buf = ctypes.c_void_p()
@@ -511,6 +600,25 @@ class ReportOutcome:
     feedback_type: str
     verified: bool
     suppressed: bool
+
+
+def _outcomes(rep) -> List[ReportOutcome]:
+    outcomes = []
+    o = _lib.ReportOutcome()
+    for i in range(lib.vmta_report_len(rep)):
+        _check(lib.vmta_report_get(rep, i, ctypes.byref(o)))
+        outcomes.append(
+            ReportOutcome(
+                o.recipient.text(),
+                o.message_id.text(),
+                _OUTCOMES[o.event],
+                o.reason.text(),
+                o.feedback_type.text(),
+                bool(o.verified),
+                bool(o.suppressed),
+            )
+        )
+    return outcomes
 
 
 class Verp:
@@ -632,23 +740,7 @@ class SuppressionList:
             err,
         )
         try:
-            kind = lib.vmta_report_kind(rep).decode()
-            outcomes = []
-            o = _lib.ReportOutcome()
-            for i in range(lib.vmta_report_len(rep)):
-                _check(lib.vmta_report_get(rep, i, ctypes.byref(o)))
-                outcomes.append(
-                    ReportOutcome(
-                        o.recipient.text(),
-                        o.message_id.text(),
-                        _OUTCOMES[o.event],
-                        o.reason.text(),
-                        o.feedback_type.text(),
-                        bool(o.verified),
-                        bool(o.suppressed),
-                    )
-                )
-            return kind, outcomes
+            return lib.vmta_report_kind(rep).decode(), _outcomes(rep)
         finally:
             lib.vmta_report_free(rep)
 

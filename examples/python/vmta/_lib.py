@@ -97,6 +97,7 @@ class Stats(Structure):
             "connections_opened",
             "connection_failures",
             "spool_errors",
+            "suppressed",
         )
     ]
 
@@ -211,6 +212,22 @@ _PROTOTYPES = {
     "vmta_engine_stats": (result, [vp, POINTER(Stats)]),
     "vmta_engine_prometheus": (result, [vp, pvp]),
     "vmta_engine_set_tenant_locked": (result, [vp, b, c_size_t, c_bool]),
+    "vmta_engine_suppression_check": (
+        result,
+        [vp, b, c_size_t, b, c_size_t, b, c_size_t, POINTER(c_bool), POINTER(SuppressionInfo)],
+    ),
+    "vmta_engine_suppression_add": (
+        result,
+        [vp, b, c_size_t, b, c_size_t, b, c_size_t, b, c_size_t, c_uint64],
+    ),
+    "vmta_engine_suppression_remove": (
+        result,
+        [vp, b, c_size_t, b, c_size_t, b, c_size_t, POINTER(c_bool)],
+    ),
+    "vmta_engine_suppression_list_new": (result, [vp, b, c_size_t, pvp]),
+    "vmta_engine_apply_report": (result, [vp, b, c_size_t, b, c_size_t, pvp, pvp]),
+    "vmta_config_set_suppression": (result, [vp, c_bool]),
+    "vmta_config_set_verp": (result, [vp, b, c_size_t, b, c_size_t, b, c_size_t]),
     "vmta_engine_shutdown": (result, [vp, c_uint32]),
     "vmta_engine_free": (result, [vp]),
     "vmta_classify_reply": (result, [b, c_size_t, POINTER(Classification)]),
@@ -240,6 +257,7 @@ _PROTOTYPES = {
         [vp, vp, b, c_size_t, b, c_size_t, c_uint32, pvp, pvp],
     ),
     "vmta_report_kind": (c_char_p, [vp]),
+    "vmta_report_message_id": (c_uint64, [vp]),
     "vmta_report_len": (c_size_t, [vp]),
     "vmta_report_get": (result, [vp, c_size_t, POINTER(ReportOutcome)]),
     "vmta_report_free": (result, [vp]),
