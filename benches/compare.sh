@@ -37,6 +37,9 @@ while [ $# -gt 0 ]; do
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
+for n in "$messages" "$postfix_messages" "$timeout" ${per_host:+"$per_host"}; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: counts, timeouts and connections must be positive integers, not '$n'" >&2; exit 2; }
+done
 wants() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 vmta=$root/target/release/vmta
@@ -52,10 +55,12 @@ fi
 
 mkdir -p "$out"
 work=$(mktemp -d /tmp/vmta-compare.XXXXXX)
-world_pid=""
+world_pid="" client_pid=""
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    # `timeout` passes the signal on to the client (postfix.sh then stops its instance).
+    if [ -n "$client_pid" ]; then kill -TERM "$client_pid" 2>/dev/null || true; wait "$client_pid" 2>/dev/null || true; fi
     if [ -n "$world_pid" ]; then kill -TERM "$world_pid" 2>/dev/null || true; wait "$world_pid" 2>/dev/null || true; fi
     rm -rf "$work"
     exit $rc
@@ -103,7 +108,12 @@ run() {
         a=${a//@ROUTES@/$work/routes}; a=${a//@WORLD@/$world_pid}
         args+=("$a")
     done
-    timeout --kill-after=10 "$timeout" "${args[@]}" >"$work/$name.client.json" 2>"$work/$name.client.log" || rc=$?
+    # In the background so that a signal to this script is handled at once (bash runs traps only
+    # between foreground commands).
+    timeout --kill-after=10 "$timeout" "${args[@]}" >"$work/$name.client.json" 2>"$work/$name.client.log" &
+    client_pid=$!
+    wait "$client_pid" || rc=$?
+    client_pid=""
     if [ $rc -ne 0 ]; then
         echo "compare.sh: $name client failed ($rc):" >&2
         tail -20 "$work/$name.client.log" >&2

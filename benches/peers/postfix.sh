@@ -36,10 +36,13 @@ while [ $# -gt 0 ]; do
         *) echo "postfix.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ -n "$routes" ] && [ "$messages" -gt 0 ] && [ -x "$feeder" ] || {
+[ -n "$routes" ] && [ -x "$feeder" ] || {
     echo "usage: postfix.sh --routes FILE --messages N --feeder PATH [--world-pid PID] ..." >&2
     exit 2
 }
+for n in "$messages" "$per_host" "$feed_conns" "$timeout"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "postfix.sh: counts, connections and timeout must be positive integers, not '$n'" >&2; exit 2; }
+done
 case "$addr" in 127.0.0.9[0-9]) ;; *) echo "postfix.sh: --addr must be in 127.0.0.90-99" >&2; exit 2 ;; esac
 for p in postfix postmap postconf python3; do
     command -v "$p" >/dev/null || { echo "postfix.sh: $p is missing (apt-get install postfix)" >&2; exit 2; }
