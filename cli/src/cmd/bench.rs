@@ -9,6 +9,10 @@
 //! paused) before delivery starts. `--blast` runs the ceiling reference ([`super::blast`]) instead;
 //! in-process runs of (a) print the blast row beside vmta's.
 //!
+//! Memory: peak RSS (VmHWM) counts the spool's file pages the process touched, so it grows with the
+//! bytes queued; anonymous memory (RssAnon, sampled) is the heap and stacks: what must stay flat as the
+//! queue grows.
+//!
 //! Client CPU is the process's CPU (getrusage) minus the threads of the in-process test world (sink
 //! workers and DNS responder, read from /proc/self/task), so it counts the engine, the submitting
 //! threads and the event consumer.
@@ -333,7 +337,7 @@ fn shards(args: &BenchArgs) -> usize {
 
 fn header() -> String {
     format!(
-        "{:<38} {:>6} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7}",
+        "{:<38} {:>6} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "workload",
         "system",
         "messages",
@@ -343,6 +347,7 @@ fn header() -> String {
         "p50 ms",
         "p99 ms",
         "RSS MB",
+        "anon MB",
         "conns"
     )
 }
@@ -356,7 +361,7 @@ fn row(o: &Outcome) -> String {
         }
     };
     format!(
-        "{:<38} {:>6} {:>9} {:>9.0} {:>9.0} {:>10.2} {:>8} {:>8} {:>8.0} {:>7}",
+        "{:<38} {:>6} {:>9} {:>9.0} {:>9.0} {:>10.2} {:>8} {:>8} {:>8.0} {:>8} {:>7}",
         format!("({}) {}", o.workload, o.title),
         o.system,
         o.messages,
@@ -366,6 +371,7 @@ fn row(o: &Outcome) -> String {
         dash(o.p50_ms),
         dash(o.p99_ms),
         o.peak_rss_mb,
+        dash(o.peak_anon_mb),
         o.connections
     )
 }
