@@ -1007,6 +1007,17 @@ mod tests {
     }
 
     #[test]
+    fn kddi_reception_filter_is_not_an_unknown_user() {
+        let c = Classifier::default_rules();
+        let mut d = Diagnostic::from_line("550 : User unknown");
+        d.recipient_domain = "ezweb.ne.jp";
+        assert_eq!(c.classify(&d).reason, Reason::Filtered);
+        let mut d = Diagnostic::from_line("550 <someone@ezweb.ne.jp>: User unknown");
+        d.recipient_domain = "ezweb.ne.jp";
+        assert_eq!(c.classify(&d).reason, Reason::UserUnknown);
+    }
+
+    #[test]
     fn huge_and_odd_text_is_fine() {
         let c = Classifier::default_rules();
         let big = "é".repeat(10_000);

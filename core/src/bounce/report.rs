@@ -744,7 +744,26 @@ impl<'a> Reader<'a> {
             && self.root.header("x-failed-recipients").is_none()
     }
 
+    /// Whether the message comes from a mail system rather than a person: such a message is a report
+    /// even when it says `Auto-Submitted: auto-replied` (Exim and others mark their bounces so).
+    fn sent_by_mail_system(&self) -> bool {
+        let from = self.root.header("from").unwrap_or("").to_ascii_lowercase();
+        [
+            "mailer-daemon",
+            "mailer daemon",
+            "mail-daemon",
+            "maildaemon",
+            "postmaster",
+            "mail delivery",
+        ]
+        .iter()
+        .any(|s| from.contains(s))
+    }
+
     fn is_auto_reply(&self) -> bool {
+        if self.sent_by_mail_system() {
+            return false;
+        }
         if self.is_auto_reply_strict() {
             return true;
         }
@@ -1377,11 +1396,23 @@ fn clean_diagnostic(s: &str) -> String {
     }
     // Codes repeated inside joined lines ("... multiple 550 5.7.1 addresses ...").
     if let Some(code) = first_code {
-        let status = EnhancedCode::parse_prefix(out.get(4..).unwrap_or("").as_bytes())
+        // Where the first reply starts: the text before it (an address, "host ... said:") is kept.
+        let start = if out.starts_with(code) {
+            0
+        } else {
+            match out
+                .find(&format!(" {code} "))
+                .or(out.find(&format!(" {code}-")))
+            {
+                Some(i) => i + 1,
+                None => return out,
+            }
+        };
+        let status = EnhancedCode::parse_prefix(out.get(start + 4..).unwrap_or("").as_bytes())
             .map(|(e, _)| e.to_string());
         let head = out
             .len()
-            .min(4 + status.as_ref().map_or(0, |s| s.len() + 1));
+            .min(start + 4 + status.as_ref().map_or(0, |s| s.len() + 1));
         let (first, rest) = out.split_at(head);
         let mut rest = rest.to_string();
         for sep in ["-", " "] {
@@ -1586,6 +1617,27 @@ mod tests {
             (Some(550), EnhancedCode::new(5, 1, 1))
         );
         assert_eq!(reply_codes("in 1999 at 10:00"), (None, None));
+    }
+
+    #[test]
+    fn auto_submitted_bounce_from_the_mail_system_is_a_report() {
+        let r = rep(
+            "From: Mail Delivery System <mailer-daemon@mx.example.net>\nAuto-Submitted: auto-replied\nSubject: Warning: message 1abc delayed 24 hours\n\nThe address to which the message has not yet been delivered is:\n\n  rcpt@example.org\n    host mx.example.org [192.0.2.9]\n    Delay reason: SMTP error from remote mail server after RCPT TO:<rcpt@example.org>:\n    450 4.2.2 Mailbox full\n",
+        );
+        assert_eq!(r.kind, ReportKind::Dsn);
+        assert_eq!(r.recipients[0].address, "rcpt@example.org");
+        assert_eq!(r.recipients[0].reply_code, Some(450));
+        assert_eq!(r.recipients[0].reason, Reason::MailboxFull);
+    }
+
+    #[test]
+    fn reply_code_after_context_is_kept() {
+        assert_eq!(
+            clean_diagnostic(
+                "a@b.example host mx [192.0.2.1]\nDelay reason: after MAIL FROM:<x@y>:\n450 4.7.1 go away\n450 4.7.1 now"
+            ),
+            "a@b.example host mx [192.0.2.1] Delay reason: after MAIL FROM:<x@y>: 450 4.7.1 go away now"
+        );
     }
 
     #[test]
