@@ -136,7 +136,7 @@ pub fn parse_with_limits(
     limits: &MimeLimits,
 ) -> Result<Report, ReportError> {
     let root = mime::parse(input, limits).map_err(ReportError::Mime)?;
-    Ok(Reader::new(&root, classifier).read())
+    Ok(Reader::new(&root, classifier, *limits, false).read())
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -145,14 +145,24 @@ struct Reader<'a> {
     root: &'a Part,
     classifier: &'a Classifier,
     parts: Vec<&'a Part>,
+    limits: MimeLimits,
+    /// Reading a bounce found inside another message's text (never looks for a further one).
+    nested: bool,
 }
 
 impl<'a> Reader<'a> {
-    fn new(root: &'a Part, classifier: &'a Classifier) -> Reader<'a> {
+    fn new(
+        root: &'a Part,
+        classifier: &'a Classifier,
+        limits: MimeLimits,
+        nested: bool,
+    ) -> Reader<'a> {
         Reader {
             root,
             classifier,
             parts: root.walk(),
+            limits,
+            nested,
         }
     }
 
@@ -186,6 +196,9 @@ impl<'a> Reader<'a> {
             report.kind = ReportKind::Dsn;
             report.recipients.truncate(MAX_RECIPIENTS);
             return report;
+        }
+        if let Some(inner) = self.read_forwarded() {
+            return inner;
         }
         if self.is_auto_reply() {
             report.kind = ReportKind::AutoReply;
@@ -668,6 +681,34 @@ impl<'a> Reader<'a> {
             report.recipients.push(rcpt);
         }
         true
+    }
+
+    /// A bounce forwarded by a person or a program: the bounce's header and body pasted (or quoted with
+    /// `> `) into the text of this message, or kept after an mbox `From ` line. Read as a message of
+    /// its own, once (a bounce inside it is not searched again).
+    fn read_forwarded(&self) -> Option<Report> {
+        if self.nested {
+            return None;
+        }
+        let texts = self
+            .parts
+            .iter()
+            .filter(|p| p.content_type.starts_with("text/") && !self.is_inside_original(p))
+            .take(2);
+        for p in texts {
+            let text = p.text();
+            let Some(inner) = embedded_message(&text) else {
+                continue;
+            };
+            let Ok(root) = mime::parse(inner.as_bytes(), &self.limits) else {
+                continue;
+            };
+            let r = Reader::new(&root, self.classifier, self.limits, true).read();
+            if r.kind == ReportKind::Dsn && !r.recipients.is_empty() {
+                return Some(r);
+            }
+        }
+        None
     }
 
     /// The human-readable text: the first text part that is not the returned message, cut where the
@@ -1193,7 +1234,23 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         let mut block = focus_on_reply(&block);
         // If the block has no error text, look at the paragraph before (error first, address after).
         if !has_error_words(&block) {
-            let para = error_paragraph(&lines[..i].join("\n"));
+            let mut para = error_paragraph(&lines[..i].join("\n"));
+            // The lines just above the address, in its paragraph ("User not listed in ...\n<addr>").
+            let above: Vec<&str> = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| !l.trim().is_empty())
+                .take(4)
+                .map(|l| l.trim())
+                .collect();
+            let above = above.into_iter().rev().collect::<Vec<_>>().join("\n");
+            if !above.is_empty() && !para.contains(&above) {
+                para = if para.is_empty() {
+                    above
+                } else {
+                    format!("{para}\n{above}")
+                };
+            }
             if !para.is_empty() {
                 block = format!("{para}\n{block}");
             }
@@ -1230,6 +1287,89 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Most lines searched for the start of a message embedded in a text.
+const MAX_EMBED_SCAN: usize = 2000;
+
+/// The text of a message embedded in `text` (a forwarded or pasted bounce), from its first header line
+/// on, with one level of `>` quoting removed. The header must have at least three fields and look like a
+/// mail system's report (sender, subject or content type).
+fn embedded_message(text: &str) -> Option<String> {
+    let raw: Vec<&str> = text.lines().take(MAX_EMBED_SCAN).collect();
+    let quoted = raw.iter().filter(|l| l.starts_with('>')).count();
+    let lines: Vec<&str> = if quoted >= 5 {
+        raw.iter()
+            .map(|l| match l.strip_prefix('>') {
+                Some(rest) => rest.strip_prefix(' ').unwrap_or(rest),
+                None => l,
+            })
+            .collect()
+    } else {
+        raw
+    };
+    let field = |l: &str| -> Option<String> {
+        let (name, _) = l.split_once(':')?;
+        (!name.is_empty()
+            && name.len() <= 40
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .then(|| name.to_ascii_lowercase())
+    };
+    let mut k = 0;
+    while k < lines.len() {
+        let start = k;
+        let mut first = k;
+        if lines[k].starts_with("From ") && field(lines[k]).is_none() {
+            // An mbox separator line before the header.
+            first = k + 1;
+        }
+        let mut names = Vec::new();
+        let mut report_like = false;
+        let mut j = first;
+        while j < lines.len() {
+            let l = lines[j];
+            if l.starts_with(' ') || l.starts_with('\t') {
+                if names.is_empty() {
+                    break;
+                }
+                j += 1;
+                continue;
+            }
+            let Some(name) = field(l) else { break };
+            let value = l[name.len() + 1..].to_ascii_lowercase();
+            report_like |= match name.as_str() {
+                "from" => [
+                    "mailer-daemon",
+                    "postmaster",
+                    "mail delivery",
+                    "mail-daemon",
+                ]
+                .iter()
+                .any(|s| value.contains(s)),
+                "content-type" => value.contains("multipart/report"),
+                "subject" => [
+                    "undeliver",
+                    "returned mail",
+                    "delivery status",
+                    "failure",
+                    "failed",
+                ]
+                .iter()
+                .any(|s| value.contains(s)),
+                _ => false,
+            };
+            names.push(name);
+            j += 1;
+        }
+        let ends_header = j < lines.len() && lines[j].trim().is_empty();
+        if names.len() >= 3 && report_like && ends_header && start > 0 {
+            let mut out = lines[first..].join("\n");
+            out.push('\n');
+            return Some(out);
+        }
+        k = j.max(k + 1);
+    }
+    None
 }
 
 fn continues_error(next: &str) -> bool {
@@ -1526,6 +1666,7 @@ fn phase_of(s: &str) -> Option<Phase> {
         ("after helo", Phase::Ehlo),
         ("after ehlo", Phase::Ehlo),
         ("after initial connection", Phase::Greeting),
+        ("refused to talk to me", Phase::Greeting),
         ("greeting", Phase::Greeting),
         ("starttls", Phase::StartTls),
     ];
@@ -1638,6 +1779,35 @@ mod tests {
             ),
             "a@b.example host mx [192.0.2.1] Delay reason: after MAIL FROM:<x@y>: 450 4.7.1 go away now"
         );
+    }
+
+    #[test]
+    fn forwarded_bounce_is_read() {
+        // Quoted with "> " by a mail client.
+        let r = rep(
+            "From: someone@example.jp\nTo: helpdesk@example.jp\nSubject: Fwd: see transcript\n\nPlease look at this.\n\nBegin forwarded message:\n\n> From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.jp>\n> To: <someone@example.jp>\n> Subject: Returned mail: see transcript for details\n>\n>    ----- The following addresses had permanent fatal errors -----\n> <gone@example.com>\n>     (reason: 550 5.1.1 <gone@example.com>... User unknown)\n>\n>    ----- Transcript of session follows -----\n> >>> RCPT To:<gone@example.com>\n> <<< 550 5.1.1 <gone@example.com>... User unknown\n",
+        );
+        assert_eq!(r.kind, ReportKind::Dsn);
+        assert_eq!(r.recipients.len(), 1);
+        assert_eq!(r.recipients[0].address, "gone@example.com");
+        assert_eq!(r.recipients[0].reason, Reason::UserUnknown);
+        // Kept after an mbox separator in a notification's text.
+        let r = rep(
+            "From: MAILER-DAEMON@relay.example.net\nTo: admin@example.net\nSubject: Undelivered Mail Returned to Sender\n\nA copy of the report follows.\n\n------\nFrom MAILER-DAEMON  Thu Apr 29 23:34:45 2021\nFrom: MAILER-DAEMON@relay.example.net (Mail Delivery System)\nSubject: Undelivered Mail Returned to Sender\nTo: admin@example.net\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"XX.1/relay\"\n\n--XX.1/relay\nContent-Type: text/plain\n\nsorry\n\n--XX.1/relay\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; relay.example.net\n\nFinal-Recipient: rfc822; full@example.org\nAction: failed\nStatus: 5.2.2\nDiagnostic-Code: smtp; 552 5.2.2 Mailbox full\n\n--XX.1/relay--\n",
+        );
+        assert_eq!(r.recipients.len(), 1);
+        assert_eq!(r.recipients[0].address, "full@example.org");
+        assert_eq!(r.recipients[0].reason, Reason::MailboxFull);
+        assert!(embedded_message("no header here\n> just: a quote\n").is_none());
+    }
+
+    #[test]
+    fn error_line_above_the_address() {
+        let r = rep(
+            "From: POSTMASTER@gw.example.com\nTo: a@example.com\nSubject: Undeliverable message\n\n------- Failure Reasons  --------\n\nUser  not listed in public Name & Address Book\nkuro@example.com\n",
+        );
+        assert_eq!(r.recipients[0].address, "kuro@example.com");
+        assert_eq!(r.recipients[0].reason, Reason::UserUnknown);
     }
 
     #[test]
