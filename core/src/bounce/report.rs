@@ -192,7 +192,7 @@ impl<'a> Reader<'a> {
             report.recipients.truncate(MAX_RECIPIENTS);
             return report;
         }
-        if self.read_dsn(&mut report, original) || self.read_text_bounce(&mut report, original) {
+        if self.read_dsn(&mut report) || self.read_text_bounce(&mut report, original) {
             report.kind = ReportKind::Dsn;
             report.recipients.truncate(MAX_RECIPIENTS);
             return report;
@@ -340,7 +340,7 @@ impl<'a> Reader<'a> {
                             response.clone(),
                             remote,
                             None,
-                            None,
+                            "",
                         ));
                     }
                 }
@@ -363,7 +363,7 @@ impl<'a> Reader<'a> {
                     let action = str_of(r, "action");
                     report
                         .recipients
-                        .push(self.finish_recipient(a, action, status, diag, None, None, None));
+                        .push(self.finish_recipient(a, action, status, diag, None, None, ""));
                 }
             }
             _ => return false,
@@ -373,7 +373,7 @@ impl<'a> Reader<'a> {
 
     // -- RFC 3464 -------------------------------------------------------------------------------------
 
-    fn read_dsn(&self, report: &mut Report, original: Option<&'a Part>) -> bool {
+    fn read_dsn(&self, report: &mut Report) -> bool {
         let status_part = self.parts.iter().find(|p| {
             matches!(
                 p.content_type.as_str(),
@@ -392,12 +392,13 @@ impl<'a> Reader<'a> {
                 t
             }
             None => {
-                // DSN fields pasted into a text part (some MTAs, some forwarders).
-                let human = self.human_text();
-                if !has_dsn_fields(&human) {
+                // DSN fields pasted into a text part (some MTAs, some forwarders), read before the
+                // text is cut where the returned message starts (the fields may follow a marker).
+                let all = self.text_parts();
+                if !has_dsn_fields(&all) {
                     return false;
                 }
-                human
+                all
             }
         };
         let human = self.human_text();
@@ -414,12 +415,19 @@ impl<'a> Reader<'a> {
             let mut diag_type = String::new();
             let mut remote = None;
             let mut original_rcpt = None;
+            let mut comment = String::new();
             for (name, value) in g {
                 match name.as_str() {
                     "final-recipient" => address = address_field(&value),
                     "original-recipient" => original_rcpt = address_field(&value),
                     "action" => action = Some(value.trim().to_ascii_lowercase()),
-                    "status" => status = find_status(&value),
+                    "status" => {
+                        status = find_status(&value);
+                        comment = value
+                            .split_once('(')
+                            .map(|(_, c)| c.trim_end().trim_end_matches(')').trim().to_string())
+                            .unwrap_or_default();
+                    }
                     "remote-mta" => remote = Some(strip_type(&value).to_string()),
                     "diagnostic-code" => {
                         let (t, v) = split_type(&value);
@@ -451,7 +459,7 @@ impl<'a> Reader<'a> {
                 diag = format!("X-Unix; {diag}");
             }
             let rcpt =
-                self.finish_recipient(address, action, status, diag, remote, phase, original);
+                self.finish_recipient(address, action, status, diag, remote, phase, &comment);
             report.recipients.push(rcpt);
             if report.recipients.len() >= MAX_RECIPIENTS {
                 break;
@@ -473,9 +481,18 @@ impl<'a> Reader<'a> {
         diag: String,
         remote: Option<String>,
         phase: Option<Phase>,
-        _original: Option<&Part>,
+        status_comment: &str,
     ) -> ReportRecipient {
         let diag = clean_diagnostic(&diag);
+        // The comment of a DSN `Status` field ("5.2.1 (mailbox disabled, not accepting messages)") is
+        // the reporting MTA's own reading of the failure: the rules read it after the reply.
+        let with_comment;
+        let text = if status_comment.is_empty() {
+            &diag
+        } else {
+            with_comment = format!("{diag} ({status_comment})");
+            &with_comment
+        };
         let (code, diag_status) = reply_codes(&diag);
         // The diagnostic's own enhanced code is more precise than a generic X.0.0 in the Status field.
         let enhanced = match (diag_status, status) {
@@ -495,7 +512,7 @@ impl<'a> Reader<'a> {
         let d = Diagnostic {
             code,
             enhanced,
-            text: &diag,
+            text,
             phase,
             sender_domain: "",
             recipient_domain: &recipient_domain,
@@ -677,7 +694,7 @@ impl<'a> Reader<'a> {
         let human_phase = phase_of(&human);
         for (address, block) in found.into_iter().take(MAX_RECIPIENTS) {
             let phase = phase_of(&block).or(human_phase);
-            let rcpt = self.finish_recipient(address, None, None, block, None, phase, original);
+            let rcpt = self.finish_recipient(address, None, None, block, None, phase, "");
             report.recipients.push(rcpt);
         }
         true
@@ -714,6 +731,11 @@ impl<'a> Reader<'a> {
     /// The human-readable text: the first text part that is not the returned message, cut where the
     /// returned message starts.
     fn human_text(&self) -> String {
+        cut_at_original(&self.text_parts())
+    }
+
+    /// The text parts that are not the returned message, joined, uncut.
+    fn text_parts(&self) -> String {
         let mut text = String::new();
         for p in &self.parts {
             if !p.children.is_empty() && p.content_type.starts_with("multipart/") {
@@ -742,7 +764,7 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        cut_at_original(&text)
+        text
     }
 
     fn is_inside_original(&self, target: &Part) -> bool {
@@ -1218,10 +1240,18 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
                         && !exclude.iter().any(|e| e.eq_ignore_ascii_case(a))
                         && !is_role_sender(a)
                 });
-                if let Some(n) = next_addr
-                    && lt.starts_with(&n.to_ascii_lowercase())
-                {
-                    break;
+                if let Some(n) = next_addr {
+                    // Led by the address, or introduced the way this block was ("Recipient address:").
+                    let prefix = |l: &str, a: &str| {
+                        let l = l.trim().to_ascii_lowercase();
+                        l.find(&a.to_ascii_lowercase())
+                            .map(|at| l[..at].trim_end_matches(['<', ' ']).to_string())
+                    };
+                    let same_intro = prefix(l, &n)
+                        .is_some_and(|p| p.len() >= 3 && prefix(line, &addrs[0]) == Some(p));
+                    if lt.starts_with(&n.to_ascii_lowercase()) || same_intro {
+                        break;
+                    }
                 }
             }
             block.push_str(l.trim());
@@ -1808,6 +1838,29 @@ mod tests {
         );
         assert_eq!(r.recipients[0].address, "kuro@example.com");
         assert_eq!(r.recipients[0].reason, Reason::UserUnknown);
+    }
+
+    #[test]
+    fn status_comment_is_read() {
+        let r = rep(
+            "From: MAILER-DAEMON@mta.example.net\nSubject: Delivery failure\nContent-Type: multipart/report; report-type=delivery-status; boundary=R\n\n--R\nContent-Type: message/delivery-status\n\nReporting-MTA: dns;mta.example.net\n\nFinal-Recipient: rfc822;off@example.jp\nAction: failed\nStatus: 5.2.1 (mailbox disabled, not accepting messages)\nDiagnostic-Code: smtp;550 5.2.1 <off@example.jp>... User Unknown\n\n--R--\n",
+        );
+        assert_eq!(r.recipients[0].reason, Reason::Suspend);
+        assert_eq!(
+            r.recipients[0].diagnostic,
+            "550 5.2.1 <off@example.jp>... User Unknown"
+        );
+    }
+
+    #[test]
+    fn recipients_introduced_alike_are_separate() {
+        let r = rep(
+            "From: MAILER-DAEMON@mta.example.net\nSubject: Delivery failure\n\nYour message cannot be delivered to the following recipients:\n\n  Recipient address: one@example.org\n  Reason: Remote SMTP server has rejected address\n  Diagnostic code: smtp; 550 5.2.2 Mailbox full\n  Recipient address: two@example.org\n  Reason: Remote SMTP server has rejected address\n  Diagnostic code: smtp; 550 5.1.1 User unknown\n",
+        );
+        assert_eq!(r.recipients.len(), 2);
+        assert_eq!(r.recipients[0].reason, Reason::MailboxFull);
+        assert_eq!(r.recipients[1].address, "two@example.org");
+        assert_eq!(r.recipients[1].reason, Reason::UserUnknown);
     }
 
     #[test]
