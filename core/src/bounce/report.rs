@@ -449,6 +449,7 @@ impl<'a> Reader<'a> {
                 .find(|(a, _)| a.eq_ignore_ascii_case(&address))
                 .map(|(_, b)| b.clone());
             let phase = phase_of(&diag)
+                .or_else(|| transcript_phase(&human, &address))
                 .or_else(|| block.as_deref().and_then(phase_of))
                 .or(human_phase);
             if diag.trim().is_empty() || diag.trim().len() < 8 {
@@ -693,7 +694,9 @@ impl<'a> Reader<'a> {
         }
         let human_phase = phase_of(&human);
         for (address, block) in found.into_iter().take(MAX_RECIPIENTS) {
-            let phase = phase_of(&block).or(human_phase);
+            let phase = transcript_phase(&human, &address)
+                .or_else(|| phase_of(&block))
+                .or(human_phase);
             let rcpt = self.finish_recipient(address, None, None, block, None, phase, "");
             report.recipients.push(rcpt);
         }
@@ -1184,7 +1187,7 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         }
         // Lines that introduce a recipient: the address leads the line (`<a@b>:`, `a@b`, `RCPT TO:<a@b>`,
         // `To: a@b`, `Failed recipient: a@b`), or the line is an error line naming it.
-        let lead = trimmed
+        let lead = strip_result_code(trimmed)
             .trim_start_matches(['<', '"', '\'', '(', '*', '-', '>', ' ', '\t'])
             .to_ascii_lowercase();
         let addr0 = addrs[0].to_ascii_lowercase();
@@ -1231,8 +1234,7 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         while j < lines.len() {
             let l = lines[j];
             if j > i {
-                let lt = l
-                    .trim_start()
+                let lt = strip_result_code(l.trim_start())
                     .trim_start_matches(['<', '"', '(', '*', '-', '>', ' '])
                     .to_ascii_lowercase();
                 let next_addr = all_addresses(l).into_iter().find(|a| {
@@ -1400,6 +1402,95 @@ fn embedded_message(text: &str) -> Option<String> {
         k = j.max(k + 1);
     }
     None
+}
+
+/// A Sendmail result line `554 <a@b>... reason` is led by its address: drops the leading code.
+fn strip_result_code(line: &str) -> &str {
+    let b = line.as_bytes();
+    if b.len() > 5
+        && b[..3].iter().all(u8::is_ascii_digit)
+        && b[3] == b' '
+        && b[4] == b'<'
+        && line.contains(">...")
+    {
+        &line[4..]
+    } else {
+        line
+    }
+}
+
+/// The command a recipient's failure answered in an SMTP transcript (Sendmail's `... while talking to
+/// host:` / `>>> RCPT To:<a@b>` / `<<< 550 ...` / `550 <a@b>... User unknown`): the last `>>>` command
+/// above the first result line naming the address, within its `while talking to` section.
+fn transcript_phase(text: &str, address: &str) -> Option<Phase> {
+    let lines: Vec<&str> = text.lines().take(MAX_EMBED_SCAN).collect();
+    let addr = address.to_ascii_lowercase();
+    for (i, l) in lines.iter().enumerate() {
+        let lower = l.to_ascii_lowercase();
+        if !lower.contains(&addr) || lower.trim_start().starts_with(">>>") {
+            continue;
+        }
+        for (back, above) in lines[..i].iter().rev().take(40).enumerate() {
+            let a = above.trim_start();
+            if let Some(cmd) = a.strip_prefix(">>>") {
+                let phase = command_phase(cmd);
+                if phase == Some(Phase::Data) && pipelined_rcpt_failure(&lines[i - back..]) {
+                    // With PIPELINING the RCPT replies are read after DATA was sent: a DATA refused
+                    // with "503 need RCPT" means the recipients were refused at RCPT.
+                    return Some(Phase::Rcpt);
+                }
+                return phase;
+            }
+            let al = a.to_ascii_lowercase();
+            if al.is_empty() || al.contains("while talking to") || is_mailer_line(a) {
+                break;
+            }
+        }
+    }
+    None
+}
+
+/// A Sendmail mailer status line about a host it did not talk to: `550 example.org (smtp)... reason`.
+fn is_mailer_line(l: &str) -> bool {
+    let b = l.as_bytes();
+    b.len() > 5
+        && b[..3].iter().all(u8::is_ascii_digit)
+        && b[3] == b' '
+        && l[4..].split_once(' ').is_some_and(|(host, rest)| {
+            !host.contains('@') && rest.starts_with('(') && rest.contains(")...")
+        })
+}
+
+/// Whether a transcript section (from a `>>> DATA` on) holds the `503` that answers DATA when every
+/// pipelined RCPT was refused.
+fn pipelined_rcpt_failure(section: &[&str]) -> bool {
+    section
+        .iter()
+        .take(20)
+        .take_while(|l| !l.to_ascii_lowercase().contains("while talking to"))
+        .any(|l| {
+            let l = l.trim_start().trim_start_matches("<<<").trim_start();
+            let lower = l.to_ascii_lowercase();
+            l.starts_with("503") && ["rcpt", "recipient"].iter().any(|k| lower.contains(k))
+        })
+}
+
+/// The phase of an SMTP command line as sent (`RCPT To:<a@b>`, `MAIL From:<>`, `DATA`, `.`).
+fn command_phase(cmd: &str) -> Option<Phase> {
+    let c = cmd.trim().to_ascii_uppercase();
+    let word = c.split([' ', ':']).next().unwrap_or("");
+    Some(match word {
+        "RCPT" => Phase::Rcpt,
+        "MAIL" => Phase::Mail,
+        "DATA" | "BDAT" => Phase::Data,
+        "." => Phase::EndOfData,
+        "EHLO" | "HELO" | "LHLO" => Phase::Ehlo,
+        "STARTTLS" => Phase::StartTls,
+        "AUTH" => Phase::Auth,
+        "QUIT" => Phase::Quit,
+        "RSET" => Phase::Rset,
+        _ => return None,
+    })
 }
 
 fn continues_error(next: &str) -> bool {
@@ -1861,6 +1952,31 @@ mod tests {
         assert_eq!(r.recipients[0].reason, Reason::MailboxFull);
         assert_eq!(r.recipients[1].address, "two@example.org");
         assert_eq!(r.recipients[1].reason, Reason::UserUnknown);
+    }
+
+    #[test]
+    fn sendmail_v5_transcript() {
+        let r = rep(
+            "From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.com>\nSubject: Returned mail: User unknown\nTo: me@example.com\n\n   ----- Transcript of session follows -----\n550 gone.example (smtp)... 550 Host unknown\n554 <a@gone.example>... 550 Host unknown (Authoritative answer from name server)\nWhile talking to mx.example.net:\n>>> RCPT To:<b@example.net>\n<<< 550 <b@example.net>... User unknown\n550 <b@example.net>... User unknown\n\n   ----- Unsent message follows -----\nFrom: me@example.com\nTo: a@gone.example, b@example.net\n\nhi\n",
+        );
+        assert_eq!(r.recipients.len(), 2);
+        assert_eq!(r.recipients[0].address, "a@gone.example");
+        assert_eq!(r.recipients[0].reason, Reason::HostUnknown);
+        assert_eq!(r.recipients[1].address, "b@example.net");
+        assert_eq!(r.recipients[1].phase, Some(Phase::Rcpt));
+        assert_eq!(r.recipients[1].reason, Reason::UserUnknown);
+    }
+
+    #[test]
+    fn transcript_phases() {
+        let t = "... while talking to mx.example.org.:\n>>> DATA\n<<< 550 5.1.1 <x@example.org>... User unknown\n550 5.1.1 <x@example.org>... User unknown\n<<< 503 5.0.0 Need RCPT (recipient)\n";
+        assert_eq!(transcript_phase(t, "x@example.org"), Some(Phase::Rcpt));
+        let t = "... while talking to mx.example.org.:\n>>> DATA\n<<< 554 5.7.1 <x@example.org>... Message refused\n554 5.7.1 <x@example.org>... Message refused\n";
+        assert_eq!(transcript_phase(t, "x@example.org"), Some(Phase::Data));
+        let t = ">>> MAIL From:<me@example.com>\n<<< 501 go away\n550 example.org (smtp)... 550 Host unknown\n554 <x@example.org>... 550 Host unknown\n";
+        assert_eq!(transcript_phase(t, "x@example.org"), None);
+        assert!(is_mailer_line("550 example.org (smtp)... 550 Host unknown"));
+        assert!(!is_mailer_line("550 <x@example.org>... User unknown"));
     }
 
     #[test]
