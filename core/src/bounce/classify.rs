@@ -1018,6 +1018,26 @@ mod tests {
     }
 
     #[test]
+    fn spectrum_aup_codes() {
+        let c = Classifier::default_rules();
+        for (line, want) in [
+            (
+                "550 5.1.0 sender rejected. AUP#In-1310",
+                Reason::RateLimited,
+            ),
+            ("554 5.7.1 blocked AUP#I-1000", Reason::Blocked),
+            ("550 5.7.1 AUP#O-1100 rDNS", Reason::RequirePtr),
+            ("552 5.3.4 AUP#I-1530", Reason::MesgTooBig),
+        ] {
+            assert_eq!(
+                c.classify(&Diagnostic::from_line(line)).reason,
+                want,
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn huge_and_odd_text_is_fine() {
         let c = Classifier::default_rules();
         let big = "é".repeat(10_000);

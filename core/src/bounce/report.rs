@@ -600,6 +600,22 @@ impl<'a> Reader<'a> {
         ]
         .iter()
         .any(|s| from.contains(s));
+        let body_bounce = || {
+            let text = self.human_text().to_ascii_lowercase();
+            [
+                "error message below",
+                "could not be delivered",
+                "undeliverable",
+                "delivery has failed",
+                "was not delivered",
+                "permanent fatal errors",
+                "transcript of session follows",
+                "delivery to the following recipient",
+                "message you sent could not be delivered",
+            ]
+            .iter()
+            .any(|s| text.contains(s))
+        };
         let subject_bounce = [
             "undeliver",
             "delivery",
@@ -633,6 +649,7 @@ impl<'a> Reader<'a> {
             || subject_bounce
             || rp.trim() == "<>"
             || self.root.header("x-failed-recipients").is_some()
+            || body_bounce()
     }
 
     fn read_text_bounce(&self, report: &mut Report, original: Option<&'a Part>) -> bool {
@@ -1772,15 +1789,25 @@ fn phase_of(s: &str) -> Option<Phase> {
         ("after data", Phase::EndOfData),
         ("in reply to data", Phase::Data),
         ("for text command", Phase::EndOfData),
-        ("rcpt to", Phase::Rcpt),
+        // "RCPT TO: <a@b>" alone may be an envelope summary ("Message details: MAIL FROM: ... RCPT TO:
+        // ..."), not the command that failed.
+        ("in reply to rcpt", Phase::Rcpt),
+        ("after rcpt", Phase::Rcpt),
+        (">>> rcpt", Phase::Rcpt),
+        ("our rcpt to", Phase::Rcpt),
+        ("rcpt to:<", Phase::Rcpt),
+        ("rcpt to: <", Phase::Rcpt),
         ("rcpt command", Phase::Rcpt),
         ("smtp:rcpt", Phase::Rcpt),
         ("rcpt response", Phase::Rcpt),
-        ("mail from", Phase::Mail),
-        ("after mail command", Phase::Mail),
+        ("rcpt to response", Phase::Rcpt),
+        ("in reply to mail", Phase::Mail),
+        ("after mail", Phase::Mail),
+        (">>> mail", Phase::Mail),
+        ("mail from:<", Phase::Mail),
+        ("mail from: <", Phase::Mail),
         ("rcpt_to", Phase::Rcpt),
         ("[rcpt", Phase::Rcpt),
-        ("mail from", Phase::Mail),
         ("mail_from", Phase::Mail),
         ("in reply to helo", Phase::Ehlo),
         ("in reply to ehlo", Phase::Ehlo),
@@ -1977,6 +2004,39 @@ mod tests {
         assert_eq!(transcript_phase(t, "x@example.org"), None);
         assert!(is_mailer_line("550 example.org (smtp)... 550 Host unknown"));
         assert!(!is_mailer_line("550 <x@example.org>... User unknown"));
+    }
+
+    #[test]
+    fn envelope_summary_is_not_the_failed_command() {
+        assert_eq!(
+            phase_of("Message details:\n  MAIL FROM: a@example.com\n  RCPT TO: b@example.net\n"),
+            None
+        );
+        assert_eq!(
+            phase_of("550 5.1.1 unknown (in reply to RCPT TO command)"),
+            Some(Phase::Rcpt)
+        );
+        assert_eq!(
+            phase_of("SMTP error from remote mail server after MAIL FROM:<a@b.example> SIZE=10:"),
+            Some(Phase::Mail)
+        );
+        assert_eq!(
+            phase_of(
+                "Sorry, no SMTP connection got far enough; most progress was RCPT TO response"
+            ),
+            Some(Phase::Rcpt)
+        );
+    }
+
+    #[test]
+    fn bounce_recognised_by_its_body() {
+        let r = rep(
+            "From: post_master@sms.example.com\nTo: me@example.com\nSubject: Re: hello\n\nError: Invalid user address\n\nError message below:\n550 - Requested action not taken: no such user here\n\nMessage details:\n  Subject: hello\n  MAIL FROM: me@example.com\n  RCPT TO: 5550100@sms.example.com\n",
+        );
+        assert_eq!(r.kind, ReportKind::Dsn);
+        assert_eq!(r.recipients[0].address, "5550100@sms.example.com");
+        assert_eq!(r.recipients[0].reply_code, Some(550));
+        assert_eq!(r.recipients[0].phase, None);
     }
 
     #[test]
