@@ -484,7 +484,7 @@ impl<'a> Reader<'a> {
         phase: Option<Phase>,
         status_comment: &str,
     ) -> ReportRecipient {
-        let diag = clean_diagnostic(&diag);
+        let diag = unwrap_relayed_reply(&clean_diagnostic(&diag));
         // The comment of a DSN `Status` field ("5.2.1 (mailbox disabled, not accepting messages)") is
         // the reporting MTA's own reading of the failure: the rules read it after the reply.
         let with_comment;
@@ -688,6 +688,10 @@ impl<'a> Reader<'a> {
             {
                 addrs.extend(o.header("to").map(all_addresses).unwrap_or_default());
             }
+            if addrs.is_empty() && original.is_none() {
+                // The returned message inline after a marker ("----- Unsent message follows -----").
+                addrs.extend(self.inline_original_to());
+            }
             if addrs.is_empty() {
                 addrs.extend(
                     self.root
@@ -746,6 +750,23 @@ impl<'a> Reader<'a> {
             }
         }
         None
+    }
+
+    /// The `To` addresses of a returned message kept inline in the text, after the line where
+    /// [`cut_at_original`] cut it.
+    fn inline_original_to(&self) -> Vec<String> {
+        let full = self.text_parts();
+        let human = cut_at_original(&full);
+        let rest = &full[human.len()..];
+        // Drop the marker line itself and blank lines.
+        let rest = rest.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        if rest.is_empty() {
+            return Vec::new();
+        }
+        match mime::parse(rest.as_bytes(), &self.limits) {
+            Ok(m) => m.header("to").map(all_addresses).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The human-readable text: the first text part that is not the returned message, cut where the
@@ -1704,6 +1725,35 @@ fn clean_diagnostic(s: &str) -> String {
     out
 }
 
+/// A relay's category label around the receiver's own reply, as Amazon SES writes it:
+/// `5.1.0 - Unknown address error 550-'5.7.1 <a@b>... Access denied' (delivery attempts: 0)`. The
+/// quoted reply is what the receiver said; it is kept, the label dropped.
+fn unwrap_relayed_reply(diag: &str) -> String {
+    let Some((status, rest)) = diag.split_once(" - ") else {
+        return diag.to_string();
+    };
+    if EnhancedCode::parse(status.trim()).is_none() {
+        return diag.to_string();
+    }
+    let b = rest.as_bytes();
+    let quoted = (3..b.len()).find(|&i| {
+        b[i] == b'\''
+            && (b[i - 1] == b'-' || b[i - 1] == b' ')
+            && i >= 4
+            && b[i - 4..i - 1].iter().all(u8::is_ascii_digit)
+            && matches!(b[i - 4], b'4' | b'5')
+            && (i == 4 || b[i - 5] == b' ')
+    });
+    let Some(q) = quoted else {
+        return diag.to_string();
+    };
+    let inner = &rest[q + 1..];
+    let Some(end) = inner.rfind('\'') else {
+        return diag.to_string();
+    };
+    format!("{} {}", &rest[q - 4..q - 1], inner[..end].trim())
+}
+
 fn strip_type_prefix(l: &str) -> &str {
     for t in ["smtp;", "SMTP;", "Smtp;"] {
         if let Some(rest) = l.strip_prefix(t) {
@@ -2037,6 +2087,31 @@ mod tests {
         assert_eq!(r.recipients[0].address, "5550100@sms.example.com");
         assert_eq!(r.recipients[0].reply_code, Some(550));
         assert_eq!(r.recipients[0].phase, None);
+    }
+
+    #[test]
+    fn recipient_from_the_inline_returned_message() {
+        let r = rep(
+            "From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.com>\nSubject: Returned mail: Cannot send message for 5 days\nTo: me@example.com\n\n   ----- Transcript of session follows -----\n421 far.example (smtp)... Deferred: Connection timed out during user open with far.example\n\n   ----- Unsent message follows -----\nReceived: by mx.example.com; id 1\nFrom: me@example.com\nTo: you@far.example\nSubject: hi\n\nhello\n",
+        );
+        assert_eq!(r.recipients.len(), 1);
+        assert_eq!(r.recipients[0].address, "you@far.example");
+        assert_eq!(r.recipients[0].reply_code, Some(421));
+    }
+
+    #[test]
+    fn relayed_reply_is_unwrapped() {
+        assert_eq!(
+            unwrap_relayed_reply(
+                "5.1.0 - Unknown address error 550-'5.7.1 <b@x.example>... Access denied' (delivery attempts: 0)"
+            ),
+            "550 5.7.1 <b@x.example>... Access denied"
+        );
+        assert_eq!(
+            unwrap_relayed_reply("550 5.1.1 - no quote here"),
+            "550 5.1.1 - no quote here"
+        );
+        assert_eq!(unwrap_relayed_reply("5.0.0 - x 550-'"), "5.0.0 - x 550-'");
     }
 
     #[test]
