@@ -1845,6 +1845,7 @@ fn phase_of(s: &str) -> Option<Phase> {
         ("after rcpt", Phase::Rcpt),
         (">>> rcpt", Phase::Rcpt),
         ("our rcpt to", Phase::Rcpt),
+        ("does not like recipient", Phase::Rcpt),
         ("rcpt to:<", Phase::Rcpt),
         ("rcpt to: <", Phase::Rcpt),
         ("rcpt command", Phase::Rcpt),
