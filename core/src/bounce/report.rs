@@ -200,6 +200,18 @@ impl<'a> Reader<'a> {
         if let Some(inner) = self.read_forwarded() {
             return inner;
         }
+        if self.is_unsubscribe_request() {
+            // RFC 2369 / RFC 8058: a mail client answering a `List-Unsubscribe: <mailto:...>` header.
+            // It is an opt-out from the person, handled like an ARF opt-out report.
+            report.kind = ReportKind::Arf;
+            report.feedback_type = Some("opt-out".into());
+            if let Some(from) = self.root.header("from").and_then(first_address) {
+                report
+                    .recipients
+                    .push(simple_recipient(from, Reason::Feedback));
+            }
+            return report;
+        }
         if self.is_auto_reply() {
             report.kind = ReportKind::AutoReply;
             if let Some(from) = self.root.header("from").and_then(first_address) {
@@ -862,6 +874,13 @@ impl<'a> Reader<'a> {
         ]
         .iter()
         .any(|s| from.contains(s))
+    }
+
+    /// A `List-Unsubscribe` mailto request: the subject is the single word "unsubscribe" and the
+    /// message does not come from a mail system.
+    fn is_unsubscribe_request(&self) -> bool {
+        let subject = self.root.header("subject").unwrap_or("").trim();
+        subject.eq_ignore_ascii_case("unsubscribe") && !self.sent_by_mail_system()
     }
 
     fn is_auto_reply(&self) -> bool {
@@ -2113,6 +2132,18 @@ mod tests {
             "550 5.1.1 - no quote here"
         );
         assert_eq!(unwrap_relayed_reply("5.0.0 - x 550-'"), "5.0.0 - x 550-'");
+    }
+
+    #[test]
+    fn list_unsubscribe_request_is_an_opt_out() {
+        let r = rep(
+            "From: reader@example.net\nTo: unsub-1234@lists.example.org\nSubject: unsubscribe\nAuto-Submitted: auto-replied\n\nThe mail client sent this message to unsubscribe.\n",
+        );
+        assert_eq!(r.kind, ReportKind::Arf);
+        assert_eq!(r.feedback_type.as_deref(), Some("opt-out"));
+        assert_eq!(r.recipients[0].address, "reader@example.net");
+        let r = rep("From: a@example.net\nSubject: how do I unsubscribe?\n\nhelp\n");
+        assert_eq!(r.kind, ReportKind::NotABounce);
     }
 
     #[test]
