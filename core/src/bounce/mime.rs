@@ -3,7 +3,8 @@
 //! Implements: RFC 5322 header fields with folding (§2.2.3), in any of LF, CRLF or CR-only line ends
 //! (all normalised to LF first); an mbox `From ` separator line is skipped; MIME (RFC 2045/2046)
 //! `Content-Type` with parameters (quoted or not), `multipart/*` bodies split on their boundary (nested,
-//! with a depth limit; a missing closing boundary is tolerated), `message/rfc822` and
+//! with a depth limit; a missing closing boundary is tolerated; a top-level body that is plainly a
+//! multipart although the header declares no `Content-Type` is split on the delimiter it uses), `message/rfc822` and
 //! `text/rfc822-headers` parts parsed as embedded messages; `Content-Transfer-Encoding` base64 and
 //! quoted-printable (both tolerant of junk); RFC 2047 encoded words in header values (B and Q, UTF-8 and
 //! Latin-1; other charsets are decoded lossily as UTF-8); text bodies in UTF-8, US-ASCII or ISO-8859-1

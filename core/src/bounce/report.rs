@@ -10,8 +10,12 @@
 //!   Notes, Courier, mobile carriers and the rest of the Sisimai corpus) by reading the human-readable
 //!   part: the failed addresses, the text after each, the SMTP reply and enhanced codes in it, and the
 //!   command it answered (`in reply to RCPT TO`, `after end of data`, `[RCPT_TO]`, transcript lines
-//!   `>>> RCPT TO` / `<<< 550 ...`), with `X-Failed-Recipients` and the returned message's `To` as a
-//!   last resort for the address.
+//!   `>>> RCPT TO` / `<<< 550 ...`, per recipient in Sendmail transcripts, with PIPELINING's
+//!   `503 Need RCPT` read as a refused RCPT), with `X-Failed-Recipients` and the returned message's `To`
+//!   (attached, or inline after "Unsent message follows") as a last resort for the address.
+//! - Bounces forwarded or quoted (`> `) into another message, or kept after an mbox `From ` line, read
+//!   as messages of their own (one level deep).
+//! - RFC 2369 `List-Unsubscribe` mailto requests (subject "unsubscribe"), reported as ARF `opt-out`.
 //! - RFC 5965 ARF feedback reports (`message/feedback-report`: `Feedback-Type`, `Original-Rcpt-To`,
 //!   `Removal-Recipient`, `Original-Mail-From`, the returned message's `Message-ID`), and Microsoft's
 //!   JMRP form (`X-HmXmrOriginalRecipient`).
