@@ -1732,9 +1732,12 @@ fn clean_diagnostic(s: &str) -> String {
         };
         let status = EnhancedCode::parse_prefix(out.get(start + 4..).unwrap_or("").as_bytes())
             .map(|(e, _)| e.to_string());
-        let head = out
+        let mut head = out
             .len()
             .min(start + 4 + status.as_ref().map_or(0, |s| s.len() + 1));
+        while !out.is_char_boundary(head) {
+            head -= 1;
+        }
         let (first, rest) = out.split_at(head);
         let mut rest = rest.to_string();
         for sep in ["-", " "] {
@@ -2153,6 +2156,7 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         let c = Classifier::default_rules();
+        assert!(!clean_diagnostic("x 550 5.1.1é nope 550 5.1.1é").is_empty());
         for s in [
             &b"\x00\xff"[..],
             b"From: <>\n\n@",
