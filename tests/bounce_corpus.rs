@@ -15,7 +15,7 @@ use vmta::bounce::Classifier;
 use vmta::bounce::report::{self, ReportKind};
 
 /// Rows (with an expectation) whose reason must agree, as a fraction.
-const MIN_AGREEMENT: f64 = 0.82;
+const MIN_AGREEMENT: f64 = 0.90;
 
 fn canonical(reason: &str) -> String {
     match reason {

@@ -220,13 +220,20 @@ fn report_json(file: &str, r: &report::Report) -> Value {
                 ReportKind::AutoReply => Reason::Vacation,
                 _ => x.reason,
             };
-            json!({
+            let mut o = json!({
                 "address": x.address,
                 "status": x.status.map(|s| s.to_string()),
                 "diagnostic": x.diagnostic,
                 "reason": reason.as_str(),
                 "kind": x.kind.as_str(),
-            })
+            });
+            if let Some(code) = x.reply_code {
+                o["reply_code"] = json!(code);
+            }
+            if let Some(phase) = x.phase {
+                o["phase"] = json!(phase.as_str());
+            }
+            o
         })
         .collect();
     let mut v = json!({"file": file, "type": r.kind.as_str(), "recipients": recipients});

@@ -1007,6 +1007,97 @@ mod tests {
     }
 
     #[test]
+    fn kddi_reception_filter_is_not_an_unknown_user() {
+        let c = Classifier::default_rules();
+        let mut d = Diagnostic::from_line("550 : User unknown");
+        d.recipient_domain = "ezweb.ne.jp";
+        assert_eq!(c.classify(&d).reason, Reason::Filtered);
+        let mut d = Diagnostic::from_line("550 <someone@ezweb.ne.jp>: User unknown");
+        d.recipient_domain = "ezweb.ne.jp";
+        assert_eq!(c.classify(&d).reason, Reason::UserUnknown);
+    }
+
+    #[test]
+    fn spectrum_aup_codes() {
+        let c = Classifier::default_rules();
+        for (line, want) in [
+            (
+                "550 5.1.0 sender rejected. AUP#In-1310",
+                Reason::RateLimited,
+            ),
+            ("554 5.7.1 blocked AUP#I-1000", Reason::Blocked),
+            ("550 5.7.1 AUP#O-1100 rDNS", Reason::RequirePtr),
+            ("552 5.3.4 AUP#I-1530", Reason::MesgTooBig),
+        ] {
+            assert_eq!(
+                c.classify(&Diagnostic::from_line(line)).reason,
+                want,
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn orange_and_laposte_codes() {
+        let c = Classifier::default_rules();
+        for (line, want) in [
+            (
+                "550 5.2.0 Mail rejete. Mail rejected. OFR_506 [506]",
+                Reason::SpamDetected,
+            ),
+            (
+                "421 4.2.0 Service refuse. Veuillez essayer plus tard. OFR005_505 [505]",
+                Reason::SystemError,
+            ),
+            (
+                "550 5.1.1 Adresse d au moins un destinataire invalide. Invalid recipient. LPN416",
+                Reason::UserUnknown,
+            ),
+            (
+                "554 5.7.1 <h[192.0.2.1]:4930>: Client host rejected: LPN000_630",
+                Reason::PolicyViolation,
+            ),
+            (
+                "421 Too many connections, slow down. OFR005_104 [104]",
+                Reason::RateLimited,
+            ),
+        ] {
+            assert_eq!(
+                c.classify(&Diagnostic::from_line(line)).reason,
+                want,
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn provider_phrases_added_for_the_corpus_families() {
+        let c = Classifier::default_rules();
+        for (line, want) in [
+            (
+                "Your email to group g@example.com was rejected due to spam classification. Set up SPF records",
+                Reason::SpamDetected,
+            ),
+            (
+                "501 5.7.1 This system is not configured to relay mail from <a@b.example> to <c@d.example>",
+                Reason::NoRelaying,
+            ),
+            ("500 Line limit exceeded", Reason::MesgTooBig),
+            (
+                "Unable to deliver message to <a@b.example>. Please check if address is correct.",
+                Reason::UserUnknown,
+            ),
+            ("554 Host network not allowed", Reason::PolicyViolation),
+        ] {
+            assert_eq!(
+                c.classify(&Diagnostic::from_line(line)).reason,
+                want,
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn huge_and_odd_text_is_fine() {
         let c = Classifier::default_rules();
         let big = "é".repeat(10_000);

@@ -3,7 +3,8 @@
 //! Implements: RFC 5322 header fields with folding (§2.2.3), in any of LF, CRLF or CR-only line ends
 //! (all normalised to LF first); an mbox `From ` separator line is skipped; MIME (RFC 2045/2046)
 //! `Content-Type` with parameters (quoted or not), `multipart/*` bodies split on their boundary (nested,
-//! with a depth limit; a missing closing boundary is tolerated), `message/rfc822` and
+//! with a depth limit; a missing closing boundary is tolerated; a top-level body that is plainly a
+//! multipart although the header declares no `Content-Type` is split on the delimiter it uses), `message/rfc822` and
 //! `text/rfc822-headers` parts parsed as embedded messages; `Content-Transfer-Encoding` base64 and
 //! quoted-printable (both tolerant of junk); RFC 2047 encoded words in header values (B and Q, UTF-8 and
 //! Latin-1; other charsets are decoded lossily as UTF-8); text bodies in UTF-8, US-ASCII or ISO-8859-1
@@ -220,6 +221,23 @@ fn parse_part(
         part.body = body.to_vec();
         return part;
     }
+    // A message whose header lost its `Content-Type` but whose body is plainly a multipart (Sendmail
+    // reports relayed through a program that kept only some fields): split it on the delimiter found.
+    if depth == 0
+        && part.header("content-type").is_none()
+        && can_descend
+        && let Some(boundary) = undeclared_boundary(body)
+    {
+        part.content_type = "multipart/mixed".into();
+        for piece in split_multipart(body, &boundary) {
+            if *budget == 0 {
+                break;
+            }
+            part.children
+                .push(parse_part(piece, limits, depth + 1, budget, None));
+        }
+        return part;
+    }
     let decoded = decode_transfer(body, &cte);
     if matches!(
         part.content_type.as_str(),
@@ -342,6 +360,24 @@ fn guess_boundary(body: &[u8]) -> Option<Vec<u8>> {
             && rest.iter().all(|&b| b.is_ascii_graphic() && b != b':');
         ok.then(|| rest.to_vec())
     })
+}
+
+/// The boundary of a multipart body whose header does not declare one: the first delimiter-looking
+/// line must come back at least once more, and some piece after it must open with a MIME field.
+fn undeclared_boundary(body: &[u8]) -> Option<Vec<u8>> {
+    // Only the top of the body is searched: a preamble is a few lines long.
+    let head = &body[..body.len().min(4096)];
+    let b = guess_boundary(head)?;
+    let pieces = split_multipart(body, &b);
+    let mime_field = |p: &&[u8]| {
+        let l = p
+            .iter()
+            .take(200)
+            .map(u8::to_ascii_lowercase)
+            .collect::<Vec<_>>();
+        l.starts_with(b"content-type:") || l.starts_with(b"content-transfer-encoding:")
+    };
+    (pieces.len() >= 2 && pieces.iter().any(mime_field)).then_some(b)
 }
 
 fn decode_transfer(body: &[u8], cte: &str) -> Vec<u8> {
@@ -567,6 +603,19 @@ mod tests {
         let inner = &m.children[2].children[0];
         assert_eq!(inner.header("subject"), Some("inner"));
         assert_eq!(inner.text(), "hello");
+    }
+
+    #[test]
+    fn multipart_without_content_type() {
+        let msg = b"From: MAILER-DAEMON@x.example\nSubject: Returned mail\n\nThis is a MIME-encapsulated message\n\n--q1.2/x.example\n\nhuman text\n\n--q1.2/x.example\nContent-Type: message/delivery-status\n\nFinal-Recipient: rfc822; a@b.example\n\n--q1.2/x.example--\n";
+        let m = p(msg);
+        assert_eq!(m.content_type, "multipart/mixed");
+        assert_eq!(m.children.len(), 2);
+        assert_eq!(m.children[1].content_type, "message/delivery-status");
+        // A dashed line in a plain text body is not a boundary.
+        let m = p(b"Subject: hi\n\n--------------------\ntext\n--------------------\n");
+        assert_eq!(m.content_type, "text/plain");
+        assert!(m.children.is_empty());
     }
 
     #[test]

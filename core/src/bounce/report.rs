@@ -10,8 +10,12 @@
 //!   Notes, Courier, mobile carriers and the rest of the Sisimai corpus) by reading the human-readable
 //!   part: the failed addresses, the text after each, the SMTP reply and enhanced codes in it, and the
 //!   command it answered (`in reply to RCPT TO`, `after end of data`, `[RCPT_TO]`, transcript lines
-//!   `>>> RCPT TO` / `<<< 550 ...`), with `X-Failed-Recipients` and the returned message's `To` as a
-//!   last resort for the address.
+//!   `>>> RCPT TO` / `<<< 550 ...`, per recipient in Sendmail transcripts, with PIPELINING's
+//!   `503 Need RCPT` read as a refused RCPT), with `X-Failed-Recipients` and the returned message's `To`
+//!   (attached, or inline after "Unsent message follows") as a last resort for the address.
+//! - Bounces forwarded or quoted (`> `) into another message, or kept after an mbox `From ` line, read
+//!   as messages of their own (one level deep).
+//! - RFC 2369 `List-Unsubscribe` mailto requests (subject "unsubscribe"), reported as ARF `opt-out`.
 //! - RFC 5965 ARF feedback reports (`message/feedback-report`: `Feedback-Type`, `Original-Rcpt-To`,
 //!   `Removal-Recipient`, `Original-Mail-From`, the returned message's `Message-ID`), and Microsoft's
 //!   JMRP form (`X-HmXmrOriginalRecipient`).
@@ -136,7 +140,7 @@ pub fn parse_with_limits(
     limits: &MimeLimits,
 ) -> Result<Report, ReportError> {
     let root = mime::parse(input, limits).map_err(ReportError::Mime)?;
-    Ok(Reader::new(&root, classifier).read())
+    Ok(Reader::new(&root, classifier, *limits, false).read())
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -145,14 +149,24 @@ struct Reader<'a> {
     root: &'a Part,
     classifier: &'a Classifier,
     parts: Vec<&'a Part>,
+    limits: MimeLimits,
+    /// Reading a bounce found inside another message's text (never looks for a further one).
+    nested: bool,
 }
 
 impl<'a> Reader<'a> {
-    fn new(root: &'a Part, classifier: &'a Classifier) -> Reader<'a> {
+    fn new(
+        root: &'a Part,
+        classifier: &'a Classifier,
+        limits: MimeLimits,
+        nested: bool,
+    ) -> Reader<'a> {
         Reader {
             root,
             classifier,
             parts: root.walk(),
+            limits,
+            nested,
         }
     }
 
@@ -182,9 +196,24 @@ impl<'a> Reader<'a> {
             report.recipients.truncate(MAX_RECIPIENTS);
             return report;
         }
-        if self.read_dsn(&mut report, original) || self.read_text_bounce(&mut report, original) {
+        if self.read_dsn(&mut report) || self.read_text_bounce(&mut report, original) {
             report.kind = ReportKind::Dsn;
             report.recipients.truncate(MAX_RECIPIENTS);
+            return report;
+        }
+        if let Some(inner) = self.read_forwarded() {
+            return inner;
+        }
+        if self.is_unsubscribe_request() {
+            // RFC 2369 / RFC 8058: a mail client answering a `List-Unsubscribe: <mailto:...>` header.
+            // It is an opt-out from the person, handled like an ARF opt-out report.
+            report.kind = ReportKind::Arf;
+            report.feedback_type = Some("opt-out".into());
+            if let Some(from) = self.root.header("from").and_then(first_address) {
+                report
+                    .recipients
+                    .push(simple_recipient(from, Reason::Feedback));
+            }
             return report;
         }
         if self.is_auto_reply() {
@@ -327,7 +356,7 @@ impl<'a> Reader<'a> {
                             response.clone(),
                             remote,
                             None,
-                            None,
+                            "",
                         ));
                     }
                 }
@@ -350,7 +379,7 @@ impl<'a> Reader<'a> {
                     let action = str_of(r, "action");
                     report
                         .recipients
-                        .push(self.finish_recipient(a, action, status, diag, None, None, None));
+                        .push(self.finish_recipient(a, action, status, diag, None, None, ""));
                 }
             }
             _ => return false,
@@ -360,7 +389,7 @@ impl<'a> Reader<'a> {
 
     // -- RFC 3464 -------------------------------------------------------------------------------------
 
-    fn read_dsn(&self, report: &mut Report, original: Option<&'a Part>) -> bool {
+    fn read_dsn(&self, report: &mut Report) -> bool {
         let status_part = self.parts.iter().find(|p| {
             matches!(
                 p.content_type.as_str(),
@@ -379,12 +408,13 @@ impl<'a> Reader<'a> {
                 t
             }
             None => {
-                // DSN fields pasted into a text part (some MTAs, some forwarders).
-                let human = self.human_text();
-                if !has_dsn_fields(&human) {
+                // DSN fields pasted into a text part (some MTAs, some forwarders), read before the
+                // text is cut where the returned message starts (the fields may follow a marker).
+                let all = self.text_parts();
+                if !has_dsn_fields(&all) {
                     return false;
                 }
-                human
+                all
             }
         };
         let human = self.human_text();
@@ -401,12 +431,19 @@ impl<'a> Reader<'a> {
             let mut diag_type = String::new();
             let mut remote = None;
             let mut original_rcpt = None;
+            let mut comment = String::new();
             for (name, value) in g {
                 match name.as_str() {
                     "final-recipient" => address = address_field(&value),
                     "original-recipient" => original_rcpt = address_field(&value),
                     "action" => action = Some(value.trim().to_ascii_lowercase()),
-                    "status" => status = find_status(&value),
+                    "status" => {
+                        status = find_status(&value);
+                        comment = value
+                            .split_once('(')
+                            .map(|(_, c)| c.trim_end().trim_end_matches(')').trim().to_string())
+                            .unwrap_or_default();
+                    }
                     "remote-mta" => remote = Some(strip_type(&value).to_string()),
                     "diagnostic-code" => {
                         let (t, v) = split_type(&value);
@@ -428,6 +465,7 @@ impl<'a> Reader<'a> {
                 .find(|(a, _)| a.eq_ignore_ascii_case(&address))
                 .map(|(_, b)| b.clone());
             let phase = phase_of(&diag)
+                .or_else(|| transcript_phase(&human, &address))
                 .or_else(|| block.as_deref().and_then(phase_of))
                 .or(human_phase);
             if diag.trim().is_empty() || diag.trim().len() < 8 {
@@ -438,7 +476,7 @@ impl<'a> Reader<'a> {
                 diag = format!("X-Unix; {diag}");
             }
             let rcpt =
-                self.finish_recipient(address, action, status, diag, remote, phase, original);
+                self.finish_recipient(address, action, status, diag, remote, phase, &comment);
             report.recipients.push(rcpt);
             if report.recipients.len() >= MAX_RECIPIENTS {
                 break;
@@ -460,9 +498,18 @@ impl<'a> Reader<'a> {
         diag: String,
         remote: Option<String>,
         phase: Option<Phase>,
-        _original: Option<&Part>,
+        status_comment: &str,
     ) -> ReportRecipient {
-        let diag = clean_diagnostic(&diag);
+        let diag = unwrap_relayed_reply(&clean_diagnostic(&diag));
+        // The comment of a DSN `Status` field ("5.2.1 (mailbox disabled, not accepting messages)") is
+        // the reporting MTA's own reading of the failure: the rules read it after the reply.
+        let with_comment;
+        let text = if status_comment.is_empty() {
+            &diag
+        } else {
+            with_comment = format!("{diag} ({status_comment})");
+            &with_comment
+        };
         let (code, diag_status) = reply_codes(&diag);
         // The diagnostic's own enhanced code is more precise than a generic X.0.0 in the Status field.
         let enhanced = match (diag_status, status) {
@@ -482,7 +529,7 @@ impl<'a> Reader<'a> {
         let d = Diagnostic {
             code,
             enhanced,
-            text: &diag,
+            text,
             phase,
             sender_domain: "",
             recipient_domain: &recipient_domain,
@@ -569,6 +616,22 @@ impl<'a> Reader<'a> {
         ]
         .iter()
         .any(|s| from.contains(s));
+        let body_bounce = || {
+            let text = self.human_text().to_ascii_lowercase();
+            [
+                "error message below",
+                "could not be delivered",
+                "undeliverable",
+                "delivery has failed",
+                "was not delivered",
+                "permanent fatal errors",
+                "transcript of session follows",
+                "delivery to the following recipient",
+                "message you sent could not be delivered",
+            ]
+            .iter()
+            .any(|s| text.contains(s))
+        };
         let subject_bounce = [
             "undeliver",
             "delivery",
@@ -602,6 +665,7 @@ impl<'a> Reader<'a> {
             || subject_bounce
             || rp.trim() == "<>"
             || self.root.header("x-failed-recipients").is_some()
+            || body_bounce()
     }
 
     fn read_text_bounce(&self, report: &mut Report, original: Option<&'a Part>) -> bool {
@@ -640,6 +704,10 @@ impl<'a> Reader<'a> {
             {
                 addrs.extend(o.header("to").map(all_addresses).unwrap_or_default());
             }
+            if addrs.is_empty() && original.is_none() {
+                // The returned message inline after a marker ("----- Unsent message follows -----").
+                addrs.extend(self.inline_original_to());
+            }
             if addrs.is_empty() {
                 addrs.extend(
                     self.root
@@ -663,16 +731,68 @@ impl<'a> Reader<'a> {
         }
         let human_phase = phase_of(&human);
         for (address, block) in found.into_iter().take(MAX_RECIPIENTS) {
-            let phase = phase_of(&block).or(human_phase);
-            let rcpt = self.finish_recipient(address, None, None, block, None, phase, original);
+            let phase = transcript_phase(&human, &address)
+                .or_else(|| phase_of(&block))
+                .or(human_phase);
+            let rcpt = self.finish_recipient(address, None, None, block, None, phase, "");
             report.recipients.push(rcpt);
         }
         true
     }
 
+    /// A bounce forwarded by a person or a program: the bounce's header and body pasted (or quoted with
+    /// `> `) into the text of this message, or kept after an mbox `From ` line. Read as a message of
+    /// its own, once (a bounce inside it is not searched again).
+    fn read_forwarded(&self) -> Option<Report> {
+        if self.nested {
+            return None;
+        }
+        let texts = self
+            .parts
+            .iter()
+            .filter(|p| p.content_type.starts_with("text/") && !self.is_inside_original(p))
+            .take(2);
+        for p in texts {
+            let text = p.text();
+            let Some(inner) = embedded_message(&text) else {
+                continue;
+            };
+            let Ok(root) = mime::parse(inner.as_bytes(), &self.limits) else {
+                continue;
+            };
+            let r = Reader::new(&root, self.classifier, self.limits, true).read();
+            if r.kind == ReportKind::Dsn && !r.recipients.is_empty() {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// The `To` addresses of a returned message kept inline in the text, after the line where
+    /// [`cut_at_original`] cut it.
+    fn inline_original_to(&self) -> Vec<String> {
+        let full = self.text_parts();
+        let human = cut_at_original(&full);
+        let rest = &full[human.len()..];
+        // Drop the marker line itself and blank lines.
+        let rest = rest.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        if rest.is_empty() {
+            return Vec::new();
+        }
+        match mime::parse(rest.as_bytes(), &self.limits) {
+            Ok(m) => m.header("to").map(all_addresses).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The human-readable text: the first text part that is not the returned message, cut where the
     /// returned message starts.
     fn human_text(&self) -> String {
+        cut_at_original(&self.text_parts())
+    }
+
+    /// The text parts that are not the returned message, joined, uncut.
+    fn text_parts(&self) -> String {
         let mut text = String::new();
         for p in &self.parts {
             if !p.children.is_empty() && p.content_type.starts_with("multipart/") {
@@ -701,7 +821,7 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        cut_at_original(&text)
+        text
     }
 
     fn is_inside_original(&self, target: &Part) -> bool {
@@ -744,7 +864,33 @@ impl<'a> Reader<'a> {
             && self.root.header("x-failed-recipients").is_none()
     }
 
+    /// Whether the message comes from a mail system rather than a person: such a message is a report
+    /// even when it says `Auto-Submitted: auto-replied` (Exim and others mark their bounces so).
+    fn sent_by_mail_system(&self) -> bool {
+        let from = self.root.header("from").unwrap_or("").to_ascii_lowercase();
+        [
+            "mailer-daemon",
+            "mailer daemon",
+            "mail-daemon",
+            "maildaemon",
+            "postmaster",
+            "mail delivery",
+        ]
+        .iter()
+        .any(|s| from.contains(s))
+    }
+
+    /// A `List-Unsubscribe` mailto request: the subject is the single word "unsubscribe" and the
+    /// message does not come from a mail system.
+    fn is_unsubscribe_request(&self) -> bool {
+        let subject = self.root.header("subject").unwrap_or("").trim();
+        subject.eq_ignore_ascii_case("unsubscribe") && !self.sent_by_mail_system()
+    }
+
     fn is_auto_reply(&self) -> bool {
+        if self.sent_by_mail_system() {
+            return false;
+        }
         if self.is_auto_reply_strict() {
             return true;
         }
@@ -1102,7 +1248,7 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         }
         // Lines that introduce a recipient: the address leads the line (`<a@b>:`, `a@b`, `RCPT TO:<a@b>`,
         // `To: a@b`, `Failed recipient: a@b`), or the line is an error line naming it.
-        let lead = trimmed
+        let lead = strip_result_code(trimmed)
             .trim_start_matches(['<', '"', '\'', '(', '*', '-', '>', ' ', '\t'])
             .to_ascii_lowercase();
         let addr0 = addrs[0].to_ascii_lowercase();
@@ -1149,8 +1295,7 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         while j < lines.len() {
             let l = lines[j];
             if j > i {
-                let lt = l
-                    .trim_start()
+                let lt = strip_result_code(l.trim_start())
                     .trim_start_matches(['<', '"', '(', '*', '-', '>', ' '])
                     .to_ascii_lowercase();
                 let next_addr = all_addresses(l).into_iter().find(|a| {
@@ -1158,10 +1303,18 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
                         && !exclude.iter().any(|e| e.eq_ignore_ascii_case(a))
                         && !is_role_sender(a)
                 });
-                if let Some(n) = next_addr
-                    && lt.starts_with(&n.to_ascii_lowercase())
-                {
-                    break;
+                if let Some(n) = next_addr {
+                    // Led by the address, or introduced the way this block was ("Recipient address:").
+                    let prefix = |l: &str, a: &str| {
+                        let l = l.trim().to_ascii_lowercase();
+                        l.find(&a.to_ascii_lowercase())
+                            .map(|at| l[..at].trim_end_matches(['<', ' ']).to_string())
+                    };
+                    let same_intro = prefix(l, &n)
+                        .is_some_and(|p| p.len() >= 3 && prefix(line, &addrs[0]) == Some(p));
+                    if lt.starts_with(&n.to_ascii_lowercase()) || same_intro {
+                        break;
+                    }
                 }
             }
             block.push_str(l.trim());
@@ -1174,7 +1327,23 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         let mut block = focus_on_reply(&block);
         // If the block has no error text, look at the paragraph before (error first, address after).
         if !has_error_words(&block) {
-            let para = error_paragraph(&lines[..i].join("\n"));
+            let mut para = error_paragraph(&lines[..i].join("\n"));
+            // The lines just above the address, in its paragraph ("User not listed in ...\n<addr>").
+            let above: Vec<&str> = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| !l.trim().is_empty())
+                .take(4)
+                .map(|l| l.trim())
+                .collect();
+            let above = above.into_iter().rev().collect::<Vec<_>>().join("\n");
+            if !above.is_empty() && !para.contains(&above) {
+                para = if para.is_empty() {
+                    above
+                } else {
+                    format!("{para}\n{above}")
+                };
+            }
             if !para.is_empty() {
                 block = format!("{para}\n{block}");
             }
@@ -1211,6 +1380,178 @@ fn text_blocks(human: &str, exclude: &[String]) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Most lines searched for the start of a message embedded in a text.
+const MAX_EMBED_SCAN: usize = 2000;
+
+/// The text of a message embedded in `text` (a forwarded or pasted bounce), from its first header line
+/// on, with one level of `>` quoting removed. The header must have at least three fields and look like a
+/// mail system's report (sender, subject or content type).
+fn embedded_message(text: &str) -> Option<String> {
+    let raw: Vec<&str> = text.lines().take(MAX_EMBED_SCAN).collect();
+    let quoted = raw.iter().filter(|l| l.starts_with('>')).count();
+    let lines: Vec<&str> = if quoted >= 5 {
+        raw.iter()
+            .map(|l| match l.strip_prefix('>') {
+                Some(rest) => rest.strip_prefix(' ').unwrap_or(rest),
+                None => l,
+            })
+            .collect()
+    } else {
+        raw
+    };
+    let field = |l: &str| -> Option<String> {
+        let (name, _) = l.split_once(':')?;
+        (!name.is_empty()
+            && name.len() <= 40
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .then(|| name.to_ascii_lowercase())
+    };
+    let mut k = 0;
+    while k < lines.len() {
+        let start = k;
+        let mut first = k;
+        if lines[k].starts_with("From ") && field(lines[k]).is_none() {
+            // An mbox separator line before the header.
+            first = k + 1;
+        }
+        let mut names = Vec::new();
+        let mut report_like = false;
+        let mut j = first;
+        while j < lines.len() {
+            let l = lines[j];
+            if l.starts_with(' ') || l.starts_with('\t') {
+                if names.is_empty() {
+                    break;
+                }
+                j += 1;
+                continue;
+            }
+            let Some(name) = field(l) else { break };
+            let value = l[name.len() + 1..].to_ascii_lowercase();
+            report_like |= match name.as_str() {
+                "from" => [
+                    "mailer-daemon",
+                    "postmaster",
+                    "mail delivery",
+                    "mail-daemon",
+                ]
+                .iter()
+                .any(|s| value.contains(s)),
+                "content-type" => value.contains("multipart/report"),
+                "subject" => [
+                    "undeliver",
+                    "returned mail",
+                    "delivery status",
+                    "failure",
+                    "failed",
+                ]
+                .iter()
+                .any(|s| value.contains(s)),
+                _ => false,
+            };
+            names.push(name);
+            j += 1;
+        }
+        let ends_header = j < lines.len() && lines[j].trim().is_empty();
+        if names.len() >= 3 && report_like && ends_header && start > 0 {
+            let mut out = lines[first..].join("\n");
+            out.push('\n');
+            return Some(out);
+        }
+        k = j.max(k + 1);
+    }
+    None
+}
+
+/// A Sendmail result line `554 <a@b>... reason` is led by its address: drops the leading code.
+fn strip_result_code(line: &str) -> &str {
+    let b = line.as_bytes();
+    if b.len() > 5
+        && b[..3].iter().all(u8::is_ascii_digit)
+        && b[3] == b' '
+        && b[4] == b'<'
+        && line.contains(">...")
+    {
+        &line[4..]
+    } else {
+        line
+    }
+}
+
+/// The command a recipient's failure answered in an SMTP transcript (Sendmail's `... while talking to
+/// host:` / `>>> RCPT To:<a@b>` / `<<< 550 ...` / `550 <a@b>... User unknown`): the last `>>>` command
+/// above the first result line naming the address, within its `while talking to` section.
+fn transcript_phase(text: &str, address: &str) -> Option<Phase> {
+    let lines: Vec<&str> = text.lines().take(MAX_EMBED_SCAN).collect();
+    let addr = address.to_ascii_lowercase();
+    for (i, l) in lines.iter().enumerate() {
+        let lower = l.to_ascii_lowercase();
+        if !lower.contains(&addr) || lower.trim_start().starts_with(">>>") {
+            continue;
+        }
+        for (back, above) in lines[..i].iter().rev().take(40).enumerate() {
+            let a = above.trim_start();
+            if let Some(cmd) = a.strip_prefix(">>>") {
+                let phase = command_phase(cmd);
+                if phase == Some(Phase::Data) && pipelined_rcpt_failure(&lines[i - back..]) {
+                    // With PIPELINING the RCPT replies are read after DATA was sent: a DATA refused
+                    // with "503 need RCPT" means the recipients were refused at RCPT.
+                    return Some(Phase::Rcpt);
+                }
+                return phase;
+            }
+            let al = a.to_ascii_lowercase();
+            if al.is_empty() || al.contains("while talking to") || is_mailer_line(a) {
+                break;
+            }
+        }
+    }
+    None
+}
+
+/// A Sendmail mailer status line about a host it did not talk to: `550 example.org (smtp)... reason`.
+fn is_mailer_line(l: &str) -> bool {
+    let b = l.as_bytes();
+    b.len() > 5
+        && b[..3].iter().all(u8::is_ascii_digit)
+        && b[3] == b' '
+        && l[4..].split_once(' ').is_some_and(|(host, rest)| {
+            !host.contains('@') && rest.starts_with('(') && rest.contains(")...")
+        })
+}
+
+/// Whether a transcript section (from a `>>> DATA` on) holds the `503` that answers DATA when every
+/// pipelined RCPT was refused.
+fn pipelined_rcpt_failure(section: &[&str]) -> bool {
+    section
+        .iter()
+        .take(20)
+        .take_while(|l| !l.to_ascii_lowercase().contains("while talking to"))
+        .any(|l| {
+            let l = l.trim_start().trim_start_matches("<<<").trim_start();
+            let lower = l.to_ascii_lowercase();
+            l.starts_with("503") && ["rcpt", "recipient"].iter().any(|k| lower.contains(k))
+        })
+}
+
+/// The phase of an SMTP command line as sent (`RCPT To:<a@b>`, `MAIL From:<>`, `DATA`, `.`).
+fn command_phase(cmd: &str) -> Option<Phase> {
+    let c = cmd.trim().to_ascii_uppercase();
+    let word = c.split([' ', ':']).next().unwrap_or("");
+    Some(match word {
+        "RCPT" => Phase::Rcpt,
+        "MAIL" => Phase::Mail,
+        "DATA" | "BDAT" => Phase::Data,
+        "." => Phase::EndOfData,
+        "EHLO" | "HELO" | "LHLO" => Phase::Ehlo,
+        "STARTTLS" => Phase::StartTls,
+        "AUTH" => Phase::Auth,
+        "QUIT" => Phase::Quit,
+        "RSET" => Phase::Rset,
+        _ => return None,
+    })
 }
 
 fn continues_error(next: &str) -> bool {
@@ -1377,11 +1718,26 @@ fn clean_diagnostic(s: &str) -> String {
     }
     // Codes repeated inside joined lines ("... multiple 550 5.7.1 addresses ...").
     if let Some(code) = first_code {
-        let status = EnhancedCode::parse_prefix(out.get(4..).unwrap_or("").as_bytes())
+        // Where the first reply starts: the text before it (an address, "host ... said:") is kept.
+        let start = if out.starts_with(code) {
+            0
+        } else {
+            match out
+                .find(&format!(" {code} "))
+                .or(out.find(&format!(" {code}-")))
+            {
+                Some(i) => i + 1,
+                None => return out,
+            }
+        };
+        let status = EnhancedCode::parse_prefix(out.get(start + 4..).unwrap_or("").as_bytes())
             .map(|(e, _)| e.to_string());
-        let head = out
+        let mut head = out
             .len()
-            .min(4 + status.as_ref().map_or(0, |s| s.len() + 1));
+            .min(start + 4 + status.as_ref().map_or(0, |s| s.len() + 1));
+        while !out.is_char_boundary(head) {
+            head -= 1;
+        }
         let (first, rest) = out.split_at(head);
         let mut rest = rest.to_string();
         for sep in ["-", " "] {
@@ -1393,6 +1749,35 @@ fn clean_diagnostic(s: &str) -> String {
         out = format!("{first}{rest}");
     }
     out
+}
+
+/// A relay's category label around the receiver's own reply, as Amazon SES writes it:
+/// `5.1.0 - Unknown address error 550-'5.7.1 <a@b>... Access denied' (delivery attempts: 0)`. The
+/// quoted reply is what the receiver said; it is kept, the label dropped.
+fn unwrap_relayed_reply(diag: &str) -> String {
+    let Some((status, rest)) = diag.split_once(" - ") else {
+        return diag.to_string();
+    };
+    if EnhancedCode::parse(status.trim()).is_none() {
+        return diag.to_string();
+    }
+    let b = rest.as_bytes();
+    let quoted = (3..b.len()).find(|&i| {
+        b[i] == b'\''
+            && (b[i - 1] == b'-' || b[i - 1] == b' ')
+            && i >= 4
+            && b[i - 4..i - 1].iter().all(u8::is_ascii_digit)
+            && matches!(b[i - 4], b'4' | b'5')
+            && (i == 4 || b[i - 5] == b' ')
+    });
+    let Some(q) = quoted else {
+        return diag.to_string();
+    };
+    let inner = &rest[q + 1..];
+    let Some(end) = inner.rfind('\'') else {
+        return diag.to_string();
+    };
+    format!("{} {}", &rest[q - 4..q - 1], inner[..end].trim())
 }
 
 fn strip_type_prefix(l: &str) -> &str {
@@ -1480,21 +1865,33 @@ fn phase_of(s: &str) -> Option<Phase> {
         ("after data", Phase::EndOfData),
         ("in reply to data", Phase::Data),
         ("for text command", Phase::EndOfData),
-        ("rcpt to", Phase::Rcpt),
+        // "RCPT TO: <a@b>" alone may be an envelope summary ("Message details: MAIL FROM: ... RCPT TO:
+        // ..."), not the command that failed.
+        ("in reply to rcpt", Phase::Rcpt),
+        ("after rcpt", Phase::Rcpt),
+        (">>> rcpt", Phase::Rcpt),
+        ("our rcpt to", Phase::Rcpt),
+        ("does not like recipient", Phase::Rcpt),
+        ("rcpt to:<", Phase::Rcpt),
+        ("rcpt to: <", Phase::Rcpt),
         ("rcpt command", Phase::Rcpt),
         ("smtp:rcpt", Phase::Rcpt),
         ("rcpt response", Phase::Rcpt),
-        ("mail from", Phase::Mail),
-        ("after mail command", Phase::Mail),
+        ("rcpt to response", Phase::Rcpt),
+        ("in reply to mail", Phase::Mail),
+        ("after mail", Phase::Mail),
+        (">>> mail", Phase::Mail),
+        ("mail from:<", Phase::Mail),
+        ("mail from: <", Phase::Mail),
         ("rcpt_to", Phase::Rcpt),
         ("[rcpt", Phase::Rcpt),
-        ("mail from", Phase::Mail),
         ("mail_from", Phase::Mail),
         ("in reply to helo", Phase::Ehlo),
         ("in reply to ehlo", Phase::Ehlo),
         ("after helo", Phase::Ehlo),
         ("after ehlo", Phase::Ehlo),
         ("after initial connection", Phase::Greeting),
+        ("refused to talk to me", Phase::Greeting),
         ("greeting", Phase::Greeting),
         ("starttls", Phase::StartTls),
     ];
@@ -1589,8 +1986,177 @@ mod tests {
     }
 
     #[test]
+    fn auto_submitted_bounce_from_the_mail_system_is_a_report() {
+        let r = rep(
+            "From: Mail Delivery System <mailer-daemon@mx.example.net>\nAuto-Submitted: auto-replied\nSubject: Warning: message 1abc delayed 24 hours\n\nThe address to which the message has not yet been delivered is:\n\n  rcpt@example.org\n    host mx.example.org [192.0.2.9]\n    Delay reason: SMTP error from remote mail server after RCPT TO:<rcpt@example.org>:\n    450 4.2.2 Mailbox full\n",
+        );
+        assert_eq!(r.kind, ReportKind::Dsn);
+        assert_eq!(r.recipients[0].address, "rcpt@example.org");
+        assert_eq!(r.recipients[0].reply_code, Some(450));
+        assert_eq!(r.recipients[0].reason, Reason::MailboxFull);
+    }
+
+    #[test]
+    fn reply_code_after_context_is_kept() {
+        assert_eq!(
+            clean_diagnostic(
+                "a@b.example host mx [192.0.2.1]\nDelay reason: after MAIL FROM:<x@y>:\n450 4.7.1 go away\n450 4.7.1 now"
+            ),
+            "a@b.example host mx [192.0.2.1] Delay reason: after MAIL FROM:<x@y>: 450 4.7.1 go away now"
+        );
+    }
+
+    #[test]
+    fn forwarded_bounce_is_read() {
+        // Quoted with "> " by a mail client.
+        let r = rep(
+            "From: someone@example.jp\nTo: helpdesk@example.jp\nSubject: Fwd: see transcript\n\nPlease look at this.\n\nBegin forwarded message:\n\n> From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.jp>\n> To: <someone@example.jp>\n> Subject: Returned mail: see transcript for details\n>\n>    ----- The following addresses had permanent fatal errors -----\n> <gone@example.com>\n>     (reason: 550 5.1.1 <gone@example.com>... User unknown)\n>\n>    ----- Transcript of session follows -----\n> >>> RCPT To:<gone@example.com>\n> <<< 550 5.1.1 <gone@example.com>... User unknown\n",
+        );
+        assert_eq!(r.kind, ReportKind::Dsn);
+        assert_eq!(r.recipients.len(), 1);
+        assert_eq!(r.recipients[0].address, "gone@example.com");
+        assert_eq!(r.recipients[0].reason, Reason::UserUnknown);
+        // Kept after an mbox separator in a notification's text.
+        let r = rep(
+            "From: MAILER-DAEMON@relay.example.net\nTo: admin@example.net\nSubject: Undelivered Mail Returned to Sender\n\nA copy of the report follows.\n\n------\nFrom MAILER-DAEMON  Thu Apr 29 23:34:45 2021\nFrom: MAILER-DAEMON@relay.example.net (Mail Delivery System)\nSubject: Undelivered Mail Returned to Sender\nTo: admin@example.net\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"XX.1/relay\"\n\n--XX.1/relay\nContent-Type: text/plain\n\nsorry\n\n--XX.1/relay\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; relay.example.net\n\nFinal-Recipient: rfc822; full@example.org\nAction: failed\nStatus: 5.2.2\nDiagnostic-Code: smtp; 552 5.2.2 Mailbox full\n\n--XX.1/relay--\n",
+        );
+        assert_eq!(r.recipients.len(), 1);
+        assert_eq!(r.recipients[0].address, "full@example.org");
+        assert_eq!(r.recipients[0].reason, Reason::MailboxFull);
+        assert!(embedded_message("no header here\n> just: a quote\n").is_none());
+    }
+
+    #[test]
+    fn error_line_above_the_address() {
+        let r = rep(
+            "From: POSTMASTER@gw.example.com\nTo: a@example.com\nSubject: Undeliverable message\n\n------- Failure Reasons  --------\n\nUser  not listed in public Name & Address Book\nkuro@example.com\n",
+        );
+        assert_eq!(r.recipients[0].address, "kuro@example.com");
+        assert_eq!(r.recipients[0].reason, Reason::UserUnknown);
+    }
+
+    #[test]
+    fn status_comment_is_read() {
+        let r = rep(
+            "From: MAILER-DAEMON@mta.example.net\nSubject: Delivery failure\nContent-Type: multipart/report; report-type=delivery-status; boundary=R\n\n--R\nContent-Type: message/delivery-status\n\nReporting-MTA: dns;mta.example.net\n\nFinal-Recipient: rfc822;off@example.jp\nAction: failed\nStatus: 5.2.1 (mailbox disabled, not accepting messages)\nDiagnostic-Code: smtp;550 5.2.1 <off@example.jp>... User Unknown\n\n--R--\n",
+        );
+        assert_eq!(r.recipients[0].reason, Reason::Suspend);
+        assert_eq!(
+            r.recipients[0].diagnostic,
+            "550 5.2.1 <off@example.jp>... User Unknown"
+        );
+    }
+
+    #[test]
+    fn recipients_introduced_alike_are_separate() {
+        let r = rep(
+            "From: MAILER-DAEMON@mta.example.net\nSubject: Delivery failure\n\nYour message cannot be delivered to the following recipients:\n\n  Recipient address: one@example.org\n  Reason: Remote SMTP server has rejected address\n  Diagnostic code: smtp; 550 5.2.2 Mailbox full\n  Recipient address: two@example.org\n  Reason: Remote SMTP server has rejected address\n  Diagnostic code: smtp; 550 5.1.1 User unknown\n",
+        );
+        assert_eq!(r.recipients.len(), 2);
+        assert_eq!(r.recipients[0].reason, Reason::MailboxFull);
+        assert_eq!(r.recipients[1].address, "two@example.org");
+        assert_eq!(r.recipients[1].reason, Reason::UserUnknown);
+    }
+
+    #[test]
+    fn sendmail_v5_transcript() {
+        let r = rep(
+            "From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.com>\nSubject: Returned mail: User unknown\nTo: me@example.com\n\n   ----- Transcript of session follows -----\n550 gone.example (smtp)... 550 Host unknown\n554 <a@gone.example>... 550 Host unknown (Authoritative answer from name server)\nWhile talking to mx.example.net:\n>>> RCPT To:<b@example.net>\n<<< 550 <b@example.net>... User unknown\n550 <b@example.net>... User unknown\n\n   ----- Unsent message follows -----\nFrom: me@example.com\nTo: a@gone.example, b@example.net\n\nhi\n",
+        );
+        assert_eq!(r.recipients.len(), 2);
+        assert_eq!(r.recipients[0].address, "a@gone.example");
+        assert_eq!(r.recipients[0].reason, Reason::HostUnknown);
+        assert_eq!(r.recipients[1].address, "b@example.net");
+        assert_eq!(r.recipients[1].phase, Some(Phase::Rcpt));
+        assert_eq!(r.recipients[1].reason, Reason::UserUnknown);
+    }
+
+    #[test]
+    fn transcript_phases() {
+        let t = "... while talking to mx.example.org.:\n>>> DATA\n<<< 550 5.1.1 <x@example.org>... User unknown\n550 5.1.1 <x@example.org>... User unknown\n<<< 503 5.0.0 Need RCPT (recipient)\n";
+        assert_eq!(transcript_phase(t, "x@example.org"), Some(Phase::Rcpt));
+        let t = "... while talking to mx.example.org.:\n>>> DATA\n<<< 554 5.7.1 <x@example.org>... Message refused\n554 5.7.1 <x@example.org>... Message refused\n";
+        assert_eq!(transcript_phase(t, "x@example.org"), Some(Phase::Data));
+        let t = ">>> MAIL From:<me@example.com>\n<<< 501 go away\n550 example.org (smtp)... 550 Host unknown\n554 <x@example.org>... 550 Host unknown\n";
+        assert_eq!(transcript_phase(t, "x@example.org"), None);
+        assert!(is_mailer_line("550 example.org (smtp)... 550 Host unknown"));
+        assert!(!is_mailer_line("550 <x@example.org>... User unknown"));
+    }
+
+    #[test]
+    fn envelope_summary_is_not_the_failed_command() {
+        assert_eq!(
+            phase_of("Message details:\n  MAIL FROM: a@example.com\n  RCPT TO: b@example.net\n"),
+            None
+        );
+        assert_eq!(
+            phase_of("550 5.1.1 unknown (in reply to RCPT TO command)"),
+            Some(Phase::Rcpt)
+        );
+        assert_eq!(
+            phase_of("SMTP error from remote mail server after MAIL FROM:<a@b.example> SIZE=10:"),
+            Some(Phase::Mail)
+        );
+        assert_eq!(
+            phase_of(
+                "Sorry, no SMTP connection got far enough; most progress was RCPT TO response"
+            ),
+            Some(Phase::Rcpt)
+        );
+    }
+
+    #[test]
+    fn bounce_recognised_by_its_body() {
+        let r = rep(
+            "From: post_master@sms.example.com\nTo: me@example.com\nSubject: Re: hello\n\nError: Invalid user address\n\nError message below:\n550 - Requested action not taken: no such user here\n\nMessage details:\n  Subject: hello\n  MAIL FROM: me@example.com\n  RCPT TO: 5550100@sms.example.com\n",
+        );
+        assert_eq!(r.kind, ReportKind::Dsn);
+        assert_eq!(r.recipients[0].address, "5550100@sms.example.com");
+        assert_eq!(r.recipients[0].reply_code, Some(550));
+        assert_eq!(r.recipients[0].phase, None);
+    }
+
+    #[test]
+    fn recipient_from_the_inline_returned_message() {
+        let r = rep(
+            "From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.com>\nSubject: Returned mail: Cannot send message for 5 days\nTo: me@example.com\n\n   ----- Transcript of session follows -----\n421 far.example (smtp)... Deferred: Connection timed out during user open with far.example\n\n   ----- Unsent message follows -----\nReceived: by mx.example.com; id 1\nFrom: me@example.com\nTo: you@far.example\nSubject: hi\n\nhello\n",
+        );
+        assert_eq!(r.recipients.len(), 1);
+        assert_eq!(r.recipients[0].address, "you@far.example");
+        assert_eq!(r.recipients[0].reply_code, Some(421));
+    }
+
+    #[test]
+    fn relayed_reply_is_unwrapped() {
+        assert_eq!(
+            unwrap_relayed_reply(
+                "5.1.0 - Unknown address error 550-'5.7.1 <b@x.example>... Access denied' (delivery attempts: 0)"
+            ),
+            "550 5.7.1 <b@x.example>... Access denied"
+        );
+        assert_eq!(
+            unwrap_relayed_reply("550 5.1.1 - no quote here"),
+            "550 5.1.1 - no quote here"
+        );
+        assert_eq!(unwrap_relayed_reply("5.0.0 - x 550-'"), "5.0.0 - x 550-'");
+    }
+
+    #[test]
+    fn list_unsubscribe_request_is_an_opt_out() {
+        let r = rep(
+            "From: reader@example.net\nTo: unsub-1234@lists.example.org\nSubject: unsubscribe\nAuto-Submitted: auto-replied\n\nThe mail client sent this message to unsubscribe.\n",
+        );
+        assert_eq!(r.kind, ReportKind::Arf);
+        assert_eq!(r.feedback_type.as_deref(), Some("opt-out"));
+        assert_eq!(r.recipients[0].address, "reader@example.net");
+        let r = rep("From: a@example.net\nSubject: how do I unsubscribe?\n\nhelp\n");
+        assert_eq!(r.kind, ReportKind::NotABounce);
+    }
+
+    #[test]
     fn garbage_never_panics() {
         let c = Classifier::default_rules();
+        assert!(!clean_diagnostic("x 550 5.1.1é nope 550 5.1.1é").is_empty());
         for s in [
             &b"\x00\xff"[..],
             b"From: <>\n\n@",
