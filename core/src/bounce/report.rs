@@ -36,6 +36,7 @@ use super::classify::{Classification, Classifier, Diagnostic};
 use super::mime::{self, MimeError, MimeLimits, Part};
 use super::reason::{Kind, Reason};
 use crate::smtp::{EnhancedCode, Phase};
+use std::collections::HashMap;
 use std::fmt;
 
 /// Most recipients reported from one message.
@@ -422,6 +423,7 @@ impl<'a> Reader<'a> {
         // Computed once: per recipient they would make a long report quadratic.
         let human_blocks = text_blocks(&human, &[]);
         let human_phase = phase_of(&human);
+        let transcript = transcript_phases(&human);
         let mut any = false;
         for g in groups {
             let mut address = None;
@@ -465,7 +467,12 @@ impl<'a> Reader<'a> {
                 .find(|(a, _)| a.eq_ignore_ascii_case(&address))
                 .map(|(_, b)| b.clone());
             let phase = phase_of(&diag)
-                .or_else(|| transcript_phase(&human, &address))
+                .or_else(|| {
+                    transcript
+                        .get(&address.to_ascii_lowercase())
+                        .copied()
+                        .flatten()
+                })
                 .or_else(|| block.as_deref().and_then(phase_of))
                 .or(human_phase);
             if diag.trim().is_empty() || diag.trim().len() < 8 {
@@ -730,8 +737,12 @@ impl<'a> Reader<'a> {
             return false;
         }
         let human_phase = phase_of(&human);
+        let transcript = transcript_phases(&human);
         for (address, block) in found.into_iter().take(MAX_RECIPIENTS) {
-            let phase = transcript_phase(&human, &address)
+            let phase = transcript
+                .get(&address.to_ascii_lowercase())
+                .copied()
+                .flatten()
                 .or_else(|| phase_of(&block))
                 .or(human_phase);
             let rcpt = self.finish_recipient(address, None, None, block, None, phase, "");
@@ -1480,35 +1491,46 @@ fn strip_result_code(line: &str) -> &str {
     }
 }
 
-/// The command a recipient's failure answered in an SMTP transcript (Sendmail's `... while talking to
-/// host:` / `>>> RCPT To:<a@b>` / `<<< 550 ...` / `550 <a@b>... User unknown`): the last `>>>` command
-/// above the first result line naming the address, within its `while talking to` section.
-fn transcript_phase(text: &str, address: &str) -> Option<Phase> {
+/// The commands recipients' failures answered in an SMTP transcript (Sendmail's `... while talking to
+/// host:` / `>>> RCPT To:<a@b>` / `<<< 550 ...` / `550 <a@b>... User unknown`): for each address (lower
+/// case), the last `>>>` command above the first line naming it, within its `while talking to`
+/// section and at most 40 lines up. One pass over the text, so a report with many recipients stays
+/// linear.
+fn transcript_phases(text: &str) -> HashMap<String, Option<Phase>> {
     let lines: Vec<&str> = text.lines().take(MAX_EMBED_SCAN).collect();
-    let addr = address.to_ascii_lowercase();
+    let mut out: HashMap<String, Option<Phase>> = HashMap::new();
+    // The command in force: the line it was sent on and the phase it stands for.
+    let mut command: Option<(usize, Option<Phase>)> = None;
     for (i, l) in lines.iter().enumerate() {
-        let lower = l.to_ascii_lowercase();
-        if !lower.contains(&addr) || lower.trim_start().starts_with(">>>") {
+        let a = l.trim_start();
+        if let Some(cmd) = a.strip_prefix(">>>") {
+            let mut phase = command_phase(cmd);
+            if phase == Some(Phase::Data) && pipelined_rcpt_failure(&lines[i + 1..]) {
+                // With PIPELINING the RCPT replies are read after DATA was sent: a DATA refused with
+                // "503 need RCPT" means the recipients were refused at RCPT.
+                phase = Some(Phase::Rcpt);
+            }
+            command = Some((i, phase));
             continue;
         }
-        for (back, above) in lines[..i].iter().rev().take(40).enumerate() {
-            let a = above.trim_start();
-            if let Some(cmd) = a.strip_prefix(">>>") {
-                let phase = command_phase(cmd);
-                if phase == Some(Phase::Data) && pipelined_rcpt_failure(&lines[i - back..]) {
-                    // With PIPELINING the RCPT replies are read after DATA was sent: a DATA refused
-                    // with "503 need RCPT" means the recipients were refused at RCPT.
-                    return Some(Phase::Rcpt);
-                }
-                return phase;
-            }
-            let al = a.to_ascii_lowercase();
-            if al.is_empty() || al.contains("while talking to") || is_mailer_line(a) {
-                break;
+        let lower = a.to_ascii_lowercase();
+        if lower.is_empty() || lower.contains("while talking to") || is_mailer_line(a) {
+            command = None;
+        }
+        if !a.contains('@') {
+            continue;
+        }
+        let in_force = command.filter(|(at, _)| i - at <= 40).map(|(_, p)| p);
+        for addr in all_addresses(a) {
+            if let Some(p) = in_force {
+                out.entry(addr.to_ascii_lowercase()).or_insert(p);
             }
         }
+        if out.len() >= MAX_RECIPIENTS {
+            break;
+        }
     }
-    None
+    out
 }
 
 /// A Sendmail mailer status line about a host it did not talk to: `550 example.org (smtp)... reason`.
@@ -2072,13 +2094,13 @@ mod tests {
     }
 
     #[test]
-    fn transcript_phases() {
+    fn transcript_commands() {
         let t = "... while talking to mx.example.org.:\n>>> DATA\n<<< 550 5.1.1 <x@example.org>... User unknown\n550 5.1.1 <x@example.org>... User unknown\n<<< 503 5.0.0 Need RCPT (recipient)\n";
-        assert_eq!(transcript_phase(t, "x@example.org"), Some(Phase::Rcpt));
+        assert_eq!(transcript_phases(t)["x@example.org"], Some(Phase::Rcpt));
         let t = "... while talking to mx.example.org.:\n>>> DATA\n<<< 554 5.7.1 <x@example.org>... Message refused\n554 5.7.1 <x@example.org>... Message refused\n";
-        assert_eq!(transcript_phase(t, "x@example.org"), Some(Phase::Data));
+        assert_eq!(transcript_phases(t)["x@example.org"], Some(Phase::Data));
         let t = ">>> MAIL From:<me@example.com>\n<<< 501 go away\n550 example.org (smtp)... 550 Host unknown\n554 <x@example.org>... 550 Host unknown\n";
-        assert_eq!(transcript_phase(t, "x@example.org"), None);
+        assert_eq!(transcript_phases(t).get("x@example.org"), None);
         assert!(is_mailer_line("550 example.org (smtp)... 550 Host unknown"));
         assert!(!is_mailer_line("550 <x@example.org>... User unknown"));
     }
