@@ -198,6 +198,50 @@ pub(crate) unsafe fn name<'a>(ptr: *const u8, len: usize) -> Result<&'a str, vmt
     unsafe { text(ptr, len, VMTA_MAX_NAME_SIZE) }
 }
 
+/// The C view of a suppression entry.
+pub(crate) fn suppression_info(
+    reason: Reason,
+    source: Source,
+    created: u64,
+    expires: Option<u64>,
+) -> vmta_suppression_info {
+    vmta_suppression_info {
+        reason: static_str(reason.as_str()),
+        source: source_code(source),
+        created,
+        expires: expires.unwrap_or(0),
+    }
+}
+
+/// Writes a suppression check's answer: `*suppressed_out`, and the entry to `*info_out` when there is
+/// one and `info_out` is not NULL. Shared by the store's and the engine's check.
+///
+/// # Safety
+/// `suppressed_out` non-NULL and writable; `info_out` NULL or writable.
+pub(crate) unsafe fn write_check(
+    info: Option<vmta_suppression_info>,
+    suppressed_out: *mut bool,
+    info_out: *mut vmta_suppression_info,
+) {
+    let suppressed = info.is_some();
+    if let (Some(info), false) = (info, info_out.is_null()) {
+        // SAFETY: not NULL; the caller promises it is writable.
+        unsafe { write(info_out, info) };
+    }
+    // SAFETY: the caller promises it is non-NULL and writable.
+    unsafe { write(suppressed_out, suppressed) };
+}
+
+/// A reason name given across the C boundary: `default` when empty, `VMTA_INVALID_ARGUMENT` when
+/// unknown.
+pub(crate) fn reason_arg(reason: &str, default: Reason) -> Result<Reason, vmta_result> {
+    if reason.is_empty() {
+        Ok(default)
+    } else {
+        Reason::parse(reason).ok_or(VMTA_INVALID_ARGUMENT)
+    }
+}
+
 /// Whether `address` is suppressed for `tenant` on `stream` (empty: any stream only) now. Writes
 /// `*suppressed_out`, and when suppressed and `info_out` is not NULL, `*info_out`.
 ///
@@ -233,18 +277,9 @@ pub unsafe extern "C" fn vmta_suppression_check(
             (!stream.is_empty()).then_some(stream),
             now(),
         );
-        if let (Some(hit), false) = (hit, info_out.is_null()) {
-            let info = vmta_suppression_info {
-                reason: static_str(hit.reason.as_str()),
-                source: source_code(hit.source),
-                created: hit.created,
-                expires: hit.expires.unwrap_or(0),
-            };
-            // SAFETY: not NULL; the caller promises it is writable.
-            unsafe { write(info_out, info) };
-        }
-        // SAFETY: checked non-NULL; the caller promises it is writable.
-        unsafe { write(suppressed_out, hit.is_some()) };
+        let info = hit.map(|h| suppression_info(h.reason, h.source, h.created, h.expires));
+        // SAFETY: `suppressed_out` checked non-NULL; the caller promises both are writable.
+        unsafe { write_check(info, suppressed_out, info_out) };
         Ok(())
     })
 }
@@ -279,11 +314,7 @@ pub unsafe extern "C" fn vmta_suppression_add(
                 name(reason, reason_len)?,
             )
         };
-        let reason = if reason.is_empty() {
-            Reason::Undefined
-        } else {
-            Reason::parse(reason).ok_or(VMTA_INVALID_ARGUMENT)?
-        };
+        let reason = reason_arg(reason, Reason::Undefined)?;
         let bad = |f: &str| f.is_empty() || f.contains(['\t', '\r', '\n']);
         if bad(tenant)
             || bad(address)

@@ -8,8 +8,8 @@
 //! `vmta_engine_poll_events` on that engine or `vmta_engine_free`.
 
 use super::bounce::{
-    VMTA_MAX_REPORT_SIZE, name, new_list, new_report, source_code, static_str, vmta_report,
-    vmta_suppression_info, vmta_suppression_list,
+    VMTA_MAX_REPORT_SIZE, name, new_list, new_report, reason_arg, suppression_info, vmta_report,
+    vmta_suppression_info, vmta_suppression_list, write_check,
 };
 use super::boundary::{Registry, bytes, guard, guard_result, out, text, write};
 use super::buffer::{new_buffer, vmta_buffer};
@@ -703,18 +703,9 @@ pub unsafe extern "C" fn vmta_engine_suppression_check(
         let hit = h
             .engine
             .suppression(tenant, address, (!stream.is_empty()).then_some(stream));
-        if let (Some(hit), false) = (hit, info_out.is_null()) {
-            let info = vmta_suppression_info {
-                reason: static_str(hit.reason.as_str()),
-                source: source_code(hit.source),
-                created: hit.created,
-                expires: hit.expires.unwrap_or(0),
-            };
-            // SAFETY: not NULL; the caller promises it is writable.
-            unsafe { write(info_out, info) };
-        }
-        // SAFETY: checked non-NULL; the caller promises it is writable.
-        unsafe { write(suppressed_out, hit.is_some()) };
+        let info = hit.map(|h| suppression_info(h.reason, h.source, h.created, h.expires));
+        // SAFETY: `suppressed_out` checked non-NULL; the caller promises both are writable.
+        unsafe { write_check(info, suppressed_out, info_out) };
         Ok(())
     })
 }
@@ -751,11 +742,7 @@ pub unsafe extern "C" fn vmta_engine_suppression_add(
                 name(reason, reason_len)?,
             )
         };
-        let reason = if reason.is_empty() {
-            Reason::Suppressed
-        } else {
-            Reason::parse(reason).ok_or(VMTA_INVALID_ARGUMENT)?
-        };
+        let reason = reason_arg(reason, Reason::Suppressed)?;
         h.engine
             .suppress(
                 tenant,
