@@ -758,9 +758,9 @@ impl Worker {
                         pos = end;
                         continue;
                     }
-                    let line = c.input[pos..end].to_vec();
+                    let line = pos..end;
                     pos = end;
-                    if self.command(&mut c, &host, &line, now) {
+                    if self.command(&mut c, &host, line, now) {
                         // STARTTLS: what the client pipelined after it is discarded (RFC 3207 §5).
                         pos = c.input.len();
                     }
@@ -823,8 +823,17 @@ impl Worker {
         self.conns[slot] = Some(c);
     }
 
-    /// Handles one command line; returns true when STARTTLS began (the rest of the input is dropped).
-    fn command(&mut self, c: &mut Conn, host: &Host, line: &[u8], now: Instant) -> bool {
+    /// Handles the command line at `line` of the input; returns true when STARTTLS began (the rest
+    /// of the input is dropped).
+    fn command(
+        &mut self,
+        c: &mut Conn,
+        host: &Host,
+        line: std::ops::Range<usize>,
+        now: Instant,
+    ) -> bool {
+        // The line stays in the input buffer (no copy per command); the other fields are written.
+        let line = &c.input[line];
         let verb_len = line.iter().take_while(|b| b.is_ascii_alphabetic()).count();
         let mut verb = [0u8; 8];
         for (i, b) in line[..verb_len.min(8)].iter().enumerate() {

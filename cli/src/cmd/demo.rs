@@ -63,9 +63,17 @@ fn behaviours(hosts: usize, faults: bool) -> Vec<Behaviour> {
     v
 }
 
+/// The published limits vmta is given for mx1 (the rule below), checked at the receiver after the
+/// run: connections, messages per second and the bucket's burst.
+const PUBLISHED_CONNECTIONS: i64 = 4;
+const PUBLISHED_RATE: u32 = 2000;
+const PUBLISHED_BURST: u32 = 20;
+
 /// Shaping for the demo: no limits except the two providers' rules, and backoff compressed from
 /// minutes to seconds so the run shows it.
-const DEMO_SHAPING: &str = r#"
+fn demo_shaping() -> String {
+    format!(
+        r#"
 [defaults]
 max_connections = 0
 connection_rate = "unlimited"
@@ -86,9 +94,9 @@ destination_max = "2s"
 [[mx]]
 name = "provider-with-published-limits"
 patterns = ["mx1.vmta.test"]
-max_connections = 4
-message_rate = "2000/s"
-message_burst = 20
+max_connections = {PUBLISHED_CONNECTIONS}
+message_rate = "{PUBLISHED_RATE}/s"
+message_burst = {PUBLISHED_BURST}
 
 [[mx]]
 name = "provider-with-hidden-limit"
@@ -96,7 +104,9 @@ patterns = ["mx2.vmta.test"]
 max_connections = 8
 message_rate = "4000/s"
 message_burst = 20
-"#;
+"#
+    )
+}
 
 pub(crate) fn message(i: usize, to: &str) -> Vec<u8> {
     let mut m = format!(
@@ -149,10 +159,10 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         .tls(TlsPolicy::Opportunistic)
         .max_connections_per_host(args.connections_per_host)
         .max_messages_per_connection(10_000)
-        .shaping_rules(if faults {
-            DEMO_SHAPING
+        .shaping_rules(&if faults {
+            demo_shaping()
         } else {
-            vmta_testworld::world::UNSHAPED
+            vmta_testworld::world::UNSHAPED.to_string()
         })
         // Retries per reason, as in production, with the intervals compressed to 2-4 seconds.
         .retry_intervals(Duration::from_secs(2), Duration::from_secs(4))
@@ -469,17 +479,17 @@ fn report_destinations(world: &World) -> bool {
         }
         let peak = k.peak_connections.load(Ordering::Relaxed);
         let max_s = k.max_messages_per_second();
-        // mx1 carries vmta's published-limits rule: 4 connections, 2,000/s with a burst of 20.
-        let rule = (h == 1 && b.max_connections > 0).then_some((4i64, 2020u32));
-        let verdict = match rule {
-            Some((c, r)) if peak <= c && max_s <= r => {
-                "  rule held: <= 4 conns, <= 2,000/s".to_string()
-            }
-            Some(_) => {
+        // mx1 carries vmta's published-limits rule (checked in a faulty world only).
+        let verdict = if h == 1 && b.max_connections > 0 {
+            let (c, r) = (PUBLISHED_CONNECTIONS, PUBLISHED_RATE);
+            if peak <= c && max_s <= r + PUBLISHED_BURST {
+                format!("  rule held: <= {c} conns, <= {r}/s")
+            } else {
                 held = false;
-                "  RULE EXCEEDED (4 conns, 2,000/s)".to_string()
+                format!("  RULE EXCEEDED ({c} conns, {r}/s)")
             }
-            None => String::new(),
+        } else {
+            String::new()
         };
         println!(
             "  mx{h:<13} {:<46} {:>8} {:>6} {:>7} {:>6} {:>6} {:>5}{verdict}",
