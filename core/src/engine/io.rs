@@ -68,9 +68,17 @@ impl ShardThread {
         let mut dirty = Vec::new();
         let mut deadline: Option<Instant> = None;
         let mut last_maintenance = Instant::now();
+        // Submissions appended this pass, acknowledged after the pass's commit.
+        let mut appended: Vec<(SubmitPart, crate::spool::MessageId)> = Vec::new();
+        let mut again = false;
+        // Every record of a pass reaches the file in one `pwrite`, made durable by one commit.
+        let _ = self.core.spool_mut().hold_writes(true);
         loop {
             let now = Now::system();
             let mut wait = Duration::from_secs(1);
+            if std::mem::take(&mut again) {
+                wait = Duration::ZERO;
+            }
             if let Some(t) = self.core.poll_timeout(now) {
                 wait = wait.min(t.saturating_duration_since(now.mono));
             }
@@ -153,7 +161,7 @@ impl ShardThread {
                 }
             }
 
-            self.take_submissions(now);
+            let submitted = self.take_submissions(&mut appended);
             while let Ok(c) = self.control.try_recv() {
                 match c {
                     Control::Cancel(id, reply) => {
@@ -180,6 +188,14 @@ impl ShardThread {
                 self.core.on_resolved(now, done.token as u32, answer);
             }
             self.core.handle_timeout(now);
+
+            // One commit for the pass so far: its state changes and its submissions.
+            let t = self.core.take_commit().max(submitted);
+            let committed = t.map_or(Ok(()), |t| self.core.commit(t));
+            if !appended.is_empty() {
+                self.acknowledge(now, &mut appended, committed);
+                again = true;
+            }
 
             // Actions may produce more actions (a failed connect fails over to the next MX).
             while let Some(action) = self.core.poll_action() {
@@ -282,10 +298,14 @@ impl ShardThread {
         }
     }
 
-    /// Appends waiting submissions to the spool, commits them together, acknowledges, schedules.
-    fn take_submissions(&mut self, now: Now) {
-        let mut appended: Vec<(SubmitPart, crate::spool::MessageId)> = Vec::new();
+    /// Appends waiting submissions to the spool (held until the pass's commit) and returns the last
+    /// ticket; a submission the spool refuses is answered at once.
+    fn take_submissions(
+        &mut self,
+        appended: &mut Vec<(SubmitPart, crate::spool::MessageId)>,
+    ) -> Option<crate::spool::Ticket> {
         let mut last = None;
+        let now = Now::system().unix();
         for _ in 0..SUBMISSIONS_PER_PASS {
             let Some(part) = self.ring.pop() else {
                 break;
@@ -294,9 +314,11 @@ impl ShardThread {
                 part.ack.done(Ok(()));
                 continue;
             }
+            let mut hex = [0u8; 16];
+            let id_tag = hex_id(part.id, &mut hex);
             let rcpts: Vec<&str> = part.recipients.iter().map(String::as_str).collect();
-            let id_tag = format!("{:016x}", part.id);
-            let mut tags: Vec<(&str, &str)> = vec![(super::shard::ID_TAG, id_tag.as_str())];
+            let mut tags: Vec<(&str, &str)> = Vec::with_capacity(1 + part.tags.len());
+            tags.push((super::shard::ID_TAG, id_tag));
             tags.extend(part.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             let env = SpoolEnvelope {
                 sender: &part.sender,
@@ -305,33 +327,39 @@ impl ShardThread {
                 tags: &tags,
                 priority: part.priority,
                 flags: part.flags,
-                submitted_at: now.unix(),
+                submitted_at: now,
             };
             match self.core.spool_mut().append(&env, &part.body) {
                 Ok((id, ticket)) => {
                     last = Some(ticket);
+                    drop((rcpts, tags));
                     appended.push((part, id));
                 }
                 Err(e) => part.ack.done(Err(SubmitError::from_spool(e))),
             }
         }
-        if appended.is_empty() {
-            return;
-        }
-        let committed = match last {
-            Some(t) => self.core.commit(t),
-            None => Ok(()),
-        };
+        last
+    }
+
+    /// After the commit that covered them: schedules and acknowledges the pass's submissions, or
+    /// takes them back and refuses them when it failed.
+    fn acknowledge(
+        &mut self,
+        now: Now,
+        appended: &mut Vec<(SubmitPart, crate::spool::MessageId)>,
+        committed: Result<(), crate::spool::SpoolError>,
+    ) {
         match committed {
             Ok(()) => {
-                for (part, id) in appended {
-                    self.core.enqueue(now, part.id, id);
+                for (part, id) in appended.drain(..) {
+                    self.core.enqueue(part.id, id);
                     part.ack.done(Ok(()));
                 }
+                self.core.dispatch_pending(now);
             }
             Err(e) => {
                 let e = SubmitError::from_spool(e);
-                for (part, id) in appended {
+                for (part, id) in appended.drain(..) {
                     // Not acknowledged: take it back so it is never delivered behind the host's back.
                     let _ = self.core.spool_mut().remove(id);
                     part.ack.done(Err(e.clone()));
@@ -339,6 +367,15 @@ impl ShardThread {
             }
         }
     }
+}
+
+/// `id` as 16 lowercase hex digits (the engine id tag), written into `buf`.
+fn hex_id(id: u64, buf: &mut [u8; 16]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = DIGITS[((id >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 /// Opens a non-blocking connection, bound to `local` when given.
@@ -447,5 +484,16 @@ pub(crate) fn flags_for(sender: &str, recipients: &[String], body: &[u8]) -> Mes
 impl Drop for SubmitPart {
     fn drop(&mut self) {
         self.ack.done_if_pending();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_id_matches_the_formatted_tag() {
+        for id in [0u64, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut buf = [0u8; 16];
+            assert_eq!(super::hex_id(id, &mut buf), format!("{id:016x}"));
+        }
     }
 }

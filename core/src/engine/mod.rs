@@ -172,6 +172,9 @@ struct AckState {
     remaining: usize,
     error: Option<SubmitError>,
     abandoned: bool,
+    /// Whether the submitter sleeps on the condition variable: only then does the last `done`
+    /// wake it (a wake is a system call; most acknowledgements of a batch land before it waits).
+    waiting: bool,
 }
 
 impl Ack {
@@ -181,6 +184,7 @@ impl Ack {
                 remaining: parts,
                 error: None,
                 abandoned: false,
+                waiting: false,
             }),
             cv: Condvar::new(),
         })
@@ -192,7 +196,9 @@ impl Ack {
         if let Err(e) = result {
             s.error.get_or_insert(e);
         }
-        self.cv.notify_all();
+        if s.remaining == 0 && s.waiting {
+            self.cv.notify_all();
+        }
     }
 
     /// A part dropped without an answer (its shard is gone) counts as failed.
@@ -212,14 +218,17 @@ impl Ack {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 s.abandoned = true;
+                s.waiting = false;
                 return Err(SubmitError::Spool("no answer from the shard".into()));
             }
+            s.waiting = true;
             s = self
                 .cv
                 .wait_timeout(s, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        s.waiting = false;
         match &s.error {
             Some(e) => Err(e.clone()),
             None => Ok(()),

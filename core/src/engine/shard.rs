@@ -525,7 +525,8 @@ impl ShardCore {
     }
 
     /// Schedules a message just appended to the spool.
-    pub(crate) fn enqueue(&mut self, now: Now, engine_id: u64, m: MessageId) {
+    /// Call [`ShardCore::dispatch_pending`] after a batch of these.
+    pub(crate) fn enqueue(&mut self, engine_id: u64, m: MessageId) {
         self.ids.insert(engine_id, m);
         let count = self.spool.message(m).map_or(0, |v| v.recipient_count());
         for index in 0..count {
@@ -537,7 +538,6 @@ impl ShardCore {
         self.metrics
             .queued
             .fetch_add(u64::from(count), Ordering::Relaxed);
-        self.dispatch_pending(now);
     }
 
     /// Cancels the shard's part of a message. Returns the recipients cancelled.
@@ -606,23 +606,28 @@ impl ShardCore {
             return;
         };
         let priority = view.priority();
-        let tenant = view.tenant().to_string();
+        let pool = self
+            .cfg
+            .tenant_pools
+            .get(view.tenant())
+            .copied()
+            .unwrap_or(self.cfg.default_pool);
         let Ok(r) = self.spool.recipient(rid) else {
             return;
         };
         if r.state.is_final() || r.state == RecipientState::Held {
             return;
         }
-        let domain = r.domain.to_ascii_lowercase();
-        let pool = self
-            .cfg
-            .tenant_pools
-            .get(&tenant)
-            .copied()
-            .unwrap_or(self.cfg.default_pool);
+        // The spool interns domains lower-cased.
+        let d = match self.domain_ids.get(r.domain) {
+            Some(&d) => d,
+            None => {
+                let domain = r.domain.to_ascii_lowercase();
+                self.domain_id(&domain)
+            }
+        };
         let sources = &self.cfg.pools[pool].1;
         let source = sources[(rid.message.0 as usize) % sources.len()] as u16;
-        let d = self.domain_id(&domain);
         if !self.domains[d as usize].sources.contains(&source) {
             self.domains[d as usize].sources.push(source);
         }
@@ -655,7 +660,8 @@ impl ShardCore {
         }
     }
 
-    fn dispatch_pending(&mut self, now: Now) {
+    /// Dispatches every queue marked ready (after [`ShardCore::enqueue`]s, say).
+    pub(crate) fn dispatch_pending(&mut self, now: Now) {
         if self.shutting_down || self.paused {
             // Paused: the queues keep their recipients; resuming dispatches every queue again.
             self.pending.clear();
@@ -1035,7 +1041,7 @@ impl ShardCore {
     }
 
     /// Commits spool tickets (group commit).
-    pub(crate) fn commit(&self, t: Ticket) -> Result<(), crate::spool::SpoolError> {
+    pub(crate) fn commit(&mut self, t: Ticket) -> Result<(), crate::spool::SpoolError> {
         self.spool.commit(t)
     }
 

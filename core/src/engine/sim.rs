@@ -303,7 +303,8 @@ impl Simulation {
                     .spool_mut()
                     .append(&env, body)
                     .expect("spool append");
-                self.core.enqueue(now, (i + 1) as u64, m);
+                self.core.enqueue((i + 1) as u64, m);
+                self.core.dispatch_pending(now);
             }
             SimEvent::Resolved(domain, name) => {
                 let answer = match self.world.domains.iter().find(|d| d.name == name) {

@@ -77,6 +77,15 @@ impl Durability {
         st.appended = st.appended.max(t.0);
     }
 
+    /// Records that tickets `first..=last` were never written (a write-behind `pwrite` failed):
+    /// waiting for any of them returns the error; the tickets before them are flushed as usual.
+    pub(crate) fn fail(&self, first: u64, last: u64, kind: io::ErrorKind) {
+        let mut st = self.lock();
+        st.failure = Some((first.saturating_sub(1), last, kind));
+        st.appended = st.appended.max(last);
+        self.shared.cv.notify_all();
+    }
+
     /// Makes `file` the one flushed from now on. Everything appended before must already be durable
     /// (or the policy must not care): the spool flushes the old segment before it switches.
     pub(crate) fn set_file(&self, file: Option<Arc<File>>) {

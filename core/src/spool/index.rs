@@ -127,6 +127,20 @@ pub struct Index {
 impl Index {
     /// Finds a message (live or tombstone).
     pub fn find(&self, id: u64) -> Option<SlotRef> {
+        // Ids are handed out in order and the table is only thinned by rebuilds: counted back from
+        // the newest (or on from the oldest) message, the id usually sits exactly there.
+        if let (Some(first), Some(last)) = (self.messages.first(), self.messages.last()) {
+            let n = self.messages.len() as u64;
+            let guesses = [
+                last.id().checked_sub(id).and_then(|back| (n - 1).checked_sub(back)),
+                id.checked_sub(first.id()).filter(|&on| on < n),
+            ];
+            for i in guesses.into_iter().flatten() {
+                if self.messages[i as usize].id() == id {
+                    return Some(SlotRef::Main(i as usize));
+                }
+            }
+        }
         if let Ok(i) = self.messages.binary_search_by_key(&id, |m| m.id()) {
             return Some(SlotRef::Main(i));
         }

@@ -490,6 +490,11 @@ pub struct Spool {
     durability: Durability,
     flusher: Option<JoinHandle<()>>,
     scratch: Vec<u8>,
+    /// Write-behind: appends are held in the active segment until [`Spool::write_held`] (or a
+    /// commit, flush, rotation or maintenance) writes them with one `pwrite`.
+    holding: bool,
+    /// The tickets of the held records (first, last), reported to group commit once written.
+    held_tickets: Option<(u64, u64)>,
     salt_counter: u64,
     orphans: u64,
 }
@@ -544,6 +549,8 @@ impl Spool {
             durability: Durability::new(),
             flusher: None,
             scratch: Vec::new(),
+            holding: false,
+            held_tickets: None,
             salt_counter: 0,
             orphans: 0,
         };
@@ -943,6 +950,11 @@ impl Spool {
 
     /// Flushes (unless the policy is `None`) and seals the active segment; appends need a new one.
     fn retire_active(&mut self) {
+        if self.active.is_none() {
+            return;
+        }
+        // A failure is recorded against the held tickets; the segment is retired either way.
+        let _ = self.write_held();
         let Some(id) = self.active.take() else {
             return;
         };
@@ -995,6 +1007,16 @@ impl Spool {
         let id = self.active.expect("checked above");
         let seg = self.segments.get_mut(&id).expect("active segment exists");
         record::reseal(buf, seg.salt);
+        if self.holding {
+            let off = seg.hold(buf).map_err(|e| io_err("write", &seg.path(&self.dir), e))?;
+            self.ticket += 1;
+            let t = self.ticket;
+            self.held_tickets = Some(self.held_tickets.map_or((t, t), |(first, _)| (first, t)));
+            if seg.held_len() >= HELD_MAX {
+                self.write_held()?;
+            }
+            return Ok((id, off as u32, Ticket(t)));
+        }
         match seg.append(buf) {
             Ok(off) => {
                 self.ticket += 1;
@@ -1003,6 +1025,45 @@ impl Spool {
             }
             Err(e) => {
                 let path = seg.path(&self.dir);
+                self.retire_active();
+                Err(io_err("write", &path, e))
+            }
+        }
+    }
+
+    /// Holds appends in memory from now on (write-behind), until [`Spool::write_held`], a commit or
+    /// a flush writes them together with one `pwrite`; or writes each at once again (`false`, after
+    /// writing what is held). A held record is readable at once but not yet in the file: the owner
+    /// commits (or writes them) before it reports anything appended as accepted, and writes them
+    /// soon under [`SyncPolicy::Interval`] and [`SyncPolicy::None`], whose flusher sees only what
+    /// is written.
+    pub fn hold_writes(&mut self, on: bool) -> Result<(), SpoolError> {
+        if !on {
+            self.write_held()?;
+        }
+        self.holding = on;
+        Ok(())
+    }
+
+    /// Writes the held records (one `pwrite`). On failure they are lost to the file: their tickets
+    /// fail in group commit, the segment is retired, and the error is returned.
+    pub fn write_held(&mut self) -> Result<(), SpoolError> {
+        let Some((first, last)) = self.held_tickets.take() else {
+            return Ok(());
+        };
+        let Some(seg) = self.active.and_then(|a| self.segments.get_mut(&a)) else {
+            // Unreachable: retiring the active segment writes what it holds first.
+            self.durability.fail(first, last, io::ErrorKind::Other);
+            return Err(SpoolError::Sync(io::Error::other("held records without a segment")));
+        };
+        match seg.write_held() {
+            Ok(()) => {
+                self.durability.appended(Ticket(last));
+                Ok(())
+            }
+            Err(e) => {
+                let path = seg.path(&self.dir);
+                self.durability.fail(first, last, e.kind());
                 self.retire_active();
                 Err(io_err("write", &path, e))
             }
@@ -1090,7 +1151,8 @@ impl Spool {
 
     /// Waits until `ticket` is durable under the policy: under `Sync` it shares one `fdatasync` with
     /// every append made before the flush starts; under `Interval` and `None` it returns at once.
-    pub fn commit(&self, ticket: Ticket) -> Result<(), SpoolError> {
+    pub fn commit(&mut self, ticket: Ticket) -> Result<(), SpoolError> {
+        self.write_held()?;
         match self.opts.policy {
             SyncPolicy::Sync => self.durability.wait(ticket).map_err(SpoolError::Sync),
             _ => Ok(()),
@@ -1098,7 +1160,8 @@ impl Spool {
     }
 
     /// Makes everything appended so far durable, whatever the policy.
-    pub fn flush(&self) -> Result<(), SpoolError> {
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        self.write_held()?;
         self.durability.flush().map_err(SpoolError::Sync)
     }
 
@@ -1210,8 +1273,8 @@ impl Spool {
             .segments
             .get(&m.segment)
             .ok_or(SpoolError::Damaged(FormatError::Short))?;
-        let rec = record::decode_verified_record(seg.bytes(), m.offset as usize, seg.salt)
-            .map_err(SpoolError::Damaged)?;
+        let (bytes, at) = seg.read_at(u64::from(m.offset));
+        let rec = record::decode_verified_record(bytes, at, seg.salt).map_err(SpoolError::Damaged)?;
         MessageRecord::decode(rec.payload).map_err(SpoolError::Damaged)
     }
 
@@ -1235,7 +1298,8 @@ impl Spool {
         let Some(s) = self.segments.get(&seg) else {
             return "";
         };
-        let Ok(rec) = record::decode_verified_record(s.bytes(), off as usize, s.salt) else {
+        let (bytes, at) = s.read_at(u64::from(off));
+        let Ok(rec) = record::decode_verified_record(bytes, at, s.salt) else {
             return "";
         };
         match rec.kind {
@@ -1405,6 +1469,15 @@ impl Spool {
     /// mostly-final (or small) sealed segment. Bounded work; call it periodically.
     pub fn maintain(&mut self) -> Result<Maintenance, SpoolError> {
         self.writable()?;
+        // Compaction reads what it copies from the files and writes its copies at once.
+        let holding = self.holding;
+        self.hold_writes(false)?;
+        let r = self.maintain_written();
+        self.holding = holding;
+        r
+    }
+
+    fn maintain_written(&mut self) -> Result<Maintenance, SpoolError> {
         let mut out = Maintenance::default();
         let (n, b) = self.delete_unneeded()?;
         out.deleted_segments += n;
@@ -1537,6 +1610,9 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
+        if !self.opts.read_only {
+            let _ = self.write_held();
+        }
         if !self.opts.read_only && self.opts.policy != SyncPolicy::None {
             let _ = self.durability.flush();
         }
@@ -1549,6 +1625,9 @@ impl Drop for Spool {
 
 #[cfg(test)]
 mod tests;
+
+/// Held (write-behind) bytes beyond which the spool writes them without waiting for the owner.
+const HELD_MAX: usize = 1 << 20;
 
 /// The record header size, for tests that damage records.
 #[doc(hidden)]

@@ -72,8 +72,12 @@ pub struct Segment {
     map: Option<Mmap>,
     /// Checksum salt of this segment's records.
     pub salt: u64,
-    /// Bytes in use: the header and valid records. Appends go here.
+    /// Bytes in use: the header and valid records, held ones included. Appends go here.
     pub used: u64,
+    /// Records appended but not yet written (write-behind): they start at file offset `held_at`,
+    /// are read from here until written, and reach the file in one `pwrite`.
+    held: Vec<u8>,
+    held_at: u64,
     /// Size of the file (pre-allocated space included).
     pub capacity: u64,
     /// No more appends (every segment but the active one).
@@ -150,6 +154,8 @@ impl Segment {
             map,
             salt,
             used,
+            held: Vec::new(),
+            held_at: used,
             capacity,
             sealed: false,
             live_messages: 0,
@@ -165,12 +171,33 @@ impl Segment {
         dir.join(file_name(self.id))
     }
 
-    /// The bytes in use (header and records), borrowed from the mapping.
+    /// The bytes written (header and records), borrowed from the mapping; held records are not
+    /// among them.
     pub fn bytes(&self) -> &[u8] {
+        let end = if self.held.is_empty() {
+            self.used
+        } else {
+            self.held_at
+        };
         match &self.map {
-            Some(m) => &m[..(self.used as usize).min(m.len())],
+            Some(m) => &m[..(end as usize).min(m.len())],
             None => &[],
         }
+    }
+
+    /// The buffer holding the record at file offset `off` and the record's offset in it: the
+    /// mapping, or the held records when it is not written yet.
+    pub fn read_at(&self, off: u64) -> (&[u8], usize) {
+        if !self.held.is_empty() && off >= self.held_at {
+            (&self.held, (off - self.held_at) as usize)
+        } else {
+            (self.bytes(), off as usize)
+        }
+    }
+
+    /// Bytes held, not yet written.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
     }
 
     /// Puts the mapping back.
@@ -186,13 +213,39 @@ impl Segment {
     /// Writes `rec` at the append position. On success the bytes are in the page cache and visible
     /// through the mapping; they are durable after the next `fdatasync`.
     pub fn append(&mut self, rec: &[u8]) -> io::Result<u64> {
+        let off = self.hold(rec)?;
+        self.write_held()?;
+        Ok(off)
+    }
+
+    /// Takes `rec` at the append position without writing it: readable through [`Segment::read_at`]
+    /// at once, written (with every record held before it) by [`Segment::write_held`].
+    pub fn hold(&mut self, rec: &[u8]) -> io::Result<u64> {
         let off = self.used;
         if rec.len() as u64 > self.room() {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "segment full"));
         }
-        self.file.write_all_at(rec, off)?;
+        if self.held.is_empty() {
+            self.held_at = off;
+        }
+        self.held.extend_from_slice(rec);
         self.used += rec.len() as u64;
         Ok(off)
+    }
+
+    /// Writes the held records with one `pwrite`. On failure they are dropped: the append position
+    /// goes back to where they started, and the caller reports the records as not written.
+    pub fn write_held(&mut self) -> io::Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let r = self.file.write_all_at(&self.held, self.held_at);
+        if r.is_err() {
+            self.used = self.held_at;
+        }
+        self.held.clear();
+        self.held_at = self.used;
+        r
     }
 
     /// Overwrites `len` bytes at `from` with zeros and flushes (clears a torn tail in place, without
@@ -213,6 +266,7 @@ impl Segment {
     /// and remapped. Cutting also removes a torn tail or a partial write after `used`.
     pub fn seal(&mut self) -> io::Result<()> {
         self.sealed = true;
+        self.write_held()?;
         if self.capacity != self.used {
             self.map = None;
             self.file.set_len(self.used)?;
