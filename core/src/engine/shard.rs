@@ -528,7 +528,7 @@ impl ShardCore {
     /// Call [`ShardCore::dispatch_pending`] after a batch of these.
     pub(crate) fn enqueue(&mut self, engine_id: u64, m: MessageId) {
         self.ids.insert(engine_id, m);
-        let count = self.spool.message(m).map_or(0, |v| v.recipient_count());
+        let count = self.spool.recipient_count(m).unwrap_or(0);
         for index in 0..count {
             self.make_ready(RecipientId { message: m, index });
         }
@@ -612,7 +612,7 @@ impl ShardCore {
             .get(view.tenant())
             .copied()
             .unwrap_or(self.cfg.default_pool);
-        let Ok(r) = self.spool.recipient(rid) else {
+        let Ok(r) = self.spool.recipient_status(rid) else {
             return;
         };
         if r.state.is_final() || r.state == RecipientState::Held {
@@ -1320,7 +1320,7 @@ impl ShardCore {
         via: Option<(&str, IpAddr)>,
         source: u16,
     ) {
-        let Ok(view) = self.spool.recipient(rid) else {
+        let Ok(view) = self.spool.recipient_status(rid) else {
             return;
         };
         if view.state.is_final() {
@@ -1463,8 +1463,10 @@ impl ShardCore {
     }
 
     fn event_base(&self, rid: RecipientId, now: Now) -> DeliveryEvent {
+        let mut recipient = String::new();
         let (message_id, tenant, tags, submitted_at) = match self.spool.message(rid.message) {
             Ok(v) => {
+                recipient = v.recipient_address(rid.index).unwrap_or_default().to_string();
                 let mut id = rid.message.0;
                 let mut tags = Vec::new();
                 for (k, val) in v.tags() {
@@ -1478,11 +1480,6 @@ impl ShardCore {
             }
             Err(_) => (rid.message.0, String::new(), Vec::new(), 0),
         };
-        let recipient = self
-            .spool
-            .recipient(rid)
-            .map(|r| r.address.to_string())
-            .unwrap_or_default();
         DeliveryEvent {
             kind: EventKind::Deferred,
             message_id,
@@ -1628,9 +1625,9 @@ impl ShardCore {
         }
         let max = self.cfg.config.engine.max_recipients_per_transaction;
         let q = self.queues.get_mut(&key)?;
-        let (first, view) = loop {
+        let first = loop {
             let rid = q.pop()?;
-            match self.spool.recipient(rid) {
+            match self.spool.recipient_status(rid) {
                 Ok(r) if !r.state.is_final() && r.state != RecipientState::Held => {
                     // A locked tenant's mail is held here, not sent and not lost.
                     let locked = self.tenants.as_ref().is_some_and(|t| {
@@ -1642,13 +1639,12 @@ impl ShardCore {
                         self.held.push(rid);
                         continue;
                     }
-                    break (rid, r);
+                    break rid;
                 }
                 _ => {}
             }
         };
         let mut rcpts = vec![first];
-        let mut addresses = vec![view.address.to_string()];
         // With VERP every recipient gets its own return path, so its own transaction (the null
         // sender stays null).
         let verp = self.cfg.verp.as_ref().filter(|_| {
@@ -1661,15 +1657,18 @@ impl ShardCore {
             let Some(next) = q.peek_same_message(first.message) else {
                 break;
             };
-            if let Ok(r) = self.spool.recipient(next)
+            if let Ok(r) = self.spool.recipient_status(next)
                 && !r.state.is_final()
                 && r.state != RecipientState::Held
             {
                 rcpts.push(next);
-                addresses.push(r.address.to_string());
             }
         }
         let msg = self.spool.message(first.message).ok()?;
+        let addresses: Vec<String> = rcpts
+            .iter()
+            .map(|r| msg.recipient_address(r.index).unwrap_or_default().to_string())
+            .collect();
         let flags = msg.flags();
         let mail_from = match verp {
             Some(v) => {

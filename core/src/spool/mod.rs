@@ -454,6 +454,24 @@ impl<'a> MessageView<'a> {
     pub fn body(&self) -> &'a [u8] {
         self.record.body
     }
+
+    /// The address of recipient `index`.
+    pub fn recipient_address(&self, index: u16) -> Option<&'a str> {
+        self.record.recipient(index).map(|r| r.address)
+    }
+}
+
+/// A recipient's state as the index keeps it: no record is read to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct RecipientStatus<'a> {
+    /// Destination domain.
+    pub domain: &'a str,
+    /// Current state.
+    pub state: RecipientState,
+    /// Attempts made.
+    pub attempts: u16,
+    /// Unix time of the next attempt.
+    pub next_attempt: u64,
 }
 
 /// One recipient with its current state.
@@ -1140,7 +1158,8 @@ impl Spool {
         let r = self.write(&mut buf, true);
         let out = r.and_then(|(seg, off, t)| {
             self.next_message_id += 1;
-            let rec = record::decode_record(&buf, 0, self.segments[&seg].salt)
+            // Framed just now: the header check is enough.
+            let rec = record::decode_verified_record(&buf, 0, self.segments[&seg].salt)
                 .map_err(SpoolError::Damaged)?;
             self.apply(seg, off, rec);
             Ok((MessageId(id), t))
@@ -1310,6 +1329,28 @@ impl Spool {
                 .map_or("", |r| r.reply),
             Kind::Cancel => "",
         }
+    }
+
+    /// One recipient's state, domain and attempts, from the index alone (no record is read).
+    pub fn recipient_status(&self, rid: RecipientId) -> Result<RecipientStatus<'_>, SpoolError> {
+        let (_, i) = self.rcpt_index(rid)?;
+        let slot = self.index.rcpts[i];
+        Ok(RecipientStatus {
+            domain: self.index.domain(slot.domain),
+            state: RecipientState::from_u8(slot.state).unwrap_or(RecipientState::Queued),
+            attempts: slot.attempts,
+            next_attempt: u64::from(slot.next_attempt),
+        })
+    }
+
+    /// How many recipients a queued message has, from the index alone.
+    pub fn recipient_count(&self, id: MessageId) -> Result<u16, SpoolError> {
+        let r = self
+            .index
+            .find(id.0)
+            .filter(|&r| self.index.slot(r).live > 0)
+            .ok_or(SpoolError::UnknownMessage(id))?;
+        Ok(self.index.slot(r).rcpt_count)
     }
 
     /// One recipient of a queued message with its current state and last reply.
