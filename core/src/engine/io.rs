@@ -2,9 +2,11 @@
 //! resolver and its spool, and feeding submissions from the shard's ring.
 //!
 //! Per loop pass, in order: socket readiness (connect results, reads, writes), DNS readiness, up to
-//! [`SUBMISSIONS_PER_PASS`] submissions (appended to the spool, committed once for the batch, then
-//! acknowledged), control messages, DNS answers, timers, the core's actions, output, then one spool
-//! commit for the state changes of the pass, after which the pass's events are released. Work per
+//! [`SUBMISSIONS_PER_PASS`] submissions (appended to the spool), control messages, DNS answers,
+//! timers; then one spool commit for everything the pass recorded so far (the spool holds the
+//! records and writes them with one `pwrite`, then one group-commit `fdatasync`), after which the
+//! submissions are scheduled and acknowledged; then the core's actions, output, a last commit for
+//! what those recorded, and the release of the pass's events. Work per
 //! pass is bounded so one busy peer cannot starve the shard.
 
 use super::shard::{Action, ConnId, Now, ShardCore};

@@ -1466,7 +1466,10 @@ impl ShardCore {
         let mut recipient = String::new();
         let (message_id, tenant, tags, submitted_at) = match self.spool.message(rid.message) {
             Ok(v) => {
-                recipient = v.recipient_address(rid.index).unwrap_or_default().to_string();
+                recipient = v
+                    .recipient_address(rid.index)
+                    .unwrap_or_default()
+                    .to_string();
                 let mut id = rid.message.0;
                 let mut tags = Vec::new();
                 for (k, val) in v.tags() {
@@ -1667,7 +1670,11 @@ impl ShardCore {
         let msg = self.spool.message(first.message).ok()?;
         let addresses: Vec<String> = rcpts
             .iter()
-            .map(|r| msg.recipient_address(r.index).unwrap_or_default().to_string())
+            .map(|r| {
+                msg.recipient_address(r.index)
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect();
         let flags = msg.flags();
         let mail_from = match verp {

@@ -132,7 +132,9 @@ impl Index {
         if let (Some(first), Some(last)) = (self.messages.first(), self.messages.last()) {
             let n = self.messages.len() as u64;
             let guesses = [
-                last.id().checked_sub(id).and_then(|back| (n - 1).checked_sub(back)),
+                last.id()
+                    .checked_sub(id)
+                    .and_then(|back| (n - 1).checked_sub(back)),
                 id.checked_sub(first.id()).filter(|&on| on < n),
             ];
             for i in guesses.into_iter().flatten() {

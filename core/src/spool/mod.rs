@@ -40,6 +40,13 @@
 //! after the write and a background thread flushes every N ms; [`SyncPolicy::None`] never flushes
 //! except when a segment is sealed or compacted (for tests and benchmarks).
 //!
+//! **Write-behind** ([`Spool::hold_writes`]): the engine's shard holds the records of one loop pass
+//! (its submissions and every state change) in memory, readable at once through the same calls, and
+//! writes them with one `pwrite` when it commits at the end of the pass ([`Spool::commit`] and
+//! [`Spool::flush`] write what is held first; so do a rotation, maintenance and dropping the spool).
+//! A held record's ticket reaches group commit only once written, so nothing held is ever reported
+//! durable. A failed write of held records fails their tickets ([`Spool::commit`] returns the error).
+//!
 //! If a write fails, the active segment is cut back to its last good record, sealed and left alone;
 //! the next append starts a new segment. Every record accepted before is intact and the spool keeps
 //! working once space is back. To let deliveries be recorded (and space be freed) on a full disk,
@@ -1026,7 +1033,9 @@ impl Spool {
         let seg = self.segments.get_mut(&id).expect("active segment exists");
         record::reseal(buf, seg.salt);
         if self.holding {
-            let off = seg.hold(buf).map_err(|e| io_err("write", &seg.path(&self.dir), e))?;
+            let off = seg
+                .hold(buf)
+                .map_err(|e| io_err("write", &seg.path(&self.dir), e))?;
             self.ticket += 1;
             let t = self.ticket;
             self.held_tickets = Some(self.held_tickets.map_or((t, t), |(first, _)| (first, t)));
@@ -1072,7 +1081,9 @@ impl Spool {
         let Some(seg) = self.active.and_then(|a| self.segments.get_mut(&a)) else {
             // Unreachable: retiring the active segment writes what it holds first.
             self.durability.fail(first, last, io::ErrorKind::Other);
-            return Err(SpoolError::Sync(io::Error::other("held records without a segment")));
+            return Err(SpoolError::Sync(io::Error::other(
+                "held records without a segment",
+            )));
         };
         match seg.write_held() {
             Ok(()) => {
@@ -1293,7 +1304,8 @@ impl Spool {
             .get(&m.segment)
             .ok_or(SpoolError::Damaged(FormatError::Short))?;
         let (bytes, at) = seg.read_at(u64::from(m.offset));
-        let rec = record::decode_verified_record(bytes, at, seg.salt).map_err(SpoolError::Damaged)?;
+        let rec =
+            record::decode_verified_record(bytes, at, seg.salt).map_err(SpoolError::Damaged)?;
         MessageRecord::decode(rec.payload).map_err(SpoolError::Damaged)
     }
 

@@ -654,3 +654,78 @@ fn write_fuzz_seeds() {
     one.extend_from_slice(&records[..first]);
     fs::write(Path::new(&out).join("one_message"), &one).unwrap();
 }
+
+#[test]
+fn held_writes_are_readable_at_once_and_reach_the_file_together() {
+    let d = Dir::new("held");
+    let rcpts = ["a@one.example"];
+    let mut ids = Vec::new();
+    {
+        let (mut s, _) = Spool::open(&d.0, opts(SyncPolicy::Sync)).unwrap();
+        s.hold_writes(true).unwrap();
+        let before = s.durability().appended_ticket();
+        let mut last = Ticket(0);
+        for n in 0..5 {
+            let b = body(n, 700);
+            let (id, t) = s.append(&env(&rcpts, 1_700_000_000), &b).unwrap();
+            // Readable from memory before it is written.
+            assert_eq!(s.body(id).unwrap(), &b[..]);
+            ids.push(id);
+            last = t;
+        }
+        let rid = RecipientId {
+            message: ids[0],
+            index: 0,
+        };
+        last = last.max(s.record_state(rid, &deferred(1, "451 later")).unwrap());
+        assert_eq!(s.recipient(rid).unwrap().last_reply, "451 later");
+        assert_eq!(s.recipient_status(rid).unwrap().attempts, 1);
+        // Nothing written yet: group commit has not seen these tickets.
+        assert_eq!(s.durability().appended_ticket(), before);
+        s.commit(last).unwrap();
+        assert_eq!(s.durability().appended_ticket(), last);
+        assert!(s.durability().durable() >= last);
+        // Held again, then written by the drop.
+        let b = body(9, 300);
+        ids.push(s.append(&env(&rcpts, 1_700_000_001), &b).unwrap().0);
+    }
+    let (s, rep) = Spool::open(&d.0, opts(SyncPolicy::Sync)).unwrap();
+    assert_eq!((rep.messages, rep.corrupt_records), (6, 0));
+    assert_eq!(s.body(ids[3]).unwrap(), &body(3, 700)[..]);
+    assert_eq!(s.body(ids[5]).unwrap(), &body(9, 300)[..]);
+    let rid = RecipientId {
+        message: ids[0],
+        index: 0,
+    };
+    assert_eq!(s.recipient(rid).unwrap().state, RecipientState::Deferred);
+    assert_eq!(s.recipient_count(ids[0]).unwrap(), 1);
+}
+
+#[test]
+fn held_writes_across_a_segment_rotation() {
+    let d = Dir::new("held-rotate");
+    let rcpts = ["a@one.example"];
+    let mut ids = Vec::new();
+    {
+        let (mut s, _) = Spool::open(&d.0, opts(SyncPolicy::Sync)).unwrap();
+        s.hold_writes(true).unwrap();
+        // 64 KiB segments: 200 messages of 2 KiB rotate several times while held.
+        let mut last = Ticket(0);
+        for n in 0..200 {
+            let (id, t) = s
+                .append(&env(&rcpts, 1_700_000_000), &body(n, 2048))
+                .unwrap();
+            ids.push(id);
+            last = t;
+        }
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(s.body(*id).unwrap(), &body(n, 2048)[..]);
+        }
+        s.commit(last).unwrap();
+    }
+    let (s, rep) = Spool::open(&d.0, opts(SyncPolicy::Sync)).unwrap();
+    assert_eq!((rep.messages, rep.corrupt_records), (200, 0));
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(s.body(*id).unwrap(), &body(n, 2048)[..]);
+    }
+}
