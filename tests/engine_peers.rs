@@ -828,3 +828,44 @@ fn a_connection_cap_shared_by_two_shards_never_strands_a_queue() {
     assert_eq!(sink.received(), 2 * per);
     e.shutdown(Duration::from_secs(2));
 }
+
+#[test]
+fn the_group_commit_window_never_holds_back_a_submission() {
+    // A three-second window between state-only commits: each synchronous submission is still
+    // committed and acknowledged at once, and the deliveries' events come out with a later commit.
+    let ips = ["127.0.50.115"];
+    let port = common_port(&ips);
+    let zone = Zone::start(
+        "127.0.50.114",
+        &[
+            "mx-host=window.engine.test,mx.window.engine.test,10".into(),
+            "host-record=mx.window.engine.test,127.0.50.115".into(),
+        ],
+    );
+    let sink = sink_at(ips[0], port, &[]);
+    let spool = TempDir::new("engine-window");
+    let mut cfg = config(&spool, zone.addr, port);
+    cfg.engine.group_commit_window_us = 3_000_000;
+    let e = Engine::start(&cfg).unwrap();
+    let n = 12;
+    let started = Instant::now();
+    for i in 0..n {
+        submit(&e, &format!("u{i}@window.engine.test"), i);
+    }
+    // Twelve acknowledgements held by the window would take over half a minute.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "submissions waited for the window: {:?}",
+        started.elapsed()
+    );
+    let events = collect(&e, Duration::from_secs(30), |ev| {
+        count(ev, EventKind::Delivered) >= n
+    });
+    assert_eq!(count(&events, EventKind::Delivered), n, "{events:#?}");
+    assert_eq!(sink.received(), n);
+    e.shutdown(Duration::from_secs(2));
+    // Every delivery was committed before its event: reopened, the spool holds nothing live.
+    let e = Engine::start(&cfg).unwrap();
+    assert_eq!(e.metrics().total().queued, 0);
+    e.shutdown(Duration::from_secs(1));
+}

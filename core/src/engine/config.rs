@@ -9,6 +9,7 @@
 //! spool_dir = "vmta-spool"    # one sub-directory per shard: shard-0, shard-1, ...
 //! durability = "sync"         # "sync" (fdatasync + group commit), "interval", "none"
 //! durability_interval_ms = 50 # flush period for "interval"
+//! group_commit_window_us = 2000 # "sync": state-only commits of a shard at least this far apart
 //! submission_queue = 4096     # bounded ring per shard; full = Busy for the submitter
 //! helo_name = "localhost"     # EHLO name when a source has none
 //! max_recipients_per_transaction = 100
@@ -166,6 +167,11 @@ pub struct EngineSection {
     pub durability: Durability,
     /// Flush period for `interval`.
     pub durability_interval_ms: u64,
+    /// Under `sync`, the least time between two commits (`fdatasync`) of one shard that carry
+    /// only state changes (deliveries, deferrals): those wait for the next commit (and their events
+    /// with them), so one flush covers more of them. Submissions are committed at once; a commit
+    /// after a quiet spell is never delayed. 0 commits every loop pass.
+    pub group_commit_window_us: u64,
     /// Submission ring capacity per shard.
     pub submission_queue: usize,
     /// EHLO name when a source has none.
@@ -184,6 +190,7 @@ impl Default for EngineSection {
             spool_dir: PathBuf::from("vmta-spool"),
             durability: Durability::Sync,
             durability_interval_ms: 50,
+            group_commit_window_us: 2000,
             submission_queue: 4096,
             helo_name: "localhost".into(),
             max_recipients_per_transaction: 100,

@@ -50,6 +50,8 @@ pub(crate) struct ShardThread {
     /// With a suppression list: its writer, which records the pass's observations and then releases
     /// its events.
     pub outcomes: Option<crossbeam::channel::Sender<WriterMessage>>,
+    /// The least time between two commits (group commit window; zero: every pass).
+    pub commit_window: Duration,
 }
 
 impl std::fmt::Debug for ShardThread {
@@ -73,6 +75,12 @@ impl ShardThread {
         // Submissions appended this pass, acknowledged after the pass's commit.
         let mut appended: Vec<(SubmitPart, crate::spool::MessageId)> = Vec::new();
         let mut again = false;
+        let mut commit = Commit {
+            uncommitted: None,
+            last: Instant::now()
+                .checked_sub(self.commit_window)
+                .unwrap_or_else(Instant::now),
+        };
         // Every record of a pass reaches the file in one `pwrite`, made durable by one commit.
         let _ = self.core.spool_mut().hold_writes(true);
         loop {
@@ -80,6 +88,10 @@ impl ShardThread {
             let mut wait = Duration::from_secs(1);
             if std::mem::take(&mut again) {
                 wait = Duration::ZERO;
+            }
+            if commit.uncommitted.is_some() {
+                let due = (commit.last + self.commit_window).saturating_duration_since(now.mono);
+                wait = wait.min(due);
             }
             if let Some(t) = self.core.poll_timeout(now) {
                 wait = wait.min(t.saturating_duration_since(now.mono));
@@ -191,11 +203,10 @@ impl ShardThread {
             }
             self.core.handle_timeout(now);
 
-            // One commit for the pass so far: its state changes and its submissions.
-            let t = self.core.take_commit().max(submitted);
-            let committed = t.map_or(Ok(()), |t| self.core.commit(t));
-            if !appended.is_empty() {
-                self.acknowledge(now, &mut appended, committed);
+            // One commit for what the pass recorded so far (and what earlier passes left to it):
+            // its state changes and its submissions, which are then scheduled and acknowledged.
+            commit.note(self.core.take_commit().max(submitted));
+            if self.commit_if_due(now, &mut commit, &mut appended, false) {
                 again = true;
             }
 
@@ -241,10 +252,12 @@ impl ShardThread {
                 flush(&self.poll, &mut self.core, now, &mut sockets, id);
             }
 
-            if let Some(t) = self.core.take_commit() {
-                let _ = self.core.commit(t);
+            // Events go out once every record behind them is committed.
+            commit.note(self.core.take_commit());
+            self.commit_if_due(now, &mut commit, &mut appended, deadline.is_some());
+            if commit.uncommitted.is_none() {
+                self.release(&mut batch);
             }
-            self.release(&mut batch);
 
             if let Some(d) = deadline {
                 if !self.core.has_connections() {
@@ -257,6 +270,8 @@ impl ShardThread {
                             close_socket(&self.poll, &mut sockets, conn);
                         }
                     }
+                    commit.note(self.core.take_commit());
+                    self.commit_if_due(now, &mut commit, &mut appended, true);
                     self.release(&mut batch);
                     break;
                 }
@@ -298,6 +313,34 @@ impl ShardThread {
                 }
             }
         }
+    }
+
+    /// Commits what is recorded and not yet committed: at once when submissions wait for it (or
+    /// `force`), otherwise once the group commit window since the last commit has passed; then
+    /// schedules and acknowledges the submissions it covered. Returns whether any were.
+    fn commit_if_due(
+        &mut self,
+        now: Now,
+        commit: &mut Commit,
+        appended: &mut Vec<(SubmitPart, crate::spool::MessageId)>,
+        force: bool,
+    ) -> bool {
+        let Some(t) = commit.uncommitted else {
+            return false;
+        };
+        // Submitters wait for their acknowledgement: those are never held back. State changes alone
+        // wait for the window, so a busy shard flushes them with the next submissions or in bulk.
+        if !force && appended.is_empty() && now.mono < commit.last + self.commit_window {
+            return false;
+        }
+        let committed = self.core.commit(t);
+        commit.uncommitted = None;
+        commit.last = Instant::now();
+        if appended.is_empty() {
+            return false;
+        }
+        self.acknowledge(now, appended, committed);
+        true
     }
 
     /// Appends waiting submissions to the spool (held until the pass's commit) and returns the last
@@ -368,6 +411,19 @@ impl ShardThread {
                 }
             }
         }
+    }
+}
+
+/// The shard's group commit: the newest spool ticket not yet committed and when the last commit
+/// ended.
+struct Commit {
+    uncommitted: Option<crate::spool::Ticket>,
+    last: Instant,
+}
+
+impl Commit {
+    fn note(&mut self, t: Option<crate::spool::Ticket>) {
+        self.uncommitted = self.uncommitted.max(t);
     }
 }
 

@@ -611,6 +611,10 @@ impl Engine {
                 control: ctl_rx,
                 events: events.clone(),
                 outcomes: suppression.as_ref().map(|s| s.sender()),
+                commit_window: match policy {
+                    SyncPolicy::Sync => Duration::from_micros(e.group_commit_window_us),
+                    _ => Duration::ZERO,
+                },
             };
             threads.push((thread, cpus.get(i % cpus.len().max(1)).copied()));
             shards.push(ShardHandle {
