@@ -435,9 +435,15 @@ fn rule_error(i: usize, name: &Option<String>, problem: impl Into<String>) -> Ru
 }
 
 impl Classifier {
-    /// Compiles the default rule set.
+    /// The default rule set (compiled once per process, then cloned: the compiled patterns are
+    /// shared).
     pub fn default_rules() -> Classifier {
-        Classifier::from_toml(DEFAULT_RULES).expect("the shipped rule set compiles")
+        static DEFAULT: std::sync::OnceLock<Classifier> = std::sync::OnceLock::new();
+        DEFAULT
+            .get_or_init(|| {
+                Classifier::from_toml(DEFAULT_RULES).expect("the shipped rule set compiles")
+            })
+            .clone()
     }
 
     /// Compiles a rule file.
