@@ -315,6 +315,12 @@ pub fn validate(
     let mut added_id_value = String::new();
 
     while pos < n {
+        // The body is usually clean (CRLF lines within the limit, no NUL): checked and copied whole.
+        if !in_header && let Some(high) = clean_body(&input[pos..]) {
+            high_body |= high;
+            out.extend_from_slice(&input[pos..]);
+            break;
+        }
         // One line: its end (memchr2), the OR of its octets (for 8-bit) and whether it holds a NUL.
         // Each is a vectorised scan of a line already in cache.
         let start = pos;
@@ -472,6 +478,34 @@ pub fn validate(
         added_message_id,
         fixed_line_endings: fixed,
     })
+}
+
+/// `Some(8-bit)` when `body` needs no change: every line ends with CRLF (no bare CR or LF, the
+/// last line terminated), none is longer than [`MAX_LINE`], and there is no NUL. `None` sends the
+/// caller through the line-by-line path, which repairs or reports what is wrong.
+fn clean_body(body: &[u8]) -> Option<bool> {
+    if !body.ends_with(b"\r\n") || memchr::memchr(0, body).is_some() {
+        return None;
+    }
+    let mut line_start = 0;
+    let mut expect_lf = false;
+    for i in memchr::memchr2_iter(b'\r', b'\n', body) {
+        if expect_lf {
+            // The CR just seen must be followed at once by this LF.
+            if body[i] != b'\n' || i != line_start {
+                return None;
+            }
+            expect_lf = false;
+            line_start = i + 1;
+        } else {
+            if body[i] != b'\r' || i - line_start > MAX_LINE {
+                return None;
+            }
+            expect_lf = true;
+            line_start = i + 1;
+        }
+    }
+    Some(body.iter().fold(0u8, |a, &b| a | b) & 0x80 != 0)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -739,5 +773,64 @@ Message-ID: <x@example.com>\r\nSubject: hi\r\n\r\nbody\r\n";
                 .collect();
             let _ = validate(&input, &ValidationOptions::default(), &stamp());
         }
+    }
+}
+
+#[cfg(test)]
+mod clean_body_tests {
+    use super::*;
+
+    #[test]
+    fn clean_bodies_are_taken_whole_and_anything_else_goes_line_by_line() {
+        assert_eq!(clean_body(b"a\r\nb\r\n"), Some(false));
+        assert_eq!(clean_body(b"\r\n\r\n"), Some(false));
+        assert_eq!(clean_body("caf\u{e9}\r\n".as_bytes()), Some(true));
+        let long = [vec![b'x'; MAX_LINE], b"\r\n".to_vec()].concat();
+        assert_eq!(clean_body(&long), Some(false));
+        let too_long = [vec![b'x'; MAX_LINE + 1], b"\r\n".to_vec()].concat();
+        assert_eq!(clean_body(&too_long), None);
+        for bad in [
+            &b"a\nb\r\n"[..],
+            b"a\rb\r\n",
+            b"a\r\r\n",
+            b"a\r\nb",
+            b"a\r\n\n",
+            b"a\0\r\n",
+            b"a\r\n\r",
+        ] {
+            assert_eq!(clean_body(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_whole_body_path_and_the_line_path_agree() {
+        let stamp = Stamp {
+            now: 1_700_000_000,
+            unique_id: "id1",
+            trace: None,
+        };
+        let opts = ValidationOptions::default();
+        let head = "From: a@example.com\r\nDate: Tue, 14 Nov 2023 22:13:20 +0000\r\nMessage-ID: <x@example.com>\r\n\r\n";
+        let mut body = String::new();
+        for i in 0..500 {
+            body.push_str(&format!("line {i} of a clean body\r\n"));
+        }
+        let clean = validate(format!("{head}{body}").as_bytes(), &opts, &stamp).unwrap();
+        // The same body with one bare LF is repaired line by line into the same bytes.
+        let repaired_input = format!("{head}{}", body.replacen("\r\n", "\n", 1));
+        let repaired = validate(repaired_input.as_bytes(), &opts, &stamp).unwrap();
+        assert_eq!(clean.bytes, repaired.bytes);
+        assert_eq!(
+            (clean.fixed_line_endings, repaired.fixed_line_endings),
+            (0, 1)
+        );
+        assert!(!clean.needs_8bitmime);
+        let high = validate(
+            format!("{head}{body}caf\u{e9}\r\n").as_bytes(),
+            &opts,
+            &stamp,
+        )
+        .unwrap();
+        assert!(high.needs_8bitmime);
     }
 }
