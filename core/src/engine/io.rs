@@ -377,7 +377,6 @@ impl ShardThread {
             match self.core.spool_mut().append(&env, &part.body) {
                 Ok((id, ticket)) => {
                     last = Some(ticket);
-                    drop((rcpts, tags));
                     appended.push((part, id));
                 }
                 Err(e) => part.ack.done(Err(SubmitError::from_spool(e))),

@@ -1463,26 +1463,29 @@ impl ShardCore {
     }
 
     fn event_base(&self, rid: RecipientId, now: Now) -> DeliveryEvent {
-        let mut recipient = String::new();
-        let (message_id, tenant, tags, submitted_at) = match self.spool.message(rid.message) {
-            Ok(v) => {
-                recipient = v
-                    .recipient_address(rid.index)
-                    .unwrap_or_default()
-                    .to_string();
-                let mut id = rid.message.0;
-                let mut tags = Vec::new();
-                for (k, val) in v.tags() {
-                    if k == ID_TAG {
-                        id = u64::from_str_radix(val, 16).unwrap_or(id);
-                    } else {
-                        tags.push((k.to_string(), val.to_string()));
+        let (message_id, recipient, tenant, tags, submitted_at) =
+            match self.spool.message(rid.message) {
+                Ok(v) => {
+                    let mut id = rid.message.0;
+                    let mut tags = Vec::new();
+                    for (k, val) in v.tags() {
+                        if k == ID_TAG {
+                            id = u64::from_str_radix(val, 16).unwrap_or(id);
+                        } else {
+                            tags.push((k.to_string(), val.to_string()));
+                        }
                     }
+                    let recipient = v.recipient_address(rid.index).unwrap_or_default();
+                    (
+                        id,
+                        recipient.to_string(),
+                        v.tenant().to_string(),
+                        tags,
+                        v.submitted_at(),
+                    )
                 }
-                (id, v.tenant().to_string(), tags, v.submitted_at())
-            }
-            Err(_) => (rid.message.0, String::new(), Vec::new(), 0),
-        };
+                Err(_) => (rid.message.0, String::new(), String::new(), Vec::new(), 0),
+            };
         DeliveryEvent {
             kind: EventKind::Deferred,
             message_id,

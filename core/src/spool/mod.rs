@@ -1235,12 +1235,16 @@ impl Spool {
         out
     }
 
-    fn rcpt_index(&self, rid: RecipientId) -> Result<(SlotRef, usize), SpoolError> {
-        let r = self
-            .index
-            .find(rid.message.0)
+    /// The index slot of a message with a live recipient.
+    fn live_slot(&self, id: MessageId) -> Result<SlotRef, SpoolError> {
+        self.index
+            .find(id.0)
             .filter(|&r| self.index.slot(r).live > 0)
-            .ok_or(SpoolError::UnknownMessage(rid.message))?;
+            .ok_or(SpoolError::UnknownMessage(id))
+    }
+
+    fn rcpt_index(&self, rid: RecipientId) -> Result<(SlotRef, usize), SpoolError> {
+        let r = self.live_slot(rid.message)?;
         let m = self.index.slot(r);
         if rid.index >= m.rcpt_count {
             return Err(SpoolError::UnknownRecipient(rid));
@@ -1311,11 +1315,7 @@ impl Spool {
 
     /// A queued message: envelope and body, borrowed from the mapping.
     pub fn message(&self, id: MessageId) -> Result<MessageView<'_>, SpoolError> {
-        let r = self
-            .index
-            .find(id.0)
-            .filter(|&r| self.index.slot(r).live > 0)
-            .ok_or(SpoolError::UnknownMessage(id))?;
+        let r = self.live_slot(id)?;
         let record = self.message_record(self.index.slot(r))?;
         Ok(MessageView { id, record })
     }
@@ -1346,40 +1346,43 @@ impl Spool {
     /// One recipient's state, domain and attempts, from the index alone (no record is read).
     pub fn recipient_status(&self, rid: RecipientId) -> Result<RecipientStatus<'_>, SpoolError> {
         let (_, i) = self.rcpt_index(rid)?;
+        Ok(self.status_at(i))
+    }
+
+    /// The status of entry `i` of the recipient table.
+    fn status_at(&self, i: usize) -> RecipientStatus<'_> {
         let slot = self.index.rcpts[i];
-        Ok(RecipientStatus {
+        RecipientStatus {
             domain: self.index.domain(slot.domain),
             state: RecipientState::from_u8(slot.state).unwrap_or(RecipientState::Queued),
             attempts: slot.attempts,
             next_attempt: u64::from(slot.next_attempt),
-        })
+        }
     }
 
     /// How many recipients a queued message has, from the index alone.
     pub fn recipient_count(&self, id: MessageId) -> Result<u16, SpoolError> {
-        let r = self
-            .index
-            .find(id.0)
-            .filter(|&r| self.index.slot(r).live > 0)
-            .ok_or(SpoolError::UnknownMessage(id))?;
+        let r = self.live_slot(id)?;
         Ok(self.index.slot(r).rcpt_count)
     }
 
     /// One recipient of a queued message with its current state and last reply.
     pub fn recipient(&self, rid: RecipientId) -> Result<RecipientView<'_>, SpoolError> {
         let (r, i) = self.rcpt_index(rid)?;
-        let m = self.message_record(self.index.slot(r))?;
-        let rr = m
+        let status = self.status_at(i);
+        let address = self
+            .message_record(self.index.slot(r))?
             .recipient(rid.index)
-            .ok_or(SpoolError::UnknownRecipient(rid))?;
+            .ok_or(SpoolError::UnknownRecipient(rid))?
+            .address;
         let slot = self.index.rcpts[i];
         Ok(RecipientView {
             id: rid,
-            address: rr.address,
-            domain: self.index.domain(slot.domain),
-            state: RecipientState::from_u8(slot.state).unwrap_or(RecipientState::Queued),
-            attempts: slot.attempts,
-            next_attempt: u64::from(slot.next_attempt),
+            address,
+            domain: status.domain,
+            state: status.state,
+            attempts: status.attempts,
+            next_attempt: status.next_attempt,
             last_reply: self.reply_at(slot.seg, slot.off, rid.index),
         })
     }
