@@ -160,6 +160,12 @@ impl ShardThread {
                                 if total >= READ_PER_PASS || self.core.close_pending(id) {
                                     break;
                                 }
+                                // A short read emptied the receive queue: bytes arriving after it
+                                // raise a new edge, so asking again would only earn `WouldBlock`
+                                // (one system call per reply saved).
+                                if n < readbuf.len() {
+                                    break;
+                                }
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -356,7 +362,7 @@ impl ShardThread {
                 break;
             };
             if part.ack.is_abandoned() {
-                part.ack.done(Ok(()));
+                part.ack.done(part.slot, Ok(()));
                 continue;
             }
             let mut hex = [0u8; 16];
@@ -379,7 +385,7 @@ impl ShardThread {
                     last = Some(ticket);
                     appended.push((part, id));
                 }
-                Err(e) => part.ack.done(Err(SubmitError::from_spool(e))),
+                Err(e) => part.ack.done(part.slot, Err(SubmitError::from_spool(e))),
             }
         }
         last
@@ -397,7 +403,7 @@ impl ShardThread {
             Ok(()) => {
                 for (part, id) in appended.drain(..) {
                     self.core.enqueue(part.id, id);
-                    part.ack.done(Ok(()));
+                    part.ack.done(part.slot, Ok(()));
                 }
                 self.core.dispatch_pending(now);
             }
@@ -406,7 +412,7 @@ impl ShardThread {
                 for (part, id) in appended.drain(..) {
                     // Not acknowledged: take it back so it is never delivered behind the host's back.
                     let _ = self.core.spool_mut().remove(id);
-                    part.ack.done(Err(e.clone()));
+                    part.ack.done(part.slot, Err(e.clone()));
                 }
             }
         }
@@ -535,13 +541,6 @@ pub(crate) fn flags_for(sender: &str, recipients: &[String], body: &[u8]) -> Mes
         f |= MessageFlags::SMTPUTF8.0;
     }
     MessageFlags(f)
-}
-
-/// Lets the ring's producer know about a dropped acknowledgement.
-impl Drop for SubmitPart {
-    fn drop(&mut self) {
-        self.ack.done_if_pending();
-    }
 }
 
 #[cfg(test)]

@@ -160,7 +160,9 @@ impl fmt::Display for EngineError {
 
 impl std::error::Error for EngineError {}
 
-/// Completion of a submission split over shards.
+/// Completion of a batch of submissions split over shards: one count of the parts not yet answered
+/// and one answer slot per submission, so the submitter sleeps (and is woken) once per batch rather
+/// than once per message.
 #[derive(Debug)]
 pub(crate) struct Ack {
     state: Mutex<AckState>,
@@ -170,7 +172,8 @@ pub(crate) struct Ack {
 #[derive(Debug)]
 struct AckState {
     remaining: usize,
-    error: Option<SubmitError>,
+    /// The first refusal of each submission of the batch, by its position.
+    errors: Vec<Option<SubmitError>>,
     abandoned: bool,
     /// Whether the submitter sleeps on the condition variable: only then does the last `done`
     /// wake it (a wake is a system call; most acknowledgements of a batch land before it waits).
@@ -178,11 +181,11 @@ struct AckState {
 }
 
 impl Ack {
-    fn new(parts: usize) -> Arc<Ack> {
+    fn new(submissions: usize) -> Arc<Ack> {
         Arc::new(Ack {
             state: Mutex::new(AckState {
-                remaining: parts,
-                error: None,
+                remaining: 0,
+                errors: vec![None; submissions],
                 abandoned: false,
                 waiting: false,
             }),
@@ -190,36 +193,45 @@ impl Ack {
         })
     }
 
-    pub(crate) fn done(&self, result: Result<(), SubmitError>) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more part to wait for (counted before it is handed to its shard).
+    fn expect(&self) {
+        self.lock().remaining += 1;
+    }
+
+    /// The answer for a part of submission `slot`.
+    pub(crate) fn done(&self, slot: u32, result: Result<(), SubmitError>) {
+        let mut s = self.lock();
         s.remaining = s.remaining.saturating_sub(1);
-        if let Err(e) = result {
-            s.error.get_or_insert(e);
+        if let Err(e) = result
+            && let Some(first) = s.errors.get_mut(slot as usize)
+        {
+            first.get_or_insert(e);
         }
         if s.remaining == 0 && s.waiting {
             self.cv.notify_all();
         }
     }
 
-    /// A part dropped without an answer (its shard is gone) counts as failed.
-    pub(crate) fn done_if_pending(&self) {
-        // `done` is always called before the part is dropped, except when a shard thread dies; the
-        // submitter then stops waiting at its deadline.
-    }
-
     pub(crate) fn is_abandoned(&self) -> bool {
         self.state.lock().map(|s| s.abandoned).unwrap_or(true)
     }
 
-    fn wait(&self, limit: Duration) -> Result<(), SubmitError> {
+    /// Waits for every part; then the answers by position. On timeout every submission gets the
+    /// timeout's error and the parts still waiting are dropped unwritten by their shards.
+    fn wait(&self, limit: Duration) -> Vec<Result<(), SubmitError>> {
         let deadline = Instant::now() + limit;
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         while s.remaining > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 s.abandoned = true;
                 s.waiting = false;
-                return Err(SubmitError::Spool("no answer from the shard".into()));
+                let e = SubmitError::Spool("no answer from the shard".into());
+                return s.errors.iter().map(|_| Err(e.clone())).collect();
             }
             s.waiting = true;
             s = self
@@ -229,10 +241,10 @@ impl Ack {
                 .0;
         }
         s.waiting = false;
-        match &s.error {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
+        s.errors
+            .iter_mut()
+            .map(|e| e.take().map_or(Ok(()), Err))
+            .collect()
     }
 }
 
@@ -248,26 +260,20 @@ pub(crate) struct SubmitPart {
     pub flags: MessageFlags,
     pub body: Arc<[u8]>,
     pub ack: Arc<Ack>,
+    /// The submission's position in its batch (its answer slot in `ack`).
+    pub slot: u32,
 }
 
 /// A submission handed to its shards, not yet acknowledged.
 #[derive(Debug)]
 struct Pending {
     id: u64,
-    ack: Arc<Ack>,
+    /// The shards holding a part.
     shards: Vec<usize>,
+    /// A shard's ring was full: the parts pushed are taken back once written.
+    busy: bool,
     /// `suppressed` events for the recipients left out, released once the rest is queued.
     suppressed: Vec<DeliveryEvent>,
-}
-
-impl Pending {
-    fn finish(mut self, events: &EventQueue) -> Result<u64, SubmitError> {
-        self.ack.wait(Duration::from_secs(300))?;
-        if !self.suppressed.is_empty() {
-            events.push(&mut self.suppressed);
-        }
-        Ok(self.id)
-    }
 }
 
 /// Messages to a shard that must not be refused.
@@ -668,18 +674,21 @@ impl Engine {
     /// Queues a message. Returns its id once every part is durable, or why it was refused (nothing is
     /// queued then).
     pub fn submit(&self, s: &Submission) -> Result<u64, SubmitError> {
-        let pending = self.push_parts(s)?;
-        for &shard in &pending.shards {
-            let _ = self.shards[shard].waker.wake();
-        }
-        pending.finish(&self.events)
+        self.submit_batch(std::slice::from_ref(s))
+            .pop()
+            .unwrap_or(Err(SubmitError::Busy))
     }
 
     /// Queues several messages at once: every part is handed to its shard before any is waited for,
-    /// so one spool commit can cover the whole batch. Results are in the batch's order.
+    /// so one spool commit can cover the whole batch, and the submitter sleeps once for all of it.
+    /// Results are in the batch's order.
     pub fn submit_batch(&self, batch: &[Submission]) -> Vec<Result<u64, SubmitError>> {
-        let pending: Vec<Result<Pending, SubmitError>> =
-            batch.iter().map(|s| self.push_parts(s)).collect();
+        let ack = Ack::new(batch.len());
+        let pending: Vec<Result<Pending, SubmitError>> = batch
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| self.push_parts(s, &ack, slot as u32))
+            .collect();
         let mut woken = vec![false; self.shards.len()];
         for p in pending.iter().flatten() {
             for &shard in &p.shards {
@@ -689,14 +698,17 @@ impl Engine {
                 }
             }
         }
+        let answers = ack.wait(Duration::from_secs(300));
         pending
             .into_iter()
-            .map(|p| p?.finish(&self.events))
+            .zip(answers)
+            .map(|(p, answer)| self.finish(p?, answer))
             .collect()
     }
 
-    /// Checks a submission and pushes its parts to their shards' rings (without waking them).
-    fn push_parts(&self, s: &Submission) -> Result<Pending, SubmitError> {
+    /// Checks a submission and pushes its parts to their shards' rings (without waking them), each
+    /// answering in `ack` at `slot`.
+    fn push_parts(&self, s: &Submission, ack: &Arc<Ack>, slot: u32) -> Result<Pending, SubmitError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -732,9 +744,8 @@ impl Engine {
             let domain = r.rsplit_once('@').map_or("", |(_, d)| d);
             by_shard[shard_of(domain, n)].push(r.clone());
         }
-        let parts = by_shard.iter().filter(|v| !v.is_empty()).count();
-        let ack = Ack::new(parts);
         let mut pushed = Vec::new();
+        let mut busy = false;
         for (shard, recipients) in by_shard.into_iter().enumerate() {
             if recipients.is_empty() {
                 continue;
@@ -749,35 +760,44 @@ impl Engine {
                 flags,
                 body: body.clone(),
                 ack: ack.clone(),
+                slot,
             };
+            ack.expect();
             if self.shards[shard].ring.push(part).is_err() {
-                // The parts not pushed count as refused; the ones pushed are written, then cancelled.
-                for _ in pushed.len()..parts {
-                    ack.done(Err(SubmitError::Busy));
-                }
-                for &p in &pushed {
-                    let shard: &ShardHandle = &self.shards[p];
-                    let _ = shard.waker.wake();
-                }
-                let _ = ack.wait(Duration::from_secs(30));
-                for &p in &pushed {
-                    let (tx, rx) = crossbeam::channel::bounded(1);
-                    let shard: &ShardHandle = &self.shards[p];
-                    if shard.control.send(Control::Cancel(id, tx)).is_ok() {
-                        let _ = shard.waker.wake();
-                        let _ = rx.recv_timeout(Duration::from_secs(30));
-                    }
-                }
-                return Err(SubmitError::Busy);
+                // The parts not pushed are refused; the ones pushed are written, then cancelled.
+                ack.done(slot, Err(SubmitError::Busy));
+                busy = true;
+                break;
             }
             pushed.push(shard);
         }
         Ok(Pending {
             id,
-            ack,
             shards: pushed,
+            busy,
             suppressed,
         })
+    }
+
+    /// The answer to a pushed submission once its batch is acknowledged: its id, or why it was
+    /// refused; a submission refused for a full ring is cancelled where it was written.
+    fn finish(&self, mut p: Pending, answer: Result<(), SubmitError>) -> Result<u64, SubmitError> {
+        if p.busy {
+            for &shard in &p.shards {
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                let handle: &ShardHandle = &self.shards[shard];
+                if handle.control.send(Control::Cancel(p.id, tx)).is_ok() {
+                    let _ = handle.waker.wake();
+                    let _ = rx.recv_timeout(Duration::from_secs(30));
+                }
+            }
+            return Err(SubmitError::Busy);
+        }
+        answer?;
+        if !p.suppressed.is_empty() {
+            self.events.push(&mut p.suppressed);
+        }
+        Ok(p.id)
     }
 
     /// The recipients of `s` not on the tenant's suppression list (stream: the `stream` tag), and
