@@ -3,11 +3,13 @@
 //!
 //! Per loop pass, in order: socket readiness (connect results, reads, writes), DNS readiness, up to
 //! [`SUBMISSIONS_PER_PASS`] submissions (appended to the spool), control messages, DNS answers,
-//! timers; then one spool commit for everything the pass recorded so far (the spool holds the
-//! records and writes them with one `pwrite`, then one group-commit `fdatasync`), after which the
-//! submissions are scheduled and acknowledged; then the core's actions, output, a last commit for
-//! what those recorded, and the release of the pass's events. Work per
-//! pass is bounded so one busy peer cannot starve the shard.
+//! timers; then the start of one spool commit for everything the pass recorded so far (the spool
+//! holds the records and writes them with one `pwrite`; the spool's committer thread runs the
+//! group-commit `fdatasync` and wakes the shard when it returns); then the core's actions, output,
+//! another commit start for what those recorded, and the landing of every commit found durable:
+//! its submissions are scheduled and acknowledged and the events behind it released. The shard
+//! never waits for the disk, and a commit in flight gathers the next pass's records for the next
+//! flush. Work per pass is bounded so one busy peer cannot starve the shard.
 
 use super::shard::{Action, ConnId, Now, ShardCore};
 use super::suppression::{OutcomeBatch, WriterMessage};
@@ -17,6 +19,7 @@ use crate::spool::{Envelope as SpoolEnvelope, MessageFlags};
 use crossbeam::queue::ArrayQueue;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -80,6 +83,7 @@ impl ShardThread {
             last: Instant::now()
                 .checked_sub(self.commit_window)
                 .unwrap_or_else(Instant::now),
+            flights: VecDeque::new(),
         };
         // Every record of a pass reaches the file in one `pwrite`, made durable by one commit.
         let _ = self.core.spool_mut().hold_writes(true);
@@ -212,7 +216,8 @@ impl ShardThread {
             // One commit for what the pass recorded so far (and what earlier passes left to it):
             // its state changes and its submissions, which are then scheduled and acknowledged.
             commit.note(self.core.take_commit().max(submitted));
-            if self.commit_if_due(now, &mut commit, &mut appended, false) {
+            self.commit_if_due(now, &mut commit, &mut appended, false);
+            if self.land(now, &mut commit) {
                 again = true;
             }
 
@@ -258,11 +263,19 @@ impl ShardThread {
                 flush(&self.poll, &mut self.core, now, &mut sockets, id);
             }
 
-            // Events go out once every record behind them is committed.
+            // Events go out once every record behind them is committed: with the commit that
+            // covers them, or at once when nothing is left to commit.
             commit.note(self.core.take_commit());
             self.commit_if_due(now, &mut commit, &mut appended, deadline.is_some());
             if commit.uncommitted.is_none() {
-                self.release(&mut batch);
+                let mut outcomes = self.take_outcomes(&mut batch);
+                match commit.flights.back_mut() {
+                    Some(f) => f.outcomes.append(&mut outcomes),
+                    None => self.release(outcomes),
+                }
+            }
+            if self.land(now, &mut commit) {
+                again = true;
             }
 
             if let Some(d) = deadline {
@@ -278,7 +291,6 @@ impl ShardThread {
                     }
                     commit.note(self.core.take_commit());
                     self.commit_if_due(now, &mut commit, &mut appended, true);
-                    self.release(&mut batch);
                     break;
                 }
             }
@@ -287,23 +299,38 @@ impl ShardThread {
                 self.core.maintain();
             }
         }
+        // Whatever is still in flight lands now, and the events of the last passes go out.
         let _ = self.core.spool_mut().flush();
+        let now = Now::system();
+        self.land(now, &mut commit);
+        let outcomes = self.take_outcomes(&mut batch);
+        self.release(outcomes);
     }
 
-    /// Hands the pass's events (committed to the spool) to the host: through the suppression
-    /// writer, with the observations behind them, when there is a list; directly otherwise.
-    fn release(&mut self, batch: &mut Vec<super::DeliveryEvent>) {
+    /// Takes the events and observations the core produced so far.
+    fn take_outcomes(&mut self, batch: &mut Vec<super::DeliveryEvent>) -> Outcomes {
         self.core.take_events(batch);
+        let mut observations = Vec::new();
+        if self.outcomes.is_some() {
+            self.core.take_observations(&mut observations);
+        }
+        Outcomes {
+            events: std::mem::take(batch),
+            observations,
+        }
+    }
+
+    /// Hands events (committed to the spool) to the host: through the suppression writer, with the
+    /// observations behind them, when there is a list; directly otherwise.
+    fn release(&mut self, o: Outcomes) {
+        if o.events.is_empty() && o.observations.is_empty() {
+            return;
+        }
         match &self.outcomes {
             Some(tx) => {
-                let mut observations = Vec::new();
-                self.core.take_observations(&mut observations);
-                if batch.is_empty() && observations.is_empty() {
-                    return;
-                }
                 let b = OutcomeBatch {
-                    observations,
-                    events: std::mem::take(batch),
+                    observations: o.observations,
+                    events: o.events,
                 };
                 if let Err(crossbeam::channel::SendError(WriterMessage::Batch(b))) =
                     tx.send(WriterMessage::Batch(b))
@@ -314,39 +341,63 @@ impl ShardThread {
                 }
             }
             None => {
-                if !batch.is_empty() {
-                    self.events.push(batch);
+                let mut events = o.events;
+                if !events.is_empty() {
+                    self.events.push(&mut events);
                 }
             }
         }
     }
 
-    /// Commits what is recorded and not yet committed: at once when submissions wait for it (or
-    /// `force`), otherwise once the group commit window since the last commit has passed; then
-    /// schedules and acknowledges the submissions it covered. Returns whether any were.
+    /// Lands the commits whose tickets are durable, oldest first: schedules and acknowledges their
+    /// submissions (or refuses them when the flush failed) and releases their events. Returns
+    /// whether any submission was acknowledged.
+    fn land(&mut self, now: Now, commit: &mut Commit) -> bool {
+        let mut acknowledged = false;
+        while let Some(f) = commit.flights.front() {
+            let Some(done) = self.core.spool_mut().commit_done(f.ticket) else {
+                break;
+            };
+            let Some(mut f) = commit.flights.pop_front() else {
+                break;
+            };
+            acknowledged |= !f.appended.is_empty();
+            self.acknowledge(now, &mut f.appended, done);
+            self.release(f.outcomes);
+        }
+        acknowledged
+    }
+
+    /// Starts the commit of what is recorded and not yet committed: at once when submissions wait
+    /// for it (or `force`), otherwise once the group commit window since the last commit has
+    /// passed. The commit is in flight until [`ShardThread::land`] finds its ticket durable; a
+    /// commit that cannot start refuses its submissions at once.
     fn commit_if_due(
         &mut self,
         now: Now,
         commit: &mut Commit,
         appended: &mut Vec<(SubmitPart, crate::spool::MessageId)>,
         force: bool,
-    ) -> bool {
-        let Some(t) = commit.uncommitted else {
-            return false;
+    ) {
+        let Some(ticket) = commit.uncommitted else {
+            return;
         };
         // Submitters wait for their acknowledgement: those are never held back. State changes alone
         // wait for the window, so a busy shard flushes them with the next submissions or in bulk.
         if !force && appended.is_empty() && now.mono < commit.last + self.commit_window {
-            return false;
+            return;
         }
-        let committed = self.core.commit(t);
+        let started = self.core.spool_mut().commit_start(ticket);
         commit.uncommitted = None;
         commit.last = Instant::now();
-        if appended.is_empty() {
-            return false;
+        match started {
+            Ok(()) => commit.flights.push_back(Flight {
+                ticket,
+                appended: std::mem::take(appended),
+                outcomes: Outcomes::default(),
+            }),
+            Err(e) => self.acknowledge(now, appended, Err(e)),
         }
-        self.acknowledge(now, appended, committed);
-        true
     }
 
     /// Appends waiting submissions to the spool (held until the pass's commit) and returns the last
@@ -419,11 +470,34 @@ impl ShardThread {
     }
 }
 
-/// The shard's group commit: the newest spool ticket not yet committed and when the last commit
-/// ended.
+/// The shard's group commit: the newest spool ticket not yet committed, when the last commit
+/// started, and the commits in flight (asked of the committer, not yet durable), oldest first.
 struct Commit {
     uncommitted: Option<crate::spool::Ticket>,
     last: Instant,
+    flights: VecDeque<Flight>,
+}
+
+/// A commit in flight: its ticket, the submissions acknowledged when it lands and the events
+/// released then.
+struct Flight {
+    ticket: crate::spool::Ticket,
+    appended: Vec<(SubmitPart, crate::spool::MessageId)>,
+    outcomes: Outcomes,
+}
+
+/// Events for the host and observations for the suppression list, released together.
+#[derive(Default)]
+struct Outcomes {
+    events: Vec<super::DeliveryEvent>,
+    observations: Vec<super::suppression::Observation>,
+}
+
+impl Outcomes {
+    fn append(&mut self, other: &mut Outcomes) {
+        self.events.append(&mut other.events);
+        self.observations.append(&mut other.observations);
+    }
 }
 
 impl Commit {

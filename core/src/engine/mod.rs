@@ -598,6 +598,16 @@ impl Engine {
                 mio::Waker::new(poll.registry(), io::WAKER)
                     .map_err(|e| EngineError::Io(e.to_string()))?,
             );
+            // The shard's `fdatasync`s run on a committer thread that wakes the shard after each.
+            let flushed = waker.clone();
+            core.spool_mut()
+                .start_committer(
+                    format!("vmta-commit-{i}"),
+                    Box::new(move || {
+                        let _ = flushed.wake();
+                    }),
+                )
+                .map_err(|error| EngineError::Spool { shard: i, error })?;
             let dns_config = dns_config(&resolved).map_err(EngineError::Config)?;
             let seed32 = crate::dns::random_seed().map_err(|e| EngineError::Io(e.to_string()))?;
             let resolver = crate::dns::Resolver::new(dns_config, seed32).map_err(|e| {
@@ -708,7 +718,12 @@ impl Engine {
 
     /// Checks a submission and pushes its parts to their shards' rings (without waking them), each
     /// answering in `ack` at `slot`.
-    fn push_parts(&self, s: &Submission, ack: &Arc<Ack>, slot: u32) -> Result<Pending, SubmitError> {
+    fn push_parts(
+        &self,
+        s: &Submission,
+        ack: &Arc<Ack>,
+        slot: u32,
+    ) -> Result<Pending, SubmitError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }

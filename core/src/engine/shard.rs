@@ -1040,11 +1040,6 @@ impl ShardCore {
         self.commit.take()
     }
 
-    /// Commits spool tickets (group commit).
-    pub(crate) fn commit(&mut self, t: Ticket) -> Result<(), crate::spool::SpoolError> {
-        self.spool.commit(t)
-    }
-
     /// When [`ShardCore::handle_timeout`] must run next.
     pub(crate) fn poll_timeout(&self, now: Now) -> Option<Instant> {
         let mut t: Option<Instant> = None;

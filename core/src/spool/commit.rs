@@ -27,6 +27,8 @@ struct State {
     file: Option<Arc<File>>,
     appended: u64,
     durable: u64,
+    /// The newest ticket the committer thread was asked to make durable.
+    requested: u64,
     syncing: bool,
     syncs: u64,
     failure: Option<(u64, u64, io::ErrorKind)>,
@@ -54,6 +56,7 @@ impl Durability {
                     file: None,
                     appended: 0,
                     durable: 0,
+                    requested: 0,
                     syncing: false,
                     syncs: 0,
                     failure: None,
@@ -168,6 +171,52 @@ impl Durability {
         }
         self.shared.cv.notify_all();
         st
+    }
+
+    /// Asks the committer thread ([`Durability::run_committer`]) to make ticket `t` durable, without
+    /// waiting; [`Durability::ready`] tells when it is.
+    pub(crate) fn request(&self, t: Ticket) {
+        let mut st = self.lock();
+        if t.0 > st.requested {
+            st.requested = t.0;
+            self.shared.cv.notify_all();
+        }
+    }
+
+    /// Whether ticket `t` is durable: `None` while its flush is still to come, the error of the
+    /// flush that covered it otherwise.
+    pub(crate) fn ready(&self, t: Ticket) -> Option<io::Result<()>> {
+        let st = self.lock();
+        if let Some((lo, hi, kind)) = st.failure
+            && t.0 > lo
+            && t.0 <= hi
+        {
+            return Some(Err(io::Error::new(
+                kind,
+                "fdatasync of the spool segment failed",
+            )));
+        }
+        (st.durable >= t.0).then_some(Ok(()))
+    }
+
+    /// The loop of a committer thread: leads a flush whenever a ticket was requested and is not yet
+    /// durable, and calls `flushed` after each (the owner's wake-up), until closed. Requests made
+    /// during a flush are covered by the next one, so the flushes grow with the load.
+    pub(crate) fn run_committer(&self, flushed: &dyn Fn()) {
+        let mut st = self.lock();
+        loop {
+            if st.closed {
+                return;
+            }
+            if st.requested > st.durable && st.appended > st.durable && !st.syncing {
+                st = self.lead(st);
+                drop(st);
+                flushed();
+                st = self.lock();
+                continue;
+            }
+            st = self.shared.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Flushes everything appended so far.

@@ -44,6 +44,9 @@
 //! (its submissions and every state change) in memory, readable at once through the same calls, and
 //! writes them with one `pwrite` when it commits at the end of the pass ([`Spool::commit`] and
 //! [`Spool::flush`] write what is held first; so do a rotation, maintenance and dropping the spool).
+//! With a **committer thread** ([`Spool::start_committer`]) the owner does not wait for the disk
+//! either: [`Spool::commit_start`] writes what is held and asks the committer for the ticket,
+//! [`Spool::commit_done`] says when it is durable, and the committer calls back after each flush.
 //! A held record's ticket reaches group commit only once written, so nothing held is ever reported
 //! durable. A failed write of held records fails their tickets ([`Spool::commit`] returns the error).
 //!
@@ -514,6 +517,8 @@ pub struct Spool {
     ticket: u64,
     durability: Durability,
     flusher: Option<JoinHandle<()>>,
+    /// The committer thread ([`Spool::start_committer`]).
+    committer: Option<JoinHandle<()>>,
     scratch: Vec<u8>,
     /// Write-behind: appends are held in the active segment until [`Spool::write_held`] (or a
     /// commit, flush, rotation or maintenance) writes them with one `pwrite`.
@@ -573,6 +578,7 @@ impl Spool {
             ticket: 0,
             durability: Durability::new(),
             flusher: None,
+            committer: None,
             scratch: Vec::new(),
             holding: false,
             held_tickets: None,
@@ -1189,6 +1195,52 @@ impl Spool {
         }
     }
 
+    /// Starts making `ticket` durable without waiting for it when a committer thread runs
+    /// ([`Spool::start_committer`]): writes what is held and asks the committer, whose flush covers
+    /// every ticket asked for before it starts. Without a committer it is [`Spool::commit`].
+    /// [`Spool::commit_done`] tells when the ticket is durable.
+    pub fn commit_start(&mut self, ticket: Ticket) -> Result<(), SpoolError> {
+        if self.opts.policy != SyncPolicy::Sync || self.committer.is_none() {
+            return self.commit(ticket);
+        }
+        self.write_held()?;
+        self.durability.request(ticket);
+        Ok(())
+    }
+
+    /// Whether a ticket passed to [`Spool::commit_start`] is durable under the policy: `None` while
+    /// its flush is still to come, the flush's error if it failed (the tickets it covered were not
+    /// made durable; the next append moves to a fresh segment).
+    pub fn commit_done(&self, ticket: Ticket) -> Option<Result<(), SpoolError>> {
+        match self.opts.policy {
+            SyncPolicy::Sync => self
+                .durability
+                .ready(ticket)
+                .map(|r| r.map_err(SpoolError::Sync)),
+            _ => Some(Ok(())),
+        }
+    }
+
+    /// Starts the committer thread of a `Sync` spool (does nothing under another policy): it runs
+    /// the `fdatasync`s that [`Spool::commit_start`] asks for, off the owner's thread, and calls
+    /// `flushed` after each so the owner can look at [`Spool::commit_done`].
+    pub fn start_committer(
+        &mut self,
+        name: String,
+        flushed: Box<dyn Fn() + Send>,
+    ) -> Result<(), SpoolError> {
+        if self.opts.policy != SyncPolicy::Sync || self.committer.is_some() || self.opts.read_only {
+            return Ok(());
+        }
+        let d = self.durability.clone();
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || d.run_committer(&*flushed))
+            .map_err(|e| io_err("spawn committer for", &self.dir, e))?;
+        self.committer = Some(handle);
+        Ok(())
+    }
+
     /// Makes everything appended so far durable, whatever the policy.
     pub fn flush(&mut self) -> Result<(), SpoolError> {
         self.write_held()?;
@@ -1673,7 +1725,10 @@ impl Drop for Spool {
             let _ = self.durability.flush();
         }
         self.durability.close();
-        if let Some(h) = self.flusher.take() {
+        for h in [self.flusher.take(), self.committer.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = h.join();
         }
     }

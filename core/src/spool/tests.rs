@@ -729,3 +729,79 @@ fn held_writes_across_a_segment_rotation() {
         assert_eq!(s.body(*id).unwrap(), &body(n, 2048)[..]);
     }
 }
+
+#[test]
+fn the_committer_makes_tickets_durable_off_the_owners_thread() {
+    let d = Dir::new("committer");
+    let rcpts = ["a@one.example"];
+    let mut ids = Vec::new();
+    {
+        let (mut s, _) = Spool::open(&d.0, opts(SyncPolicy::Sync)).unwrap();
+        s.hold_writes(true).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let tx = Mutex::new(tx);
+        s.start_committer(
+            "test-commit".into(),
+            Box::new(move || {
+                let _ = tx.lock().unwrap().send(());
+            }),
+        )
+        .unwrap();
+        let syncs = s.durability().syncs();
+        for round in 0..3 {
+            let mut last = Ticket(0);
+            for n in 0..10 {
+                let (id, t) = s
+                    .append(&env(&rcpts, 1_700_000_000), &body(round * 10 + n, 500))
+                    .unwrap();
+                ids.push(id);
+                last = t;
+            }
+            s.commit_start(last).unwrap();
+            // Written at once, durable once the committer's flush has run and told the owner.
+            assert_eq!(s.durability().appended_ticket(), last);
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            while s.commit_done(last).is_none() {
+                rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            }
+            assert!(s.commit_done(last).unwrap().is_ok());
+            assert!(s.durability().durable() >= last);
+        }
+        assert!(s.durability().syncs() > syncs);
+    }
+    let (s, report) = Spool::open(&d.0, opts(SyncPolicy::Sync)).unwrap();
+    assert_eq!(report.messages, 30);
+    for id in ids {
+        assert!(s.message(id).is_ok());
+    }
+}
+
+#[test]
+fn without_a_committer_commit_start_commits_in_place() {
+    let d = Dir::new("no-committer");
+    let rcpts = ["a@one.example"];
+    for policy in [SyncPolicy::Sync, SyncPolicy::None] {
+        let (mut s, _) = Spool::open(&d.0, opts(policy)).unwrap();
+        s.hold_writes(true).unwrap();
+        let (_, t) = s
+            .append(&env(&rcpts, 1_700_000_000), &body(1, 100))
+            .unwrap();
+        s.commit_start(t).unwrap();
+        assert!(matches!(s.commit_done(t), Some(Ok(()))));
+        if policy == SyncPolicy::Sync {
+            assert!(s.durability().durable() >= t);
+        }
+    }
+}
+
+#[test]
+fn a_failed_write_is_reported_by_commit_done() {
+    // The durability handle's answer for tickets a failed write-behind covered.
+    let d = Durability::new();
+    d.appended(Ticket(3));
+    d.fail(4, 6, io::ErrorKind::StorageFull);
+    assert!(d.ready(Ticket(2)).is_none());
+    let e = d.ready(Ticket(5)).unwrap().unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+    assert!(d.ready(Ticket(7)).is_none());
+}
