@@ -1696,8 +1696,9 @@ impl ShardCore {
             dsn_ret: None,
             dsn_envid: None,
         };
-        // The body is copied out of the mapping: the spool may compact its segment meanwhile.
-        let body = Arc::new(msg.body().to_vec());
+        // The body shares the segment's mapping (no copy), which it keeps mapped: the spool may
+        // compact, seal or delete the segment meanwhile.
+        let body = Arc::new(msg.shared_body());
         let n = rcpts.len();
         Some((
             Transaction { envelope, body },

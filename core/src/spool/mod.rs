@@ -93,6 +93,7 @@ mod segment;
 
 pub use commit::{Durability, Ticket};
 pub use record::{MessageFlags, Priority, RecipientState};
+pub use segment::SharedBody;
 
 use index::{Index, MessageSlot, RcptSlot, SlotRef};
 use record::{
@@ -425,9 +426,16 @@ pub struct MessageView<'a> {
     /// The id.
     pub id: MessageId,
     record: MessageRecord<'a>,
+    segment: &'a Segment,
 }
 
 impl<'a> MessageView<'a> {
+    /// The body as a [`SharedBody`]: the segment's mapping shared, not copied, so it stays valid
+    /// for as long as it is held, whatever the spool does meanwhile.
+    pub fn shared_body(&self) -> SharedBody {
+        self.segment.share(self.record.body)
+    }
+
     /// The envelope sender.
     pub fn sender(&self) -> &'a str {
         self.record.sender
@@ -1355,6 +1363,11 @@ impl Spool {
     }
 
     fn message_record(&self, m: &MessageSlot) -> Result<MessageRecord<'_>, SpoolError> {
+        self.message_in(m).map(|(record, _)| record)
+    }
+
+    /// The message record at a slot and the segment holding it.
+    fn message_in(&self, m: &MessageSlot) -> Result<(MessageRecord<'_>, &Segment), SpoolError> {
         let seg = self
             .segments
             .get(&m.segment)
@@ -1362,14 +1375,19 @@ impl Spool {
         let (bytes, at) = seg.read_at(u64::from(m.offset));
         let rec =
             record::decode_verified_record(bytes, at, seg.salt).map_err(SpoolError::Damaged)?;
-        MessageRecord::decode(rec.payload).map_err(SpoolError::Damaged)
+        let record = MessageRecord::decode(rec.payload).map_err(SpoolError::Damaged)?;
+        Ok((record, seg))
     }
 
     /// A queued message: envelope and body, borrowed from the mapping.
     pub fn message(&self, id: MessageId) -> Result<MessageView<'_>, SpoolError> {
         let r = self.live_slot(id)?;
-        let record = self.message_record(self.index.slot(r))?;
-        Ok(MessageView { id, record })
+        let (record, segment) = self.message_in(self.index.slot(r))?;
+        Ok(MessageView {
+            id,
+            record,
+            segment,
+        })
     }
 
     /// A queued message's body, borrowed from the mapping.

@@ -54,12 +54,48 @@ fn map(file: &File, len: usize) -> io::Result<Option<Mmap>> {
     // SAFETY: the mapping is read-only and shared. The file belongs to a spool directory whose
     // exclusive flock we hold (or whose shared lock we hold, read-only), so no other process following
     // the protocol writes or truncates it. Our own writes (`pwrite`) only ever fill bytes beyond
-    // `used`, which no reader has borrowed, and we only shrink the file after dropping this mapping
-    // (`Segment::seal` remaps). A process ignoring the lock could still change the bytes under us; the
+    // `used`, which no reader has borrowed, and the file is only ever shrunk to `used` (`Segment::seal`,
+    // which then remaps) or cut back to its last good record: a mapping still shared by a body
+    // (`Segment::share`) outlives the cut, but no range handed out reaches beyond those bytes. A process ignoring the lock could still change the bytes under us; the
     // spool validates every record before use, so such a change is detected, not trusted, but truncation
     // by an outsider would raise SIGBUS: the directory must be private to the engine, as documented.
     let m = unsafe { MmapOptions::new().len(len).map(file)? };
     Ok(Some(m))
+}
+
+/// A message body held by whoever sends it, valid however the spool changes meanwhile: a range of
+/// its segment's mapping (kept mapped while the body lives, even after the segment is compacted,
+/// sealed or deleted), or its own bytes.
+#[derive(Clone)]
+pub struct SharedBody(Shared);
+
+#[derive(Clone)]
+enum Shared {
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Arc<[u8]>),
+}
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        match &self.0 {
+            Shared::Mapped { map, start, len } => &map[*start..*start + *len],
+            Shared::Owned(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mapped = matches!(self.0, Shared::Mapped { .. });
+        f.debug_struct("SharedBody")
+            .field("len", &self.as_ref().len())
+            .field("mapped", &mapped)
+            .finish()
+    }
 }
 
 /// One segment file and its accounting.
@@ -69,7 +105,8 @@ pub struct Segment {
     pub id: u32,
     /// The open file (shared with the group-commit handle while the segment is active).
     pub file: Arc<File>,
-    map: Option<Mmap>,
+    /// Shared with the bodies handed out by [`Segment::share`], which keep it mapped.
+    map: Option<Arc<Mmap>>,
     /// Checksum salt of this segment's records.
     pub salt: u64,
     /// Bytes in use: the header and valid records, held ones included. Appends go here.
@@ -151,7 +188,7 @@ impl Segment {
         Segment {
             id,
             file: Arc::new(file),
-            map,
+            map: map.map(Arc::new),
             salt,
             used,
             held: Vec::new(),
@@ -202,7 +239,24 @@ impl Segment {
 
     /// Puts the mapping back.
     pub fn put_map(&mut self, m: Option<Mmap>) {
-        self.map = m;
+        self.map = m.map(Arc::new);
+    }
+
+    /// `bytes` (borrowed from this segment) as a body that shares the mapping instead of copying
+    /// it, or a copy when they are not in the mapping (held records).
+    pub fn share(&self, bytes: &[u8]) -> SharedBody {
+        if let Some(m) = &self.map {
+            let base = m.as_ptr() as usize;
+            let at = bytes.as_ptr() as usize;
+            if at >= base && at + bytes.len() <= base + m.len() {
+                return SharedBody(Shared::Mapped {
+                    map: m.clone(),
+                    start: at - base,
+                    len: bytes.len(),
+                });
+            }
+        }
+        SharedBody(Shared::Owned(bytes.into()))
     }
 
     /// Room left for appends.
@@ -271,7 +325,7 @@ impl Segment {
             self.map = None;
             self.file.set_len(self.used)?;
             self.capacity = self.used;
-            self.map = map(&self.file, self.used as usize)?;
+            self.map = map(&self.file, self.used as usize)?.map(Arc::new);
         }
         Ok(())
     }

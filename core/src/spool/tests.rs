@@ -805,3 +805,47 @@ fn a_failed_write_is_reported_by_commit_done() {
     assert_eq!(e.kind(), io::ErrorKind::StorageFull);
     assert!(d.ready(Ticket(7)).is_none());
 }
+
+#[test]
+fn a_shared_body_outlives_its_segment() {
+    let d = Dir::new("shared-body");
+    let (mut s, _) = Spool::open(&d.0, opts(SyncPolicy::None)).unwrap();
+    let mut kept = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        let b = body(n, 2048);
+        let id = s.submit(&env(&["a@x.example"], n as u64), &b).unwrap();
+        let shared = s.message(id).unwrap().shared_body();
+        assert!(format!("{shared:?}").contains("mapped: true"), "{shared:?}");
+        kept.push((shared, b));
+        ids.push(id);
+    }
+    // Held (not yet written) records are copied instead.
+    s.hold_writes(true).unwrap();
+    let b = body(999, 512);
+    let id = s.submit(&env(&["a@x.example"], 999), &b).unwrap();
+    let held = s.message(id).unwrap().shared_body();
+    assert!(format!("{held:?}").contains("mapped: false"), "{held:?}");
+    kept.push((held, b));
+    s.hold_writes(false).unwrap();
+    // Every message delivered: the segments are sealed and deleted under the bodies.
+    for id in ids {
+        let rid = RecipientId {
+            message: id,
+            index: 0,
+        };
+        s.update(rid, &final_state(RecipientState::Delivered))
+            .unwrap();
+    }
+    for _ in 0..20 {
+        s.maintain().unwrap();
+    }
+    assert!(s.stats().segments <= 2, "{:?}", s.stats());
+    for (shared, b) in &kept {
+        assert_eq!(shared.as_ref(), &b[..]);
+    }
+    drop(s);
+    for (shared, b) in &kept {
+        assert_eq!(shared.as_ref(), &b[..]);
+    }
+}
