@@ -823,7 +823,7 @@ fn a_shared_body_outlives_its_segment() {
     // Held (not yet written) records are copied instead.
     s.hold_writes(true).unwrap();
     let b = body(999, 512);
-    let id = s.submit(&env(&["a@x.example"], 999), &b).unwrap();
+    let (id, _) = s.append(&env(&["a@x.example"], 999), &b).unwrap();
     let held = s.message(id).unwrap().shared_body();
     assert!(format!("{held:?}").contains("mapped: false"), "{held:?}");
     kept.push((held, b));
