@@ -35,3 +35,8 @@ pub mod preflight;
 pub mod shaping;
 pub mod smtp;
 pub mod spool;
+
+/// The hash map of the per-message paths (queues, pools, routes, the spool index): foldhash, seeded
+/// per process, instead of SipHash, whose cost showed in every enqueue and dispatch. Its keys come
+/// from the host's own submissions and configuration, not from remote peers.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -45,7 +45,7 @@ use crate::spool::{
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -301,10 +301,10 @@ pub(crate) struct ShardCore {
     rng: StdRng,
     mx_configs: Vec<Arc<SessionConfig>>,
     relay_configs: Vec<Arc<SessionConfig>>,
-    domain_ids: HashMap<Arc<str>, u32>,
+    domain_ids: crate::FastMap<Arc<str>, u32>,
     domains: Vec<Domain>,
-    queues: HashMap<QueueKey, Queue>,
-    pools: HashMap<PoolKey, HostPool>,
+    queues: crate::FastMap<QueueKey, Queue>,
+    pools: crate::FastMap<PoolKey, HostPool>,
     conns: Vec<Option<Conn>>,
     free_conns: Vec<ConnId>,
     live_conns: usize,
@@ -312,7 +312,7 @@ pub(crate) struct ShardCore {
     /// Queues with new work to dispatch.
     pending: VecDeque<QueueKey>,
     /// Engine-wide id → this shard's message.
-    ids: HashMap<u64, MessageId>,
+    ids: crate::FastMap<u64, MessageId>,
     actions: VecDeque<Action>,
     /// Connections that may have output.
     dirty: Vec<ConnId>,
@@ -324,7 +324,7 @@ pub(crate) struct ShardCore {
     /// Shaping time zero.
     epoch: Instant,
     shaping_sources: Vec<SourceId>,
-    routes: HashMap<(u16, u32, Arc<str>), RouteId>,
+    routes: crate::FastMap<(u16, u32, Arc<str>), RouteId>,
     /// Queues to dispatch again at a time (shaping said "not before").
     wakeups: BinaryHeap<Reverse<(Instant, u32, u16)>>,
     /// Tenants, to hold a locked tenant's mail.
@@ -403,16 +403,16 @@ impl ShardCore {
             rng: StdRng::seed_from_u64(seed),
             mx_configs,
             relay_configs,
-            domain_ids: HashMap::new(),
+            domain_ids: crate::FastMap::default(),
             domains: Vec::new(),
-            queues: HashMap::new(),
-            pools: HashMap::new(),
+            queues: crate::FastMap::default(),
+            pools: crate::FastMap::default(),
             conns: Vec::new(),
             free_conns: Vec::new(),
             live_conns: 0,
             wheel: TimerWheel::new(now.unix()),
             pending: VecDeque::new(),
-            ids: HashMap::new(),
+            ids: crate::FastMap::default(),
             actions: VecDeque::new(),
             dirty: Vec::new(),
             events: Vec::new(),
@@ -422,7 +422,7 @@ impl ShardCore {
             shaper,
             epoch,
             shaping_sources,
-            routes: HashMap::new(),
+            routes: crate::FastMap::default(),
             wakeups: BinaryHeap::new(),
             tenants_generation: tenants.as_ref().map_or(0, |t| t.generation()),
             tenants,

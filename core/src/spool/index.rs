@@ -17,8 +17,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
-
 /// A message in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageSlot {
@@ -116,12 +114,12 @@ pub enum SlotRef {
 pub struct Index {
     messages: Vec<MessageSlot>,
     late: Vec<MessageSlot>,
-    late_ids: HashMap<u64, usize>,
+    late_ids: crate::FastMap<u64, usize>,
     /// The recipient table.
     pub rcpts: Vec<RcptSlot>,
     dead: usize,
     domains: Vec<Box<str>>,
-    domain_ids: HashMap<Box<str>, u32>,
+    domain_ids: crate::FastMap<Box<str>, u32>,
 }
 
 impl Index {
@@ -275,7 +273,7 @@ impl Index {
         self.messages = messages;
         self.rcpts = rcpts;
         self.late = Vec::new();
-        self.late_ids = HashMap::new();
+        self.late_ids = crate::FastMap::default();
         self.dead = 0;
     }
 
