@@ -46,6 +46,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -318,6 +319,8 @@ pub(crate) struct ShardCore {
     dirty: Vec<ConnId>,
     events: Vec<DeliveryEvent>,
     commit: Option<Ticket>,
+    /// The last reply's text as the spool records it, reused from one outcome to the next.
+    reply_scratch: String,
     metrics: Arc<ShardMetrics>,
     shutting_down: bool,
     shaper: Shaper,
@@ -417,6 +420,7 @@ impl ShardCore {
             dirty: Vec::new(),
             events: Vec::new(),
             commit: None,
+            reply_scratch: String::new(),
             metrics,
             shutting_down: false,
             shaper,
@@ -1330,7 +1334,9 @@ impl ShardCore {
             event.mx = mx.to_string();
             event.ip = Some(ip);
         }
-        let (state, next, reply_text) = match &outcome {
+        let mut reply_text = std::mem::take(&mut self.reply_scratch);
+        reply_text.clear();
+        let (state, next) = match &outcome {
             Outcome::Delivered(reply) => {
                 if let Some(default) = &self.observe {
                     self.observations.push(Observation::Delivered {
@@ -1343,7 +1349,8 @@ impl ShardCore {
                 event.enhanced = reply.enhanced;
                 event.text = reply.text.replace('\n', " ");
                 event.phase = Some(Phase::EndOfData);
-                (RecipientState::Delivered, 0, reply.to_string())
+                let _ = write!(reply_text, "{reply}");
+                (RecipientState::Delivered, 0)
             }
             Outcome::Failed {
                 permanent,
@@ -1375,27 +1382,24 @@ impl ShardCore {
                 if self.observe.is_some() {
                     self.observe_failure(&event.tenant, &event.recipient, &attempt, reason, *dns);
                 }
-                let summary = if *code > 0 {
-                    match enhanced {
-                        Some(e) => format!("{code} {e} {text}"),
-                        None => format!("{code} {text}"),
-                    }
-                } else {
-                    text.clone()
+                let _ = match enhanced {
+                    _ if *code == 0 => write!(reply_text, "{text}"),
+                    Some(e) => write!(reply_text, "{code} {e} {text}"),
+                    None => write!(reply_text, "{code} {text}"),
                 };
                 match decision {
                     Decision::Bounce => {
                         event.kind = EventKind::Bounced;
-                        (RecipientState::Bounced, 0, summary)
+                        (RecipientState::Bounced, 0)
                     }
                     Decision::Expire => {
                         event.kind = EventKind::Expired;
-                        (RecipientState::Expired, 0, summary)
+                        (RecipientState::Expired, 0)
                     }
                     Decision::RetryAt(t) => {
                         event.kind = EventKind::Deferred;
                         event.next_attempt = t;
-                        (RecipientState::Deferred, t, summary)
+                        (RecipientState::Deferred, t)
                     }
                 }
             }
@@ -1412,6 +1416,7 @@ impl ShardCore {
                 self.metrics.spool_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.reply_scratch = reply_text;
         let m = &self.metrics;
         match event.kind {
             EventKind::Delivered => {

@@ -140,9 +140,12 @@ impl Index {
                     return Some(SlotRef::Main(i as usize));
                 }
             }
-        }
-        if let Ok(i) = self.messages.binary_search_by_key(&id, |m| m.id()) {
-            return Some(SlotRef::Main(i));
+            // Outside the table's range (a new message is above it): no search.
+            if (first.id()..=last.id()).contains(&id)
+                && let Ok(i) = self.messages.binary_search_by_key(&id, |m| m.id())
+            {
+                return Some(SlotRef::Main(i));
+            }
         }
         self.late_ids.get(&id).map(|&i| SlotRef::Late(i))
     }
