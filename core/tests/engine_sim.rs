@@ -138,6 +138,8 @@ fn every_recipient_reaches_exactly_one_final_state_over_three_days() {
         }
     }
     assert_eq!(finals.len(), recipients, "every recipient ends");
+    // Finished messages are forgotten: memory follows the queue, not the history.
+    assert_eq!(out.cancellable, 0);
     // Delivered means the server accepted it, exactly once.
     let delivered = out.count(EventKind::Delivered);
     assert_eq!(delivered, out.accepted.len());

@@ -312,7 +312,7 @@ pub(crate) struct ShardCore {
     wheel: TimerWheel<RecipientId>,
     /// Queues with new work to dispatch.
     pending: VecDeque<QueueKey>,
-    /// Engine-wide id → this shard's message.
+    /// Engine-wide id → this shard's message, for the messages still live (cancellation).
     ids: crate::FastMap<u64, MessageId>,
     actions: VecDeque<Action>,
     /// Connections that may have output.
@@ -542,6 +542,11 @@ impl ShardCore {
         self.metrics
             .queued
             .fetch_add(u64::from(count), Ordering::Relaxed);
+    }
+
+    /// Messages tracked for cancellation (those with a recipient still to deliver).
+    pub(crate) fn cancellable(&self) -> usize {
+        self.ids.len()
     }
 
     /// Cancels the shard's part of a message. Returns the recipients cancelled.
@@ -1417,6 +1422,10 @@ impl ShardCore {
             }
         }
         self.reply_scratch = reply_text;
+        // A message with nothing left to deliver can no longer be cancelled: its id goes.
+        if state.is_final() && !self.spool.is_live(rid.message) {
+            self.ids.remove(&event.message_id);
+        }
         let m = &self.metrics;
         match event.kind {
             EventKind::Delivered => {

@@ -96,6 +96,8 @@ pub struct Outcome {
     pub observations: Vec<super::suppression::Observation>,
     /// The envelope sender (MAIL FROM) of each accepted message, per recipient address.
     pub mail_from: HashMap<String, String>,
+    /// Messages the shard still tracks for cancellation at the end (only those with a live recipient).
+    pub cancellable: usize,
 }
 
 impl Outcome {
@@ -277,6 +279,7 @@ impl Simulation {
             self.after_step();
         }
         self.out.elapsed = self.now;
+        self.out.cancellable = self.core.cancellable();
         self.out
     }
 

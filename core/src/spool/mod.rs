@@ -1296,6 +1296,11 @@ impl Spool {
     }
 
     /// The index slot of a message with a live recipient.
+    /// Whether message `id` still has a recipient to deliver (no record is read).
+    pub fn is_live(&self, id: MessageId) -> bool {
+        self.live_slot(id).is_ok()
+    }
+
     fn live_slot(&self, id: MessageId) -> Result<SlotRef, SpoolError> {
         self.index
             .find(id.0)
