@@ -36,7 +36,8 @@ pub mod shaping;
 pub mod smtp;
 pub mod spool;
 
-/// The hash map of the per-message paths (queues, pools, routes, the spool index): foldhash, seeded
-/// per process, instead of SipHash, whose cost showed in every enqueue and dispatch. Its keys come
-/// from the host's own submissions and configuration, not from remote peers.
+/// The hash map of the per-message paths (queues, pools, routes, the spool index): foldhash instead
+/// of SipHash, whose cost showed in every enqueue and dispatch. Most keys come from the host's own
+/// submissions and configuration; pool addresses come from DNS answers, which is why the hasher is
+/// foldhash's randomly seeded one (minimally DoS-resistant) rather than a fixed-seed hash.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

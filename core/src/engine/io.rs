@@ -354,13 +354,10 @@ impl ShardThread {
     /// whether any submission was acknowledged.
     fn land(&mut self, now: Now, commit: &mut Commit) -> bool {
         let mut acknowledged = false;
-        while let Some(f) = commit.flights.front() {
-            let Some(done) = self.core.spool_mut().commit_done(f.ticket) else {
-                break;
-            };
-            let Some(mut f) = commit.flights.pop_front() else {
-                break;
-            };
+        while let Some(f) = commit.flights.front()
+            && let Some(done) = self.core.spool_mut().commit_done(f.ticket)
+            && let Some(mut f) = commit.flights.pop_front()
+        {
             acknowledged |= !f.appended.is_empty();
             self.acknowledge(now, &mut f.appended, done);
             self.release(f.outcomes);

@@ -217,7 +217,7 @@ impl Ack {
     }
 
     pub(crate) fn is_abandoned(&self) -> bool {
-        self.state.lock().map(|s| s.abandoned).unwrap_or(true)
+        self.lock().abandoned
     }
 
     /// Waits for every part; then the answers by position. On timeout every submission gets the

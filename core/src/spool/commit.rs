@@ -42,6 +42,12 @@ struct Shared {
     cv: Condvar,
 }
 
+/// The error for ticket `t` when the failed flush (or write) recorded in `st` covered it.
+fn failed(st: &State, t: Ticket) -> Option<io::Error> {
+    let (lo, hi, kind) = st.failure?;
+    (t.0 > lo && t.0 <= hi).then(|| io::Error::new(kind, "fdatasync of the spool segment failed"))
+}
+
 /// A cloneable, `Send + Sync` handle that waits for tickets to become durable (group commit).
 #[derive(Debug, Clone)]
 pub struct Durability {
@@ -125,14 +131,8 @@ impl Durability {
     pub fn wait(&self, t: Ticket) -> io::Result<()> {
         let mut st = self.lock();
         loop {
-            if let Some((lo, hi, kind)) = st.failure
-                && t.0 > lo
-                && t.0 <= hi
-            {
-                return Err(io::Error::new(
-                    kind,
-                    "fdatasync of the spool segment failed",
-                ));
+            if let Some(e) = failed(&st, t) {
+                return Err(e);
             }
             if st.durable >= t.0 {
                 return Ok(());
@@ -187,16 +187,10 @@ impl Durability {
     /// flush that covered it otherwise.
     pub(crate) fn ready(&self, t: Ticket) -> Option<io::Result<()>> {
         let st = self.lock();
-        if let Some((lo, hi, kind)) = st.failure
-            && t.0 > lo
-            && t.0 <= hi
-        {
-            return Some(Err(io::Error::new(
-                kind,
-                "fdatasync of the spool segment failed",
-            )));
+        match failed(&st, t) {
+            Some(e) => Some(Err(e)),
+            None => (st.durable >= t.0).then_some(Ok(())),
         }
-        (st.durable >= t.0).then_some(Ok(()))
     }
 
     /// The loop of a committer thread: leads a flush whenever a ticket was requested and is not yet

@@ -1208,7 +1208,8 @@ impl Spool {
     /// every ticket asked for before it starts. Without a committer it is [`Spool::commit`].
     /// [`Spool::commit_done`] tells when the ticket is durable.
     pub fn commit_start(&mut self, ticket: Ticket) -> Result<(), SpoolError> {
-        if self.opts.policy != SyncPolicy::Sync || self.committer.is_none() {
+        // A committer runs only under `Sync` (`start_committer`).
+        if self.committer.is_none() {
             return self.commit(ticket);
         }
         self.write_held()?;

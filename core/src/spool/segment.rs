@@ -88,12 +88,18 @@ impl AsRef<[u8]> for SharedBody {
     }
 }
 
+impl SharedBody {
+    /// Whether the body is a range of the mapping (not a copy).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.0, Shared::Mapped { .. })
+    }
+}
+
 impl std::fmt::Debug for SharedBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mapped = matches!(self.0, Shared::Mapped { .. });
         f.debug_struct("SharedBody")
             .field("len", &self.as_ref().len())
-            .field("mapped", &mapped)
+            .field("mapped", &self.is_mapped())
             .finish()
     }
 }
