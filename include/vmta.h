@@ -696,6 +696,10 @@ vmta_result vmta_config_set_pin_shards(vmta_config *config, bool pin);
 // `dir` must be readable for `dir_len` bytes.
 vmta_result vmta_config_set_spool_dir(vmta_config *config, const uint8_t *dir, size_t dir_len);
 
+// `[engine] spool_segment_mb`: the size of a new spool segment file in MiB, pre-allocated
+// (1 to 4096; default 64).
+vmta_result vmta_config_set_spool_segment_mb(vmta_config *config, uint32_t megabytes);
+
 // `[engine] durability`: one of `VMTA_DURABILITY_*`.
 vmta_result vmta_config_set_durability(vmta_config *config, uint32_t durability);
 

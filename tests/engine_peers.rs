@@ -18,6 +18,7 @@ fn config(spool: &TempDir, dns: std::net::SocketAddr, port: u16) -> EngineConfig
         .shards(2)
         .pin_shards(false)
         .spool_dir(spool.path())
+        .spool_segment_mb(2)
         .durability(Durability::Sync)
         .nameservers(&[&dns.to_string()])
         .port(port)
@@ -102,6 +103,20 @@ fn delivers_through_mx_records_with_preference_and_reuses_connections() {
         count(ev, EventKind::Delivered) >= 3 * per
     });
     assert_eq!(count(&events, EventKind::Delivered), 3 * per, "{events:#?}");
+    // Each shard's segments have the configured size (2 MiB, pre-allocated).
+    for shard in ["shard-0", "shard-1"] {
+        let segments: Vec<u64> = std::fs::read_dir(spool.path().join(shard))
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect();
+        assert!(!segments.is_empty(), "{shard} has no segment");
+        assert!(
+            segments.iter().all(|&len| len == 2 << 20),
+            "{shard}: {segments:?}"
+        );
+    }
     // The preferred MX took alpha's mail; the backup none.
     assert_eq!(s1.received(), per);
     assert_eq!(s2.received(), 0);
@@ -808,6 +823,7 @@ fn a_connection_cap_shared_by_two_shards_never_strands_a_queue() {
         .shards(2)
         .pin_shards(false)
         .spool_dir(spool.path())
+        .spool_segment_mb(2)
         .durability(Durability::None)
         .nameservers(&[&zone.addr.to_string()])
         .port(port)

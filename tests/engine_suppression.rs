@@ -67,6 +67,7 @@ impl World {
             .shards(2)
             .pin_shards(false)
             .spool_dir(spool.path())
+            .spool_segment_mb(2)
             .durability(Durability::Sync)
             .nameservers(&[&self.zone.addr.to_string()])
             .port(self.port)

@@ -41,3 +41,34 @@ pub mod spool;
 /// submissions and configuration; pool addresses come from DNS answers, which is why the hasher is
 /// foldhash's randomly seeded one (minimally DoS-resistant) rather than a fixed-seed hash.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A fresh directory under the system's temporary directory for a unit test, removed when dropped.
+#[cfg(test)]
+pub(crate) struct TestDir(pub std::path::PathBuf);
+
+#[cfg(test)]
+impl TestDir {
+    /// `$TMPDIR/vmta-unit-<tag>-<pid>-<n>`, empty and not yet created.
+    pub(crate) fn new(tag: &str) -> TestDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("vmta-unit-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        TestDir(p)
+    }
+
+    /// Like `new`, with the directory created.
+    pub(crate) fn created(tag: &str) -> TestDir {
+        let d = TestDir::new(tag);
+        std::fs::create_dir_all(&d.0).expect("create a test directory");
+        d
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -153,6 +153,8 @@ static vmta_engine *start(const char *spool) {
   CHECK_EQ(vmta_config_set_shards(c, 2), VMTA_OK);
   CHECK_EQ(vmta_config_set_pin_shards(c, false), VMTA_OK);
   CHECK_EQ(vmta_config_set_durability(c, VMTA_DURABILITY_NONE), VMTA_OK);
+  CHECK_EQ(vmta_config_set_spool_segment_mb(c, 0), VMTA_INVALID_ARGUMENT);
+  CHECK_EQ(vmta_config_set_spool_segment_mb(c, 2), VMTA_OK);
   CHECK_EQ(vmta_config_set_smarthost(c, BYTES("127.0.70.254:9"), VMTA_TLS_DISABLED), VMTA_OK);
   vmta_result r = vmta_engine_new(c, &e, &err);
   CHECK_EQ(r, VMTA_OK);
@@ -398,6 +400,7 @@ static void engine_suppression(const char *spool) {
   CHECK_EQ(vmta_config_set_shards(c, 1), VMTA_OK);
   CHECK_EQ(vmta_config_set_pin_shards(c, false), VMTA_OK);
   CHECK_EQ(vmta_config_set_durability(c, VMTA_DURABILITY_NONE), VMTA_OK);
+  CHECK_EQ(vmta_config_set_spool_segment_mb(c, 2), VMTA_OK);
   CHECK_EQ(vmta_config_set_smarthost(c, BYTES("127.0.70.254:9"), VMTA_TLS_DISABLED), VMTA_OK);
   CHECK_EQ(vmta_config_set_verp(c, BYTES("bounces"), BYTES("bounce.ffi.test"), BYTES("short")),
            VMTA_INVALID_ARGUMENT);

@@ -73,6 +73,7 @@ shards = 2
 pin_shards = false
 durability = "none"
 spool_dir = "$spool"
+spool_segment_mb = 2
 [retry]
 max_age_s = 3
 $world_toml

@@ -125,12 +125,14 @@ func cbytes(b []byte) (*C.uint8_t, C.size_t) {
 // Options configure an engine: TOML text or a TOML file, then the main options (zero values leave
 // the TOML's or the default's value).
 type Options struct {
-	TOML       string
-	Path       string
-	SpoolDir   string
-	Shards     int
-	Durability string // "sync", "interval", "none"
-	Smarthost  string // "host:port", with TLS disabled unless SmarthostTLS says
+	TOML     string
+	Path     string
+	SpoolDir string
+	// SpoolSegmentMB is the size of a new spool segment file in MiB (1 to 4096).
+	SpoolSegmentMB int
+	Shards         int
+	Durability     string // "sync", "interval", "none"
+	Smarthost      string // "host:port", with TLS disabled unless SmarthostTLS says
 	// SmarthostTLS: "disabled" (default here), "opportunistic", "required".
 	SmarthostTLS string
 	Nameservers  []string
@@ -165,6 +167,13 @@ func configure(o *Options) (*C.vmta_config, error) {
 	if o.SpoolDir != "" && err == nil {
 		p, n := cbytes([]byte(o.SpoolDir))
 		err = set(C.vmta_config_set_spool_dir(c, p, n))
+	}
+	if o.SpoolSegmentMB != 0 && err == nil {
+		if o.SpoolSegmentMB < 0 || o.SpoolSegmentMB > 4096 {
+			err = &Error{Code: InvalidArgument, Message: "spool segment size out of range"}
+		} else {
+			err = set(C.vmta_config_set_spool_segment_mb(c, C.uint32_t(o.SpoolSegmentMB)))
+		}
 	}
 	if o.Shards != 0 && err == nil {
 		err = set(C.vmta_config_set_shards(c, C.uint32_t(o.Shards)))

@@ -54,7 +54,7 @@ func TestMain(m *testing.M) {
 }
 
 func config(t testing.TB, extra string) string {
-	return fmt.Sprintf("[engine]\nshards = 2\npin_shards = false\ndurability = \"none\"\nspool_dir = %q\n[retry]\nmax_age_s = 3\n%s%s",
+	return fmt.Sprintf("[engine]\nshards = 2\npin_shards = false\ndurability = \"none\"\nspool_dir = %q\nspool_segment_mb = 2\n[retry]\nmax_age_s = 3\n%s%s",
 		filepath.Join(t.TempDir(), "spool"), world.TOML, extra)
 }
 
@@ -266,6 +266,10 @@ func TestConfigurationErrorsNameTheKey(t *testing.T) {
 		t.Fatalf("%#v", err)
 	}
 	_, err = New(Options{Durability: "sometimes"})
+	if !errors.Is(err, InvalidArgument) {
+		t.Fatal(err)
+	}
+	_, err = New(Options{SpoolDir: t.TempDir(), SpoolSegmentMB: 5000})
 	if !errors.Is(err, InvalidArgument) {
 		t.Fatal(err)
 	}

@@ -19,4 +19,4 @@ PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-build-isolation --no-
 
 echo "python: pytest"
 cd examples/python
-PYTHONPATH="$root/examples/python" python3 -m pytest -q -p no:cacheprovider tests
+PYTHONPATH="$root/examples/python" python3 -m pytest -q -p no:cacheprovider --basetemp="$scratch/pytest" tests

@@ -195,6 +195,24 @@ pub unsafe extern "C" fn vmta_config_set_spool_dir(
     })
 }
 
+/// `[engine] spool_segment_mb`: the size of a new spool segment file in MiB, pre-allocated
+/// (1 to 4096; default 64).
+#[unsafe(no_mangle)]
+pub extern "C" fn vmta_config_set_spool_segment_mb(
+    config: *mut vmta_config,
+    megabytes: u32,
+) -> vmta_result {
+    guard_result(|| {
+        if !(1..=4096).contains(&megabytes) {
+            return Err(VMTA_INVALID_ARGUMENT);
+        }
+        change(config, |c| {
+            c.engine.spool_segment_mb = megabytes;
+            Ok(())
+        })
+    })
+}
+
 /// `[engine] durability`: one of `VMTA_DURABILITY_*`.
 #[unsafe(no_mangle)]
 pub extern "C" fn vmta_config_set_durability(

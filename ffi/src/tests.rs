@@ -91,6 +91,7 @@ fn offline_config(dir: &Dir) -> *mut vmta_config {
     assert_eq!(vmta_config_set_shards(c, 1), VMTA_OK);
     assert_eq!(vmta_config_set_pin_shards(c, false), VMTA_OK);
     assert_eq!(vmta_config_set_durability(c, VMTA_DURABILITY_NONE), VMTA_OK);
+    assert_eq!(vmta_config_set_spool_segment_mb(c, 2), VMTA_OK);
     c
 }
 
@@ -137,6 +138,18 @@ fn setters_refuse_bad_values() {
     unsafe {
         assert_eq!(vmta_config_new(&mut c), VMTA_OK);
         assert_eq!(vmta_config_set_durability(c, 7), VMTA_INVALID_ARGUMENT);
+        assert_eq!(
+            vmta_config_set_spool_segment_mb(c, 0),
+            VMTA_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            vmta_config_set_spool_segment_mb(c, 4097),
+            VMTA_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            vmta_config_set_spool_segment_mb(null_mut(), 2),
+            VMTA_NULL_PARAMETER
+        );
         assert_eq!(vmta_config_set_tls(c, 3), VMTA_INVALID_ARGUMENT);
         assert_eq!(vmta_config_set_port(c, 0), VMTA_INVALID_ARGUMENT);
         assert_eq!(
@@ -411,6 +424,7 @@ const TENANTS: &str = r#"
 [engine]
 shards = 1
 pin_shards = false
+spool_segment_mb = 2
 durability = "none"
 [smarthost]
 address = "127.0.70.254:9"

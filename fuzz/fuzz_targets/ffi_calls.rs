@@ -129,6 +129,7 @@ unsafe fn confine(c: *mut vmta_config, spool: &std::path::Path, queue: u32) -> b
             && vmta_config_set_shards(c, 1) == VMTA_OK
             && vmta_config_set_pin_shards(c, false) == VMTA_OK
             && vmta_config_set_durability(c, VMTA_DURABILITY_NONE) == VMTA_OK
+            && vmta_config_set_spool_segment_mb(c, 1) == VMTA_OK
             && vmta_config_set_submission_queue(c, queue) == VMTA_OK
             // The classified retry policy compiles the bounce rules (a regex set) at every start,
             // which instrumented builds make slow; the exponential schedule does not.

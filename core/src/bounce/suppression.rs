@@ -665,11 +665,11 @@ impl SuppressionStore {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("vmta-supp-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("suppression.log")
+    /// A suppression log path in a directory removed when the guard drops.
+    fn tmp(name: &str) -> (crate::TestDir, PathBuf) {
+        let dir = crate::TestDir::created(&format!("supp-{name}"));
+        let log = dir.0.join("suppression.log");
+        (dir, log)
     }
 
     #[test]
@@ -679,7 +679,7 @@ mod tests {
 
     #[test]
     fn thresholds_and_expiry() {
-        let p = tmp("thresholds");
+        let (_dir, p) = tmp("thresholds");
         let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
         s.sync = false;
         assert!(matches!(
@@ -752,7 +752,7 @@ mod tests {
 
     #[test]
     fn complaint_covers_every_stream_and_manual_edits() {
-        let p = tmp("complaint");
+        let (_dir, p) = tmp("complaint");
         let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
         s.record_complaint("t", "u@example.com", 5).unwrap();
         assert!(
@@ -782,7 +782,7 @@ mod tests {
 
     #[test]
     fn survives_reopen_torn_tail_and_corruption() {
-        let p = tmp("recovery");
+        let (_dir, p) = tmp("recovery");
         {
             let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
             s.record_bounce("t", "a@x.example", Reason::UserUnknown, false, 1)

@@ -464,11 +464,9 @@ mod tests {
         );
         let r = report::parse(dsn.as_bytes(), &Classifier::default_rules()).unwrap();
         assert_eq!(r.report_to.as_deref(), Some(rp.as_str()));
-        let dir = std::env::temp_dir().join(format!("vmta-verp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::TestDir::created("verp");
         let mut store =
-            SuppressionStore::open(dir.join("s.log"), SuppressionPolicy::default()).unwrap();
+            SuppressionStore::open(dir.0.join("s.log"), SuppressionPolicy::default()).unwrap();
         // Forged: the tag does not verify, nothing is suppressed.
         let forged = v.decode(&rp.replace("m7", "m8"));
         let o = apply_report(&r, Some(&forged), "t", &mut store, false, 1).unwrap();
@@ -488,7 +486,6 @@ mod tests {
         );
         assert!(matches!(o[0].suppression, Some(Recorded::Suppressed(_))));
         assert!(store.check("t", "gone@example.org", None, 2).is_some());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -499,11 +496,9 @@ mod tests {
             "From: fbl@isp.example\nTo: {rp}\nSubject: complaint\nContent-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nOriginal-Rcpt-To: fan@example.net\n--b--\n"
         );
         let r = report::parse(arf.as_bytes(), &Classifier::default_rules()).unwrap();
-        let dir = std::env::temp_dir().join(format!("vmta-verp-arf-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::TestDir::created("verp-arf");
         let mut store =
-            SuppressionStore::open(dir.join("s.log"), SuppressionPolicy::default()).unwrap();
+            SuppressionStore::open(dir.0.join("s.log"), SuppressionPolicy::default()).unwrap();
         let decoded = v.decode(r.report_to.as_deref().unwrap());
         let o = apply_report(&r, Some(&decoded), "t", &mut store, false, 1).unwrap();
         assert_eq!(
@@ -527,6 +522,5 @@ mod tests {
         let o = apply_report(&r, None, "t", &mut store, true, 1).unwrap();
         assert_eq!(o[0].event, OutcomeEvent::AutoReply);
         assert!(store.check("t", "boss@example.com", None, 2).is_none());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

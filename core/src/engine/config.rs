@@ -7,6 +7,7 @@
 //! shards = 0                  # shard threads; 0 = one per CPU
 //! pin_shards = true           # pin shard i to CPU i % CPUs
 //! spool_dir = "vmta-spool"    # one sub-directory per shard: shard-0, shard-1, ...
+//! spool_segment_mb = 64       # size of a new spool segment file, pre-allocated (1 to 4096)
 //! durability = "sync"         # "sync" (fdatasync + group commit), "interval", "none"
 //! durability_interval_ms = 50 # flush period for "interval"
 //! group_commit_window_us = 2000 # "sync": state-only commits of a shard at least this far apart
@@ -163,6 +164,10 @@ pub struct EngineSection {
     pub pin_shards: bool,
     /// Spool directory (one sub-directory per shard).
     pub spool_dir: PathBuf,
+    /// Size of a new spool segment file in MiB, pre-allocated with `fallocate` (so a full disk is
+    /// found when a segment is created). Each shard holds at least one; small values suit tests and
+    /// small hosts, large ones mean fewer files and fewer segment switches.
+    pub spool_segment_mb: u32,
     /// Durability policy.
     pub durability: Durability,
     /// Flush period for `interval`.
@@ -188,6 +193,7 @@ impl Default for EngineSection {
             shards: 0,
             pin_shards: true,
             spool_dir: PathBuf::from("vmta-spool"),
+            spool_segment_mb: 64,
             durability: Durability::Sync,
             durability_interval_ms: 50,
             group_commit_window_us: 2000,
@@ -690,6 +696,9 @@ impl EngineConfig {
         if e.spool_dir.as_os_str().is_empty() {
             return Err(err("engine.spool_dir", "must not be empty"));
         }
+        if !(1..=4096).contains(&e.spool_segment_mb) {
+            return Err(err("engine.spool_segment_mb", "must be between 1 and 4096"));
+        }
         let d = &self.delivery;
         if d.port == 0 {
             return Err(err("delivery.port", "must not be 0"));
@@ -933,6 +942,11 @@ impl EngineConfigBuilder {
         self.0.engine.spool_dir = dir.into();
         self
     }
+    /// Size of a new spool segment file in MiB.
+    pub fn spool_segment_mb(mut self, mb: u32) -> Self {
+        self.0.engine.spool_segment_mb = mb;
+        self
+    }
     /// Durability policy.
     pub fn durability(mut self, d: Durability) -> Self {
         self.0.engine.durability = d;
@@ -1134,6 +1148,11 @@ mod tests {
         assert_eq!(c.resolve().unwrap_err().key, "retry.jitter");
         let c = EngineConfig::from_toml("[dns]\nnameservers = [\"not an address\"]\n").unwrap();
         assert_eq!(c.resolve().unwrap_err().key, "dns.nameservers[0]");
+        for mb in [0, 4097] {
+            let c =
+                EngineConfig::from_toml(&format!("[engine]\nspool_segment_mb = {mb}\n")).unwrap();
+            assert_eq!(c.resolve().unwrap_err().key, "engine.spool_segment_mb");
+        }
     }
 
     #[test]

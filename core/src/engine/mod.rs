@@ -570,6 +570,7 @@ impl Engine {
             let dir = e.spool_dir.join(format!("shard-{i}"));
             let opts = crate::spool::Options {
                 policy,
+                segment_size: u64::from(e.spool_segment_mb) << 20,
                 ..crate::spool::Options::default()
             };
             let (spool, _report) = crate::spool::Spool::open(&dir, opts)

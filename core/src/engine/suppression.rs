@@ -970,11 +970,9 @@ mod tests {
 
     #[test]
     fn the_writer_records_thresholds_and_releases_events_after() {
-        let dir = std::env::temp_dir().join(format!("vmta-engine-supp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::TestDir::created("engine-supp");
         let store =
-            SuppressionStore::open(dir.join("s.log"), SuppressionPolicy::default()).unwrap();
+            SuppressionStore::open(dir.0.join("s.log"), SuppressionPolicy::default()).unwrap();
         let svc = Arc::new(SuppressionService::open(store, true, "default".into()));
         let events = Arc::new(EventQueue::new(None).unwrap());
         svc.start(events.clone()).unwrap();
@@ -1049,7 +1047,7 @@ mod tests {
         // Everything survives a reopen.
         drop(svc);
         let store =
-            SuppressionStore::open(dir.join("s.log"), SuppressionPolicy::default()).unwrap();
+            SuppressionStore::open(dir.0.join("s.log"), SuppressionPolicy::default()).unwrap();
         let index = SuppressionIndex::of(&store);
         assert!(
             index
@@ -1061,6 +1059,5 @@ mod tests {
                 .check("default", "full@x.example", None, now)
                 .is_some()
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

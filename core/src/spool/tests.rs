@@ -3,25 +3,7 @@
 use super::*;
 use std::sync::{Arc, Mutex};
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("vmta-spool-unit-{tag}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use crate::TestDir as Dir;
 
 fn opts(policy: SyncPolicy) -> Options {
     Options {

@@ -34,7 +34,7 @@ def config(world, tmp_path):
     """Engine TOML for the world: two shards, no fsync, retries give up after 3 s."""
     return (
         '[engine]\nshards = 2\npin_shards = false\ndurability = "none"\n'
-        f'spool_dir = "{tmp_path / "spool"}"\n[retry]\nmax_age_s = 3\n' + world["toml"]
+        f'spool_dir = "{tmp_path / "spool"}"\nspool_segment_mb = 2\n[retry]\nmax_age_s = 3\n' + world["toml"]
     )
 
 

@@ -106,6 +106,7 @@ def test_refusals_raise_and_queue_nothing(config):
 def test_tenant_policy_refusals(world, tmp_path):
     toml = (
         f'[engine]\nshards = 1\npin_shards = false\ndurability = "none"\nspool_dir = "{tmp_path}"\n'
+        "spool_segment_mb = 2\n"
         + world["toml"]
         + '[[tenant]]\nname = "acme"\npool = "default"\nsender_domains = ["acme.example"]\n'
     )
@@ -138,6 +139,9 @@ def test_configuration_errors_name_the_key(tmp_path):
         vmta.Engine(colour="blue")
     with pytest.raises(vmta.VmtaError) as e:
         vmta.Engine(spool_dir=str(tmp_path), port=0)
+    assert e.value.code == vmta.INVALID_ARGUMENT
+    with pytest.raises(vmta.VmtaError) as e:
+        vmta.Engine(spool_dir=str(tmp_path), spool_segment_mb=0)
     assert e.value.code == vmta.INVALID_ARGUMENT
 
 

@@ -265,7 +265,7 @@ class Engine:
     """A running delivery engine.
 
     Configure it with TOML text (`toml=`) or a file (`path=`), then override the main options by
-    keyword: `spool_dir`, `shards`, `pin_shards`, `durability` ("sync", "interval", "none"),
+    keyword: `spool_dir`, `spool_segment_mb`, `shards`, `pin_shards`, `durability` ("sync", "interval", "none"),
     `nameservers`, `port`, `tls` ("disabled", "opportunistic", "required"), `smarthost`
     ("host:port", TLS from `smarthost_tls`), `helo_name`, `event_log`, `submission_queue`,
     `max_connections_per_host`, `shaping_rules`.
@@ -298,6 +298,7 @@ class Engine:
     def _configure(c, o):
         setters = {
             "spool_dir": lambda v: lib.vmta_config_set_spool_dir(c, *_lib.data(_b(str(v)))),
+            "spool_segment_mb": lambda v: lib.vmta_config_set_spool_segment_mb(c, v),
             "shards": lambda v: lib.vmta_config_set_shards(c, v),
             "pin_shards": lambda v: lib.vmta_config_set_pin_shards(c, bool(v)),
             "durability": lambda v: lib.vmta_config_set_durability(c, _DURABILITY[v]),

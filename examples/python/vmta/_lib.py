@@ -192,6 +192,7 @@ _PROTOTYPES = {
     "vmta_config_set_pin_shards": (result, [vp, c_bool]),
     "vmta_config_set_spool_dir": (result, [vp, b, c_size_t]),
     "vmta_config_set_durability": (result, [vp, c_uint32]),
+    "vmta_config_set_spool_segment_mb": (result, [vp, c_uint32]),
     "vmta_config_set_submission_queue": (result, [vp, c_uint32]),
     "vmta_config_set_helo_name": (result, [vp, b, c_size_t]),
     "vmta_config_set_event_log": (result, [vp, b, c_size_t]),
