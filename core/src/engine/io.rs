@@ -405,6 +405,9 @@ impl ShardThread {
     ) -> Option<crate::spool::Ticket> {
         let mut last = None;
         let now = Now::system().unix();
+        // One allocation per pass for the borrowed address and tag lists, not one per message.
+        let mut rcpts_spare: Vec<&str> = Vec::new();
+        let mut tags_spare: Vec<(&str, &str)> = Vec::new();
         for _ in 0..SUBMISSIONS_PER_PASS {
             let Some(part) = self.ring.pop() else {
                 break;
@@ -415,8 +418,9 @@ impl ShardThread {
             }
             let mut hex = [0u8; 16];
             let id_tag = hex_id(part.id, &mut hex);
-            let rcpts: Vec<&str> = part.recipients.iter().map(String::as_str).collect();
-            let mut tags: Vec<(&str, &str)> = Vec::with_capacity(1 + part.tags.len());
+            let mut rcpts = recycle(std::mem::take(&mut rcpts_spare));
+            rcpts.extend(part.recipients.iter().map(String::as_str));
+            let mut tags = recycle(std::mem::take(&mut tags_spare));
             tags.push((super::shard::ID_TAG, id_tag));
             tags.extend(part.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             let env = SpoolEnvelope {
@@ -428,7 +432,10 @@ impl ShardThread {
                 flags: part.flags,
                 submitted_at: now,
             };
-            match self.core.spool_mut().append(&env, &part.body) {
+            let appended_to = self.core.spool_mut().append(&env, &part.body);
+            rcpts_spare = recycle(rcpts);
+            tags_spare = recycle(tags);
+            match appended_to {
                 Ok((id, ticket)) => {
                     last = Some(ticket);
                     appended.push((part, id));
@@ -623,4 +630,13 @@ mod tests {
             assert_eq!(super::hex_id(id, &mut buf), format!("{id:016x}"));
         }
     }
+}
+
+/// An emptied vector's allocation, reused for elements of another lifetime (or any type of the same
+/// size and alignment: the collection happens in place; otherwise it is a fresh, empty vector).
+fn recycle<A, B>(mut v: Vec<A>) -> Vec<B> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
 }

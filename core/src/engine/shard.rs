@@ -193,9 +193,15 @@ struct HostPool {
 
 #[derive(Debug)]
 struct InFlight {
-    rcpts: Vec<RecipientId>,
-    accepted: Vec<bool>,
-    done: Vec<bool>,
+    /// The transaction's recipients, each with whether its outcome is settled.
+    rcpts: Vec<(RecipientId, bool)>,
+}
+
+impl InFlight {
+    /// Recipients whose outcome is not settled yet.
+    fn unsettled(&self) -> usize {
+        self.rcpts.iter().filter(|(_, done)| !done).count()
+    }
 }
 
 #[derive(Debug)]
@@ -1143,13 +1149,7 @@ impl ShardCore {
                     self.assign_work(now, conn);
                 }
                 SessionEvent::TlsEstablished { .. } => {}
-                SessionEvent::RcptAccepted { index, .. } => {
-                    if let Some(t) = self.txn_mut(conn)
-                        && index < t.accepted.len()
-                    {
-                        t.accepted[index] = true;
-                    }
-                }
+                SessionEvent::RcptAccepted { .. } => {}
                 SessionEvent::RcptRejected { index, reply } => {
                     self.shaping_reply(
                         now,
@@ -1213,10 +1213,6 @@ impl ShardCore {
         }
     }
 
-    fn txn_mut(&mut self, conn: ConnId) -> Option<&mut InFlight> {
-        self.conns.get_mut(conn)?.as_mut()?.txn.as_mut()
-    }
-
     /// Records outcomes for the in-flight transaction: for one recipient (`Some(index)`) or every
     /// recipient still without one (`None`; accepted-at-RCPT ones get `outcome`, others were already
     /// finished by their RCPT reply).
@@ -1228,28 +1224,35 @@ impl ShardCore {
         let Some(t) = c.txn.as_mut() else {
             return;
         };
-        let mut todo = Vec::new();
         match index {
-            Some(i) if i < t.rcpts.len() && !t.done[i] => {
-                t.done[i] = true;
-                todo.push(t.rcpts[i]);
+            Some(i) => {
+                // One recipient's outcome (the usual case): no list, no copy of the outcome.
+                let Some((rid, done)) = t.rcpts.get_mut(i).filter(|(_, done)| !*done) else {
+                    return;
+                };
+                *done = true;
+                let rid = *rid;
+                self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                self.finish(now, rid, outcome, Some((&mx, ip)), source);
             }
-            Some(_) => {}
             None => {
-                for i in 0..t.rcpts.len() {
-                    if !t.done[i] {
-                        t.done[i] = true;
-                        todo.push(t.rcpts[i]);
-                    }
-                }
+                let todo: Vec<RecipientId> = t
+                    .rcpts
+                    .iter_mut()
+                    .filter(|(_, done)| !*done)
+                    .map(|(rid, done)| {
+                        *done = true;
+                        *rid
+                    })
+                    .collect();
                 c.txn = None;
+                self.metrics
+                    .in_flight
+                    .fetch_sub(todo.len() as u64, Ordering::Relaxed);
+                for rid in todo {
+                    self.finish(now, rid, outcome.clone(), Some((&mx, ip)), source);
+                }
             }
-        }
-        self.metrics
-            .in_flight
-            .fetch_sub(todo.len() as u64, Ordering::Relaxed);
-        for rid in todo {
-            self.finish(now, rid, outcome.clone(), Some((&mx, ip)), source);
         }
     }
 
@@ -1659,7 +1662,7 @@ impl ShardCore {
                 _ => {}
             }
         };
-        let mut rcpts = vec![first];
+        let mut rcpts = vec![(first, false)];
         // With VERP every recipient gets its own return path, so its own transaction (the null
         // sender stays null).
         let verp = self.cfg.verp.as_ref().filter(|_| {
@@ -1676,13 +1679,13 @@ impl ShardCore {
                 && !r.state.is_final()
                 && r.state != RecipientState::Held
             {
-                rcpts.push(next);
+                rcpts.push((next, false));
             }
         }
         let msg = self.spool.message(first.message).ok()?;
         let addresses: Vec<String> = rcpts
             .iter()
-            .map(|r| {
+            .map(|(r, _)| {
                 msg.recipient_address(r.index)
                     .unwrap_or_default()
                     .to_string()
@@ -1713,15 +1716,7 @@ impl ShardCore {
         // The body shares the segment's mapping (no copy), which it keeps mapped: the spool may
         // compact, seal or delete the segment meanwhile.
         let body = Arc::new(msg.shared_body());
-        let n = rcpts.len();
-        Some((
-            Transaction { envelope, body },
-            InFlight {
-                rcpts,
-                accepted: vec![false; n],
-                done: vec![false; n],
-            },
-        ))
+        Some((Transaction { envelope, body }, InFlight { rcpts }))
     }
 
     /// A connection ended: pool accounting, failover if it failed before its session was ready.
@@ -1766,8 +1761,7 @@ impl ShardCore {
             let left: Vec<RecipientId> = t
                 .rcpts
                 .iter()
-                .zip(&t.done)
-                .filter(|(_, d)| !**d)
+                .filter(|(_, done)| !done)
                 .map(|(r, _)| *r)
                 .collect();
             self.metrics
@@ -1839,10 +1833,9 @@ impl ShardCore {
             if let Some(c) = self.conns[id].as_mut() {
                 // Forget the transaction: its recipients keep their spool state.
                 if let Some(t) = c.txn.take() {
-                    self.metrics.in_flight.fetch_sub(
-                        t.rcpts.iter().zip(&t.done).filter(|(_, d)| !**d).count() as u64,
-                        Ordering::Relaxed,
-                    );
+                    self.metrics
+                        .in_flight
+                        .fetch_sub(t.unsettled() as u64, Ordering::Relaxed);
                 }
                 self.actions.push_back(Action::Close { conn: id });
                 self.connection_gone(now, id, None);

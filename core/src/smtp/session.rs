@@ -577,6 +577,8 @@ pub struct Session {
     /// Plaintext waiting to be sent (encrypted first when TLS is on).
     outbuf: Vec<u8>,
     body_out: Option<BodyOut>,
+    /// The last transaction's queue of expected replies (empty), reused by the next.
+    spare_inflight: VecDeque<Expect>,
     tls: Option<TlsLayer>,
     caps: Capabilities,
     events: VecDeque<Event>,
@@ -602,6 +604,7 @@ impl Session {
             inbuf: Vec::new(),
             outbuf: Vec::with_capacity(512),
             body_out: None,
+            spare_inflight: VecDeque::new(),
             tls: None,
             caps: Capabilities::default(),
             events: VecDeque::new(),
@@ -693,7 +696,7 @@ impl Session {
             } else {
                 Next::Mail
             },
-            inflight: VecDeque::new(),
+            inflight: std::mem::take(&mut self.spare_inflight),
             mail_failed: None,
             accepted: 0,
             answered: 0,
@@ -1299,7 +1302,7 @@ impl Session {
                     return;
                 }
                 let failure = self.failure_of(&mut txn, Phase::Data, r.to_reply());
-                self.end_transaction(now, failure, true);
+                self.end_transaction(now, txn, failure, true);
                 return;
             }
             Expect::Bdat => {
@@ -1307,25 +1310,25 @@ impl Session {
                     self.events.push_back(Event::MessageAccepted {
                         reply: r.to_reply(),
                     });
-                    self.end_transaction(now, None, false);
+                    self.end_transaction(now, txn, None, false);
                 } else {
                     let failure = self.failure_of(&mut txn, Phase::EndOfData, r.to_reply());
-                    self.end_transaction(now, failure, true);
+                    self.end_transaction(now, txn, failure, true);
                 }
                 return;
             }
             Expect::DataEnd { discard } => {
                 if discard {
                     let failure = self.failure_of(&mut txn, Phase::EndOfData, r.to_reply());
-                    self.end_transaction(now, failure, true);
+                    self.end_transaction(now, txn, failure, true);
                 } else if r.is_positive() {
                     self.events.push_back(Event::MessageAccepted {
                         reply: r.to_reply(),
                     });
-                    self.end_transaction(now, None, false);
+                    self.end_transaction(now, txn, None, false);
                 } else {
                     let failure = Some((Phase::EndOfData, MessageFailure::Reply(r.to_reply())));
-                    self.end_transaction(now, failure, false);
+                    self.end_transaction(now, txn, failure, false);
                 }
                 return;
             }
@@ -1356,9 +1359,14 @@ impl Session {
     fn end_transaction(
         &mut self,
         now: Instant,
+        mut txn: Box<Txn>,
         failure: Option<(Phase, MessageFailure)>,
         needs_rset: bool,
     ) {
+        // The next transaction reuses the queue of expected replies.
+        txn.inflight.clear();
+        self.spare_inflight = std::mem::take(&mut txn.inflight);
+        drop(txn);
         if let Some((phase, failure)) = failure {
             self.events
                 .push_back(Event::MessageFailed { phase, failure });
@@ -1486,14 +1494,31 @@ fn write_xtext(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Does every CR come before an LF and every LF after a CR?
+///
+/// Equivalently: the first byte is no LF, the last no CR, and in every pair of neighbouring bytes the
+/// first is a CR exactly when the second is an LF. The pairs are checked without branches, a block at
+/// a time, which the compiler vectorises (a search stopping at every line end was 4% of a shard's
+/// time on 2 KiB messages).
 fn is_crlf_clean(body: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(p) = memchr::memchr2(b'\r', b'\n', &body[i..]) {
-        let at = i + p;
-        if body[at] == b'\n' || body.get(at + 1) != Some(&b'\n') {
+    let (Some(&first), Some(&last)) = (body.first(), body.last()) else {
+        return true;
+    };
+    if first == b'\n' || last == b'\r' {
+        return false;
+    }
+    const BLOCK: usize = 1024;
+    let mut start = 0;
+    while start + 1 < body.len() {
+        let end = (start + BLOCK + 1).min(body.len());
+        let block = &body[start..end];
+        let mut odd = false;
+        for (a, b) in block.iter().zip(&block[1..]) {
+            odd |= (*a == b'\r') != (*b == b'\n');
+        }
+        if odd {
             return false;
         }
-        i = at + 2;
+        start = end - 1;
     }
     true
 }
@@ -1635,6 +1660,30 @@ mod tests {
         assert!(!is_crlf_clean(b"a\nb"));
         assert!(!is_crlf_clean(b"a\rb"));
         assert!(!is_crlf_clean(b"a\r"));
+        assert!(!is_crlf_clean(b"\nb"));
+        assert!(!is_crlf_clean(b"a\r\r\nb"));
+        assert!(is_crlf_clean(b""));
+        assert!(is_crlf_clean(b"\r\n"));
+        // Across block boundaries, against a plain reference.
+        let reference = |b: &[u8]| {
+            (0..b.len()).all(|i| match b[i] {
+                b'\r' => b.get(i + 1) == Some(&b'\n'),
+                b'\n' => i > 0 && b[i - 1] == b'\r',
+                _ => true,
+            })
+        };
+        let mut body = Vec::new();
+        while body.len() < 5000 {
+            body.extend_from_slice(b"a line of text\r\n");
+        }
+        assert!(is_crlf_clean(&body));
+        for at in [0, 1, 1023, 1024, 1025, 2047, 2048, 4999] {
+            for bad in [b'\r', b'\n'] {
+                let mut b = body.clone();
+                b[at] = bad;
+                assert_eq!(is_crlf_clean(&b), reference(&b), "{at} {bad}");
+            }
+        }
         assert_eq!(normalise_crlf(b"a\nb\rc\r\nd\r"), b"a\r\nb\r\nc\r\nd\r\n");
     }
 
