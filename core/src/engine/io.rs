@@ -621,6 +621,15 @@ pub(crate) fn flags_for(sender: &str, recipients: &[String], body: &[u8]) -> Mes
     MessageFlags(f)
 }
 
+/// An emptied vector's allocation, reused for elements of another lifetime (or any type of the same
+/// size and alignment: the collection happens in place; otherwise it is a fresh, empty vector).
+fn recycle<A, B>(mut v: Vec<A>) -> Vec<B> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -630,13 +639,4 @@ mod tests {
             assert_eq!(super::hex_id(id, &mut buf), format!("{id:016x}"));
         }
     }
-}
-
-/// An emptied vector's allocation, reused for elements of another lifetime (or any type of the same
-/// size and alignment: the collection happens in place; otherwise it is a fresh, empty vector).
-fn recycle<A, B>(mut v: Vec<A>) -> Vec<B> {
-    v.clear();
-    v.into_iter()
-        .map(|_| unreachable!("the vector is empty"))
-        .collect()
 }
