@@ -1683,12 +1683,14 @@ impl ShardCore {
             }
         }
         let msg = self.spool.message(first.message).ok()?;
-        let addresses: Vec<String> = rcpts
+        let recipients: Vec<Recipient> = rcpts
             .iter()
             .map(|(r, _)| {
-                msg.recipient_address(r.index)
-                    .unwrap_or_default()
-                    .to_string()
+                Recipient::new(
+                    msg.recipient_address(r.index)
+                        .unwrap_or_default()
+                        .to_string(),
+                )
             })
             .collect();
         let flags = msg.flags();
@@ -1700,14 +1702,14 @@ impl ShardCore {
                 };
                 let id = super::suppression::verp_id(self.engine_id(first.message), &tenant);
                 // A recipient VERP cannot carry (quotes, say) keeps the plain sender.
-                v.encode(&id, &addresses[0])
+                v.encode(&id, &recipients[0].address)
                     .unwrap_or_else(|_| msg.sender().to_string())
             }
             None => msg.sender().to_string(),
         };
         let envelope = Envelope {
             mail_from,
-            recipients: addresses.into_iter().map(Recipient::new).collect(),
+            recipients,
             eight_bit: flags.contains(MessageFlags::EIGHT_BIT),
             smtputf8: flags.contains(MessageFlags::SMTPUTF8),
             dsn_ret: None,
