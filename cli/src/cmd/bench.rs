@@ -18,7 +18,6 @@
 //! threads and the event consumer.
 
 use super::blast::{self, BlastPlan};
-use super::demo::message;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -29,6 +28,7 @@ use vmta::engine::config::{Durability, RetryKind, TlsPolicy};
 use vmta::engine::{DeliveryEvent, Engine, EngineConfig, EventKind, Submission, SubmitError};
 use vmta_testworld::sink::Behaviour;
 use vmta_testworld::world::World;
+use vmta_workload::message;
 
 /// Arguments of `vmta bench`.
 #[derive(Debug, clap::Args)]
@@ -478,7 +478,7 @@ fn measure_vmta(
     let total = w.messages;
     let domains = args.domains.max(1);
     let world_cpu_0 = world_cpu();
-    let cpu_0 = process_cpu();
+    let cpu_0 = vmta_workload::process_cpu_seconds();
     let started = Instant::now();
     let submitted = Arc::new(AtomicU64::new(0));
     let wl = *w;
@@ -549,7 +549,7 @@ fn measure_vmta(
             queue_seconds = started.elapsed().as_secs_f64();
             peak_anon = peak_anon.max(rss_anon());
             world_cpu_start = world_cpu();
-            cpu_start = process_cpu();
+            cpu_start = vmta_workload::process_cpu_seconds();
             delivery_start = Instant::now();
             resumed = true;
             engine.resume();
@@ -597,7 +597,7 @@ fn measure_vmta(
     if progress {
         eprint!("\r{:100}\r", "");
     }
-    let cpu = process_cpu() - cpu_start - (world_cpu() - world_cpu_start);
+    let cpu = vmta_workload::process_cpu_seconds() - cpu_start - (world_cpu() - world_cpu_start);
     let metrics = engine.metrics();
     let mut submit_times: HashMap<u64, Instant> = HashMap::with_capacity(total);
     for t in submitters {
@@ -680,9 +680,9 @@ fn run_blast(args: &BenchArgs, w: &Workload) -> Result<Outcome, String> {
     };
     reset_peak_rss();
     let world_cpu_0 = world_cpu();
-    let cpu_0 = process_cpu();
+    let cpu_0 = vmta_workload::process_cpu_seconds();
     let r = blast::run(&plan).map_err(|e| e.to_string())?;
-    let cpu = process_cpu() - cpu_0 - (world_cpu() - world_cpu_0);
+    let cpu = vmta_workload::process_cpu_seconds() - cpu_0 - (world_cpu() - world_cpu_0);
     Ok(Outcome {
         system: "blast",
         workload: w.letter,
@@ -697,20 +697,6 @@ fn run_blast(args: &BenchArgs, w: &Workload) -> Result<Outcome, String> {
         connections: r.connections,
         ..Outcome::default()
     })
-}
-
-/// User and system CPU seconds of this process, every thread that ever ran included.
-fn process_cpu() -> f64 {
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a whole rusage into the pointer, which points to one.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) };
-    if rc != 0 {
-        return 0.0;
-    }
-    // SAFETY: getrusage succeeded and filled the struct (and it was zeroed before).
-    let u = unsafe { u.assume_init() };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// CPU seconds of the in-process test world's threads (SMTP sink workers, DNS responder).

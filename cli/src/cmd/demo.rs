@@ -11,6 +11,7 @@ use vmta::engine::config::{Durability, TlsPolicy};
 use vmta::engine::{DeliveryEvent, Engine, EngineConfig, EventKind, Submission, SubmitError};
 use vmta_testworld::sink::Behaviour;
 use vmta_testworld::world::World;
+use vmta_workload::message;
 
 /// Arguments of `vmta demo`.
 #[derive(Debug, clap::Args)]
@@ -106,17 +107,6 @@ message_rate = "4000/s"
 message_burst = 20
 "#
     )
-}
-
-pub(crate) fn message(i: usize, to: &str) -> Vec<u8> {
-    let mut m = format!(
-        "From: News <news@sender.vmta.test>\r\nTo: <{to}>\r\nSubject: Demo message {i}\r\nMessage-ID: <{i}.demo@sender.vmta.test>\r\nDate: Mon, 23 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    )
-    .into_bytes();
-    while m.len() < 2048 {
-        m.extend_from_slice(b"This is the vmta demo campaign. Nothing leaves this machine.\r\n");
-    }
-    m
 }
 
 /// Runs `vmta demo`.

@@ -19,38 +19,13 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use vmta_workload::{message, process_cpu_seconds};
 
 const SENDER: &str = "bounces@sender.vmta.test";
 
 fn usage() -> ! {
     eprintln!("usage: smtp-feed --server IP:PORT --routes FILE --messages N [--connections C]");
     std::process::exit(2)
-}
-
-/// The workload's message, byte for byte what `vmta bench` sends (`cli/src/cmd/demo.rs`).
-fn message(i: usize, to: &str) -> Vec<u8> {
-    let mut m = format!(
-        "From: News <news@sender.vmta.test>\r\nTo: <{to}>\r\nSubject: Demo message {i}\r\nMessage-ID: <{i}.demo@sender.vmta.test>\r\nDate: Mon, 23 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    )
-    .into_bytes();
-    while m.len() < 2048 {
-        m.extend_from_slice(b"This is the vmta demo campaign. Nothing leaves this machine.\r\n");
-    }
-    m
-}
-
-fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a whole `rusage` into the pointer we pass, which points to memory
-    // we own and that is large enough; RUSAGE_SELF is a valid `who`.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    if rc != 0 {
-        return f64::NAN;
-    }
-    // SAFETY: getrusage returned 0, so it initialised the struct.
-    let u = unsafe { usage.assume_init() };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// Reads one (possibly multi-line) reply and checks its code class.
@@ -164,7 +139,7 @@ fn main() {
         std::process::exit(2)
     }
     let next = Arc::new(AtomicUsize::new(0));
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let (cpu0, t0) = (process_cpu_seconds(), Instant::now());
     let sessions: Vec<_> = (0..connections)
         .map(|_| {
             let (server, domains, next) = (server.clone(), domains.clone(), next.clone());
@@ -184,7 +159,7 @@ fn main() {
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = process_cpu_seconds() - cpu0;
     println!(
         "{{\"system\":\"feed\",\"messages\":{sent},\"seconds\":{seconds:.6},\"msg_per_s\":{:.1},\"cpu_s\":{cpu:.6},\"cpu_us_per_msg\":{:.2}}}",
         sent as f64 / seconds.max(1e-9),

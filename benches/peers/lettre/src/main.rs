@@ -28,6 +28,7 @@ use lettre::{AsyncTransport, Tokio1Executor, Transport};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use vmta_workload::{message, process_cpu_seconds};
 
 const SENDER: &str = "bounces@sender.vmta.test";
 
@@ -130,18 +131,6 @@ fn hosts(routes: &str, messages: usize) -> Vec<Host> {
     hosts
 }
 
-/// The workload's message, byte for byte what `vmta bench` sends (`cli/src/cmd/demo.rs`).
-fn message(i: usize, to: &str) -> Vec<u8> {
-    let mut m = format!(
-        "From: News <news@sender.vmta.test>\r\nTo: <{to}>\r\nSubject: Demo message {i}\r\nMessage-ID: <{i}.demo@sender.vmta.test>\r\nDate: Mon, 23 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    )
-    .into_bytes();
-    while m.len() < 2048 {
-        m.extend_from_slice(b"This is the vmta demo campaign. Nothing leaves this machine.\r\n");
-    }
-    m
-}
-
 fn envelope(to: &str) -> Envelope {
     let from: Address = SENDER.parse().expect("sender address");
     let to: Address = to.parse().expect("recipient address");
@@ -157,20 +146,6 @@ fn pool(c: u32) -> PoolConfig {
 
 fn hello() -> ClientId {
     ClientId::Domain("lettre.sender.vmta.test".into())
-}
-
-fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a whole `rusage` into the pointer we pass, which points to memory
-    // we own and that is large enough; RUSAGE_SELF is a valid `who`.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    if rc != 0 {
-        return f64::NAN;
-    }
-    // SAFETY: getrusage returned 0, so it initialised the struct.
-    let u = unsafe { usage.assume_init() };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 const TRIES: usize = 3;
@@ -257,14 +232,14 @@ fn main() {
     let o = options();
     let hosts = Arc::new(hosts(&o.routes, o.messages));
     let errors = Arc::new(AtomicU64::new(0));
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let (cpu0, t0) = (process_cpu_seconds(), Instant::now());
     if o.blocking {
         run_blocking(&o, hosts.clone(), errors.clone());
     } else {
         run_async(&o, hosts.clone(), errors.clone());
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = process_cpu_seconds() - cpu0;
     let errors = errors.load(Ordering::Relaxed);
     let sent = o.messages as u64 - errors;
     println!(
