@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use vmta::engine::config::{Durability, TlsPolicy};
 use vmta::engine::{DeliveryEvent, Engine, EngineConfig, EventKind, Submission};
 use vmta_tests::TempDir;
-use vmta_tests::engine::{Zone, common_port, sink_at};
+use vmta_tests::engine::{Zone, common_port, sink_at, test_engine};
 
 fn body(n: usize) -> Vec<u8> {
     format!("From: a@sender.test\r\nTo: x@y\r\nSubject: engine {n}\r\n\r\nbody {n}\r\n")
@@ -14,17 +14,9 @@ fn body(n: usize) -> Vec<u8> {
 }
 
 fn config(spool: &TempDir, dns: std::net::SocketAddr, port: u16) -> EngineConfig {
-    EngineConfig::builder()
-        .shards(2)
-        .pin_shards(false)
-        .spool_dir(spool.path())
-        .spool_segment_mb(2)
+    test_engine(spool, dns, port)
         .durability(Durability::Sync)
-        .nameservers(&[&dns.to_string()])
-        .port(port)
-        .tls(TlsPolicy::Disabled)
         .max_connections_per_host(4)
-        .shaping_rules(vmta_testworld::world::UNSHAPED)
         .with(|c| {
             // Tests that wait for retries use short exponential intervals; the bounce test uses the
             // classified schedule.
@@ -819,15 +811,8 @@ fn a_connection_cap_shared_by_two_shards_never_strands_a_queue() {
         "{}[[mx]]\nname = \"one-connection\"\npatterns = [\"mx.lane.engine.test\"]\nmax_connections = 1\nmax_messages_per_connection = 5\n",
         vmta_testworld::world::UNSHAPED
     );
-    let cfg = EngineConfig::builder()
-        .shards(2)
-        .pin_shards(false)
-        .spool_dir(spool.path())
-        .spool_segment_mb(2)
+    let cfg = test_engine(&spool, zone.addr, port)
         .durability(Durability::None)
-        .nameservers(&[&zone.addr.to_string()])
-        .port(port)
-        .tls(TlsPolicy::Disabled)
         .shaping_rules(&rules)
         .build();
     let e = Engine::start(&cfg).unwrap();

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 use vmta::bounce::{Reason, Verp};
-use vmta::engine::config::{Durability, TlsPolicy};
+use vmta::engine::config::Durability;
 use vmta::engine::{
     DeliveryEvent, Engine, EngineConfig, EventKind, InboundError, Submission, SubmitError,
 };
 use vmta_tests::TempDir;
-use vmta_tests::engine::{Zone, common_port, sink_at};
+use vmta_tests::engine::{Zone, common_port, sink_at, test_engine};
 use vmta_tests::smtp::SmtpSink;
 
 const VERP_KEY: &str = "suppression test key 0001";
@@ -63,16 +63,8 @@ impl World {
     }
 
     fn config(&self, spool: &TempDir) -> EngineConfig {
-        EngineConfig::builder()
-            .shards(2)
-            .pin_shards(false)
-            .spool_dir(spool.path())
-            .spool_segment_mb(2)
+        test_engine(spool, self.zone.addr, self.port)
             .durability(Durability::Sync)
-            .nameservers(&[&self.zone.addr.to_string()])
-            .port(self.port)
-            .tls(TlsPolicy::Disabled)
-            .shaping_rules(vmta_testworld::world::UNSHAPED)
             .with(|c| {
                 c.delivery.connect_timeout_s = 5;
                 c.delivery.idle_timeout_s = 1;

@@ -67,3 +67,22 @@ pub fn common_port(ips: &[&str]) -> u16 {
 pub fn sink_at(ip: &str, port: u16, flags: &[&str]) -> SmtpSink {
     SmtpSink::start_on(format!("{ip}:{port}").parse().unwrap(), flags)
 }
+
+/// The engine configuration every engine test starts from: two unpinned shards, a spool in `spool`
+/// with 2 MiB segments (tests run side by side; 64 MiB each would fill a small disk), the zone's
+/// nameserver, the sinks' port, no TLS and no shaping. Tests add durability, limits and timeouts.
+pub fn test_engine(
+    spool: &TempDir,
+    dns: SocketAddr,
+    port: u16,
+) -> vmta::engine::config::EngineConfigBuilder {
+    vmta::engine::EngineConfig::builder()
+        .shards(2)
+        .pin_shards(false)
+        .spool_dir(spool.path())
+        .spool_segment_mb(2)
+        .nameservers(&[&dns.to_string()])
+        .port(port)
+        .tls(vmta::engine::config::TlsPolicy::Disabled)
+        .shaping_rules(vmta_testworld::world::UNSHAPED)
+}
