@@ -78,5 +78,8 @@ fn recovery_time_and_memory_per_recipient() {
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 * 1024.0 / total as f64
     );
-    assert!(st.index_bytes as f64 / total as f64 <= 64.0);
+    // The index's tables are in mapped files, paged by the kernel: the heap holds the domains only.
+    assert!(st.index_mapped);
+    assert!(st.index_bytes as f64 / total as f64 <= 1.0);
+    assert!(after.saturating_sub(before) as f64 * 1024.0 / total as f64 <= 8.0);
 }

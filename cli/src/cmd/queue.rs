@@ -117,7 +117,15 @@ fn run_inner(
         "disk       {} bytes in {} segment(s), {} bytes of records",
         st.disk_bytes, st.segments, st.used_bytes
     );
-    println!("index      {} bytes in memory", st.index_bytes);
+    println!(
+        "index      {} bytes on the heap{}",
+        st.index_bytes,
+        if st.index_mapped {
+            ", tables in mapped files"
+        } else {
+            ""
+        }
+    );
     if rep.corrupt_records + rep.truncated_bytes + rep.damaged_segments as u64 + rep.orphan_records
         > 0
     {

@@ -1,6 +1,9 @@
-//! The in-memory index: what is queued, where it lives on disk, and each recipient's state.
+//! The index: what is queued, where it lives on disk, and each recipient's state.
 //!
-//! Two flat tables and a domain interner, nothing per recipient on the heap:
+//! Two flat tables and a domain interner, nothing per message or recipient on the heap: the tables
+//! are [`Table`]s, kept in unnamed mapped files in the spool directory (the heap when that fails or
+//! the spool is read-only), so the kernel pages them like the segments and the process's anonymous
+//! memory stays flat as the queue grows.
 //!
 //! - [`MessageSlot`] (36 bytes): id, record location and size, range of its recipients, submission
 //!   time, priority, flags, number of live recipients. Sorted by id (ids grow with every submission),
@@ -15,10 +18,11 @@
 //! During recovery, a message record can come out of id order (compaction rewrites old messages into
 //! the newest segment); those few go to a side table with a hash map until [`Index::finish`] merges them.
 
-#![forbid(unsafe_code)]
+use super::table::{Backing, Plain, Table};
 
 /// A message in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct MessageSlot {
     id_lo: u32,
     id_hi: u32,
@@ -85,6 +89,7 @@ impl MessageSlot {
 
 /// A recipient in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct RcptSlot {
     /// Interned destination domain.
     pub domain: u32,
@@ -109,20 +114,41 @@ pub enum SlotRef {
     Late(usize),
 }
 
+// SAFETY: `repr(C)`, integer fields only (the id is split in two `u32`s), alignment 4.
+unsafe impl Plain for MessageSlot {}
+// SAFETY: `repr(C)`, integer fields only, alignment 4.
+unsafe impl Plain for RcptSlot {}
+
 /// The index.
 #[derive(Debug, Default)]
 pub struct Index {
-    messages: Vec<MessageSlot>,
+    backing: Backing,
+    messages: Table<MessageSlot>,
     late: Vec<MessageSlot>,
     late_ids: crate::FastMap<u64, usize>,
     /// The recipient table.
-    pub rcpts: Vec<RcptSlot>,
+    pub rcpts: Table<RcptSlot>,
     dead: usize,
     domains: Vec<Box<str>>,
     domain_ids: crate::FastMap<Box<str>, u32>,
 }
 
 impl Index {
+    /// An empty index whose tables are kept as `backing` says.
+    pub fn new(backing: Backing) -> Index {
+        Index {
+            messages: Table::new(&backing),
+            rcpts: Table::new(&backing),
+            backing,
+            ..Index::default()
+        }
+    }
+
+    /// Whether both tables live in mapped files.
+    pub fn is_mapped(&self) -> bool {
+        self.messages.is_mapped() && self.rcpts.is_mapped()
+    }
+
     /// Finds a message (live or tombstone).
     pub fn find(&self, id: u64) -> Option<SlotRef> {
         // Ids are handed out in order and the table is only thinned by rebuilds: counted back from
@@ -244,7 +270,7 @@ impl Index {
             .chain(&self.late)
             .filter(|m| m.live > 0)
             .count();
-        let mut messages = Vec::with_capacity(live);
+        let mut messages: Table<MessageSlot> = Table::with_capacity(&self.backing, live);
         let live_rcpts: usize = self
             .messages
             .iter()
@@ -252,7 +278,7 @@ impl Index {
             .filter(|m| m.live > 0)
             .map(|m| usize::from(m.rcpt_count))
             .sum();
-        let mut rcpts = Vec::with_capacity(live_rcpts);
+        let mut rcpts = Table::with_capacity(&self.backing, live_rcpts);
         let mut sorted = true;
         for m in self.messages.iter().chain(&self.late) {
             if m.live == 0 {
@@ -295,10 +321,10 @@ impl Index {
             .iter()
             .map(|d| 2 * d.len() + 2 * size_of::<Box<str>>() + 8)
             .sum();
-        self.messages.capacity() * size_of::<MessageSlot>()
+        self.messages.heap_bytes()
             + self.late.capacity() * size_of::<MessageSlot>()
             + self.late_ids.capacity() * 24
-            + self.rcpts.capacity() * size_of::<RcptSlot>()
+            + self.rcpts.heap_bytes()
             + domains
     }
 }

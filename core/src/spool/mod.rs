@@ -90,6 +90,7 @@ pub mod commit;
 pub mod index;
 pub mod record;
 mod segment;
+pub mod table;
 
 pub use commit::{Durability, Ticket};
 pub use record::{MessageFlags, Priority, RecipientState};
@@ -374,8 +375,10 @@ pub struct SpoolStats {
     pub disk_bytes: u64,
     /// Bytes holding records.
     pub used_bytes: u64,
-    /// Heap bytes of the in-memory index.
+    /// Heap bytes of the index (its tables live in mapped files unless that failed).
     pub index_bytes: usize,
+    /// Whether the index's tables live in mapped files (paged by the kernel) rather than the heap.
+    pub index_mapped: bool,
     /// Distinct destination domains seen.
     pub domains: usize,
     /// Newest appended ticket.
@@ -574,13 +577,16 @@ impl Spool {
         let mut opts = opts;
         opts.segment_size = opts.segment_size.clamp(4096, 1 << 31);
         opts.max_body = opts.max_body.min(512 << 20);
+        let backing = table::Backing {
+            dir: (!opts.read_only).then(|| std::sync::Arc::from(dir.as_path())),
+        };
         let mut spool = Spool {
             dir,
             opts,
             _lock: lock,
             segments: BTreeMap::new(),
             active: None,
-            index: Index::default(),
+            index: Index::new(backing),
             next_message_id: 1,
             next_segment_id: 1,
             ticket: 0,
@@ -1539,6 +1545,7 @@ impl Spool {
         st.disk_bytes = self.segments.values().map(|s| s.capacity).sum();
         st.used_bytes = self.segments.values().map(|s| s.used).sum();
         st.index_bytes = self.index.heap_bytes();
+        st.index_mapped = self.index.is_mapped();
         st.domains = self.index.domain_count();
         st.appended = Ticket(self.ticket);
         st.durable = self.durability.durable();
