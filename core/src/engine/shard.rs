@@ -319,7 +319,10 @@ pub(crate) struct ShardCore {
     /// Queues with new work to dispatch.
     pending: VecDeque<QueueKey>,
     /// Engine-wide id → this shard's message, for the messages still live (cancellation).
-    ids: crate::FastMap<u64, MessageId>,
+    /// The largest engine id given to a message so far: the spool key of the newest message.
+    last_key: u64,
+    /// Engine ids of live messages that arrived after a larger one ([`ShardCore::remember_id`]).
+    out_of_order: crate::FastMap<u64, MessageId>,
     actions: VecDeque<Action>,
     /// Connections that may have output.
     dirty: Vec<ConnId>,
@@ -421,7 +424,8 @@ impl ShardCore {
             live_conns: 0,
             wheel: TimerWheel::new(now.unix()),
             pending: VecDeque::new(),
-            ids: crate::FastMap::default(),
+            last_key: 0,
+            out_of_order: crate::FastMap::default(),
             actions: VecDeque::new(),
             dirty: Vec::new(),
             events: Vec::new(),
@@ -505,12 +509,7 @@ impl ShardCore {
                 _ => {}
             }
         }
-        let mut messages: Vec<MessageId> = ready.iter().map(|r| r.message).collect();
-        messages.extend(later.iter().map(|(_, r)| r.message));
-        messages.dedup();
-        for m in messages {
-            self.remember_id(m);
-        }
+        self.remember_ids();
         let n = ready.len() + later.len();
         for rid in ready {
             self.make_ready(rid);
@@ -523,21 +522,53 @@ impl ShardCore {
         n
     }
 
-    fn remember_id(&mut self, m: MessageId) {
-        if let Ok(view) = self.spool.message(m) {
-            let id = view
-                .tags()
-                .find(|(k, _)| *k == ID_TAG)
-                .and_then(|(_, v)| u64::from_str_radix(v, 16).ok())
-                .unwrap_or(m.0);
-            self.ids.insert(id, m);
+    /// Gives every live message its engine id as spool key, in id order (after a restart).
+    fn remember_ids(&mut self) {
+        let mut batch = Vec::with_capacity(1024);
+        let mut after = None;
+        loop {
+            batch.clear();
+            let more = self.spool.live_messages(after, 1024, &mut batch);
+            for &m in &batch {
+                let id = self.engine_id(m);
+                self.remember_id(id, m);
+            }
+            after = batch.last().copied();
+            if !more {
+                break;
+            }
         }
+    }
+
+    /// Keeps the way from engine id `id` to spool message `m` for [`ShardCore::cancel`]: the spool
+    /// key of each message is the largest engine id given so far, so keys never decrease and a binary
+    /// search finds a message by its id. A message whose id is below that (two submitters racing to
+    /// the shard) is keyed with the largest id and listed in `out_of_order`.
+    fn remember_id(&mut self, id: u64, m: MessageId) {
+        if id > self.last_key || self.last_key == 0 {
+            self.last_key = id;
+        } else {
+            self.out_of_order.insert(id, m);
+        }
+        self.spool.set_key(m, self.last_key);
+    }
+
+    /// The live spool message of engine id `id`, if this shard has one.
+    fn message_of(&self, id: u64) -> Option<MessageId> {
+        if let Some(&m) = self.out_of_order.get(&id) {
+            return Some(m);
+        }
+        // The first message keyed `id` is the one given that id, unless that one is finished and a
+        // later, out-of-order one took the key: the id in its record tells.
+        self.spool
+            .find_by_key(id)
+            .filter(|&m| self.engine_id(m) == id)
     }
 
     /// Schedules a message just appended to the spool.
     /// Call [`ShardCore::dispatch_pending`] after a batch of these.
     pub(crate) fn enqueue(&mut self, engine_id: u64, m: MessageId) {
-        self.ids.insert(engine_id, m);
+        self.remember_id(engine_id, m);
         let count = self.spool.recipient_count(m).unwrap_or(0);
         for index in 0..count {
             self.make_ready(RecipientId { message: m, index });
@@ -550,14 +581,16 @@ impl ShardCore {
             .fetch_add(u64::from(count), Ordering::Relaxed);
     }
 
-    /// Messages tracked for cancellation (those with a recipient still to deliver).
+    /// Messages that can be cancelled (those with a recipient still to deliver).
     pub(crate) fn cancellable(&self) -> usize {
-        self.ids.len()
+        let mut all = Vec::new();
+        self.spool.live_messages(None, usize::MAX, &mut all);
+        all.len()
     }
 
     /// Cancels the shard's part of a message. Returns the recipients cancelled.
     pub(crate) fn cancel(&mut self, now: Now, engine_id: u64) -> usize {
-        let Some(&m) = self.ids.get(&engine_id) else {
+        let Some(m) = self.message_of(engine_id) else {
             return 0;
         };
         let live: Vec<(u16, String)> =
@@ -588,7 +621,7 @@ impl ShardCore {
             Ok(t) => self.commit = Some(t),
             Err(_) => return 0,
         }
-        self.ids.remove(&engine_id);
+        self.out_of_order.remove(&engine_id);
         self.events.extend(events);
         self.metrics
             .cancelled
@@ -1425,9 +1458,9 @@ impl ShardCore {
             }
         }
         self.reply_scratch = reply_text;
-        // A message with nothing left to deliver can no longer be cancelled: its id goes.
-        if state.is_final() && !self.spool.is_live(rid.message) {
-            self.ids.remove(&event.message_id);
+        // A message with nothing left to deliver can no longer be cancelled: an out-of-order id goes.
+        if state.is_final() && !self.out_of_order.is_empty() && !self.spool.is_live(rid.message) {
+            self.out_of_order.remove(&event.message_id);
         }
         let m = &self.metrics;
         match event.kind {
@@ -1858,5 +1891,82 @@ impl ShardCore {
     /// Spool maintenance (segment deletion and compaction).
     pub(crate) fn maintain(&mut self) {
         let _ = self.spool.maintain();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::engine::retry::ExponentialRetry;
+    use crate::spool::{Envelope, Options, SyncPolicy};
+
+    fn core(dir: &std::path::Path, now: Now) -> ShardCore {
+        let config = EngineConfig::default();
+        let resolved = Arc::new(config.resolve().expect("default configuration"));
+        let opts = Options {
+            policy: SyncPolicy::None,
+            ..Options::default()
+        };
+        let (spool, _) = Spool::open(dir, opts).expect("spool");
+        let rules = config.shaping.rule_set().expect("rules");
+        let shaping = crate::shaping::ShapingShared::new(rules, 1, now.unix());
+        ShardCore::new(
+            0,
+            resolved,
+            spool,
+            Arc::new(ExponentialRetry::default()),
+            None,
+            1,
+            Arc::new(ShardMetrics::default()),
+            crate::shaping::Shaper::new(shaping),
+            now.mono,
+            None,
+            now,
+        )
+    }
+
+    fn submit(core: &mut ShardCore, engine_id: u64, now: Now) {
+        let hex = format!("{engine_id:016x}");
+        let tags = [(ID_TAG, hex.as_str())];
+        let env = Envelope {
+            sender: "s@example.test",
+            recipients: &["a@one.test", "b@two.test"],
+            tenant: "t",
+            tags: &tags,
+            submitted_at: now.unix(),
+            ..Envelope::default()
+        };
+        let (m, _) = core
+            .spool_mut()
+            .append(&env, b"Subject: x\r\n\r\nx\r\n")
+            .expect("append");
+        core.enqueue(engine_id, m);
+    }
+
+    #[test]
+    fn cancel_finds_messages_by_engine_id_in_and_out_of_order_and_after_a_restart() {
+        let dir = crate::TestDir::new("shard-cancel");
+        let now = Now::system();
+        let mut c = core(&dir.0, now);
+        // Two submitters racing: ids reach the shard as 10, 12, 11, 13, 9, 14.
+        for id in [10, 12, 11, 13, 9, 14] {
+            submit(&mut c, id, now);
+        }
+        assert_eq!(c.cancellable(), 6);
+        assert_eq!(c.cancel(now, 11), 2, "out of order");
+        assert_eq!(c.cancel(now, 12), 2, "in order, sharing its key with 11");
+        assert_eq!(c.cancel(now, 12), 0, "already cancelled");
+        assert_eq!(c.cancel(now, 15), 0, "never given");
+        assert_eq!(c.cancel(now, 1), 0, "below every key");
+        assert_eq!(c.cancellable(), 4);
+        drop(c);
+        // After a restart the keys are rebuilt from the ids in the records.
+        let mut c = core(&dir.0, now);
+        assert_eq!(c.recover(now), 8);
+        for id in [9, 14, 10, 13] {
+            assert_eq!(c.cancel(now, id), 2, "engine id {id} after the restart");
+        }
+        assert_eq!(c.cancellable(), 0);
     }
 }

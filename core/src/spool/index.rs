@@ -5,13 +5,15 @@
 //! the spool is read-only), so the kernel pages them like the segments and the process's anonymous
 //! memory stays flat as the queue grows.
 //!
-//! - [`MessageSlot`] (36 bytes): id, record location and size, range of its recipients, submission
-//!   time, priority, flags, number of live recipients. Sorted by id (ids grow with every submission),
+//! - [`MessageSlot`] (44 bytes): id, record location and size, range of its recipients, submission
+//!   time, priority, flags, number of live recipients, and a key its owner may set (the engine keeps
+//!   its own message id there, see [`super::Spool::find_by_key`]). Sorted by id (ids grow with every submission),
 //!   so lookup is a binary search and needs no hash table.
 //! - [`RcptSlot`] (20 bytes): interned domain, next attempt time, attempts, state, and the location of
 //!   the record holding its latest state (the last reply summary is read from there, on demand).
 //!
-//! A one-recipient message therefore costs 56 bytes; each further recipient of the same message 20.
+//! A one-recipient message therefore costs 64 bytes of table; each further recipient of the same
+//! message 20.
 //! Addresses, envelopes and bodies stay in the mapped segments. Entries of finished messages are left
 //! as tombstones and swept when they outnumber the live ones.
 //!
@@ -44,6 +46,8 @@ pub struct MessageSlot {
     pub priority: u8,
     /// Flags byte.
     pub flags: u8,
+    key_lo: u32,
+    key_hi: u32,
 }
 
 impl MessageSlot {
@@ -72,7 +76,20 @@ impl MessageSlot {
             live: 0,
             priority,
             flags,
+            key_lo: 0,
+            key_hi: 0,
         }
+    }
+
+    /// The owner's key ([`super::Spool::set_key`]); 0 until set.
+    pub fn key(&self) -> u64 {
+        u64::from(self.key_hi) << 32 | u64::from(self.key_lo)
+    }
+
+    /// Sets the owner's key.
+    pub fn set_key(&mut self, key: u64) {
+        self.key_lo = key as u32;
+        self.key_hi = (key >> 32) as u32;
     }
 
     /// The message id.
@@ -114,7 +131,7 @@ pub enum SlotRef {
     Late(usize),
 }
 
-// SAFETY: `repr(C)`, integer fields only (the id is split in two `u32`s), alignment 4.
+// SAFETY: `repr(C)`, integer fields only (the id and key are split in two `u32`s each), alignment 4.
 unsafe impl Plain for MessageSlot {}
 // SAFETY: `repr(C)`, integer fields only, alignment 4.
 unsafe impl Plain for RcptSlot {}
@@ -174,6 +191,16 @@ impl Index {
             }
         }
         self.late_ids.get(&id).map(|&i| SlotRef::Late(i))
+    }
+
+    /// The first message of the sorted table whose key is at least `key`, if its key is `key`
+    /// (keys must not decrease along the table for this to be meaningful), then the side table.
+    pub fn find_by_key(&self, key: u64) -> Option<&MessageSlot> {
+        let i = self.messages.partition_point(|m| m.key() < key);
+        self.messages
+            .get(i)
+            .filter(|m| m.key() == key)
+            .or_else(|| self.late.iter().find(|m| m.key() == key))
     }
 
     /// The slot.
@@ -335,7 +362,7 @@ mod tests {
 
     #[test]
     fn slot_sizes_fit_the_budget() {
-        assert_eq!(std::mem::size_of::<MessageSlot>(), 36);
+        assert_eq!(std::mem::size_of::<MessageSlot>(), 44);
         assert_eq!(std::mem::size_of::<RcptSlot>(), 20);
         assert!(std::mem::size_of::<MessageSlot>() + std::mem::size_of::<RcptSlot>() <= 64);
     }

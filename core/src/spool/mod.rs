@@ -1302,7 +1302,46 @@ impl Spool {
         out
     }
 
-    /// The index slot of a message with a live recipient.
+    /// Sets the key of a live message: a number of the caller's choosing kept beside the message in
+    /// the index (not on disk; 0 after a reopen), for [`Spool::find_by_key`]. Keys must not decrease
+    /// from one message to the next (in id order) for that search to find them.
+    pub fn set_key(&mut self, id: MessageId, key: u64) {
+        if let Ok(r) = self.live_slot(id) {
+            self.index.slot_mut(r).set_key(key);
+        }
+    }
+
+    /// The live message carrying `key` ([`Spool::set_key`]), by binary search: the first message
+    /// whose key is not below `key`, if its key is `key` and it is live. With keys that do not
+    /// decrease, that is the first message given this key.
+    pub fn find_by_key(&self, key: u64) -> Option<MessageId> {
+        self.index
+            .find_by_key(key)
+            .filter(|m| m.live > 0)
+            .map(|m| MessageId(m.id()))
+    }
+
+    /// Up to `max` live messages after `after` (from the first with `None`), in id order, appended to
+    /// `out`; returns whether more may follow.
+    pub fn live_messages(
+        &self,
+        after: Option<MessageId>,
+        max: usize,
+        out: &mut Vec<MessageId>,
+    ) -> bool {
+        let table = self.index.messages();
+        let from = after.map_or(0, |a| table.partition_point(|m| m.id() <= a.0));
+        let mut n = 0;
+        for m in table[from..].iter().filter(|m| m.live > 0) {
+            if n == max {
+                return true;
+            }
+            out.push(MessageId(m.id()));
+            n += 1;
+        }
+        false
+    }
+
     /// Whether message `id` still has a recipient to deliver (no record is read).
     pub fn is_live(&self, id: MessageId) -> bool {
         self.live_slot(id).is_ok()
