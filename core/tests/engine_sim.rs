@@ -101,9 +101,13 @@ fn mixed_world() -> World {
 }
 
 fn run_mixed(seed: u64, messages: usize) -> Outcome {
+    run_mixed_with(seed, messages, config(3))
+}
+
+fn run_mixed_with(seed: u64, messages: usize, config: EngineConfig) -> Outcome {
     let dir = Dir::new("mixed");
     let retry = Arc::new(ExponentialRetry::default());
-    let mut sim = Simulation::new(mixed_world(), &config(3), retry, &dir.0, seed);
+    let mut sim = Simulation::new(mixed_world(), &config, retry, &dir.0, seed);
     for m in 0..messages {
         let at = Duration::from_millis((m as u64 * 3_600_000) / messages as u64);
         let d = if m % 97 == 0 {
@@ -122,7 +126,65 @@ fn run_mixed(seed: u64, messages: usize) -> Outcome {
 #[test]
 fn every_recipient_reaches_exactly_one_final_state_over_three_days() {
     let messages = 1500;
-    let out = run_mixed(42, messages);
+    exactly_once(messages, run_mixed(42, messages));
+}
+
+#[test]
+fn with_a_tiny_active_limit_every_recipient_still_ends_exactly_once() {
+    // Ten recipients in memory at a time: nearly everything waits in the spool and is admitted as
+    // the queues drain, through greylisting, flaky and dead hosts and three days of retries.
+    let messages = 1500;
+    let config = EngineConfig::builder()
+        .shards(1)
+        .max_connections_per_host(3)
+        .max_messages_per_connection(50)
+        .active_recipients(10)
+        .build();
+    exactly_once(messages, run_mixed_with(42, messages, config));
+}
+
+#[test]
+fn the_active_limit_bounds_the_ready_queues_of_a_burst() {
+    let world = World {
+        hosts: vec![HostBehaviour::default(); 4],
+        domains: (0..20)
+            .map(|i| SimDomain {
+                name: format!("d{i}.sim.test"),
+                mx: vec![i % 4],
+            })
+            .collect(),
+        dns_latency: Duration::from_millis(2),
+    };
+    let run = |limit: usize| {
+        let dir = Dir::new("burst");
+        let config = EngineConfig::builder()
+            .shards(1)
+            .max_connections_per_host(2)
+            .max_messages_per_connection(1000)
+            .active_recipients(limit)
+            .build();
+        let retry = Arc::new(ExponentialRetry::default());
+        let mut sim = Simulation::new(world.clone(), &config, retry, &dir.0, 5);
+        for m in 0..3000usize {
+            let rcpts = (0..(1 + m % 3))
+                .map(|r| format!("u{m}-{r}@d{}.sim.test", (m + r) % 20))
+                .collect();
+            sim.submit_at(Duration::from_micros(m as u64), rcpts);
+        }
+        sim.run(HOUR)
+    };
+    let bounded = run(50);
+    let unbounded = run(1_000_000);
+    for out in [&bounded, &unbounded] {
+        assert_eq!(out.count(EventKind::Delivered), 6000);
+        assert!(out.accepted.values().all(|n| *n == 1));
+    }
+    // A message is admitted while the queues hold fewer than the limit: at most two recipients over.
+    assert!(bounded.peak_ready <= 52, "peak {}", bounded.peak_ready);
+    assert!(unbounded.peak_ready > 1000, "peak {}", unbounded.peak_ready);
+}
+
+fn exactly_once(messages: usize, out: Outcome) {
     let recipients: usize = (0..messages).map(|m| 1 + m % 3).sum();
     let mut finals: HashMap<&str, EventKind> = HashMap::new();
     for e in &out.events {

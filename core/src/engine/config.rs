@@ -14,6 +14,7 @@
 //! submission_queue = 4096     # bounded ring per shard; full = Busy for the submitter
 //! helo_name = "localhost"     # EHLO name when a source has none
 //! max_recipients_per_transaction = 100
+//! active_recipients = 100000  # per shard: recipients held in memory ready to send; the rest wait in the spool
 //! event_log = ""              # path of a JSON-lines event log; empty = none
 //!
 //! [dns]
@@ -183,6 +184,12 @@ pub struct EngineSection {
     pub helo_name: String,
     /// Most recipients in one SMTP transaction.
     pub max_recipients_per_transaction: usize,
+    /// Per shard, the most recipients held in memory in the ready queues (Postfix's active queue
+    /// limit). Beyond it, submitted messages wait in the spool, whose index is paged by the kernel,
+    /// and are admitted in submission order as the queues drain below half of it, so the process's
+    /// memory stays flat however deep the queue. Deferred recipients waiting for their retry are not
+    /// counted.
+    pub active_recipients: usize,
     /// JSON-lines event log path; empty for none.
     pub event_log: PathBuf,
 }
@@ -200,6 +207,7 @@ impl Default for EngineSection {
             submission_queue: 4096,
             helo_name: "localhost".into(),
             max_recipients_per_transaction: 100,
+            active_recipients: 100_000,
             event_log: PathBuf::new(),
         }
     }
@@ -696,6 +704,9 @@ impl EngineConfig {
         if e.spool_dir.as_os_str().is_empty() {
             return Err(err("engine.spool_dir", "must not be empty"));
         }
+        if e.active_recipients == 0 {
+            return Err(err("engine.active_recipients", "must be at least 1"));
+        }
         if !(1..=4096).contains(&e.spool_segment_mb) {
             return Err(err("engine.spool_segment_mb", "must be between 1 and 4096"));
         }
@@ -947,6 +958,11 @@ impl EngineConfigBuilder {
         self.0.engine.spool_segment_mb = mb;
         self
     }
+    /// Per shard, the most recipients held in memory ready to send.
+    pub fn active_recipients(mut self, n: usize) -> Self {
+        self.0.engine.active_recipients = n;
+        self
+    }
     /// Durability policy.
     pub fn durability(mut self, d: Durability) -> Self {
         self.0.engine.durability = d;
@@ -1153,6 +1169,8 @@ mod tests {
                 EngineConfig::from_toml(&format!("[engine]\nspool_segment_mb = {mb}\n")).unwrap();
             assert_eq!(c.resolve().unwrap_err().key, "engine.spool_segment_mb");
         }
+        let c = EngineConfig::from_toml("[engine]\nactive_recipients = 0\n").unwrap();
+        assert_eq!(c.resolve().unwrap_err().key, "engine.active_recipients");
     }
 
     #[test]

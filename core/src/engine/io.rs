@@ -221,6 +221,9 @@ impl ShardThread {
                 again = true;
             }
 
+            // Messages waiting in the spool beyond the active limit join the queues as they drain.
+            self.core.refill(now);
+
             // Actions may produce more actions (a failed connect fails over to the next MX).
             while let Some(action) = self.core.poll_action() {
                 match action {

@@ -319,6 +319,11 @@ pub(crate) struct ShardCore {
     /// Queues with new work to dispatch.
     pending: VecDeque<QueueKey>,
     /// Engine-wide id → this shard's message, for the messages still live (cancellation).
+    /// Recipients in the ready queues (bounded by `active_recipients`, give or take a message).
+    ready_count: usize,
+    /// The first spool message not yet admitted to the queues: it and every later one wait in the
+    /// spool ([`ShardCore::admit_backlog`]). `None` when everything is admitted.
+    backlog: Option<MessageId>,
     /// The largest engine id given to a message so far: the spool key of the newest message.
     last_key: u64,
     /// Engine ids of live messages that arrived after a larger one ([`ShardCore::remember_id`]).
@@ -424,6 +429,8 @@ impl ShardCore {
             live_conns: 0,
             wheel: TimerWheel::new(now.unix()),
             pending: VecDeque::new(),
+            ready_count: 0,
+            backlog: None,
             last_key: 0,
             out_of_order: crate::FastMap::default(),
             actions: VecDeque::new(),
@@ -499,43 +506,97 @@ impl ShardCore {
     /// Schedules everything the spool holds (after a restart): queued recipients now, deferred ones at
     /// their next attempt. Held recipients stay where they are.
     pub(crate) fn recover(&mut self, now: Now) -> usize {
-        let mut ready = Vec::new();
-        let mut later = Vec::new();
-        for q in self.spool.queued() {
-            match q.state {
-                RecipientState::Queued => ready.push(q.id),
-                RecipientState::Deferred if q.next_attempt <= now.unix() => ready.push(q.id),
-                RecipientState::Deferred => later.push((q.next_attempt, q.id)),
-                _ => {}
-            }
-        }
+        let n = self
+            .spool
+            .queued()
+            .filter(|q| matches!(q.state, RecipientState::Queued | RecipientState::Deferred))
+            .count();
         self.remember_ids();
-        let n = ready.len() + later.len();
-        for rid in ready {
-            self.make_ready(rid);
-        }
-        for (t, rid) in later {
-            self.wheel.insert(t, rid);
-        }
+        // Everything in the spool is backlog: admitted in id order as the active limit allows.
+        self.backlog = Some(MessageId(0));
         self.metrics.queued.store(n as u64, Ordering::Relaxed);
+        self.admit_backlog(now);
         self.dispatch_pending(now);
         n
+    }
+
+    /// Admits messages from the spool's backlog ([`ShardCore::backlog`]) in id order until the
+    /// ready queues hold `active_recipients` or the backlog is empty: queued recipients (and deferred
+    /// ones now due) go to their queues, deferred ones to the timer wheel, held ones stay put.
+    fn admit_backlog(&mut self, now: Now) {
+        let limit = self.cfg.config.engine.active_recipients;
+        let mut batch = Vec::with_capacity(256);
+        while let Some(from) = self.backlog {
+            if self.ready_count >= limit {
+                return;
+            }
+            batch.clear();
+            let more = self.spool.live_messages(from, 256, &mut batch);
+            for (i, &m) in batch.iter().enumerate() {
+                if self.ready_count >= limit {
+                    self.backlog = Some(m);
+                    return;
+                }
+                let count = self.spool.recipient_count(m).unwrap_or(0);
+                for index in 0..count {
+                    let rid = RecipientId { message: m, index };
+                    let Ok(r) = self.spool.recipient_status(rid) else {
+                        continue;
+                    };
+                    match r.state {
+                        RecipientState::Queued => self.make_ready(rid),
+                        RecipientState::Deferred if r.next_attempt <= now.unix() => {
+                            self.make_ready(rid)
+                        }
+                        RecipientState::Deferred => {
+                            let t = r.next_attempt;
+                            self.wheel.insert(t, rid);
+                        }
+                        _ => {}
+                    }
+                }
+                if i + 1 == batch.len() {
+                    self.backlog = more.then_some(MessageId(m.0 + 1));
+                }
+            }
+            if batch.is_empty() {
+                self.backlog = None;
+            }
+        }
+    }
+
+    /// Recipients in the ready queues now.
+    pub(crate) fn ready_count(&self) -> usize {
+        self.ready_count
+    }
+
+    /// Admits backlog once the ready queues are down to half of `active_recipients` (called by the
+    /// shard loop every pass; cheap when there is nothing to do), then dispatches.
+    pub(crate) fn refill(&mut self, now: Now) {
+        if self.backlog.is_none()
+            || self.paused
+            || self.ready_count >= self.cfg.config.engine.active_recipients / 2
+        {
+            return;
+        }
+        self.admit_backlog(now);
+        self.dispatch_pending(now);
     }
 
     /// Gives every live message its engine id as spool key, in id order (after a restart).
     fn remember_ids(&mut self) {
         let mut batch = Vec::with_capacity(1024);
-        let mut after = None;
+        let mut from = MessageId(0);
         loop {
             batch.clear();
-            let more = self.spool.live_messages(after, 1024, &mut batch);
+            let more = self.spool.live_messages(from, 1024, &mut batch);
             for &m in &batch {
                 let id = self.engine_id(m);
                 self.remember_id(id, m);
             }
-            after = batch.last().copied();
-            if !more {
-                break;
+            match batch.last() {
+                Some(last) if more => from = MessageId(last.0 + 1),
+                _ => break,
             }
         }
     }
@@ -570,8 +631,14 @@ impl ShardCore {
     pub(crate) fn enqueue(&mut self, engine_id: u64, m: MessageId) {
         self.remember_id(engine_id, m);
         let count = self.spool.recipient_count(m).unwrap_or(0);
-        for index in 0..count {
-            self.make_ready(RecipientId { message: m, index });
+        if self.backlog.is_none() && self.ready_count < self.cfg.config.engine.active_recipients {
+            for index in 0..count {
+                self.make_ready(RecipientId { message: m, index });
+            }
+        } else {
+            // Over the active limit: the message waits in the spool, and so does every later one,
+            // so that admission keeps submission order.
+            self.backlog.get_or_insert(m);
         }
         self.metrics
             .submitted
@@ -584,7 +651,7 @@ impl ShardCore {
     /// Messages that can be cancelled (those with a recipient still to deliver).
     pub(crate) fn cancellable(&self) -> usize {
         let mut all = Vec::new();
-        self.spool.live_messages(None, usize::MAX, &mut all);
+        self.spool.live_messages(MessageId(0), usize::MAX, &mut all);
         all.len()
     }
 
@@ -683,6 +750,7 @@ impl ShardCore {
         let q = self.queues.entry(key).or_default();
         let lane = usize::from(priority == Priority::Bulk);
         q.ready[lane].push_back(rid);
+        self.ready_count += 1;
         if q.waiting_on.is_none() {
             self.pending.push_back(key);
         }
@@ -983,6 +1051,7 @@ impl ShardCore {
         };
         let mut out: Vec<RecipientId> = q.ready[0].drain(..).collect();
         out.extend(q.ready[1].drain(..));
+        self.ready_count -= out.len();
         if let Some(pk) = q.waiting_on.take()
             && let Some(p) = self.pools.get_mut(&pk)
         {
@@ -1678,6 +1747,7 @@ impl ShardCore {
         let q = self.queues.get_mut(&key)?;
         let first = loop {
             let rid = q.pop()?;
+            self.ready_count -= 1;
             match self.spool.recipient_status(rid) {
                 Ok(r) if !r.state.is_final() && r.state != RecipientState::Held => {
                     // A locked tenant's mail is held here, not sent and not lost.
@@ -1708,6 +1778,7 @@ impl ShardCore {
             let Some(next) = q.peek_same_message(first.message) else {
                 break;
             };
+            self.ready_count -= 1;
             if let Ok(r) = self.spool.recipient_status(next)
                 && !r.state.is_final()
                 && r.state != RecipientState::Held

@@ -98,6 +98,8 @@ pub struct Outcome {
     pub mail_from: HashMap<String, String>,
     /// Messages the shard still tracks for cancellation at the end (only those with a live recipient).
     pub cancellable: usize,
+    /// The most recipients the shard held in its ready queues at once (after any step).
+    pub peak_ready: usize,
 }
 
 impl Outcome {
@@ -377,6 +379,8 @@ impl Simulation {
 
     fn after_step(&mut self) {
         let now = self.at();
+        self.core.refill(now);
+        self.out.peak_ready = self.out.peak_ready.max(self.core.ready_count());
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Resolve { domain, name } => {

@@ -1321,18 +1321,13 @@ impl Spool {
             .map(|m| MessageId(m.id()))
     }
 
-    /// Up to `max` live messages after `after` (from the first with `None`), in id order, appended to
-    /// `out`; returns whether more may follow.
-    pub fn live_messages(
-        &self,
-        after: Option<MessageId>,
-        max: usize,
-        out: &mut Vec<MessageId>,
-    ) -> bool {
+    /// Up to `max` live messages from `from` on (`from` included), in id order, appended to `out`;
+    /// returns whether more may follow.
+    pub fn live_messages(&self, from: MessageId, max: usize, out: &mut Vec<MessageId>) -> bool {
         let table = self.index.messages();
-        let from = after.map_or(0, |a| table.partition_point(|m| m.id() <= a.0));
+        let start = table.partition_point(|m| m.id() < from.0);
         let mut n = 0;
-        for m in table[from..].iter().filter(|m| m.live > 0) {
+        for m in table[start..].iter().filter(|m| m.live > 0) {
             if n == max {
                 return true;
             }
