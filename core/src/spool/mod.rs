@@ -1326,13 +1326,11 @@ impl Spool {
     pub fn live_messages(&self, from: MessageId, max: usize, out: &mut Vec<MessageId>) -> bool {
         let table = self.index.messages();
         let start = table.partition_point(|m| m.id() < from.0);
-        let mut n = 0;
-        for m in table[start..].iter().filter(|m| m.live > 0) {
+        for (n, m) in table[start..].iter().filter(|m| m.live > 0).enumerate() {
             if n == max {
                 return true;
             }
             out.push(MessageId(m.id()));
-            n += 1;
         }
         false
     }
