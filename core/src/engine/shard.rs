@@ -326,8 +326,8 @@ pub(crate) struct ShardCore {
     backlog: Option<MessageId>,
     /// The largest engine id given to a message so far: the spool key of the newest message.
     last_key: u64,
-    /// Engine ids of live messages that arrived after a larger one ([`ShardCore::remember_id`]).
-    out_of_order: crate::FastMap<u64, MessageId>,
+    /// How far below `last_key` an engine id has arrived at most ([`ShardCore::remember_id`]).
+    max_lag: u64,
     actions: VecDeque<Action>,
     /// Connections that may have output.
     dirty: Vec<ConnId>,
@@ -432,7 +432,7 @@ impl ShardCore {
             ready_count: 0,
             backlog: None,
             last_key: 0,
-            out_of_order: crate::FastMap::default(),
+            max_lag: 0,
             actions: VecDeque::new(),
             dirty: Vec::new(),
             events: Vec::new(),
@@ -603,27 +603,23 @@ impl ShardCore {
 
     /// Keeps the way from engine id `id` to spool message `m` for [`ShardCore::cancel`]: the spool
     /// key of each message is the largest engine id given so far, so keys never decrease and a binary
-    /// search finds a message by its id. A message whose id is below that (two submitters racing to
-    /// the shard) is keyed with the largest id and listed in `out_of_order`.
+    /// search finds a message by its id. A message whose id arrives below that (two submitters racing
+    /// to the shard) is keyed with the largest id, at most `max_lag` above its own.
     fn remember_id(&mut self, id: u64, m: MessageId) {
         if id > self.last_key || self.last_key == 0 {
             self.last_key = id;
         } else {
-            self.out_of_order.insert(id, m);
+            self.max_lag = self.max_lag.max(self.last_key - id);
         }
         self.spool.set_key(m, self.last_key);
     }
 
-    /// The live spool message of engine id `id`, if this shard has one.
+    /// The live spool message of engine id `id`, if this shard has one: among the messages keyed
+    /// `id ..= id + max_lag` (usually one), the one whose record carries that id.
     fn message_of(&self, id: u64) -> Option<MessageId> {
-        if let Some(&m) = self.out_of_order.get(&id) {
-            return Some(m);
-        }
-        // The first message keyed `id` is the one given that id, unless that one is finished and a
-        // later, out-of-order one took the key: the id in its record tells.
         self.spool
-            .find_by_key(id)
-            .filter(|&m| self.engine_id(m) == id)
+            .keyed(id, id.saturating_add(self.max_lag))
+            .find(|&m| self.engine_id(m) == id)
     }
 
     /// Schedules a message just appended to the spool.
@@ -688,7 +684,6 @@ impl ShardCore {
             Ok(t) => self.commit = Some(t),
             Err(_) => return 0,
         }
-        self.out_of_order.remove(&engine_id);
         self.events.extend(events);
         self.metrics
             .cancelled
@@ -1527,10 +1522,6 @@ impl ShardCore {
             }
         }
         self.reply_scratch = reply_text;
-        // A message with nothing left to deliver can no longer be cancelled: an out-of-order id goes.
-        if state.is_final() && !self.out_of_order.is_empty() && !self.spool.is_live(rid.message) {
-            self.out_of_order.remove(&event.message_id);
-        }
         let m = &self.metrics;
         match event.kind {
             EventKind::Delivered => {

@@ -7,7 +7,7 @@
 //!
 //! - [`MessageSlot`] (44 bytes): id, record location and size, range of its recipients, submission
 //!   time, priority, flags, number of live recipients, and a key its owner may set (the engine keeps
-//!   its own message id there, see [`super::Spool::find_by_key`]). Sorted by id (ids grow with every submission),
+//!   its own message id there, see [`super::Spool::keyed`]). Sorted by id (ids grow with every submission),
 //!   so lookup is a binary search and needs no hash table.
 //! - [`RcptSlot`] (20 bytes): interned domain, next attempt time, attempts, state, and the location of
 //!   the record holding its latest state (the last reply summary is read from there, on demand).
@@ -193,14 +193,18 @@ impl Index {
         self.late_ids.get(&id).map(|&i| SlotRef::Late(i))
     }
 
-    /// The first message of the sorted table whose key is at least `key`, if its key is `key`
-    /// (keys must not decrease along the table for this to be meaningful), then the side table.
-    pub fn find_by_key(&self, key: u64) -> Option<&MessageSlot> {
-        let i = self.messages.partition_point(|m| m.key() < key);
-        self.messages
-            .get(i)
-            .filter(|m| m.key() == key)
-            .or_else(|| self.late.iter().find(|m| m.key() == key))
+    /// The messages of the sorted table whose keys lie in `lo..=hi` (keys must not decrease along the
+    /// table for this to be meaningful), then those of the side table.
+    pub fn keyed(&self, lo: u64, hi: u64) -> impl Iterator<Item = &MessageSlot> + '_ {
+        let i = self.messages.partition_point(|m| m.key() < lo);
+        self.messages[i..]
+            .iter()
+            .take_while(move |m| m.key() <= hi)
+            .chain(
+                self.late
+                    .iter()
+                    .filter(move |m| (lo..=hi).contains(&m.key())),
+            )
     }
 
     /// The slot.

@@ -1303,7 +1303,7 @@ impl Spool {
     }
 
     /// Sets the key of a live message: a number of the caller's choosing kept beside the message in
-    /// the index (not on disk; 0 after a reopen), for [`Spool::find_by_key`]. Keys must not decrease
+    /// the index (not on disk; 0 after a reopen), for [`Spool::keyed`]. Keys must not decrease
     /// from one message to the next (in id order) for that search to find them.
     pub fn set_key(&mut self, id: MessageId, key: u64) {
         if let Ok(r) = self.live_slot(id) {
@@ -1311,12 +1311,11 @@ impl Spool {
         }
     }
 
-    /// The live message carrying `key` ([`Spool::set_key`]), by binary search: the first message
-    /// whose key is not below `key`, if its key is `key` and it is live. With keys that do not
-    /// decrease, that is the first message given this key.
-    pub fn find_by_key(&self, key: u64) -> Option<MessageId> {
+    /// The live messages whose keys ([`Spool::set_key`]) lie in `lo..=hi`, found by binary search
+    /// when keys do not decrease from one message to the next.
+    pub fn keyed(&self, lo: u64, hi: u64) -> impl Iterator<Item = MessageId> + '_ {
         self.index
-            .find_by_key(key)
+            .keyed(lo, hi)
             .filter(|m| m.live > 0)
             .map(|m| MessageId(m.id()))
     }
