@@ -318,7 +318,6 @@ pub(crate) struct ShardCore {
     wheel: TimerWheel<RecipientId>,
     /// Queues with new work to dispatch.
     pending: VecDeque<QueueKey>,
-    /// Engine-wide id → this shard's message, for the messages still live (cancellation).
     /// Recipients in the ready queues (bounded by `active_recipients`, give or take a message).
     ready_count: usize,
     /// The first spool message not yet admitted to the queues: it and every later one wait in the
