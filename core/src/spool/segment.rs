@@ -30,20 +30,32 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reserves `len` bytes of disk for `file`, so that running out of space shows up here, as an error,
-/// and never later (a write through a mapping into a hole on a full disk is a SIGBUS). Falls back to
-/// `set_len` (a sparse file) on file systems without `fallocate`.
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
+/// Reserves the first `len` bytes of `file` on disk (`fallocate`): running out of space is an error
+/// here, never a SIGBUS later when a mapping writes into a hole.
+pub(super) fn fallocate(file: &File, len: u64) -> io::Result<()> {
     // SAFETY: `fallocate` reads no memory of ours; the descriptor is valid for the call because
     // `file` is borrowed for its duration.
     let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
     if r == 0 {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len),
-        _ => Err(e),
+}
+
+/// Reserves `len` bytes of disk for `file` ([`fallocate`]). Falls back to `set_len` (a sparse file)
+/// on file systems without `fallocate`: segments are written with `pwrite`, never through a mapping.
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    match fallocate(file, len) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+            ) =>
+        {
+            file.set_len(len)
+        }
+        r => r,
     }
 }
 

@@ -19,7 +19,6 @@ use std::fs::{File, OpenOptions};
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -164,62 +163,40 @@ impl<T: Plain> Table<T> {
         }
     }
 
-    /// Grows (or creates) the mapped file to `bytes` and maps it.
+    /// Grows (or creates) the mapped file to `bytes` and maps it. On failure the table is as it was.
     fn grow_mapped(&mut self, dir: &Path, bytes: usize) -> std::io::Result<()> {
-        let fresh = match &self.store {
-            Store::Mapped { .. } => None,
-            Store::Heap(_) => Some(
-                OpenOptions::new()
+        let cap = bytes / size_of::<T>();
+        match &mut self.store {
+            Store::Mapped {
+                file,
+                map,
+                cap: old_cap,
+                ..
+            } => {
+                // The old mapping is dropped here; the records are in the file, which the new one
+                // maps whole.
+                *map = map_file(file, bytes)?;
+                *old_cap = cap;
+            }
+            Store::Heap(v) => {
+                let file = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .mode(0o600)
                     .custom_flags(libc::O_TMPFILE)
-                    .open(dir)?,
-            ),
-        };
-        let file = match (&fresh, &self.store) {
-            (Some(f), _) => f,
-            (None, Store::Mapped { file, .. }) => file,
-            (None, Store::Heap(_)) => unreachable!("a heap table gets a fresh file"),
-        };
-        // SAFETY: `fallocate` reads no memory of ours; the descriptor is valid for the call because
-        // `file` is borrowed for its duration.
-        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the file was created unnamed (`O_TMPFILE`) by this table and is reachable only
-        // through its descriptor, which the table owns: no other process or code can write or
-        // truncate it, so the bytes under the mapping change only through the mapping itself. Its
-        // `bytes` are allocated on disk (`fallocate` above), so no write through the mapping can
-        // fault for want of space.
-        let mut map = unsafe { MmapOptions::new().len(bytes).map_mut(file)? };
-        let cap = bytes / size_of::<T>();
-        self.store = match (
-            std::mem::replace(&mut self.store, Store::Heap(Vec::new())),
-            fresh,
-        ) {
-            (Store::Heap(v), Some(file)) => {
-                slots_mut::<T>(&mut map, cap)[..v.len()].copy_from_slice(&v);
-                Store::Mapped {
+                    .open(dir)?;
+                let mut map = map_file(&file, bytes)?;
+                slots_mut::<T>(&mut map, cap)[..v.len()].copy_from_slice(v);
+                let len = v.len();
+                self.store = Store::Mapped {
                     file,
                     map,
-                    len: v.len(),
+                    len,
                     cap,
                     _t: PhantomData,
-                }
+                };
             }
-            // The old mapping is dropped here; the records are in the file, which the new one maps
-            // whole.
-            (Store::Mapped { file, len, .. }, _) => Store::Mapped {
-                file,
-                map,
-                len,
-                cap,
-                _t: PhantomData,
-            },
-            (Store::Heap(_), None) => unreachable!("a heap table gets a fresh file"),
-        };
+        }
         Ok(())
     }
 
@@ -237,6 +214,16 @@ impl<T: Plain> Table<T> {
             v.shrink_to_fit();
         }
     }
+}
+
+/// Reserves `bytes` of `file` on disk and maps them, shared and writable.
+fn map_file(file: &File, bytes: usize) -> std::io::Result<MmapMut> {
+    super::segment::fallocate(file, bytes as u64)?;
+    // SAFETY: the file was created unnamed (`O_TMPFILE`) by a table and is reachable only through
+    // its descriptor, which the table owns: no other process or code can write or truncate it, so the
+    // bytes under the mapping change only through the mapping itself. Its `bytes` are allocated on
+    // disk (`fallocate` above), so no write through the mapping can fault for want of space.
+    unsafe { MmapOptions::new().len(bytes).map_mut(file) }
 }
 
 fn slots<T: Plain>(map: &MmapMut, cap: usize) -> &[T] {
