@@ -500,11 +500,11 @@ fn measure_vmta(
             let step = args.submitters.max(1);
             std::thread::spawn(move || -> Result<Vec<(u64, Instant)>, String> {
                 let mut times = Vec::with_capacity(total / step / LATENCY_SAMPLE + 1);
-                let mine: Vec<usize> = (t..total).step_by(step).collect();
-                for chunk in mine.chunks(64) {
+                // This thread's messages, t, t + step, ..., 64 to a batch.
+                for first in (t..total).step_by(step * 64) {
+                    let chunk = (first..total.min(first + step * 64)).step_by(step);
                     let mut batch: Vec<Submission> = chunk
-                        .iter()
-                        .map(|&i| {
+                        .map(|i| {
                             let rcpts = recipients_of(i, &wl, domains);
                             let body = content(i, &rcpts[0], wl.size);
                             Submission {

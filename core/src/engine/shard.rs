@@ -645,9 +645,7 @@ impl ShardCore {
 
     /// Messages that can be cancelled (those with a recipient still to deliver).
     pub(crate) fn cancellable(&self) -> usize {
-        let mut all = Vec::new();
-        self.spool.live_messages(MessageId(0), usize::MAX, &mut all);
-        all.len()
+        self.spool.stats().messages as usize
     }
 
     /// Cancels the shard's part of a message. Returns the recipients cancelled.

@@ -1,6 +1,6 @@
 //! Segment files: creation with pre-allocated space, appends with `pwrite`, read-only memory maps,
 //! sealing, and the directory lock. This is where the spool's `unsafe` lives (the mmap and three libc
-//! calls), each block with its `SAFETY` argument.
+//! calls), each block with its `SAFETY` argument; the index's mapped tables have theirs in `table.rs`.
 
 use super::record::{SEGMENT_HEADER_LEN, SegmentHeader};
 use memmap2::{Mmap, MmapOptions};
