@@ -223,24 +223,33 @@ impl ReplyParser {
     pub fn parse<'a>(&mut self, buf: &'a [u8]) -> Result<Parse<'a>, ReplyError> {
         loop {
             let rest = &buf[self.scanned..];
-            let window = &rest[..rest.len().min(self.limits.max_line)];
-            let Some(lf) = memchr_lf(window) else {
-                // Check what we can of an incomplete line first, so garbage fails fast and with the
-                // same error however the bytes were split.
-                check_partial_line(rest)?;
-                if rest.len() >= self.limits.max_line {
-                    return Err(ReplyError::LineTooLong);
+            // A limit is broken at the first byte that proves it: the line's `max_line`-th byte
+            // without its LF (LineTooLong), or the reply's byte past `max_bytes` (ReplyTooLarge). Look
+            // no further, so the error found does not depend on how the bytes were split. `scanned`
+            // never passes `max_bytes`: it only moves to the end of a line within it.
+            let room = self.limits.max_bytes - self.scanned;
+            let window = &rest[..rest.len().min(self.limits.max_line).min(room + 1)];
+            let lf = match memchr_lf(window) {
+                None => {
+                    // Check what we can of an incomplete line first, so garbage fails fast and with
+                    // the same error however the bytes were split.
+                    check_partial_line(window)?;
+                    if window.len() == self.limits.max_line {
+                        return Err(ReplyError::LineTooLong);
+                    }
+                    if window.len() > room {
+                        return Err(ReplyError::ReplyTooLarge);
+                    }
+                    return Ok(Parse::Partial);
                 }
-                if self.scanned + rest.len() > self.limits.max_bytes {
+                Some(lf) if lf == room => {
+                    check_partial_line(&window[..lf])?;
                     return Err(ReplyError::ReplyTooLarge);
                 }
-                return Ok(Parse::Partial);
+                Some(lf) => lf,
             };
             let line_end = self.scanned + lf + 1;
-            if line_end > self.limits.max_bytes {
-                return Err(ReplyError::ReplyTooLarge);
-            }
-            let line = strip_eol(&rest[..=lf]);
+            let line = strip_eol(&window[..=lf]);
             let (code, last) = parse_line_head(line)?;
             if self.lines == 0 {
                 self.code = code;
@@ -463,8 +472,8 @@ impl fmt::Display for Reply {
 mod tests {
     use super::*;
 
-    fn parse_all(input: &[u8]) -> Result<Vec<(Reply, usize)>, ReplyError> {
-        let mut p = ReplyParser::default();
+    fn parse_all(limits: ReplyLimits, input: &[u8]) -> Result<Vec<(Reply, usize)>, ReplyError> {
+        let mut p = ReplyParser::new(limits);
         let mut out = Vec::new();
         let mut start = 0;
         while start < input.len() {
@@ -481,9 +490,16 @@ mod tests {
 
     /// Feeds `input` split at every position into two pushes and checks the same result.
     fn split_everywhere(input: &[u8]) -> Result<Vec<(Reply, usize)>, ReplyError> {
-        let whole = parse_all(input);
+        split_everywhere_with(ReplyLimits::default(), input)
+    }
+
+    fn split_everywhere_with(
+        limits: ReplyLimits,
+        input: &[u8],
+    ) -> Result<Vec<(Reply, usize)>, ReplyError> {
+        let whole = parse_all(limits, input);
         for cut in 0..=input.len() {
-            let mut p = ReplyParser::default();
+            let mut p = ReplyParser::new(limits);
             let mut buf = Vec::new();
             let mut out = Vec::new();
             let mut err = None;
@@ -559,11 +575,11 @@ mod tests {
 
     #[test]
     fn enhanced_code_class_must_match() {
-        let r = parse_all(b"250 5.1.1 odd\r\n").unwrap();
+        let r = parse_all(ReplyLimits::default(), b"250 5.1.1 odd\r\n").unwrap();
         assert_eq!(r[0].0.enhanced, None);
         assert_eq!(r[0].0.text, "5.1.1 odd");
         // A 4.x.x with a 5xx reply is kept: classification decides.
-        let r = parse_all(b"550 4.7.1 try later\r\n").unwrap();
+        let r = parse_all(ReplyLimits::default(), b"550 4.7.1 try later\r\n").unwrap();
         assert_eq!(r[0].0.enhanced, EnhancedCode::new(4, 7, 1));
     }
 
@@ -632,6 +648,40 @@ mod tests {
         assert_eq!(
             p.parse(b"250-aaaa\r\n250-bbbb\r\n250 c\r\n"),
             Err(ReplyError::ReplyTooLarge)
+        );
+    }
+
+    /// Which limit a reply breaks is decided by the first byte that breaks one, not by where the
+    /// bytes were split (found by the `reply` fuzz target: whole, this said "line too long"; cut
+    /// inside the second line, "reply too large").
+    #[test]
+    fn limit_errors_do_not_depend_on_the_split() {
+        let limits = ReplyLimits {
+            max_line: 16,
+            max_lines: 100,
+            max_bytes: 20,
+        };
+        // The second line passes max_bytes (byte 21) before max_line (byte 16 of the line, 26).
+        assert_eq!(
+            split_everywhere_with(limits, b"250-aaaa\r\n250 bbbbbbbbbbbbbbbbbbbb\r\n"),
+            Err(ReplyError::ReplyTooLarge)
+        );
+        // Here max_line comes first (byte 16, where max_bytes would be broken at 21).
+        assert_eq!(
+            split_everywhere_with(limits, b"250 bbbbbbbbbbbbbbbbbbbbbbbbbb\r\n"),
+            Err(ReplyError::LineTooLong)
+        );
+        // A bad code seen before the byte past max_bytes (the LF) wins, split or whole.
+        assert_eq!(
+            split_everywhere_with(limits, b"250-aaaa\r\n2x34567890\n"),
+            Err(ReplyError::BadCode)
+        );
+        // A line ending exactly at max_bytes is fine.
+        assert_eq!(
+            split_everywhere_with(limits, b"250-aaaa\r\n250 bbbb\r\n")
+                .unwrap()
+                .len(),
+            1
         );
     }
 
