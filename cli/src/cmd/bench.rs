@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Threads submitting.
     #[arg(long, default_value_t = 2)]
     submitters: usize,
+    /// Messages per `submit_batch` call. With a durable spool each call returns once its messages
+    /// are on disk, so a submitter has one batch per group commit in flight.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
     /// Give up on a workload after this many seconds.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
@@ -498,11 +502,12 @@ fn measure_vmta(
             let engine = engine.clone();
             let submitted = submitted.clone();
             let step = args.submitters.max(1);
+            let per_batch = args.batch.max(1);
             std::thread::spawn(move || -> Result<Vec<(u64, Instant)>, String> {
                 let mut times = Vec::with_capacity(total / step / LATENCY_SAMPLE + 1);
-                // This thread's messages, t, t + step, ..., 64 to a batch.
-                for first in (t..total).step_by(step * 64) {
-                    let chunk = (first..total.min(first + step * 64)).step_by(step);
+                // This thread's messages, t, t + step, ..., `per_batch` to a batch.
+                for first in (t..total).step_by(step * per_batch) {
+                    let chunk = (first..total.min(first + step * per_batch)).step_by(step);
                     let mut batch: Vec<Submission> = chunk
                         .map(|i| {
                             let rcpts = recipients_of(i, &wl, domains);
