@@ -652,8 +652,8 @@ mod tests {
     }
 
     /// Which limit a reply breaks is decided by the first byte that breaks one, not by where the
-    /// bytes were split (found by the `reply` fuzz target: whole, this said "line too long"; cut
-    /// inside the second line, "reply too large").
+    /// bytes were split (the `reply` fuzz target asserts that split and whole feeding agree; before,
+    /// the first case said "line too long" whole and "reply too large" cut inside its second line).
     #[test]
     fn limit_errors_do_not_depend_on_the_split() {
         let limits = ReplyLimits {
