@@ -531,35 +531,34 @@ impl ShardCore {
             }
             batch.clear();
             let more = self.spool.live_messages(from, 256, &mut batch);
-            for (i, &m) in batch.iter().enumerate() {
+            for &m in &batch {
                 if self.ready_count >= limit {
                     self.backlog = Some(m);
                     return;
                 }
-                let count = self.spool.recipient_count(m).unwrap_or(0);
-                for index in 0..count {
-                    let rid = RecipientId { message: m, index };
-                    let Ok(r) = self.spool.recipient_status(rid) else {
-                        continue;
-                    };
-                    match r.state {
-                        RecipientState::Queued => self.make_ready(rid),
-                        RecipientState::Deferred if r.next_attempt <= now.unix() => {
-                            self.make_ready(rid)
-                        }
-                        RecipientState::Deferred => {
-                            let t = r.next_attempt;
-                            self.wheel.insert(t, rid);
-                        }
-                        _ => {}
-                    }
-                }
-                if i + 1 == batch.len() {
-                    self.backlog = more.then_some(MessageId(m.0 + 1));
-                }
+                self.admit(m, now);
             }
-            if batch.is_empty() {
-                self.backlog = None;
+            self.backlog = match batch.last() {
+                Some(last) if more => Some(MessageId(last.0 + 1)),
+                _ => None,
+            };
+        }
+    }
+
+    /// Puts a message's recipients where they belong: queued ones (and deferred ones now due) in
+    /// their ready queues, deferred ones in the timer wheel; held and final ones stay put.
+    fn admit(&mut self, m: MessageId, now: Now) {
+        let count = self.spool.recipient_count(m).unwrap_or(0);
+        for index in 0..count {
+            let rid = RecipientId { message: m, index };
+            let Ok(r) = self.spool.recipient_status(rid) else {
+                continue;
+            };
+            match r.state {
+                RecipientState::Queued => self.make_ready(rid),
+                RecipientState::Deferred if r.next_attempt <= now.unix() => self.make_ready(rid),
+                RecipientState::Deferred => self.wheel.insert(r.next_attempt, rid),
+                _ => {}
             }
         }
     }

@@ -287,8 +287,7 @@ mod tests {
 
     #[test]
     fn a_mapped_table_grows_and_keeps_its_records() {
-        let dir = crate::TestDir::new("table-grow");
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let dir = crate::TestDir::created("table-grow");
         let backing = Backing {
             dir: Some(Arc::from(dir.0.as_path())),
         };
