@@ -258,7 +258,9 @@ pub(crate) struct SubmitPart {
     pub tags: Vec<(String, String)>,
     pub priority: Priority,
     pub flags: MessageFlags,
-    pub body: Arc<[u8]>,
+    /// The validated message, shared by the submission's parts (taken from the validator's buffer
+    /// without a copy).
+    pub body: Arc<Vec<u8>>,
     pub ack: Arc<Ack>,
     /// The submission's position in its batch (its answer slot in `ack`).
     pub slot: u32,
@@ -754,18 +756,21 @@ impl Engine {
             None => self.validate_only(id, s, &recipients)?,
         };
         let suppressed = self.suppressed_events(id, s, hits);
+        // The recipients of each shard holding some, in the order the shards first appear (most
+        // submissions have one recipient, hence one part).
         let n = self.shards.len();
-        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); n];
-        for r in recipients.iter() {
+        let mut by_shard: Vec<(usize, Vec<String>)> = Vec::with_capacity(1);
+        for r in recipients.into_owned() {
             let domain = r.rsplit_once('@').map_or("", |(_, d)| d);
-            by_shard[shard_of(domain, n)].push(r.clone());
-        }
-        let mut pushed = Vec::new();
-        let mut busy = false;
-        for (shard, recipients) in by_shard.into_iter().enumerate() {
-            if recipients.is_empty() {
-                continue;
+            let shard = shard_of(domain, n);
+            match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, list)) => list.push(r),
+                None => by_shard.push((shard, vec![r])),
             }
+        }
+        let mut pushed = Vec::with_capacity(by_shard.len());
+        let mut busy = false;
+        for (shard, recipients) in by_shard {
             let part = SubmitPart {
                 id,
                 sender: s.sender.clone(),
@@ -924,7 +929,7 @@ impl Engine {
         id: u64,
         s: &Submission,
         recipients: &[String],
-    ) -> Result<(Arc<[u8]>, MessageFlags), SubmitError> {
+    ) -> Result<(Arc<Vec<u8>>, MessageFlags), SubmitError> {
         use crate::policy::{Refusal, Stamp, Trace};
         let unique = format!("{id:016x}");
         let now = Now::system().unix();
@@ -991,7 +996,7 @@ impl Engine {
         if msg.needs_smtputf8 {
             flags = MessageFlags(flags.0 | MessageFlags::SMTPUTF8.0);
         }
-        Ok((Arc::from(bytes), flags))
+        Ok((Arc::new(bytes), flags))
     }
 
     /// Without tenants: the message is still validated and normalised (RFC 5322; Date and Message-ID
@@ -1001,7 +1006,7 @@ impl Engine {
         id: u64,
         s: &Submission,
         recipients: &[String],
-    ) -> Result<(Arc<[u8]>, MessageFlags), SubmitError> {
+    ) -> Result<(Arc<Vec<u8>>, MessageFlags), SubmitError> {
         let unique = format!("{id:016x}");
         let stamp = crate::policy::Stamp {
             now: Now::system().unix(),
@@ -1017,7 +1022,7 @@ impl Engine {
         if msg.needs_smtputf8 {
             flags = MessageFlags(flags.0 | MessageFlags::SMTPUTF8.0);
         }
-        Ok((Arc::from(msg.bytes), flags))
+        Ok((Arc::new(msg.bytes), flags))
     }
 
     /// The tenant registry, to lock, unlock, add or change tenants while the engine runs (`None` when

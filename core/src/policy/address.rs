@@ -32,9 +32,9 @@ impl std::error::Error for AddressError {}
 
 /// The addresses of a `mailbox-list` or `address-list` header value (unfolded or not).
 pub fn mailbox_addresses(value: &str) -> Result<Vec<String>, AddressError> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(1);
     // Current mailbox: text outside comments/quotes/angles, and the angle address if any.
-    let mut bare = String::new();
+    let mut bare = String::with_capacity(value.len());
     let mut angle: Option<String> = None;
     let mut chars = value.chars().peekable();
     let finish = |bare: &mut String, angle: &mut Option<String>, out: &mut Vec<String>| {
