@@ -15,6 +15,14 @@ use vmta_tests::smtp::SmtpSink;
 
 const VERP_KEY: &str = "suppression test key 0001";
 
+/// `smtp-sink` flags answering every RCPT with "mailbox full".
+const FULL_FLAGS: &[&str] = &[
+    "-f",
+    "RCPT",
+    "-B",
+    "552 5.2.2 Mailbox full, try again later",
+];
+
 /// The loopback world: ok.sup.engine.test accepts, hard.sup.engine.test refuses every recipient
 /// with 550 5.1.1, full.sup.engine.test says the mailbox is full (552 5.2.2); noaddr.sup.engine.test
 /// has an MX host without an address (it never resolves, without an NXDOMAIN for the domain), and
@@ -24,7 +32,8 @@ struct World {
     port: u16,
     ok: SmtpSink,
     _hard: SmtpSink,
-    _full: SmtpSink,
+    /// The "mailbox full" sink (taken down and replaced by tests that change its answer).
+    full: Option<SmtpSink>,
 }
 
 impl World {
@@ -49,17 +58,16 @@ impl World {
             port,
             ok: sink_at(&ok, port, &[]),
             _hard: sink_at(&hard, port, &["-f", "RCPT", "-B", "550 5.1.1 No such user"]),
-            _full: sink_at(
-                &full,
-                port,
-                &[
-                    "-f",
-                    "RCPT",
-                    "-B",
-                    "552 5.2.2 Mailbox full, try again later",
-                ],
-            ),
+            full: Some(sink_at(&full, port, FULL_FLAGS)),
         }
+    }
+
+    /// Replaces the "mailbox full" sink by one started with `flags` on the same address, and waits
+    /// until the engine has let go of its idle connections to the old one.
+    fn restart_full(&mut self, flags: &[&str]) {
+        let addr = self.full.take().expect("the full sink").addr;
+        self.full = Some(SmtpSink::start_on(addr, flags));
+        std::thread::sleep(Duration::from_millis(1500));
     }
 
     fn config(&self, spool: &TempDir) -> EngineConfig {
@@ -234,6 +242,44 @@ fn three_mailbox_full_deferrals_suppress_for_thirty_days() {
         e.submit(&message(full, "acme", None)),
         Err(SubmitError::Suppressed(_))
     ));
+    e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_delivery_resets_the_soft_bounce_count() {
+    // Two "mailbox full" deferrals, then a delivery: the count starts again, so two more deferrals
+    // leave the address unsuppressed (without the reset they would make four) and the third
+    // suppresses it. The shard observes a delivery only when the address may have counters: this
+    // one has them, and the reset must reach the list.
+    let mut w = World::start(71);
+    let spool = TempDir::new("supp-reset");
+    let e = Engine::start(&w.config(&spool)).unwrap();
+    let rcpt = "flaky@full.sup.engine.test";
+    let mut events = Vec::new();
+    let expect = |events: &mut Vec<DeliveryEvent>, kind: EventKind, n: usize| {
+        e.submit(&message(rcpt, "acme", None)).unwrap();
+        collect(&e, events, Duration::from_secs(20), |ev| {
+            of(ev, kind, rcpt).len() >= n
+        });
+        assert_eq!(of(events, kind, rcpt).len(), n, "{kind:?}: {events:#?}");
+    };
+    expect(&mut events, EventKind::Deferred, 1);
+    expect(&mut events, EventKind::Deferred, 2);
+    assert!(e.suppression("acme", rcpt, None).is_none());
+    w.restart_full(&[]);
+    expect(&mut events, EventKind::Delivered, 1);
+    w.restart_full(FULL_FLAGS);
+    expect(&mut events, EventKind::Deferred, 3);
+    expect(&mut events, EventKind::Deferred, 4);
+    assert!(
+        e.suppression("acme", rcpt, None).is_none(),
+        "two deferrals after the delivery must not suppress"
+    );
+    expect(&mut events, EventKind::Deferred, 5);
+    let hit = e
+        .suppression("acme", rcpt, None)
+        .expect("suppressed at the third deferral after the delivery");
+    assert_eq!(hit.reason, Reason::MailboxFull);
     e.shutdown(Duration::from_secs(5));
 }
 

@@ -7,7 +7,6 @@ const LINE: &[u8] = b"This is the vmta demo campaign. Nothing leaves this machin
 
 /// Message number `i` to `to`: the demo campaign's 2 KiB message (headers, then filler lines up to
 /// 2,048 bytes), CRLF line ends.
-
 pub fn message(i: usize, to: &str) -> Vec<u8> {
     use std::io::Write as _;
     // Sized once: the header and the body lines fill 2 KiB plus at most one line.

@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Largest record payload accepted when reading the log.
@@ -209,6 +211,70 @@ pub struct SuppressionStore {
     /// fsync after every change.
     pub sync: bool,
     recovery: Recovery,
+    /// Every (tenant, address) that has had a soft-bounce counter since the store was opened.
+    soft_filter: Arc<SoftCounterFilter>,
+}
+
+/// A lock-free answer to "can this address have soft-bounce counters?", so that a delivery needs
+/// neither the store nor its lock to know it resets nothing: a bit per hash of (tenant, normalised
+/// address), set whenever the store creates a counter (replaying the log at open included) and
+/// never cleared. A clear bit is a definite no; a set bit is a maybe (the address had a counter
+/// once, or shares its bit with one that had), to be asked of the store.
+///
+/// A bit is set (`Relaxed`) before the call that created the counter returns; a reader on another
+/// thread must be ordered after that call by its own means (the engine's shards: the writer's
+/// release of the batch that recorded it).
+#[derive(Debug)]
+pub struct SoftCounterFilter {
+    bits: Box<[AtomicU64]>,
+}
+
+impl SoftCounterFilter {
+    /// 2^21 bits (256 KiB): below one false "maybe" in 200 with 10,000 addresses counted.
+    const BITS: usize = 1 << 21;
+
+    fn new() -> SoftCounterFilter {
+        SoftCounterFilter {
+            bits: (0..Self::BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// FNV-1a over the tenant, a separator and the address in the store's form, given as bytes
+    /// already normalised (`normalized`) or normalised here.
+    fn slot(tenant: &str, address: &str, normalized: bool) -> (usize, u64) {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: u8| {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        };
+        tenant.bytes().for_each(&mut eat);
+        eat(0xff);
+        if normalized {
+            address.bytes().for_each(&mut eat);
+        } else if address.is_ascii() {
+            // `normalize_address` without the allocation: the same trims, ASCII lower case.
+            let a = address.trim().trim_start_matches('<').trim_end_matches('>');
+            a.bytes().for_each(|b| eat(b.to_ascii_lowercase()));
+        } else {
+            normalize_address(address).bytes().for_each(&mut eat);
+        }
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 32;
+        let bit = (h as usize) & (Self::BITS - 1);
+        (bit / 64, 1u64 << (bit % 64))
+    }
+
+    fn insert_normalized(&self, tenant: &str, address: &str) {
+        let (word, mask) = Self::slot(tenant, address, true);
+        self.bits[word].fetch_or(mask, Ordering::Relaxed);
+    }
+
+    /// Whether `address` (any form the store accepts) of `tenant` may have soft-bounce counters.
+    pub fn may_have(&self, tenant: &str, address: &str) -> bool {
+        let (word, mask) = Self::slot(tenant, address, false);
+        self.bits[word].load(Ordering::Relaxed) & mask != 0
+    }
 }
 
 /// The form an address is stored and looked up in: angle brackets and white space dropped, lower case.
@@ -262,6 +328,7 @@ impl SuppressionStore {
             policy,
             sync: true,
             recovery: Recovery::default(),
+            soft_filter: Arc::new(SoftCounterFilter::new()),
         };
         let mut pos = 0usize;
         while pos < data.len() {
@@ -355,6 +422,7 @@ impl SuppressionStore {
                 let (Some(reason), Ok(n)) = (Reason::parse(reason), n.parse::<u32>()) else {
                     return false;
                 };
+                self.soft_filter.insert_normalized(tenant, address);
                 self.counts
                     .insert((tenant.to_string(), address.to_string(), reason), n);
                 true
@@ -558,6 +626,12 @@ impl SuppressionStore {
         Ok(s)
     }
 
+    /// The filter of addresses that may have soft-bounce counters (shared; see
+    /// [`SoftCounterFilter`]).
+    pub fn soft_filter(&self) -> Arc<SoftCounterFilter> {
+        self.soft_filter.clone()
+    }
+
     /// Whether soft-bounce counters of `address` are pending for `tenant`: one hash lookup per
     /// reason the policy counts, no scan (a delivery asks for every recipient). Counters of reasons
     /// the policy no longer counts are not looked at: they cannot suppress.
@@ -748,6 +822,36 @@ mod tests {
                 threshold: 3
             }
         );
+    }
+
+    #[test]
+    fn the_soft_filter_knows_every_address_that_had_counters() {
+        let (_dir, p) = tmp("filter");
+        let mut s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+        let f = s.soft_filter();
+        assert!(!f.may_have("t", "busy@x.example"));
+        s.record_bounce("t", "Busy@X.example", Reason::MailboxFull, false, 1)
+            .unwrap();
+        // Any form the store takes as the same address, and only for its tenant.
+        for form in ["busy@x.example", " <BUSY@x.EXAMPLE> ", "busy@X.EXAMPLE"] {
+            assert!(f.may_have("t", form), "{form}");
+        }
+        assert!(!f.may_have("u", "busy@x.example"));
+        // A non-ASCII address through the store's own normalisation.
+        s.record_bounce("t", "ÉLISE@x.example", Reason::MailboxFull, false, 1)
+            .unwrap();
+        assert!(f.may_have("t", "élise@X.example"));
+        // A hard bounce suppresses without a counter; a reset leaves the bit (a "maybe").
+        s.record_bounce("t", "gone@x.example", Reason::UserUnknown, false, 1)
+            .unwrap();
+        assert!(!f.may_have("t", "gone@x.example"));
+        s.record_delivery("t", "busy@x.example").unwrap();
+        assert!(f.may_have("t", "busy@x.example"));
+        // Reopened: the counters replayed from the log set their bits again.
+        drop(s);
+        let s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+        assert!(s.soft_filter().may_have("t", "ÉLISE@x.example"));
+        assert!(!s.soft_filter().may_have("t", "someone@x.example"));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! flush. Work per pass is bounded so one busy peer cannot starve the shard.
 
 use super::shard::{Action, ConnId, Now, ShardCore};
-use super::suppression::{OutcomeBatch, WriterMessage};
+use super::suppression::{OutcomeBatch, WriterMessage, WriterTally};
 use super::{Control, EventQueue, SubmitError, SubmitPart};
 use crate::dns::{self, Answer, Query};
 use crate::spool::{Envelope as SpoolEnvelope, MessageFlags};
@@ -53,6 +53,10 @@ pub(crate) struct ShardThread {
     /// With a suppression list: its writer, which records the pass's observations and then releases
     /// its events.
     pub outcomes: Option<crossbeam::channel::Sender<WriterMessage>>,
+    /// The writer's tally of this shard's batches, and how many were handed to it: when the two
+    /// agree and a pass observed nothing, its events skip the writer.
+    pub tally: Arc<WriterTally>,
+    pub sent_to_writer: u64,
     /// The least time between two commits (group commit window; zero: every pass).
     pub commit_window: Duration,
 }
@@ -329,21 +333,32 @@ impl ShardThread {
         if o.events.is_empty() && o.observations.is_empty() {
             return;
         }
+        // With nothing to record and none of this shard's batches still at the writer, the
+        // events go out directly, still after every event of the shard before them.
+        let direct = o.observations.is_empty()
+            && self
+                .tally
+                .batches
+                .load(std::sync::atomic::Ordering::Acquire)
+                == self.sent_to_writer;
         match &self.outcomes {
-            Some(tx) => {
+            Some(tx) if !direct => {
                 let b = OutcomeBatch {
                     observations: o.observations,
                     events: o.events,
+                    tally: self.tally.clone(),
                 };
+                self.sent_to_writer += 1;
                 if let Err(crossbeam::channel::SendError(WriterMessage::Batch(b))) =
                     tx.send(WriterMessage::Batch(b))
                 {
                     // The writer is gone (never during normal operation): the events still go out.
+                    self.sent_to_writer -= 1;
                     let mut events = b.events;
                     self.events.push(&mut events);
                 }
             }
-            None => {
+            _ => {
                 let mut events = o.events;
                 if !events.is_empty() {
                     self.events.push(&mut events);

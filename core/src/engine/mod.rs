@@ -593,8 +593,10 @@ impl Engine {
                 tenants.clone(),
                 now,
             );
-            if suppression.is_some() {
+            let tally = Arc::new(suppression::WriterTally::default());
+            if let Some(s) = &suppression {
                 core.set_classifier(classifier.clone());
+                core.set_writer(s.soft_filter.clone(), tally.clone());
             }
             let poll = mio::Poll::new().map_err(|e| EngineError::Io(e.to_string()))?;
             let waker = Arc::new(
@@ -630,6 +632,8 @@ impl Engine {
                 control: ctl_rx,
                 events: events.clone(),
                 outcomes: suppression.as_ref().map(|s| s.sender()),
+                tally,
+                sent_to_writer: 0,
                 commit_window: match policy {
                     SyncPolicy::Sync => Duration::from_micros(e.group_commit_window_us),
                     _ => Duration::ZERO,

@@ -356,6 +356,18 @@ pub(crate) struct ShardCore {
     classifier: Option<Arc<ClassifierHandle>>,
     /// What attempts taught, for the suppression list ([`ShardCore::take_observations`]).
     observations: Vec<Observation>,
+    /// With a suppression writer: the addresses that may have soft-bounce counters, the writer's
+    /// tally of this shard's batches, and the `Failed` observations this shard has made. A
+    /// delivery is observed only when it may reset a counter (see [`ShardCore::may_reset`]).
+    writer: Option<WriterLink>,
+}
+
+/// What a shard knows of the suppression writer (see [`ShardCore::set_writer`]).
+#[derive(Debug)]
+struct WriterLink {
+    filter: Arc<crate::bounce::suppression::SoftCounterFilter>,
+    tally: Arc<super::suppression::WriterTally>,
+    failures: u64,
 }
 
 /// How soon a queue whose shaping lane is full with other shards' connections looks again.
@@ -454,7 +466,39 @@ impl ShardCore {
                 .map(|_| Arc::from(cfg.config.suppression.default_tenant.as_str())),
             classifier: None,
             observations: Vec::new(),
+            writer: None,
             cfg,
+        }
+    }
+
+    /// Links the shard to the suppression writer that records its observations: its filter of
+    /// addresses with soft-bounce counters and its tally of this shard's batches. Without it every
+    /// delivery is observed.
+    pub(crate) fn set_writer(
+        &mut self,
+        filter: Arc<crate::bounce::suppression::SoftCounterFilter>,
+        tally: Arc<super::suppression::WriterTally>,
+    ) {
+        self.writer = Some(WriterLink {
+            filter,
+            tally,
+            failures: 0,
+        });
+    }
+
+    /// Whether a delivery to `address` may reset soft-bounce counters, so must be observed: always,
+    /// unless every failure this shard observed is recorded (the writer's tally has caught up) and
+    /// the filter knows no counter of the address. A domain belongs to one shard, so no other
+    /// shard's failure can have created a counter the filter does not show yet. (A report applied
+    /// through the API races with deliveries as it always did: its counter is reset or not by a
+    /// delivery recorded about the same time.)
+    fn may_reset(&self, tenant: &str, address: &str) -> bool {
+        match &self.writer {
+            None => true,
+            Some(w) => {
+                w.tally.failures.load(Ordering::Acquire) != w.failures
+                    || w.filter.may_have(tenant, address)
+            }
         }
     }
 
@@ -1402,6 +1446,9 @@ impl ShardCore {
         };
         let tenant = suppression_tenant(tenant, default);
         if policy.threshold(&tenant, reason, definite).is_some() {
+            if let Some(w) = &mut self.writer {
+                w.failures += 1;
+            }
             self.observations.push(Observation::Failed {
                 tenant,
                 address: address.to_string(),
@@ -1439,11 +1486,17 @@ impl ShardCore {
         reply_text.clear();
         let (state, next) = match &outcome {
             Outcome::Delivered(reply) => {
-                if let Some(default) = &self.observe {
-                    self.observations.push(Observation::Delivered {
-                        tenant: suppression_tenant(&event.tenant, default),
-                        address: event.recipient.clone(),
-                    });
+                if let Some(default) = self.observe.clone() {
+                    let tenant = match event.tenant.as_str() {
+                        "" => &*default,
+                        t => t,
+                    };
+                    if self.may_reset(tenant, &event.recipient) {
+                        self.observations.push(Observation::Delivered {
+                            tenant: tenant.to_string(),
+                            address: event.recipient.clone(),
+                        });
+                    }
                 }
                 event.kind = EventKind::Delivered;
                 event.code = reply.code;

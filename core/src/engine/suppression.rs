@@ -311,6 +311,24 @@ pub enum Observation {
 pub(crate) struct OutcomeBatch {
     pub observations: Vec<Observation>,
     pub events: Vec<DeliveryEvent>,
+    /// The sending shard's tally, brought up to date once the batch is recorded and released.
+    pub tally: Arc<WriterTally>,
+}
+
+/// What the writer has done with one shard's batches, for the shard to know when a delivery
+/// cannot reset anything and when its events may skip the writer.
+///
+/// The writer adds to both counts (`Release`) after a batch's observations are recorded and its
+/// events released; the shard compares them (`Acquire`) with what it handed out. A domain belongs
+/// to one shard, so once the writer has recorded every failure a shard observed, the
+/// [`SoftCounterFilter`](crate::bounce::suppression::SoftCounterFilter) holds every counter a
+/// delivery of that shard could reset.
+#[derive(Debug, Default)]
+pub(crate) struct WriterTally {
+    /// Batches recorded and released.
+    pub batches: AtomicU64,
+    /// `Failed` observations among them.
+    pub failures: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -421,6 +439,8 @@ pub fn parse_verp_id(id: &str) -> Option<(u64, Option<&str>)> {
 /// The suppression list of a running engine. See the module documentation.
 pub(crate) struct SuppressionService {
     pub index: SuppressionIndex,
+    /// The store's filter of addresses that may have soft-bounce counters.
+    pub soft_filter: Arc<crate::bounce::suppression::SoftCounterFilter>,
     store: Mutex<SuppressionStore>,
     sync: bool,
     pub default_tenant: String,
@@ -459,6 +479,7 @@ impl SuppressionService {
         let (tx, rx) = crossbeam::channel::unbounded();
         SuppressionService {
             index,
+            soft_filter: store.soft_filter(),
             store: Mutex::new(store),
             sync,
             default_tenant,
@@ -522,12 +543,25 @@ impl SuppressionService {
                     Err(_) => break,
                 }
             }
+            let failures: Vec<u64> = batches
+                .iter()
+                .map(|b| {
+                    b.observations
+                        .iter()
+                        .filter(|o| matches!(o, Observation::Failed { .. }))
+                        .count() as u64
+                })
+                .collect();
             self.record(&mut batches);
             for b in &mut batches {
                 out.append(&mut b.events);
             }
             if !out.is_empty() {
                 events.push(&mut out);
+            }
+            for (b, n) in batches.iter().zip(failures) {
+                b.tally.failures.fetch_add(n, Ordering::Release);
+                b.tally.batches.fetch_add(1, Ordering::Release);
             }
         }
     }
@@ -982,6 +1016,7 @@ mod tests {
             reason,
             definite_nxdomain: false,
         };
+        let tally = Arc::new(WriterTally::default());
         let tx = svc.sender();
         for _ in 0..2 {
             tx.send(WriterMessage::Batch(OutcomeBatch {
@@ -990,6 +1025,7 @@ mod tests {
                     failed("blocked@x.example", Reason::Blocked),
                 ],
                 events: Vec::new(),
+                tally: tally.clone(),
             }))
             .unwrap();
         }
@@ -1015,6 +1051,7 @@ mod tests {
                 at_ms: 0,
                 tags: Vec::new(),
             }],
+            tally: tally.clone(),
         }))
         .unwrap();
         assert!(events.wait(std::time::Duration::from_secs(10)));
@@ -1027,9 +1064,13 @@ mod tests {
         tx.send(WriterMessage::Batch(OutcomeBatch {
             observations: vec![failed("full@x.example", Reason::MailboxFull)],
             events: Vec::new(),
+            tally: tally.clone(),
         }))
         .unwrap();
         svc.stop();
+        // Each batch is tallied once recorded, with its failures (those without a threshold too).
+        assert_eq!(tally.batches.load(Ordering::Acquire), 4);
+        assert_eq!(tally.failures.load(Ordering::Acquire), 6);
         let hit = svc.check("", "full@x.example", None, now).unwrap();
         assert_eq!(hit.reason, Reason::MailboxFull);
         assert!(hit.expires.is_some());
