@@ -1119,10 +1119,12 @@ impl Spool {
         }
     }
 
+    /// A record in the scratch buffer, without checksums: [`Spool::write`] seals it for the
+    /// segment it lands in.
     fn frame(&mut self, kind: Kind, payload: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
-        record::encode_record(&mut buf, 0, kind, payload);
+        record::encode_unsealed(&mut buf, kind, payload);
         buf
     }
 

@@ -392,6 +392,14 @@ pub fn decode_record(seg: &[u8], off: usize, salt: u64) -> Result<RecordRef<'_>,
 /// Appends a framed record of `kind` whose payload is written by `payload` to `out`.
 pub fn encode_record(out: &mut Vec<u8>, salt: u64, kind: Kind, payload: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
+    encode_unsealed(out, kind, payload);
+    reseal(&mut out[start..], salt);
+}
+
+/// [`encode_record`] without the checksums (left zero): for a record whose segment, hence salt,
+/// is chosen later, which must [`reseal`] it before it is written.
+pub fn encode_unsealed(out: &mut Vec<u8>, kind: Kind, payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     payload(out);
     let len = out.len() - start - RECORD_HEADER_LEN;
@@ -399,7 +407,6 @@ pub fn encode_record(out: &mut Vec<u8>, salt: u64, kind: Kind, payload: impl FnO
     out[start + 4..start + 8].copy_from_slice(&(len as u32).to_le_bytes());
     out[start + 8] = kind as u8;
     out.resize(start + align_up(len + RECORD_HEADER_LEN), 0);
-    reseal(&mut out[start..], salt);
 }
 
 /// Recomputes both checksums of the framed record at the start of `rec` for `salt` (a record moves to
