@@ -125,6 +125,7 @@ impl Pair {
                 ..Envelope::default()
             },
             body: Arc::new(body_2k()),
+            crlf_clean: false,
         };
         let mut p = Pair {
             session,

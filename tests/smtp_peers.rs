@@ -27,6 +27,7 @@ fn tx(to: &[&str], n: usize) -> Transaction {
             ..Envelope::default()
         },
         body: Arc::new(message(n)),
+        crlf_clean: false,
     }
 }
 

@@ -75,6 +75,7 @@ fn tx(to: &[&str], n: usize) -> Transaction {
         body: Arc::new(
             format!("Subject: {n}\r\n\r\n.a line with a dot\r\nbody {n}\r\n").into_bytes(),
         ),
+        crlf_clean: false,
     }
 }
 

@@ -177,6 +177,7 @@ fn parse_send(line: &str) -> Transaction {
     Transaction {
         envelope: env,
         body: Arc::new(body),
+        crlf_clean: false,
     }
 }
 

@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
             ..Envelope::default()
         },
         body: Arc::new(b"Subject: x\r\n\r\n.body\nline\r\n".to_vec()),
+        crlf_clean: false,
     };
     let mut out = Vec::new();
     let mut rest = &data[1..];

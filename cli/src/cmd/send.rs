@@ -112,6 +112,7 @@ fn send(args: &SendArgs) -> Result<bool, String> {
     let tx = Transaction {
         envelope,
         body: Arc::new(body),
+        crlf_clean: false,
     };
     let report = run_connection(
         addr,

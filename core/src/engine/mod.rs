@@ -1000,6 +1000,10 @@ impl Engine {
         if msg.needs_smtputf8 {
             flags = MessageFlags(flags.0 | MessageFlags::SMTPUTF8.0);
         }
+        // Validation normalised the line ends; the fields added since are checked with them.
+        if crate::smtp::session::is_crlf_clean(&bytes) {
+            flags = flags | MessageFlags::CRLF;
+        }
         Ok((Arc::new(bytes), flags))
     }
 
@@ -1026,6 +1030,8 @@ impl Engine {
         if msg.needs_smtputf8 {
             flags = MessageFlags(flags.0 | MessageFlags::SMTPUTF8.0);
         }
+        // The validator's output has CRLF line ends only (it normalises them).
+        flags = flags | MessageFlags::CRLF;
         Ok((Arc::new(msg.bytes), flags))
     }
 

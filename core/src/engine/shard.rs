@@ -1862,7 +1862,15 @@ impl ShardCore {
         // The body shares the segment's mapping (no copy), which it keeps mapped: the spool may
         // compact, seal or delete the segment meanwhile.
         let body = Arc::new(msg.shared_body());
-        Some((Transaction { envelope, body }, InFlight { rcpts }))
+        let crlf_clean = flags.contains(MessageFlags::CRLF);
+        Some((
+            Transaction {
+                envelope,
+                body,
+                crlf_clean,
+            },
+            InFlight { rcpts },
+        ))
     }
 
     /// A connection ended: pool accounting, failover if it failed before its session was ready.

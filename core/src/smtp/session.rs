@@ -274,6 +274,9 @@ pub struct Transaction {
     pub envelope: Envelope,
     /// The message (headers and body), with CRLF line ends; bare CR or LF are normalised on the way.
     pub body: Body,
+    /// The caller knows `body` has CRLF line ends only (it was validated, say), so the session
+    /// sends it as it is; `false` has the session check it, and normalise a copy when needed.
+    pub crlf_clean: bool,
 }
 
 impl fmt::Debug for Transaction {
@@ -683,7 +686,7 @@ impl Session {
             return Ok(());
         }
         let chunking = self.config.chunking && self.caps.chunking;
-        let normalised = if chunking && !is_crlf_clean(body) {
+        let normalised = if chunking && !tx.crlf_clean && !is_crlf_clean(body) {
             Some(normalise_crlf(body))
         } else {
             None

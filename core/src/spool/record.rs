@@ -204,6 +204,10 @@ impl MessageFlags {
     pub const SMTPUTF8: MessageFlags = MessageFlags(2);
     /// The submitter asked for TLS to be required on every hop (RFC 8689 `REQUIRETLS`).
     pub const REQUIRETLS: MessageFlags = MessageFlags(4);
+    /// Every line of the body ends with CRLF, with no bare CR or LF anywhere: established when the
+    /// message was submitted (validation normalises line ends), so the client need not scan the
+    /// body again before `BDAT`.
+    pub const CRLF: MessageFlags = MessageFlags(8);
 
     /// True if every flag of `other` is set.
     pub fn contains(self, other: MessageFlags) -> bool {
