@@ -335,14 +335,14 @@ impl ShardThread {
         }
         // With nothing to record and none of this shard's batches still at the writer, the
         // events go out directly, still after every event of the shard before them.
-        let direct = o.observations.is_empty()
-            && self
-                .tally
+        let at_writer = || {
+            self.tally
                 .batches
                 .load(std::sync::atomic::Ordering::Acquire)
-                == self.sent_to_writer;
+                != self.sent_to_writer
+        };
         match &self.outcomes {
-            Some(tx) if !direct => {
+            Some(tx) if !o.observations.is_empty() || at_writer() => {
                 let b = OutcomeBatch {
                     observations: o.observations,
                     events: o.events,

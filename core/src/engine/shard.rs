@@ -486,6 +486,21 @@ impl ShardCore {
         });
     }
 
+    /// Notes a delivery for the suppression list when it may reset soft-bounce counters.
+    fn observe_delivery(&mut self, tenant: &str, address: &str) {
+        let Some(default) = &self.observe else {
+            return;
+        };
+        let tenant = if tenant.is_empty() { default } else { tenant };
+        if self.may_reset(tenant, address) {
+            let o = Observation::Delivered {
+                tenant: tenant.to_string(),
+                address: address.to_string(),
+            };
+            self.observations.push(o);
+        }
+    }
+
     /// Whether a delivery to `address` may reset soft-bounce counters, so must be observed: always,
     /// unless every failure this shard observed is recorded (the writer's tally has caught up) and
     /// the filter knows no counter of the address. A domain belongs to one shard, so no other
@@ -1486,18 +1501,7 @@ impl ShardCore {
         reply_text.clear();
         let (state, next) = match &outcome {
             Outcome::Delivered(reply) => {
-                if let Some(default) = self.observe.clone() {
-                    let tenant = match event.tenant.as_str() {
-                        "" => &*default,
-                        t => t,
-                    };
-                    if self.may_reset(tenant, &event.recipient) {
-                        self.observations.push(Observation::Delivered {
-                            tenant: tenant.to_string(),
-                            address: event.recipient.clone(),
-                        });
-                    }
-                }
+                self.observe_delivery(&event.tenant, &event.recipient);
                 event.kind = EventKind::Delivered;
                 event.code = reply.code;
                 event.enhanced = reply.enhanced;

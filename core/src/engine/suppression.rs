@@ -543,15 +543,6 @@ impl SuppressionService {
                     Err(_) => break,
                 }
             }
-            let failures: Vec<u64> = batches
-                .iter()
-                .map(|b| {
-                    b.observations
-                        .iter()
-                        .filter(|o| matches!(o, Observation::Failed { .. }))
-                        .count() as u64
-                })
-                .collect();
             self.record(&mut batches);
             for b in &mut batches {
                 out.append(&mut b.events);
@@ -559,14 +550,14 @@ impl SuppressionService {
             if !out.is_empty() {
                 events.push(&mut out);
             }
-            for (b, n) in batches.iter().zip(failures) {
-                b.tally.failures.fetch_add(n, Ordering::Release);
+            for b in &batches {
                 b.tally.batches.fetch_add(1, Ordering::Release);
             }
         }
     }
 
-    /// Records the observations of `batches` with one fsync.
+    /// Records the observations of `batches` with one fsync, and tallies each batch's failures
+    /// once they are recorded (without a threshold too: the shard counts what it sent).
     fn record(&self, batches: &mut [OutcomeBatch]) {
         if batches.iter().all(|b| b.observations.is_empty()) {
             return;
@@ -575,7 +566,11 @@ impl SuppressionService {
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         let mut written = false;
         for b in batches.iter_mut() {
+            let mut failures = 0;
             for o in b.observations.drain(..) {
+                if matches!(o, Observation::Failed { .. }) {
+                    failures += 1;
+                }
                 let r = match &o {
                     Observation::Failed {
                         tenant,
@@ -613,6 +608,7 @@ impl SuppressionService {
                     }
                 }
             }
+            b.tally.failures.fetch_add(failures, Ordering::Release);
         }
         if written && self.sync && store.flush().is_err() {
             self.errors.fetch_add(1, Ordering::Relaxed);
