@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! # comment
-//! config pipelining=off chunking=on helo=client.example auth=user:pass plaintext-auth=on
+//! config pipelining=off chunking=on helo=client.example auth=user:pass plaintext-auth=on transactions=3
 //! send from=a@x to=b@y to=c@y body="Subject: t\r\n\r\nhi\r\n" eight-bit smtputf8 notify=success,failure orcpt=b@y ret=hdrs envid=ID
 //! S: 220 server greeting            (server bytes; consecutive S lines arrive in one read)
 //! C: EHLO client.example            (client bytes expected, in order)
@@ -128,6 +128,7 @@ fn parse_config(line: &str, cfg: &mut SessionConfig) {
             }
             "plaintext-auth" => cfg.allow_plaintext_auth = v == "on",
             "idle" => cfg.timeouts.idle = Duration::from_secs(v.parse().unwrap()),
+            "transactions" => cfg.transactions_in_flight = v.parse().unwrap(),
             other => panic!("unknown config key {other}"),
         }
     }

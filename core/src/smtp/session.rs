@@ -23,6 +23,14 @@
 //! it, each command waits for the previous reply and a refused MAIL or a transaction without any
 //! accepted recipient stops before the data.
 //!
+//! With PIPELINING and CHUNKING both offered and [`SessionConfig::transactions_in_flight`] above 1,
+//! the session takes the next message before the previous one's end-of-data reply is in: its `RSET`,
+//! `MAIL`, `RCPT`s and `BDAT n LAST` with the body follow the previous body on the wire, so several
+//! messages share one write and one read. The RSET makes each transaction independent of how the one
+//! before it ended. Replies come in order, so the events do too: each transaction's recipient events
+//! and its one message event, transaction after transaction. A closed connection fails every
+//! transaction in flight, in order.
+//!
 //! # Driving a session
 //!
 //! The session never touches a socket or the clock. The driver:
@@ -48,8 +56,8 @@
 //!
 //! 8-bit content sent to a server that does not offer 8BITMIME goes out as it is (no conversion to
 //! quoted-printable, RFC 6152 §3 notwithstanding, as most MTAs do). BINARYMIME, DELIVERBY, REQUIRETLS,
-//! SASL mechanisms other than PLAIN and LOGIN, and pipelining the next MAIL behind a previous message's
-//! end of data are not implemented.
+//! SASL mechanisms other than PLAIN and LOGIN, and pipelining the next message behind DATA (which
+//! needs its 354) are not implemented.
 
 use super::Phase;
 use super::capabilities::Capabilities;
@@ -186,6 +194,12 @@ pub struct SessionConfig {
     pub pipelining: bool,
     /// Use CHUNKING (BDAT) when offered.
     pub chunking: bool,
+    /// Transactions in flight on one connection. Above 1, when the server offers PIPELINING and
+    /// CHUNKING, the next message's `RSET`, `MAIL`, `RCPT`s and `BDAT n LAST` with its body leave
+    /// behind the previous message's end of data, before its reply is in (RFC 2920 §3.1 allows RSET,
+    /// MAIL and RCPT anywhere in a group; RFC 3030's BDAT carries its length, so nothing waits on a
+    /// reply). 1 (the default) waits for each end-of-data reply, as common clients do.
+    pub transactions_in_flight: usize,
     /// Timeouts per phase.
     pub timeouts: Timeouts,
     /// Reply parser limits.
@@ -202,6 +216,7 @@ impl SessionConfig {
             allow_plaintext_auth: false,
             pipelining: true,
             chunking: true,
+            transactions_in_flight: 1,
             timeouts: Timeouts::default(),
             reply_limits: ReplyLimits::default(),
         }
@@ -548,6 +563,9 @@ struct Txn {
     accepted: usize,
     answered: usize,
     smtputf8: bool,
+    /// A refusal known without a round trip, for a transaction queued behind others: reported when
+    /// its turn comes, so events stay in the order of the transactions.
+    early: Option<(Phase, MessageFailure)>,
 }
 
 /// How the body is being written out.
@@ -557,6 +575,17 @@ struct BodyOut {
     offset: usize,
     /// `Some` for DATA (dot-stuffing state), `None` for BDAT (raw).
     stuffer: Option<DotStuffer>,
+}
+
+impl BodyOut {
+    /// Body bytes not handed out yet.
+    fn remaining(&self) -> usize {
+        let all = match &self.owned {
+            Some(v) => v.len(),
+            None => (*self.body).as_ref().len(),
+        };
+        all - self.offset
+    }
 }
 
 impl fmt::Debug for BodyOut {
@@ -579,7 +608,11 @@ pub struct Session {
     inbuf: Vec<u8>,
     /// Plaintext waiting to be sent (encrypted first when TLS is on).
     outbuf: Vec<u8>,
+    /// The body being handed out: the last transaction's (the head's when nothing is queued).
     body_out: Option<BodyOut>,
+    /// Transactions sent in full behind the one in [`State::Transaction`] (the head, whose replies
+    /// come first), oldest first; only with [`SessionConfig::transactions_in_flight`] above 1.
+    queued: VecDeque<Box<Txn>>,
     /// The last transaction's queue of expected replies (empty), reused by the next.
     spare_inflight: VecDeque<Expect>,
     tls: Option<TlsLayer>,
@@ -607,6 +640,7 @@ impl Session {
             inbuf: Vec::new(),
             outbuf: Vec::with_capacity(512),
             body_out: None,
+            queued: VecDeque::new(),
             spare_inflight: VecDeque::new(),
             tls: None,
             caps: Capabilities::default(),
@@ -634,9 +668,24 @@ impl Session {
         self.tls.is_some()
     }
 
-    /// Can the session take a message now?
+    /// Can the session take a message now? When idle; and, with
+    /// [`SessionConfig::transactions_in_flight`] above 1 and PIPELINING and CHUNKING offered, while
+    /// fewer transactions than that are in flight and the last one's body is (nearly) handed out.
     pub fn is_ready(&self) -> bool {
-        matches!(self.state, State::Idle) && !self.quit_requested
+        !self.quit_requested
+            && match self.state {
+                State::Idle => true,
+                State::Transaction(_) => self.may_pipeline(),
+                _ => false,
+            }
+    }
+
+    /// Transactions handed over whose outcome is not reported yet.
+    pub fn transactions_in_flight(&self) -> usize {
+        match self.state {
+            State::Transaction(_) => 1 + self.queued.len(),
+            _ => 0,
+        }
     }
 
     /// Has the session ended (the [`Event::Closed`] event is queued or was taken)?
@@ -679,10 +728,25 @@ impl Session {
                 _ => None,
             }
         };
+        let behind = matches!(self.state, State::Transaction(_));
         if let Some((phase, failure)) = early {
-            self.events
-                .push_back(Event::MessageFailed { phase, failure });
-            self.enter_idle(now);
+            if behind {
+                self.queued.push_back(Box::new(Txn {
+                    tx,
+                    normalised: None,
+                    next: Next::Done,
+                    inflight: VecDeque::new(),
+                    mail_failed: None,
+                    accepted: 0,
+                    answered: 0,
+                    smtputf8,
+                    early: Some((phase, failure)),
+                }));
+            } else {
+                self.events
+                    .push_back(Event::MessageFailed { phase, failure });
+                self.enter_idle(now);
+            }
             return Ok(());
         }
         let chunking = self.config.chunking && self.caps.chunking;
@@ -691,10 +755,13 @@ impl Session {
         } else {
             None
         };
-        let txn = Txn {
+        let mut txn = Box::new(Txn {
             tx,
             normalised,
-            next: if self.needs_rset {
+            // Behind a transaction whose outcome is unknown, RSET first: a server may keep a
+            // transaction open after refusing its data (no valid recipients), and a MAIL then would
+            // meet "nested MAIL command".
+            next: if self.needs_rset || behind {
                 Next::Rset
             } else {
                 Next::Mail
@@ -704,10 +771,20 @@ impl Session {
             accepted: 0,
             answered: 0,
             smtputf8,
-        };
+            early: None,
+        });
         self.needs_rset = false;
-        self.state = State::Transaction(Box::new(txn));
-        self.pump_transaction(now);
+        if behind {
+            // The previous body goes out whole first (is_ready allowed at most one block of it).
+            while self.body_out.is_some() {
+                self.write_body_block(now);
+            }
+            self.write_commands(&mut txn);
+            self.queued.push_back(txn);
+        } else {
+            self.state = State::Transaction(txn);
+            self.pump_transaction(now);
+        }
         Ok(())
     }
 
@@ -877,6 +954,8 @@ impl Session {
     }
 
     fn send_quit(&mut self, now: Instant, cause: CloseCause) {
+        // A refused RSET quits in mid-transaction: what is in flight fails now, in order.
+        self.fail_in_flight(&cause);
         self.idle_deadline = None;
         self.outbuf.extend_from_slice(b"QUIT\r\n");
         self.arm(now, Phase::Quit);
@@ -889,17 +968,7 @@ impl Session {
             return;
         }
         self.closed = true;
-        let phase = self.phase();
-        if let State::Transaction(txn) = std::mem::replace(&mut self.state, State::Closed) {
-            let phase = match &txn.mail_failed {
-                Some(_) => Phase::Mail,
-                None => phase,
-            };
-            self.events.push_back(Event::MessageFailed {
-                phase,
-                failure: MessageFailure::SessionClosed(cause.clone()),
-            });
-        }
+        self.fail_in_flight(&cause);
         self.state = State::Closed;
         self.body_out = None;
         self.deadline = None;
@@ -910,6 +979,34 @@ impl Session {
             tls.close();
         }
         self.events.push_back(Event::Closed(cause));
+    }
+
+    /// Fails the transactions in flight, in their order: the head at the phase of its next reply,
+    /// the ones behind it at MAIL (none of their replies came; their RSET is housekeeping) or with
+    /// the refusal they were queued with. A transaction state becomes `Closed`; the caller sets the
+    /// next.
+    fn fail_in_flight(&mut self, cause: &CloseCause) {
+        if matches!(self.state, State::Transaction(_)) {
+            let phase = self.phase();
+            if let State::Transaction(txn) = std::mem::replace(&mut self.state, State::Closed) {
+                let phase = match &txn.mail_failed {
+                    Some(_) => Phase::Mail,
+                    None => phase,
+                };
+                self.events.push_back(Event::MessageFailed {
+                    phase,
+                    failure: MessageFailure::SessionClosed(cause.clone()),
+                });
+            }
+        }
+        for mut txn in std::mem::take(&mut self.queued) {
+            let (phase, failure) = txn
+                .early
+                .take()
+                .unwrap_or_else(|| (Phase::Mail, MessageFailure::SessionClosed(cause.clone())));
+            self.events
+                .push_back(Event::MessageFailed { phase, failure });
+        }
     }
 
     fn process_inbuf(&mut self, now: Instant) {
@@ -1139,16 +1236,35 @@ impl Session {
         }
     }
 
-    /// Sends the transaction's commands: all of them with PIPELINING, else the next one once the
-    /// previous reply is in.
+    /// Sends the head transaction's commands: all of them with PIPELINING, else the next one once
+    /// the previous reply is in.
     fn pump_transaction(&mut self, now: Instant) {
-        let State::Transaction(txn) = &mut self.state else {
-            return;
+        let mut txn = match std::mem::replace(&mut self.state, State::Closed) {
+            State::Transaction(t) => t,
+            other => {
+                self.state = other;
+                return;
+            }
         };
+        let last_phase = self.write_commands(&mut txn);
+        // Without pipelining, a refused MAIL or no accepted recipient ends the transaction here.
+        let finished = txn.inflight.is_empty() && txn.next != Next::Done;
+        self.state = State::Transaction(txn);
+        if let Some(phase) = last_phase {
+            self.arm(now, phase);
+        }
+        if finished {
+            self.finish_without_data(now);
+        }
+    }
+
+    /// Writes what `txn` may send now to `outbuf` (and its body to `body_out`); returns the phase of
+    /// the first command written, if any.
+    fn write_commands(&mut self, txn: &mut Txn) -> Option<Phase> {
         let pipelining = self.config.pipelining && self.caps.pipelining;
         let chunking = self.config.chunking && self.caps.chunking;
         let dsn = self.caps.dsn;
-        let mut last_phase = None;
+        let mut first_phase = None;
         loop {
             if !pipelining && !txn.inflight.is_empty() {
                 break;
@@ -1159,13 +1275,13 @@ impl Session {
                     self.outbuf.extend_from_slice(b"RSET\r\n");
                     txn.inflight.push_back(Expect::Rset);
                     txn.next = Next::Mail;
-                    last_phase.get_or_insert(Phase::Rset);
+                    first_phase.get_or_insert(Phase::Rset);
                 }
                 Next::Mail => {
                     write_mail_from(&mut self.outbuf, txn, &self.caps, dsn);
                     txn.inflight.push_back(Expect::Mail);
                     txn.next = Next::Rcpt(0);
-                    last_phase.get_or_insert(Phase::Mail);
+                    first_phase.get_or_insert(Phase::Mail);
                 }
                 Next::Rcpt(i) => {
                     if !pipelining && txn.mail_failed.is_some() {
@@ -1178,7 +1294,7 @@ impl Session {
                     } else {
                         Next::Body
                     };
-                    last_phase.get_or_insert(Phase::Rcpt);
+                    first_phase.get_or_insert(Phase::Rcpt);
                 }
                 Next::Body => {
                     if !pipelining && (txn.mail_failed.is_some() || txn.accepted == 0) {
@@ -1198,26 +1314,34 @@ impl Session {
                             offset: 0,
                             stuffer: None,
                         });
-                        last_phase.get_or_insert(Phase::EndOfData);
+                        first_phase.get_or_insert(Phase::EndOfData);
                     } else {
                         self.outbuf.extend_from_slice(b"DATA\r\n");
                         txn.inflight.push_back(Expect::Data);
-                        last_phase.get_or_insert(Phase::Data);
+                        first_phase.get_or_insert(Phase::Data);
                     }
                 }
             }
         }
-        if let Some(phase) = last_phase {
-            self.arm(now, phase);
-        }
-        // Without pipelining, a refused MAIL or no accepted recipient ends the transaction here.
-        let finished = match &self.state {
-            State::Transaction(t) => t.inflight.is_empty() && t.next != Next::Done,
-            _ => false,
+        first_phase
+    }
+
+    /// May another transaction leave behind the ones in flight?
+    fn may_pipeline(&self) -> bool {
+        let State::Transaction(head) = &self.state else {
+            return false;
         };
-        if finished {
-            self.finish_without_data(now);
-        }
+        let last = self.queued.back().unwrap_or(head);
+        self.queued.len() + 1 < self.config.transactions_in_flight
+            && self.config.pipelining
+            && self.caps.pipelining
+            && self.config.chunking
+            && self.caps.chunking
+            && last.next == Next::Done
+            && self
+                .body_out
+                .as_ref()
+                .is_none_or(|b| b.remaining() <= BODY_BLOCK)
     }
 
     /// Ends a transaction that never reached its data: MAIL refused or no recipient accepted.
@@ -1374,8 +1498,24 @@ impl Session {
             self.events
                 .push_back(Event::MessageFailed { phase, failure });
         }
-        self.body_out = None;
         self.needs_rset = needs_rset;
+        // The next transaction sent behind this one becomes the head; refusals known without a
+        // round trip are reported in their turn.
+        while let Some(mut next) = self.queued.pop_front() {
+            if let Some((phase, failure)) = next.early.take() {
+                self.events
+                    .push_back(Event::MessageFailed { phase, failure });
+                continue;
+            }
+            let phase = next.inflight.front().map(|e| e.phase());
+            self.state = State::Transaction(next);
+            if let Some(phase) = phase {
+                self.arm(now, phase);
+            }
+            return;
+        }
+        // The body being handed out, if any, was this transaction's.
+        self.body_out = None;
         self.enter_idle(now);
     }
 
@@ -1403,9 +1543,12 @@ impl Session {
         bo.offset = end;
         if last {
             self.body_out = None;
-            // The end-of-data timer runs from the moment the last block is handed out.
+            // The end-of-data timer runs from the moment the last block is handed out (for a body
+            // behind other transactions, the head's timer runs on).
             let phase = match &self.state {
-                State::Transaction(t) => t.inflight.front().map(|e| e.phase()),
+                State::Transaction(t) if self.queued.is_empty() => {
+                    t.inflight.front().map(|e| e.phase())
+                }
                 _ => None,
             };
             if let Some(Phase::EndOfData) = phase {
@@ -1622,6 +1765,76 @@ impl DotStuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session past EHLO with these capabilities and this many transactions in flight allowed.
+    fn ready_session(caps: &str, in_flight: usize) -> (Session, Instant) {
+        let now = Instant::now();
+        let mut cfg = SessionConfig::new("client.example");
+        cfg.transactions_in_flight = in_flight;
+        let mut s = Session::new(Arc::new(cfg), "mx.example", now);
+        s.handle_input(now, b"220 mx.example ESMTP\r\n");
+        let mut out = Vec::new();
+        s.poll_transmit(now, &mut out);
+        s.handle_input(now, format!("250-mx.example\r\n{caps}").as_bytes());
+        assert_eq!(s.poll_event(), Some(Event::Ready));
+        (s, now)
+    }
+
+    fn message(body: Vec<u8>) -> Transaction {
+        Transaction {
+            envelope: Envelope {
+                mail_from: "a@x.example".into(),
+                recipients: vec![Recipient::new("b@y.example")],
+                ..Envelope::default()
+            },
+            body: Arc::new(body),
+            crlf_clean: true,
+        }
+    }
+
+    #[test]
+    fn transactions_in_flight_up_to_the_limit_and_only_with_pipelining_and_chunking() {
+        let caps = "250-PIPELINING\r\n250 CHUNKING\r\n";
+        let (mut s, now) = ready_session(caps, 2);
+        s.send(now, message(b"x\r\n".to_vec())).unwrap();
+        assert!(s.is_ready());
+        s.send(now, message(b"y\r\n".to_vec())).unwrap();
+        assert_eq!(s.transactions_in_flight(), 2);
+        assert!(!s.is_ready());
+        assert!(s.send(now, message(b"z\r\n".to_vec())).is_err());
+
+        // One allowed (the default), or a server without CHUNKING or without PIPELINING: one.
+        for (caps, n) in [
+            (caps, 1),
+            ("250 PIPELINING\r\n", 4),
+            ("250 CHUNKING\r\n", 4),
+        ] {
+            let (mut s, now) = ready_session(caps, n);
+            s.send(now, message(b"x\r\n".to_vec())).unwrap();
+            assert!(!s.is_ready(), "{caps:?} with {n}");
+        }
+
+        // A body of more than one block must be (nearly) handed out first.
+        let (mut s, now) = ready_session(caps, 2);
+        s.send(now, message(vec![b'a'; 2 * BODY_BLOCK + 10]))
+            .unwrap();
+        assert!(!s.is_ready());
+        let mut out = Vec::new();
+        s.poll_transmit(now, &mut out);
+        assert!(!s.is_ready(), "a block and 10 bytes left");
+        s.poll_transmit(now, &mut out);
+        assert!(s.is_ready(), "10 bytes left");
+        s.send(now, message(b"y\r\n".to_vec())).unwrap();
+        s.poll_transmit(now, &mut out);
+        let text = String::from_utf8_lossy(&out);
+        let second = text
+            .find("RSET\r\n")
+            .expect("the second transaction follows");
+        assert_eq!(
+            second,
+            text.find("BDAT").unwrap() + "BDAT 524298 LAST\r\n".len() + 2 * BODY_BLOCK + 10
+        );
+    }
 
     fn stuff(chunks: &[&[u8]]) -> Vec<u8> {
         let mut s = DotStuffer::default();
