@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Connections per MX host and shard.
     #[arg(long, default_value_t = 4)]
     connections_per_host: usize,
+    /// Transactions in flight per connection (`delivery.transactions_in_flight`; the blast replays
+    /// the same).
+    #[arg(long, default_value_t = 1)]
+    transactions_in_flight: usize,
     /// Engine shards (default: one per CPU).
     #[arg(long)]
     shards: Option<usize>,
@@ -290,11 +294,13 @@ pub fn run(args: BenchArgs) -> ExitCode {
     }
     if !args.json {
         println!(
-            "vmta bench: {} CPUs, {} shards, {} connections per host and shard, {} domains",
+            "vmta bench: {} CPUs, {} shards, {} connections per host and shard, {} domains, {} \
+             transaction(s) in flight per connection",
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             shards(&args),
             args.connections_per_host,
-            args.domains
+            args.domains,
+            args.transactions_in_flight
         );
         println!("{}", header());
     }
@@ -465,6 +471,7 @@ fn run_vmta(args: &BenchArgs, w: &Workload) -> Result<Outcome, String> {
         .tls(TlsPolicy::Disabled)
         .max_connections_per_host(args.connections_per_host)
         .max_messages_per_connection(10_000)
+        .transactions_in_flight(args.transactions_in_flight)
         .shaping_rules(vmta_testworld::world::UNSHAPED)
         .with(|c| {
             c.engine.submission_queue = 16_384;
@@ -698,6 +705,7 @@ fn run_blast(args: &BenchArgs, w: &Workload) -> Result<Outcome, String> {
         }),
         sender: "bounces@sender.vmta.test".into(),
         limit: Duration::from_secs(args.timeout),
+        in_flight: args.transactions_in_flight,
     };
     reset_peak_rss();
     let world_cpu_0 = world_cpu();

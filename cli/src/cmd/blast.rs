@@ -3,12 +3,15 @@
 //! with PIPELINING and CHUNKING) over the same number of connections, with no queue, no spool, no
 //! shaping, no DNS and no parsing beyond finding the last line of each reply and its first digit.
 //!
-//! One transaction is in flight per connection, like vmta: the next is written when the replies of the
-//! previous have arrived. What it measures is the most a client can move through that sink on this
-//! machine with that conversation.
+//! As many transactions are in flight per connection as vmta is allowed
+//! (`delivery.transactions_in_flight`, `vmta bench --transactions-in-flight`): with one, the next is
+//! written when the replies of the previous have arrived; with more, each transaction behind another
+//! starts with `RSET`, as vmta's do, and a new one is written as each one's replies complete. What it
+//! measures is the most a client can move through that sink on this machine with that conversation.
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +36,8 @@ pub struct BlastPlan {
     pub sender: String,
     /// Give up after this long.
     pub limit: Duration,
+    /// Transactions in flight per connection (at least 1).
+    pub in_flight: usize,
 }
 
 impl std::fmt::Debug for BlastPlan {
@@ -62,8 +67,8 @@ pub struct BlastResult {
 enum State {
     Greeting,
     Ehlo,
-    /// Waiting for this many more final replies of the transaction.
-    Transaction(usize),
+    /// Transactions in flight (their reply counts in `Conn::pending`).
+    Transaction,
     Quit,
 }
 
@@ -75,6 +80,8 @@ struct Conn {
     output: Vec<u8>,
     written: usize,
     last_code: u8,
+    /// Final replies still due, per transaction in flight, oldest first.
+    pending: VecDeque<usize>,
 }
 
 /// Runs the plan to the end (or the limit).
@@ -135,6 +142,7 @@ fn worker(
             output: Vec::with_capacity(4096),
             written: 0,
             last_code: 0,
+            pending: VecDeque::with_capacity(plan.in_flight),
         }));
         result.connections += 1;
     }
@@ -209,11 +217,18 @@ fn advance(plan: &BlastPlan, cursors: &[AtomicUsize], c: &mut Conn, result: &mut
                 c.output.extend_from_slice(b"EHLO blast.vmta.test\r\n");
                 c.state = State::Ehlo;
             }
-            State::Ehlo => next_transaction(plan, cursors, c),
-            State::Transaction(left) => {
-                if left > 1 {
-                    c.state = State::Transaction(left - 1);
-                } else {
+            State::Ehlo => {
+                for _ in 0..plan.in_flight.max(1) {
+                    next_transaction(plan, cursors, c);
+                }
+            }
+            State::Transaction => {
+                let Some(left) = c.pending.front_mut() else {
+                    continue;
+                };
+                *left -= 1;
+                if *left == 0 {
+                    c.pending.pop_front();
                     if c.last_code == b'2' {
                         result.accepted += 1;
                     } else {
@@ -232,19 +247,27 @@ fn next_transaction(plan: &BlastPlan, cursors: &[AtomicUsize], c: &mut Conn) {
     let list = &plan.hosts[c.host].1;
     let k = cursors[c.host].fetch_add(1, Ordering::Relaxed);
     let Some(&n) = list.get(k) else {
-        c.output.extend_from_slice(b"QUIT\r\n");
-        c.state = State::Quit;
+        // Nothing left for this host: QUIT once the transactions in flight are answered.
+        if c.pending.is_empty() {
+            c.output.extend_from_slice(b"QUIT\r\n");
+            c.state = State::Quit;
+        }
         return;
     };
     let (rcpts, body) = (plan.message)(n);
     let out = &mut c.output;
+    let behind = !c.pending.is_empty();
+    if behind {
+        out.extend_from_slice(b"RSET\r\n");
+    }
     let _ = write!(out, "MAIL FROM:<{}> SIZE={}\r\n", plan.sender, body.len());
     for r in &rcpts {
         let _ = write!(out, "RCPT TO:<{r}>\r\n");
     }
     let _ = write!(out, "BDAT {} LAST\r\n", body.len());
     out.extend_from_slice(&body);
-    c.state = State::Transaction(rcpts.len() + 2);
+    c.state = State::Transaction;
+    c.pending.push_back(rcpts.len() + 2 + usize::from(behind));
 }
 
 /// Writes what is pending; true when the connection failed.

@@ -31,6 +31,8 @@
 //! idle_timeout_s = 5          # an idle pooled connection is closed (QUIT) after this
 //! max_connections_per_host = 20   # per (source, MX address); the shaping layer refines it
 //! max_messages_per_connection = 1000
+//! transactions_in_flight = 1  # messages sent on a connection before the first's end-of-data reply
+//!                             # (above 1 only to servers offering PIPELINING and CHUNKING)
 //! tls = "opportunistic"       # "disabled", "opportunistic", "required"
 //! ca_file = ""                # extra CA certificates (PEM) for "required"
 //! host_down_s = 60            # after a connection failure, skip that MX address this long
@@ -244,6 +246,9 @@ impl Default for DnsSection {
     }
 }
 
+/// The most transactions a connection may have in flight (`delivery.transactions_in_flight`).
+pub const MAX_TRANSACTIONS_IN_FLIGHT: usize = 64;
+
 /// `[delivery]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -258,6 +263,9 @@ pub struct DeliverySection {
     pub max_connections_per_host: usize,
     /// Messages per connection before it is closed.
     pub max_messages_per_connection: u32,
+    /// Transactions in flight on one connection (see
+    /// [`crate::smtp::SessionConfig::transactions_in_flight`]); 1 waits for each end-of-data reply.
+    pub transactions_in_flight: usize,
     /// STARTTLS policy.
     pub tls: TlsPolicy,
     /// Extra CA certificates for `required`.
@@ -274,6 +282,7 @@ impl Default for DeliverySection {
             idle_timeout_s: 5,
             max_connections_per_host: 20,
             max_messages_per_connection: 1000,
+            transactions_in_flight: 1,
             tls: TlsPolicy::Opportunistic,
             ca_file: PathBuf::new(),
             host_down_s: 60,
@@ -726,6 +735,12 @@ impl EngineConfig {
                 "must be at least 1",
             ));
         }
+        if !(1..=MAX_TRANSACTIONS_IN_FLIGHT).contains(&d.transactions_in_flight) {
+            return Err(err(
+                "delivery.transactions_in_flight",
+                "must be between 1 and 64",
+            ));
+        }
         if d.connect_timeout_s == 0 {
             return Err(err("delivery.connect_timeout_s", "must be at least 1"));
         }
@@ -991,6 +1006,11 @@ impl EngineConfigBuilder {
     /// Messages per connection.
     pub fn max_messages_per_connection(mut self, n: u32) -> Self {
         self.0.delivery.max_messages_per_connection = n;
+        self
+    }
+    /// Transactions in flight per connection.
+    pub fn transactions_in_flight(mut self, n: usize) -> Self {
+        self.0.delivery.transactions_in_flight = n;
         self
     }
     /// Retry schedule.

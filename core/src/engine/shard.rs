@@ -213,7 +213,9 @@ struct Conn {
     session: Option<Session>,
     ready: bool,
     connect_deadline: Instant,
-    txn: Option<InFlight>,
+    /// Transactions handed to the session whose outcome is not in, oldest first (the session
+    /// reports outcomes in this order).
+    txns: VecDeque<InFlight>,
 }
 
 /// What is left of a connection once its permit went back to the shaping layer.
@@ -223,7 +225,7 @@ struct ClosedConn {
     mx: Arc<str>,
     session: Option<Session>,
     ready: bool,
-    txn: Option<InFlight>,
+    txns: VecDeque<InFlight>,
     _deadline: Instant,
 }
 
@@ -407,6 +409,7 @@ impl ShardCore {
                 _ => Tls::Disabled,
             };
             s.timeouts.idle = Duration::from_secs(d.idle_timeout_s.max(1));
+            s.transactions_in_flight = d.transactions_in_flight;
             s.auth = auth.map(|(username, password)| Credentials { username, password });
             s.allow_plaintext_auth = plain;
             Arc::new(s)
@@ -995,7 +998,7 @@ impl ShardCore {
             ready: false,
             connect_deadline: now.mono
                 + Duration::from_secs(self.cfg.config.delivery.connect_timeout_s),
-            txn: None,
+            txns: VecDeque::new(),
         };
         let id = match self.free_conns.pop() {
             Some(id) => {
@@ -1365,15 +1368,15 @@ impl ShardCore {
         }
     }
 
-    /// Records outcomes for the in-flight transaction: for one recipient (`Some(index)`) or every
-    /// recipient still without one (`None`; accepted-at-RCPT ones get `outcome`, others were already
-    /// finished by their RCPT reply).
+    /// Records outcomes for the oldest transaction in flight: for one recipient (`Some(index)`) or
+    /// every recipient still without one (`None`, which ends the transaction; accepted-at-RCPT ones
+    /// get `outcome`, others were already finished by their RCPT reply).
     fn finish_in_flight(&mut self, now: Now, conn: ConnId, index: Option<usize>, outcome: Outcome) {
         let Some(c) = self.conns.get_mut(conn).and_then(|c| c.as_mut()) else {
             return;
         };
         let (mx, ip, source) = (c.mx.clone(), c.key.addr.ip(), c.key.source);
-        let Some(t) = c.txn.as_mut() else {
+        let Some(t) = c.txns.front_mut() else {
             return;
         };
         match index {
@@ -1397,7 +1400,7 @@ impl ShardCore {
                         *rid
                     })
                     .collect();
-                c.txn = None;
+                c.txns.pop_front();
                 self.metrics
                     .in_flight
                     .fetch_sub(todo.len() as u64, Ordering::Relaxed);
@@ -1691,6 +1694,7 @@ impl ShardCore {
             return;
         };
         let pk = c.key;
+        let max_messages = self.cfg.config.delivery.max_messages_per_connection;
         if self.shutting_down {
             if let Some(s) = self.session_mut(conn) {
                 s.quit(now.mono);
@@ -1764,16 +1768,32 @@ impl ShardCore {
                 .in_flight
                 .fetch_add(inflight.rcpts.len() as u64, Ordering::Relaxed);
             let c = self.conns[conn].as_mut().expect("live connection");
-            c.txn = Some(inflight);
             let sent = c.session.as_mut().map(|s| s.send(now.mono, transaction));
             match sent {
-                Some(Ok(())) => {}
+                Some(Ok(())) => c.txns.push_back(inflight),
                 _ => {
-                    let outcome = Outcome::temporary("session not ready".into(), Phase::Mail);
-                    self.finish_in_flight(now, conn, None, outcome);
+                    let (mx, ip, source) = (c.mx.clone(), c.key.addr.ip(), c.key.source);
+                    self.metrics
+                        .in_flight
+                        .fetch_sub(inflight.rcpts.len() as u64, Ordering::Relaxed);
+                    for (rid, _) in inflight.rcpts {
+                        let outcome = Outcome::temporary("session not ready".into(), Phase::Mail);
+                        self.finish(now, rid, outcome, Some((&mx, ip)), source);
+                    }
                 }
             }
             self.pump(now, conn);
+            // With transactions in flight allowed, the connection takes the next message at once.
+            let room = !self.shutting_down
+                && self.conns[conn]
+                    .as_ref()
+                    .is_some_and(|c| !c.txns.is_empty())
+                && self
+                    .session_mut(conn)
+                    .is_some_and(|s| s.is_ready() && s.messages_sent() < max_messages);
+            if room {
+                continue;
+            }
             if more {
                 // Another queue-mate may need a connection of its own.
                 self.pending.push_back(key);
@@ -1893,7 +1913,7 @@ impl ShardCore {
                 session,
                 ready,
                 connect_deadline,
-                txn,
+                txns,
             } = c;
             if !ready && failure.is_some() {
                 self.shaper.on_connect_failed(permit, nanos);
@@ -1905,7 +1925,7 @@ impl ShardCore {
                 mx,
                 session,
                 ready,
-                txn,
+                txns,
                 _deadline: connect_deadline,
             }
         };
@@ -1914,11 +1934,12 @@ impl ShardCore {
                 .connections_open
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(t) = c.txn {
-            // The session always fails its transaction before closing; this is a safety net.
-            let left: Vec<RecipientId> = t
-                .rcpts
+        if !c.txns.is_empty() {
+            // The session always fails its transactions before closing; this is a safety net.
+            let left: Vec<RecipientId> = c
+                .txns
                 .iter()
+                .flat_map(|t| t.rcpts.iter())
                 .filter(|(_, done)| !done)
                 .map(|(r, _)| *r)
                 .collect();
@@ -1968,7 +1989,7 @@ impl ShardCore {
         self.pending.clear();
         for id in 0..self.conns.len() {
             let idle = self.conns[id].as_ref().is_some_and(|c| {
-                c.txn.is_none() && c.session.as_ref().is_some_and(|s| s.is_ready())
+                c.txns.is_empty() && c.session.as_ref().is_some_and(|s| s.is_ready())
             });
             if idle {
                 if let Some(s) = self.session_mut(id) {
@@ -1990,7 +2011,7 @@ impl ShardCore {
         for id in 0..self.conns.len() {
             if let Some(c) = self.conns[id].as_mut() {
                 // Forget the transaction: its recipients keep their spool state.
-                if let Some(t) = c.txn.take() {
+                for t in std::mem::take(&mut c.txns) {
                     self.metrics
                         .in_flight
                         .fetch_sub(t.unsettled() as u64, Ordering::Relaxed);
