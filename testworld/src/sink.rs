@@ -93,6 +93,10 @@ pub struct SinkCounters {
     pub bytes: AtomicU64,
     /// The most messages accepted on one connection.
     pub max_messages_per_connection: AtomicU64,
+    /// The most transactions (MAIL commands) handled from the input of one wake-up of a connection
+    /// (what arrived since the last): above 1 only
+    /// when a client sends a message before the previous one's end-of-data reply is out.
+    pub max_transactions_per_read: AtomicU64,
     per_second: Box<[AtomicU32]>,
 }
 
@@ -114,6 +118,7 @@ impl SinkCounters {
             throttled: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             max_messages_per_connection: AtomicU64::new(0),
+            max_transactions_per_read: AtomicU64::new(0),
             per_second: (0..HISTORY_S).map(|_| AtomicU32::new(0)).collect(),
         }
     }
@@ -740,6 +745,7 @@ impl Worker {
         let host = self.hosts[c.host].clone();
         let mut pos = 0;
         let now = Instant::now();
+        let mut mails = 0;
         while pos < c.input.len() && !c.closing {
             match c.phase {
                 Phase::Command => {
@@ -760,6 +766,12 @@ impl Worker {
                     }
                     let line = pos..end;
                     pos = end;
+                    if c.input[line.clone()]
+                        .get(..5)
+                        .is_some_and(|w| w.eq_ignore_ascii_case(b"MAIL "))
+                    {
+                        mails += 1;
+                    }
                     if self.command(&mut c, &host, line, now) {
                         // STARTTLS: what the client pipelined after it is discarded (RFC 3207 §5).
                         pos = c.input.len();
@@ -819,6 +831,11 @@ impl Worker {
         }
         if pos > 0 {
             c.input.drain(..pos);
+        }
+        if mails > 1 {
+            host.counters
+                .max_transactions_per_read
+                .fetch_max(mails, Ordering::Relaxed);
         }
         self.conns[slot] = Some(c);
     }
