@@ -1,5 +1,5 @@
 //! The SMTP client session against real servers on loopback (127.0.30.0/24): Postfix `smtp-sink` with
-//! its fault flags, and an aiosmtpd STARTTLS server with a throwaway CA.
+//! its fault flags, an aiosmtpd STARTTLS server with a throwaway CA, and a private Postfix `smtpd`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use vmta::smtp::{
     CloseCause, Envelope, Event, MessageFailure, Phase, Recipient, SessionConfig, Tls, TlsSettings,
     Transaction,
 };
-use vmta_tests::smtp::{SmtpSink, StartTlsServer};
+use vmta_tests::smtp::{PostfixSmtpd, SmtpSink, StartTlsServer};
 
 const IP: &str = "127.0.30.1";
 
@@ -334,4 +334,65 @@ fn starttls_disabled_stays_in_plain_text() {
     assert!(report.capabilities.starttls);
     assert_eq!(accepted(&report), 1);
     assert!(delivered_line(&server).starts_with("DELIVERED plain "));
+}
+
+#[test]
+fn postfix_smtpd_takes_transactions_in_flight_behind_each_other() {
+    // Postfix's smtpd offers CHUNKING (smtp-sink here does not) and, with
+    // smtpd_forbid_unauth_pipelining, drops clients that pipeline where RFC 2920 forbids it.
+    let smtpd = PostfixSmtpd::start("127.0.30.7");
+    let mut cfg = SessionConfig::new("client.vmta.test");
+    cfg.transactions_in_flight = 4;
+    let to: Vec<String> = (0..12)
+        .map(|n| {
+            if n % 4 == 1 {
+                format!("unknown{n}@pipe.test")
+            } else {
+                format!("u{n}@pipe.test")
+            }
+        })
+        .collect();
+    let txs = to
+        .iter()
+        .enumerate()
+        .map(|(n, a)| tx(&[a.as_str()], n))
+        .collect();
+    let report = run(smtpd.addr, Arc::new(cfg), txs);
+    assert!(report.capabilities.chunking && report.capabilities.pipelining);
+    assert_eq!(report.messages_sent, 12);
+    // One outcome per message, in order: the unknown recipients' transactions fail at RCPT (no
+    // valid recipient), the others are accepted, and the session ends with QUIT.
+    let outcomes: Vec<bool> = report
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MessageAccepted { .. } => Some(true),
+            Event::MessageFailed {
+                phase: Phase::Rcpt,
+                failure: MessageFailure::NoValidRecipients,
+            } => Some(false),
+            Event::MessageFailed { .. } => panic!("unexpected failure: {e:?}"),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<bool> = (0..12).map(|n| n % 4 != 1).collect();
+    assert_eq!(outcomes, want, "{:#?}", report.events);
+    let rejected = count(
+        &report,
+        |e| matches!(e, Event::RcptRejected { reply, .. } if reply.code == 554),
+    );
+    assert_eq!(rejected, 3);
+    assert_eq!(closed_cause(&report), CloseCause::Quit);
+    // Postfix saw no improper pipelining and passed the nine accepted messages on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let sent = loop {
+        let log = smtpd.log();
+        assert!(!log.contains("improper command pipelining"), "{log}");
+        let sent = log.matches("status=sent").count();
+        if sent >= 9 || std::time::Instant::now() > deadline {
+            break sent;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sent, 9, "{}", smtpd.log());
 }

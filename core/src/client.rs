@@ -53,23 +53,15 @@ pub fn run_connection(
     let mut readbuf = vec![0u8; 64 * 1024];
     let mut mio_events = Events::with_capacity(8);
     let mut writable_interest = false;
-    let mut in_flight = false;
     loop {
         let now = Instant::now();
-        // Events first, then new work, then output.
+        // Events first, then new work (as many transactions as the session takes), then output.
         while let Some(e) = session.poll_event() {
-            if matches!(
-                e,
-                Event::MessageAccepted { .. } | Event::MessageFailed { .. }
-            ) {
-                in_flight = false;
-            }
             events.push(e);
         }
-        if session.is_ready() && !in_flight {
+        if session.is_ready() {
             match pending.pop_front() {
                 Some(tx) => {
-                    in_flight = true;
                     if let Err(e) = session.send(now, tx) {
                         return Err(io::Error::other(e.to_string()));
                     }
