@@ -40,7 +40,7 @@ fn messages_behind_each_other_are_each_delivered_or_bounced_once() {
     // valid recipient, and the next one behind it starts with RSET.
     let total = 400;
     let rcpt = |n: usize| {
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             format!("unknown{n}@pipe.engine.test")
         } else {
             format!("u{n}@pipe.engine.test")
@@ -81,7 +81,7 @@ fn messages_behind_each_other_are_each_delivered_or_bounced_once() {
         assert_eq!(evs.len(), 1, "{r}: {evs:#?}");
         let ev = evs[0];
         assert_eq!(ev.attempts, 1, "{r}: {ev:#?}");
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             assert_eq!(ev.kind, EventKind::Bounced, "{r}: {ev:#?}");
             assert_eq!(ev.code, 550);
             assert_eq!(ev.reason, "userunknown");
