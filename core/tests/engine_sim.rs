@@ -126,7 +126,32 @@ fn run_mixed_with(seed: u64, messages: usize, config: EngineConfig) -> Outcome {
 #[test]
 fn every_recipient_reaches_exactly_one_final_state_over_three_days() {
     let messages = 1500;
-    exactly_once(messages, run_mixed(42, messages));
+    let out = run_mixed(42, messages);
+    assert_eq!(
+        out.max_transactions_per_read, 1,
+        "one transaction in flight by default"
+    );
+    exactly_once(messages, out);
+}
+
+#[test]
+fn with_transactions_in_flight_every_recipient_still_ends_exactly_once() {
+    // Four messages behind each other per connection, through flaky hosts that drop connections
+    // with transactions in flight, greylisting, hard bounces, dead hosts and three days of retries.
+    let messages = 1500;
+    let config = EngineConfig::builder()
+        .shards(1)
+        .max_connections_per_host(3)
+        .max_messages_per_connection(50)
+        .transactions_in_flight(4)
+        .build();
+    let out = run_mixed_with(42, messages, config);
+    assert!(
+        (2..=4).contains(&out.max_transactions_per_read),
+        "{} transactions in one read",
+        out.max_transactions_per_read
+    );
+    exactly_once(messages, out);
 }
 
 #[test]

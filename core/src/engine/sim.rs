@@ -100,6 +100,9 @@ pub struct Outcome {
     pub cancellable: usize,
     /// The most recipients the shard held in its ready queues at once (after any step).
     pub peak_ready: usize,
+    /// The most transactions (MAIL commands) a server received in one delivery of bytes: above 1
+    /// only with transactions in flight.
+    pub max_transactions_per_read: usize,
 }
 
 impl Outcome {
@@ -438,6 +441,7 @@ impl Simulation {
         s.inbuf.extend_from_slice(bytes);
         let mut replies = Vec::new();
         let mut eof = false;
+        let mut mails = 0;
         loop {
             if s.bdat_left > 0 {
                 let n = s.bdat_left.min(s.inbuf.len());
@@ -477,6 +481,7 @@ impl Simulation {
                     b"250-sim\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n",
                 ),
                 "MAIL" => {
+                    mails += 1;
                     s.rcpts.clear();
                     s.ok_rcpts.clear();
                     s.mail_from = text
@@ -529,6 +534,7 @@ impl Simulation {
                 _ => replies.extend_from_slice(b"502 5.5.2 unknown\r\n"),
             }
         }
+        self.out.max_transactions_per_read = self.out.max_transactions_per_read.max(mails);
         let latency = b.latency;
         if !replies.is_empty() {
             self.schedule(latency, SimEvent::Bytes(conn, replies));
