@@ -3,12 +3,14 @@
 # hosts (sinks of `vmta world` on 127.0.0.11-20, DNS on 127.0.0.10), in one run and one table.
 #
 #   benches/compare.sh [--quick] [--messages N] [--postfix-messages M] [--connections-per-host C]
-#                      [--only vmta,blast,lettre,postfix] [--out DIR] [--timeout S] [--no-build]
+#                      [--transactions-in-flight T] [--only vmta,blast,lettre,postfix] [--out DIR]
+#                      [--timeout S] [--no-build]
 #
 # Rows (each against a fresh `vmta world --expect COUNT`, which reports the receivers' view: seconds
 # from the first accepted connection to the COUNT-th message, and connections opened):
 #   vmta     vmta bench --workload a --messages N --dns .. --port .. --hosts .. --json
 #   blast    the same with --blast (the ceiling: pipelined bytes, no queue)
+#   (both with --transactions-in-flight T, default 1: messages sent behind each other per connection)
 #   lettre   benches/peers/lettre (pooled SmtpTransport, C connections per host)
 #   postfix  benches/peers/postfix.sh (private Postfix relay, C connections per host, fed by smtp-feed)
 # Client CPU: the `vmta bench` process, the lettre process, the Postfix instance's daemons (the
@@ -21,7 +23,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-messages=200000 postfix_messages=20000 per_host="" only="vmta,blast,lettre,postfix"
+messages=200000 postfix_messages=20000 per_host="" only="vmta,blast,lettre,postfix" in_flight=1
 out=$root/target/compare timeout=600 build=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -29,15 +31,16 @@ while [ $# -gt 0 ]; do
         --messages) messages=$2; shift 2 ;;
         --postfix-messages) postfix_messages=$2; shift 2 ;;
         --connections-per-host) per_host=$2; shift 2 ;;
+        --transactions-in-flight) in_flight=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --timeout) timeout=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-for n in "$messages" "$postfix_messages" "$timeout" ${per_host:+"$per_host"}; do
+for n in "$messages" "$postfix_messages" "$timeout" "$in_flight" ${per_host:+"$per_host"}; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: counts, timeouts and connections must be positive integers, not '$n'" >&2; exit 2; }
 done
 wants() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -139,8 +142,8 @@ for system in vmta blast; do
         echo "== $system: skipped, this vmta has no 'bench' command" >&2
         continue
     fi
-    extra=()
-    [ $system = blast ] && extra=(--blast)
+    extra=(--transactions-in-flight "$in_flight")
+    [ $system = blast ] && extra+=(--blast)
     if run $system "$messages" "$vmta" bench --workload a --messages "$messages" \
         --dns @DNS@ --port @PORT@ --hosts @HOSTS@ --json "${extra[@]}"; then rows+=($system); else failed=1; fi
 done

@@ -1,11 +1,12 @@
 //! A client session fed arbitrary server bytes in arbitrary pieces, with time jumps: it must never
-//! panic, must end in a clean state or keep going, and must keep its buffers bounded.
+//! panic, must end in a clean state or keep going, must keep its buffers bounded, and must report
+//! exactly one outcome for every message handed to it (up to four in flight at once).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmta::smtp::{Credentials, Envelope, Recipient, Session, SessionConfig, Transaction};
+use vmta::smtp::{Credentials, Envelope, Event, Recipient, Session, SessionConfig, Transaction};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
@@ -15,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let mut cfg = SessionConfig::new("fuzz.example");
     cfg.pipelining = flags & 1 != 0;
     cfg.chunking = flags & 2 != 0;
+    cfg.transactions_in_flight = 1 + ((flags >> 5) & 3) as usize;
     if flags & 4 != 0 {
         cfg.auth = Some(Credentials { username: "u".into(), password: "p".into() });
         cfg.allow_plaintext_auth = flags & 8 != 0;
@@ -34,6 +36,12 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     let mut rest = &data[1..];
     let mut sent = 0;
+    let mut outcomes = 0;
+    let mut count = |e: Event| {
+        if matches!(e, Event::MessageAccepted { .. } | Event::MessageFailed { .. }) {
+            outcomes += 1;
+        }
+    };
     while !rest.is_empty() {
         // Each piece: one length byte, then that many bytes of server input.
         let n = (rest[0] as usize % 64).min(rest.len() - 1);
@@ -48,8 +56,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         s.handle_input(now, piece);
-        while s.poll_event().is_some() {}
-        if s.is_ready() && sent < 3 {
+        while let Some(e) = s.poll_event() {
+            count(e);
+        }
+        while s.is_ready() && sent < 6 {
             s.send(now, tx.clone()).unwrap();
             sent += 1;
         }
@@ -58,6 +68,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(out.len() < 1 << 20);
     }
     s.handle_eof(now);
-    while s.poll_event().is_some() {}
+    while let Some(e) = s.poll_event() {
+        count(e);
+    }
     assert!(s.is_closed());
+    assert_eq!(outcomes, sent, "one outcome per message");
 });

@@ -1531,6 +1531,7 @@ impl Session {
         let end = (bo.offset + BODY_BLOCK).min(all.len());
         let block = &all[bo.offset..end];
         let last = end == all.len();
+        let multi_block = bo.offset > 0;
         match bo.stuffer.as_mut() {
             Some(stuffer) => {
                 stuffer.push(block, &mut self.outbuf);
@@ -1543,16 +1544,19 @@ impl Session {
         bo.offset = end;
         if last {
             self.body_out = None;
-            // The end-of-data timer runs from the moment the last block is handed out (for a body
-            // behind other transactions, the head's timer runs on).
-            let phase = match &self.state {
-                State::Transaction(t) if self.queued.is_empty() => {
-                    t.inflight.front().map(|e| e.phase())
-                }
+            let front = match &self.state {
+                State::Transaction(t) => t.inflight.front().map(|e| e.phase()),
                 _ => None,
             };
-            if let Some(Phase::EndOfData) = phase {
-                self.arm(now, Phase::EndOfData);
+            if self.queued.is_empty() {
+                // The end-of-data timer runs from the moment the last block is handed out.
+                if front == Some(Phase::EndOfData) {
+                    self.arm(now, Phase::EndOfData);
+                }
+            } else if multi_block && let Some(phase) = front {
+                // A body behind other transactions: the data block timer stood in for the head's
+                // reply timer while it went out; the head's timer runs again.
+                self.arm(now, phase);
             }
         } else {
             self.deadline = Some((now + self.config.timeouts.data_block, Phase::EndOfData));
@@ -1834,6 +1838,18 @@ mod tests {
             second,
             text.find("BDAT").unwrap() + "BDAT 524298 LAST\r\n".len() + 2 * BODY_BLOCK + 10
         );
+
+        // A large body behind the head: block timers while it goes out, then the head's reply
+        // timer again (its MAIL reply is the next due).
+        let (mut s, now) = ready_session(caps, 2);
+        s.send(now, message(b"x\r\n".to_vec())).unwrap();
+        s.send(now, message(vec![b'b'; 2 * BODY_BLOCK])).unwrap();
+        let timeouts = Timeouts::default();
+        let mut sink = Vec::new();
+        s.poll_transmit(now, &mut sink);
+        assert_eq!(s.poll_timeout(), Some(now + timeouts.data_block));
+        s.poll_transmit(now, &mut sink);
+        assert_eq!(s.poll_timeout(), Some(now + timeouts.mail));
     }
 
     fn stuff(chunks: &[&[u8]]) -> Vec<u8> {
