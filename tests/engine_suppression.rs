@@ -62,12 +62,19 @@ impl World {
         }
     }
 
-    /// Replaces the "mailbox full" sink by one started with `flags` on the same address, and waits
-    /// until the engine has let go of its idle connections to the old one.
-    fn restart_full(&mut self, flags: &[&str]) {
+    /// Replaces the "mailbox full" sink by one started with `flags` on the same address, once the
+    /// engine has let go of its connections to the old one (so no message goes down a dead one).
+    fn restart_full(&mut self, e: &Engine, flags: &[&str]) {
         let addr = self.full.take().expect("the full sink").addr;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while e.metrics().total().connections_open > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the engine kept a connection to the stopped sink"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.full = Some(SmtpSink::start_on(addr, flags));
-        std::thread::sleep(Duration::from_millis(1500));
     }
 
     fn config(&self, spool: &TempDir) -> EngineConfig {
@@ -266,9 +273,9 @@ fn a_delivery_resets_the_soft_bounce_count() {
     expect(&mut events, EventKind::Deferred, 1);
     expect(&mut events, EventKind::Deferred, 2);
     assert!(e.suppression("acme", rcpt, None).is_none());
-    w.restart_full(&[]);
+    w.restart_full(&e, &[]);
     expect(&mut events, EventKind::Delivered, 1);
-    w.restart_full(FULL_FLAGS);
+    w.restart_full(&e, FULL_FLAGS);
     expect(&mut events, EventKind::Deferred, 3);
     expect(&mut events, EventKind::Deferred, 4);
     assert!(
