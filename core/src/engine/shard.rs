@@ -1783,6 +1783,10 @@ impl ShardCore {
                 }
             }
             self.pump(now, conn);
+            if more {
+                // Another queue-mate may need a connection of its own.
+                self.pending.push_back(key);
+            }
             // With transactions in flight allowed, the connection takes the next message at once.
             let room = !self.shutting_down
                 && self.conns[conn]
@@ -1791,14 +1795,9 @@ impl ShardCore {
                 && self
                     .session_mut(conn)
                     .is_some_and(|s| s.is_ready() && s.messages_sent() < max_messages);
-            if room {
-                continue;
+            if !room {
+                return;
             }
-            if more {
-                // Another queue-mate may need a connection of its own.
-                self.pending.push_back(key);
-            }
-            return;
         }
     }
 
