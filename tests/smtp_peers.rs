@@ -360,6 +360,8 @@ fn postfix_smtpd_takes_transactions_in_flight_behind_each_other() {
     let report = run(smtpd.addr, Arc::new(cfg), txs);
     assert!(report.capabilities.chunking && report.capabilities.pipelining);
     assert_eq!(report.messages_sent, 12);
+    // They did go out behind each other, as many at once as allowed.
+    assert_eq!(report.most_in_flight, 4);
     // One outcome per message, in order: the unknown recipients' transactions fail at RCPT (no
     // valid recipient), the others are accepted, and the session ends with QUIT.
     let outcomes: Vec<bool> = report

@@ -26,6 +26,10 @@ pub struct ConnectionReport {
     pub tls: bool,
     /// Messages handed to the session.
     pub messages_sent: u32,
+    /// The most transactions the session had in flight at once (above 1 only with
+    /// [`SessionConfig::transactions_in_flight`] above 1 and a server offering PIPELINING and
+    /// CHUNKING).
+    pub most_in_flight: usize,
 }
 
 /// Connects to `addr`, runs a session named `server_name` (SNI, certificate checks), sends each
@@ -53,6 +57,7 @@ pub fn run_connection(
     let mut readbuf = vec![0u8; 64 * 1024];
     let mut mio_events = Events::with_capacity(8);
     let mut writable_interest = false;
+    let mut most_in_flight = 0;
     loop {
         let now = Instant::now();
         // Events first, then new work (as many transactions as the session takes), then output.
@@ -65,6 +70,7 @@ pub fn run_connection(
                     if let Err(e) = session.send(now, tx) {
                         return Err(io::Error::other(e.to_string()));
                     }
+                    most_in_flight = most_in_flight.max(session.transactions_in_flight());
                     continue;
                 }
                 None => session.quit(now),
@@ -155,6 +161,7 @@ pub fn run_connection(
         capabilities: session.capabilities().clone(),
         tls: session.is_tls(),
         messages_sent: session.messages_sent(),
+        most_in_flight,
     })
 }
 

@@ -395,6 +395,8 @@ struct Conn {
     wire: Vec<u8>,
     phase: Phase,
     in_mail: bool,
+    /// MAIL commands handled from the input of the current wake-up.
+    mails_this_read: u64,
     sender_hash: u64,
     rcpts_ok: u64,
     /// Bytes of the message in earlier BDAT chunks.
@@ -587,6 +589,7 @@ impl Worker {
                 wire: Vec::new(),
                 phase: Phase::Command,
                 in_mail: false,
+                mails_this_read: 0,
                 sender_hash: 0,
                 rcpts_ok: 0,
                 bdat_size: 0,
@@ -745,7 +748,7 @@ impl Worker {
         let host = self.hosts[c.host].clone();
         let mut pos = 0;
         let now = Instant::now();
-        let mut mails = 0;
+        c.mails_this_read = 0;
         while pos < c.input.len() && !c.closing {
             match c.phase {
                 Phase::Command => {
@@ -766,12 +769,6 @@ impl Worker {
                     }
                     let line = pos..end;
                     pos = end;
-                    if c.input[line.clone()]
-                        .get(..5)
-                        .is_some_and(|w| w.eq_ignore_ascii_case(b"MAIL "))
-                    {
-                        mails += 1;
-                    }
                     if self.command(&mut c, &host, line, now) {
                         // STARTTLS: what the client pipelined after it is discarded (RFC 3207 §5).
                         pos = c.input.len();
@@ -832,10 +829,10 @@ impl Worker {
         if pos > 0 {
             c.input.drain(..pos);
         }
-        if mails > 1 {
+        if c.mails_this_read > 1 {
             host.counters
                 .max_transactions_per_read
-                .fetch_max(mails, Ordering::Relaxed);
+                .fetch_max(c.mails_this_read, Ordering::Relaxed);
         }
         self.conns[slot] = Some(c);
     }
@@ -889,6 +886,7 @@ impl Worker {
                 }
             }
             b"MAIL" => {
+                c.mails_this_read += 1;
                 if !host.take_message(now) {
                     host.counters.throttled.fetch_add(1, Ordering::Relaxed);
                     c.replies.extend_from_slice(b"421 4.7.28 sink.vmta.test Our system has detected an unusual rate of mail from your IP address; try again later\r\n");
