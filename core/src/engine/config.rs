@@ -738,7 +738,7 @@ impl EngineConfig {
         if !(1..=MAX_TRANSACTIONS_IN_FLIGHT).contains(&d.transactions_in_flight) {
             return Err(err(
                 "delivery.transactions_in_flight",
-                "must be between 1 and 64",
+                format!("must be between 1 and {MAX_TRANSACTIONS_IN_FLIGHT}"),
             ));
         }
         if d.connect_timeout_s == 0 {
