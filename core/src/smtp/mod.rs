@@ -1,7 +1,9 @@
-//! The SMTP client side of RFC 5321, as sans-IO protocol code.
+//! Both sides of RFC 5321 SMTP, as sans-IO protocol code.
 //!
 //! - [`reply`]: the reply parser (RFC 5321 §4.2, multi-line replies) and RFC 3463 enhanced status codes.
 //! - [`capabilities`]: ESMTP keywords from the EHLO reply.
+//! - [`server`]: the server session state machine (RFC 5321 server side, 2920, 3030, 1870, 6152, 6531,
+//!   2034); the caller decides on senders, recipients and messages.
 //! - [`session`]: the client session state machine (RFC 5321, 2920, 3030, 1870, 6152, 6531, 3461, 4954).
 //! - [`tls`]: STARTTLS (RFC 3207) with rustls as a second sans-IO layer.
 //! - [`Phase`]: where in the conversation something happened, shared with bounce classification.
@@ -12,6 +14,7 @@
 
 pub mod capabilities;
 pub mod reply;
+pub mod server;
 pub mod session;
 pub mod tls;
 

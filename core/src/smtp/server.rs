@@ -1,0 +1,1144 @@
+//! The SMTP server session: one connection from one client, as a sans-IO state machine.
+//!
+//! The conversation (RFC 5321 §3, §4.1; `C:` client, `S:` server; `?` marks a decision the caller
+//! makes through an [`Event`] and [`Session::answer`]):
+//!
+//! ```text
+//! S: 220 host ESMTP                                   Command
+//! C: EHLO name        S: 250-host 250-PIPELINING ...   (HELO: plain 250)
+//! per message:
+//! C: MAIL FROM:<a> [SIZE=n BODY=8BITMIME SMTPUTF8]     Pending(Mail)   ? Event::Mail
+//! C: RCPT TO:<b>      (one per recipient)              Pending(Rcpt)   ? Event::Rcpt
+//! C: DATA             S: 354, body, C: .               Data            (dot-unstuffed)
+//!  or C: BDAT n [LAST] + n octets                      Bdat            (RFC 3030)
+//!                                                      Pending(Message) ? Event::Message
+//! C: RSET / NOOP / VRFY / HELP / QUIT                  answered by the session itself
+//! ```
+//!
+//! With PIPELINING (RFC 2920) a client sends many commands in one flight; the session takes them one
+//! at a time and answers in order. While a decision is pending it reads nothing further: the bytes
+//! wait in its input buffer, which [`Session::wants_input`] bounds, so memory per connection stays
+//! bounded whatever a client sends (a line longer than [`ServerConfig::max_line`] is discarded as it
+//! arrives and answered `500 5.5.2`; message data beyond [`ServerConfig::max_message_size`] is read and
+//! dropped, then answered `552 5.3.4`).
+//!
+//! The end of message data is `CRLF . CRLF` only: a dot line after a bare LF, or ending in a bare LF,
+//! is content (no SMTP smuggling). Dot-unstuffing applies at the start of every line after a CRLF.
+//!
+//! # Driving a session
+//!
+//! The session never touches a socket or the clock. The driver:
+//!
+//! 1. creates it with [`Session::new`] once the client's connection is accepted (or
+//!    [`Session::refuse`] to answer `421` and close, for a connection over a limit);
+//! 2. reads from the socket only while [`Session::wants_input`], passing the bytes to
+//!    [`Session::handle_input`], end of stream to [`Session::handle_eof`], and calls
+//!    [`Session::handle_timeout`] once [`Session::poll_timeout`]'s instant has passed;
+//! 3. after each of those calls, and after [`Session::answer`] and [`Session::shutdown`], drains
+//!    [`Session::poll_event`], answering each [`Event::Mail`], [`Event::Rcpt`] and
+//!    [`Event::Message`] with [`Session::answer`] (now or later: the session waits), then writes what
+//!    [`Session::poll_transmit`] gives;
+//! 4. calls [`Session::handle_input`] with no bytes while [`Session::has_buffered_commands`] (one call
+//!    handles at most [`ServerConfig::max_batch`] commands, so one client cannot hold a thread);
+//! 5. closes the socket once [`Event::Closed`] was seen and `poll_transmit` gives nothing more.
+//!
+//! Timeouts (RFC 5321 §4.5.3.2.7 and a bound on slow clients): [`ServerTimeouts::idle`] for a whole
+//! command line from the moment the session waits for it (bytes trickling in do not extend it),
+//! [`ServerTimeouts::data`] of silence inside message data, [`ServerTimeouts::message`] for all of a
+//! message's data. A timeout answers `421 4.4.2` and closes. No timer runs while a decision is pending.
+//!
+//! # What it does not do
+//!
+//! No sockets, TLS, authentication or policy: the caller decides on senders, recipients and messages.
+//! STARTTLS and AUTH are answered `502 5.5.1` (not offered); EXPN `502`; VRFY `252`. DSN parameters
+//! (RFC 3461), BINARYMIME, DELIVERBY and the `XCLIENT`/`XFORWARD` extensions are not offered and their
+//! parameters are refused with `555 5.5.4`. Enhanced status codes are sent in every reply, also to a
+//! client that said HELO.
+
+use super::reply::{EnhancedCode, Reply};
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Server-side timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTimeouts {
+    /// Waiting for a whole command line (RFC 5321 §4.5.3.2.7: at least 5 minutes). Default 300 s.
+    pub idle: Duration,
+    /// Silence inside message data (DATA or a BDAT chunk). Default 180 s.
+    pub data: Duration,
+    /// All of one message's data, from the 354 or the first BDAT to its end. Default 600 s.
+    pub message: Duration,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        ServerTimeouts {
+            idle: Duration::from_secs(300),
+            data: Duration::from_secs(180),
+            message: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a server session offers and the limits it enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The server's name, in the greeting and the EHLO reply.
+    pub hostname: String,
+    /// The largest message accepted, in octets (announced with SIZE, RFC 1870). Default 50 MiB.
+    pub max_message_size: usize,
+    /// The most recipients per message (RFC 5321 §4.5.3.1.8 asks for at least 100). Default 1000.
+    pub max_recipients: usize,
+    /// The longest command line, CRLF included (RFC 5321 §4.5.3.1.4 says 512). Default 2048.
+    pub max_line: usize,
+    /// The most commands handled by one `handle_input` call (commands per pipelined batch). Default 100.
+    pub max_batch: usize,
+    /// Bad commands a client may send; the next one is answered `421 4.7.0` and closes. Default 20.
+    pub max_errors: u32,
+    /// The timeouts.
+    pub timeouts: ServerTimeouts,
+    /// Offer PIPELINING (RFC 2920). Default on.
+    pub pipelining: bool,
+    /// Offer CHUNKING (RFC 3030). Default on.
+    pub chunking: bool,
+    /// Offer SMTPUTF8 (RFC 6531). Default on.
+    pub smtputf8: bool,
+}
+
+impl ServerConfig {
+    /// The defaults, with `hostname` as the server's name.
+    pub fn new(hostname: impl Into<String>) -> ServerConfig {
+        ServerConfig {
+            hostname: hostname.into(),
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_line: 2048,
+            max_batch: 100,
+            max_errors: 20,
+            timeouts: ServerTimeouts::default(),
+            pipelining: true,
+            chunking: true,
+            smtputf8: true,
+        }
+    }
+
+    /// The most bytes the session buffers beyond what it has handled.
+    fn input_window(&self) -> usize {
+        self.max_line + INPUT_SLACK
+    }
+}
+
+/// Bytes a session may hold beyond one command line: pipelined commands waiting behind a decision.
+const INPUT_SLACK: usize = 64 * 1024;
+
+/// The `BODY=` parameter of MAIL (RFC 6152).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyType {
+    /// None given, or `BODY=7BIT`.
+    #[default]
+    SevenBit,
+    /// `BODY=8BITMIME`.
+    EightBitMime,
+}
+
+/// The envelope sender and its parameters, as the client sent them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailFrom {
+    /// The reverse path; empty for the null sender `<>`.
+    pub sender: String,
+    /// `SIZE=` (RFC 1870).
+    pub size: Option<u64>,
+    /// `BODY=` (RFC 6152).
+    pub body: BodyType,
+    /// `SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
+}
+
+/// A message whose data is complete, waiting for the caller's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The name the client gave in EHLO or HELO.
+    pub helo: String,
+    /// Whether the client said EHLO (ESMTP) rather than HELO.
+    pub esmtp: bool,
+    /// The envelope sender and its parameters.
+    pub mail: MailFrom,
+    /// The accepted recipients, in order.
+    pub recipients: Vec<String>,
+    /// The message data, dot-unstuffed, without the final `.` line.
+    pub data: Vec<u8>,
+    /// Whether the data came in BDAT chunks.
+    pub chunked: bool,
+}
+
+/// Something the caller learns, and for three kinds must answer with [`Session::answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The client greeted with EHLO (`esmtp`) or HELO. Informational.
+    Helo {
+        /// The name it gave.
+        name: String,
+        /// EHLO rather than HELO.
+        esmtp: bool,
+    },
+    /// MAIL FROM: answer 2xx to start the transaction, 4xx/5xx to refuse it.
+    Mail(MailFrom),
+    /// RCPT TO: answer 2xx to take the recipient, 4xx/5xx to refuse it.
+    Rcpt {
+        /// The forward path (source routes dropped).
+        recipient: String,
+    },
+    /// The message data is complete: answer 2xx once it is safe (durable), 4xx/5xx to refuse it.
+    Message(Message),
+    /// The client reset its transaction (RSET, or EHLO/HELO again). Informational.
+    Reset,
+    /// The session is over; `poll_transmit` may still hold its last reply.
+    Closed(CloseCause),
+}
+
+/// Why a server session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The client said QUIT.
+    Quit,
+    /// The client closed its side of the connection.
+    Eof,
+    /// The client closed its side in the middle of message data or a transaction.
+    EofInTransaction,
+    /// A timeout (`421 4.4.2` sent).
+    Timeout,
+    /// Too many bad commands (`421 4.7.0` sent).
+    TooManyErrors,
+    /// The server is shutting down (`421 4.3.2` sent).
+    Shutdown,
+    /// The connection was refused at once ([`Session::refuse`]).
+    Refused,
+    /// The caller answered a decision with 421: the session closes after sending it.
+    Closed421,
+}
+
+impl CloseCause {
+    /// A short lower-case name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseCause::Quit => "quit",
+            CloseCause::Eof => "eof",
+            CloseCause::EofInTransaction => "eof-in-transaction",
+            CloseCause::Timeout => "timeout",
+            CloseCause::TooManyErrors => "too-many-errors",
+            CloseCause::Shutdown => "shutdown",
+            CloseCause::Refused => "refused",
+            CloseCause::Closed421 => "closed-421",
+        }
+    }
+}
+
+/// [`Session::answer`] was called with nothing to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NothingPending;
+
+impl fmt::Display for NothingPending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no decision is pending")
+    }
+}
+
+impl std::error::Error for NothingPending {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Mail,
+    Rcpt,
+    Message,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for a command line.
+    Command,
+    /// Discarding an overlong command line up to its LF.
+    DiscardLine,
+    /// Inside DATA; `line_start` is true after a CRLF (or the 354).
+    Data { line_start: bool },
+    /// Inside a BDAT chunk: octets still to read; whether it is the last; the refusal to send once
+    /// it is read, if the chunk is refused.
+    Bdat {
+        remaining: u64,
+        last: bool,
+        refusal: Option<(u16, &'static str, &'static str)>,
+    },
+    /// Waiting for the caller's answer.
+    Pending(Decision),
+    /// Over.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Transaction {
+    mail: Option<MailFrom>,
+    pending_rcpt: String,
+    recipients: Vec<String>,
+    data: Vec<u8>,
+    oversize: bool,
+    /// The last data byte read was a CR.
+    last_cr: bool,
+    /// BDAT was used (DATA may not follow).
+    chunked: bool,
+    data_started: Option<Instant>,
+}
+
+/// One client's SMTP session, server side. See the module documentation for the driving rules.
+#[derive(Debug)]
+pub struct Session {
+    config: std::sync::Arc<ServerConfig>,
+    state: State,
+    input: Vec<u8>,
+    /// Bytes of `input` already handled.
+    pos: usize,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    helo: Option<(String, bool)>,
+    tx: Transaction,
+    errors: u32,
+    /// When the session began waiting for the current command line.
+    command_since: Instant,
+    /// The last time bytes arrived.
+    last_input: Instant,
+    shutting_down: bool,
+    closed_emitted: bool,
+    /// The last `advance` stopped at `max_batch` commands with input left.
+    batch_full: bool,
+}
+
+impl Session {
+    /// A session for a newly accepted connection: the `220` greeting is ready to send.
+    pub fn new(config: std::sync::Arc<ServerConfig>, now: Instant) -> Session {
+        let mut s = Session::blank(config, now);
+        let greeting = format!("{} ESMTP vmta", s.config.hostname);
+        s.reply_raw(220, None, &greeting);
+        s
+    }
+
+    /// A session that only answers `reply` (a 421 or 554 for a connection over a limit or from a
+    /// refused network, RFC 5321 §3.1) and closes.
+    pub fn refuse(config: std::sync::Arc<ServerConfig>, now: Instant, reply: &Reply) -> Session {
+        let mut s = Session::blank(config, now);
+        s.reply_with(reply);
+        s.close(CloseCause::Refused);
+        s
+    }
+
+    fn blank(config: std::sync::Arc<ServerConfig>, now: Instant) -> Session {
+        Session {
+            config,
+            state: State::Command,
+            input: Vec::new(),
+            pos: 0,
+            out: Vec::with_capacity(512),
+            events: VecDeque::new(),
+            helo: None,
+            tx: Transaction::default(),
+            errors: 0,
+            command_since: now,
+            last_input: now,
+            shutting_down: false,
+            closed_emitted: false,
+            batch_full: false,
+        }
+    }
+
+    /// The session's configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Whether the driver should read more from the socket: the session is open and its buffer of
+    /// unhandled bytes is below its bound.
+    pub fn wants_input(&self) -> bool {
+        !self.is_closed() && self.input.len() - self.pos < self.config.input_window()
+    }
+
+    /// Whether buffered bytes wait to be handled and the session could handle them now (no decision
+    /// pending): call [`Session::handle_input`] with no bytes.
+    pub fn has_buffered_commands(&self) -> bool {
+        self.batch_full && !matches!(self.state, State::Pending(_) | State::Closed)
+    }
+
+    /// Whether a decision waits for [`Session::answer`].
+    pub fn is_pending(&self) -> bool {
+        matches!(self.state, State::Pending(_))
+    }
+
+    /// Whether a transaction is in progress (MAIL accepted, data not yet answered).
+    pub fn in_transaction(&self) -> bool {
+        self.tx.mail.is_some() || matches!(self.state, State::Bdat { .. })
+    }
+
+    /// Whether the session is over.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The EHLO/HELO name, once given.
+    pub fn helo(&self) -> Option<&str> {
+        self.helo.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    /// Bytes received from the client.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        if !data.is_empty() {
+            self.last_input = now;
+            self.input.extend_from_slice(data);
+        }
+        self.advance(now);
+    }
+
+    /// The client closed its side of the connection.
+    pub fn handle_eof(&mut self, _now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        let cause = if self.in_transaction()
+            || matches!(
+                self.state,
+                State::Data { .. } | State::Bdat { .. } | State::Pending(_)
+            ) {
+            CloseCause::EofInTransaction
+        } else {
+            CloseCause::Eof
+        };
+        self.close(cause);
+    }
+
+    /// When [`Session::handle_timeout`] is due, if a timer runs.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = &self.config.timeouts;
+        match self.state {
+            State::Command | State::DiscardLine => Some(self.command_since + t.idle),
+            State::Data { .. } | State::Bdat { .. } => {
+                let silence = self.last_input + t.data;
+                Some(match self.tx.data_started {
+                    Some(start) => silence.min(start + t.message),
+                    None => silence,
+                })
+            }
+            State::Pending(_) | State::Closed => None,
+        }
+    }
+
+    /// Time passed: answers `421 4.4.2` and closes if a timer expired.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(at) = self.poll_timeout()
+            && now >= at
+        {
+            let text = format!("{} Error: timeout exceeded", self.config.hostname);
+            self.reply_raw(421, Some("4.4.2"), &text);
+            self.close(CloseCause::Timeout);
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Appends the bytes to send to `out`; returns how many.
+    pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> usize {
+        let n = self.out.len();
+        out.append(&mut self.out);
+        n
+    }
+
+    /// Stops the session for a server shutdown: at the next command boundary (now, if the client is
+    /// between commands) it answers `421 4.3.2` and closes. A message whose data is being read or
+    /// whose answer is pending finishes first.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        if matches!(self.state, State::Command | State::DiscardLine) {
+            self.advance(now);
+        }
+    }
+
+    /// Answers the pending decision. A 2xx accepts (the sender, the recipient, the message), 4xx or
+    /// 5xx refuses; a 421 also closes the session (RFC 5321 §3.8). Then handles any commands the
+    /// client pipelined behind it.
+    pub fn answer(&mut self, now: Instant, reply: &Reply) -> Result<(), NothingPending> {
+        let State::Pending(decision) = self.state else {
+            return Err(NothingPending);
+        };
+        let positive = reply.code / 100 == 2;
+        match decision {
+            Decision::Mail => {
+                if !positive {
+                    self.tx = Transaction::default();
+                }
+            }
+            Decision::Rcpt => {
+                let r = std::mem::take(&mut self.tx.pending_rcpt);
+                if positive {
+                    self.tx.recipients.push(r);
+                }
+            }
+            Decision::Message => self.tx = Transaction::default(),
+        }
+        self.reply_with(reply);
+        self.command_since = now;
+        if reply.code == 421 {
+            self.close(CloseCause::Closed421);
+            return Ok(());
+        }
+        self.state = State::Command;
+        self.advance(now);
+        Ok(())
+    }
+
+    /// Handles buffered input as far as it can: at most `max_batch` commands.
+    fn advance(&mut self, now: Instant) {
+        let mut commands = 0;
+        self.batch_full = false;
+        loop {
+            match self.state {
+                State::Closed | State::Pending(_) => break,
+                State::Command => {
+                    if self.shutting_down {
+                        let text = format!("{} Service shutting down", self.config.hostname);
+                        self.reply_raw(421, Some("4.3.2"), &text);
+                        self.close(CloseCause::Shutdown);
+                        break;
+                    }
+                    if commands >= self.config.max_batch {
+                        self.batch_full = self.pos < self.input.len();
+                        break;
+                    }
+                    let avail = &self.input[self.pos..];
+                    match memchr::memchr(b'\n', avail) {
+                        None => {
+                            if avail.len() >= self.config.max_line {
+                                self.pos = self.input.len();
+                                self.state = State::DiscardLine;
+                            }
+                            break;
+                        }
+                        Some(i) => {
+                            let start = self.pos;
+                            self.pos += i + 1;
+                            commands += 1;
+                            if i + 1 > self.config.max_line {
+                                self.error(500, "5.5.2", "Error: line too long");
+                            } else {
+                                let mut end = start + i;
+                                if end > start && self.input[end - 1] == b'\r' {
+                                    end -= 1;
+                                }
+                                let line = self.input[start..end].to_vec();
+                                self.command(now, &line);
+                            }
+                            self.command_since = now;
+                        }
+                    }
+                }
+                State::DiscardLine => match memchr::memchr(b'\n', &self.input[self.pos..]) {
+                    None => {
+                        self.pos = self.input.len();
+                        break;
+                    }
+                    Some(i) => {
+                        self.pos += i + 1;
+                        commands += 1;
+                        self.state = State::Command;
+                        self.command_since = now;
+                        self.error(500, "5.5.2", "Error: line too long");
+                    }
+                },
+                State::Data { line_start } => {
+                    if !self.data(line_start) {
+                        break;
+                    }
+                }
+                State::Bdat { .. } => {
+                    if !self.bdat() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Drop what was handled once it is most of the buffer.
+        if self.pos > 0 && (self.pos == self.input.len() || self.pos >= 16 * 1024) {
+            self.input.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.input.capacity() > 4 * self.config.input_window() && self.input.len() < 4096 {
+            self.input.shrink_to(4096);
+        }
+    }
+
+    /// Reads message data after the 354. Returns false when it needs more bytes.
+    fn data(&mut self, mut line_start: bool) -> bool {
+        loop {
+            let avail = &self.input[self.pos..];
+            if avail.is_empty() {
+                self.state = State::Data { line_start };
+                return false;
+            }
+            if line_start && avail[0] == b'.' {
+                if avail.len() < 3 {
+                    // `.`, `.\r`: not yet known whether this ends the data.
+                    if avail == b"." || avail == b".\r" {
+                        self.state = State::Data { line_start };
+                        return false;
+                    }
+                }
+                if avail.starts_with(b".\r\n") {
+                    self.pos += 3;
+                    self.end_of_data();
+                    return true;
+                }
+                // Dot-stuffed line: drop the leading dot.
+                self.pos += 1;
+            }
+            let avail = &self.input[self.pos..];
+            let (seg_len, ends_line) = match memchr::memchr(b'\n', avail) {
+                Some(i) => (i + 1, true),
+                None => (avail.len(), false),
+            };
+            // A line ends at a CRLF, also one split over two reads (the CR ending the last).
+            let crlf = ends_line
+                && if seg_len >= 2 {
+                    avail[seg_len - 2] == b'\r'
+                } else {
+                    self.tx.last_cr
+                };
+            let seg = &self.input[self.pos..self.pos + seg_len];
+            if let Some(&b) = seg.last() {
+                self.tx.last_cr = b == b'\r';
+            }
+            self.append_data_slice_at(seg_len);
+            self.pos += seg_len;
+            line_start = crlf;
+        }
+    }
+
+    /// Appends the next `len` input bytes to the message data, unless it is over the size limit.
+    fn append_data_slice_at(&mut self, len: usize) {
+        if self.tx.oversize {
+            return;
+        }
+        if self.tx.data.len() + len > self.config.max_message_size {
+            self.tx.oversize = true;
+            self.tx.data = Vec::new();
+            return;
+        }
+        self.tx
+            .data
+            .extend_from_slice(&self.input[self.pos..self.pos + len]);
+    }
+
+    /// Reads a BDAT chunk. Returns false when it needs more bytes.
+    fn bdat(&mut self) -> bool {
+        let State::Bdat {
+            remaining,
+            last,
+            refusal,
+        } = self.state
+        else {
+            return false;
+        };
+        let avail = self.input.len() - self.pos;
+        let take = (avail as u64).min(remaining) as usize;
+        if take > 0 {
+            if refusal.is_none() {
+                self.append_data_slice_at(take);
+            }
+            self.pos += take;
+        }
+        let remaining = remaining - take as u64;
+        if remaining > 0 {
+            self.state = State::Bdat {
+                remaining,
+                last,
+                refusal,
+            };
+            return false;
+        }
+        self.state = State::Command;
+        if let Some((code, enh, text)) = refusal {
+            self.tx = Transaction::default();
+            self.error(code, enh, text);
+            return true;
+        }
+        if self.tx.oversize {
+            self.tx = Transaction::default();
+            self.reply_raw(
+                552,
+                Some("5.3.4"),
+                "Error: message exceeds fixed maximum message size",
+            );
+            return true;
+        }
+        if last {
+            self.end_of_data();
+        } else {
+            let text = format!("{} octets received", self.tx.data.len());
+            self.reply_raw(250, Some("2.0.0"), &text);
+        }
+        true
+    }
+
+    /// The data is complete: refuse it for its size or hand it to the caller.
+    fn end_of_data(&mut self) {
+        if self.tx.oversize {
+            self.tx = Transaction::default();
+            self.state = State::Command;
+            self.reply_raw(
+                552,
+                Some("5.3.4"),
+                "Error: message exceeds fixed maximum message size",
+            );
+            return;
+        }
+        let (helo, esmtp) = self.helo.clone().unwrap_or_default();
+        let message = Message {
+            helo,
+            esmtp,
+            mail: self.tx.mail.clone().unwrap_or(MailFrom {
+                sender: String::new(),
+                size: None,
+                body: BodyType::SevenBit,
+                smtputf8: false,
+            }),
+            recipients: std::mem::take(&mut self.tx.recipients),
+            data: std::mem::take(&mut self.tx.data),
+            chunked: self.tx.chunked,
+        };
+        self.state = State::Pending(Decision::Message);
+        self.events.push_back(Event::Message(message));
+    }
+
+    fn command(&mut self, now: Instant, line: &[u8]) {
+        if line
+            .iter()
+            .any(|&b| b == 0 || (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return self.error(500, "5.5.2", "Error: invalid character in command");
+        }
+        let Ok(line) = std::str::from_utf8(line) else {
+            return self.error(500, "5.5.2", "Error: command is not valid UTF-8");
+        };
+        let (verb, arg) = match line.find(' ') {
+            Some(i) => (&line[..i], line[i + 1..].trim()),
+            None => (line, ""),
+        };
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" => self.ehlo(arg, true),
+            "HELO" => self.ehlo(arg, false),
+            "MAIL" => self.mail(arg),
+            "RCPT" => self.rcpt(arg),
+            "DATA" => self.data_command(now, arg),
+            "BDAT" if self.config.chunking => self.bdat_command(now, arg),
+            "RSET" => {
+                if !arg.is_empty() {
+                    return self.error(501, "5.5.4", "Syntax: RSET");
+                }
+                self.reset();
+                self.reply_raw(250, Some("2.0.0"), "Ok");
+            }
+            "NOOP" => self.reply_raw(250, Some("2.0.0"), "Ok"),
+            "QUIT" => {
+                self.reply_raw(221, Some("2.0.0"), "Bye");
+                self.close(CloseCause::Quit);
+            }
+            "VRFY" => {
+                if arg.is_empty() {
+                    return self.error(501, "5.5.4", "Syntax: VRFY address");
+                }
+                self.reply_raw(
+                    252,
+                    Some("2.5.0"),
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                );
+            }
+            "EXPN" => self.error(502, "5.5.1", "Error: EXPN not implemented"),
+            "HELP" => self.reply_raw(
+                214,
+                Some("2.0.0"),
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+            ),
+            "STARTTLS" | "AUTH" => self.error(502, "5.5.1", "Error: command not implemented"),
+            "" => self.error(500, "5.5.2", "Error: bad syntax"),
+            _ => self.error(500, "5.5.2", "Error: command not recognized"),
+        }
+    }
+
+    fn ehlo(&mut self, arg: &str, esmtp: bool) {
+        let name = arg.split_ascii_whitespace().next().unwrap_or("");
+        if name.is_empty() {
+            let syntax = if esmtp {
+                "Syntax: EHLO hostname"
+            } else {
+                "Syntax: HELO hostname"
+            };
+            return self.error(501, "5.5.4", syntax);
+        }
+        let had_tx = self.tx.mail.is_some();
+        self.tx = Transaction::default();
+        if had_tx {
+            self.events.push_back(Event::Reset);
+        }
+        self.helo = Some((name.to_string(), esmtp));
+        self.events.push_back(Event::Helo {
+            name: name.to_string(),
+            esmtp,
+        });
+        if !esmtp {
+            let text = self.config.hostname.clone();
+            return self.reply_raw(250, None, &text);
+        }
+        let c = &self.config;
+        let mut lines = vec![c.hostname.clone()];
+        if c.pipelining {
+            lines.push("PIPELINING".into());
+        }
+        lines.push(format!("SIZE {}", c.max_message_size));
+        lines.push("8BITMIME".into());
+        if c.smtputf8 {
+            lines.push("SMTPUTF8".into());
+        }
+        if c.chunking {
+            lines.push("CHUNKING".into());
+        }
+        lines.push("ENHANCEDSTATUSCODES".into());
+        let n = lines.len();
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i + 1 == n { ' ' } else { '-' };
+            self.out
+                .extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
+        }
+    }
+
+    fn mail(&mut self, arg: &str) {
+        if self.helo.is_none() {
+            return self.error(503, "5.5.1", "Error: send HELO/EHLO first");
+        }
+        if self.tx.mail.is_some() {
+            return self.error(503, "5.5.1", "Error: nested MAIL command");
+        }
+        let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
+            return self.error(501, "5.5.4", "Syntax: MAIL FROM:<address>");
+        };
+        let (path, params) = match parse_path(rest) {
+            Ok(p) => p,
+            Err(why) => return self.error(501, "5.1.7", why),
+        };
+        let mut mail = MailFrom {
+            sender: path,
+            size: None,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+        };
+        for p in params.split_ascii_whitespace() {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match k.to_ascii_uppercase().as_str() {
+                "SIZE" => match v.parse::<u64>() {
+                    Ok(n) => mail.size = Some(n),
+                    Err(_) => return self.error(501, "5.5.4", "Error: bad SIZE parameter"),
+                },
+                "BODY" => match v.to_ascii_uppercase().as_str() {
+                    "7BIT" => mail.body = BodyType::SevenBit,
+                    "8BITMIME" => mail.body = BodyType::EightBitMime,
+                    _ => return self.error(555, "5.5.4", "Error: unsupported BODY parameter"),
+                },
+                "SMTPUTF8" if self.config.smtputf8 && v.is_empty() => mail.smtputf8 = true,
+                _ => return self.error(555, "5.5.4", "Error: unsupported MAIL parameter"),
+            }
+        }
+        if !mail.sender.is_ascii() && !mail.smtputf8 {
+            return self.error(553, "5.6.7", "Error: address requires SMTPUTF8");
+        }
+        if mail
+            .size
+            .is_some_and(|n| n > self.config.max_message_size as u64)
+        {
+            return self.reply_raw(
+                552,
+                Some("5.3.4"),
+                "Error: message size exceeds fixed maximum message size",
+            );
+        }
+        self.tx.mail = Some(mail.clone());
+        self.state = State::Pending(Decision::Mail);
+        self.events.push_back(Event::Mail(mail));
+    }
+
+    fn rcpt(&mut self, arg: &str) {
+        let Some(mail) = &self.tx.mail else {
+            return self.error(503, "5.5.1", "Error: need MAIL command");
+        };
+        let smtputf8 = mail.smtputf8;
+        let Some(rest) = strip_prefix_ci(arg, "TO:") else {
+            return self.error(501, "5.5.4", "Syntax: RCPT TO:<address>");
+        };
+        let (path, params) = match parse_path(rest) {
+            Ok(p) => p,
+            Err(why) => return self.error(501, "5.1.3", why),
+        };
+        if path.is_empty() {
+            return self.error(501, "5.1.3", "Error: empty recipient address");
+        }
+        if !params.trim().is_empty() {
+            return self.error(555, "5.5.4", "Error: unsupported RCPT parameter");
+        }
+        if !path.is_ascii() && !smtputf8 {
+            return self.error(553, "5.6.7", "Error: address requires SMTPUTF8");
+        }
+        if self.tx.recipients.len() >= self.config.max_recipients {
+            return self.reply_raw(452, Some("4.5.3"), "Error: too many recipients");
+        }
+        self.tx.pending_rcpt = path.clone();
+        self.state = State::Pending(Decision::Rcpt);
+        self.events.push_back(Event::Rcpt { recipient: path });
+    }
+
+    fn data_command(&mut self, now: Instant, arg: &str) {
+        if !arg.is_empty() {
+            return self.error(501, "5.5.4", "Syntax: DATA");
+        }
+        if self.tx.mail.is_none() {
+            return self.error(503, "5.5.1", "Error: need MAIL command");
+        }
+        if self.tx.chunked {
+            return self.error(503, "5.5.1", "Error: DATA after BDAT");
+        }
+        if self.tx.recipients.is_empty() {
+            return self.error(554, "5.5.1", "Error: no valid recipients");
+        }
+        self.reply_raw(354, None, "End data with <CR><LF>.<CR><LF>");
+        self.tx.data_started = Some(now);
+        self.state = State::Data { line_start: true };
+    }
+
+    fn bdat_command(&mut self, now: Instant, arg: &str) {
+        let mut words = arg.split_ascii_whitespace();
+        let size = words.next().and_then(|w| {
+            if w.bytes().all(|b| b.is_ascii_digit()) && w.len() <= 18 {
+                w.parse::<u64>().ok()
+            } else {
+                None
+            }
+        });
+        let last = match words.next() {
+            None => false,
+            Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+            Some(_) => return self.error(501, "5.5.4", "Syntax: BDAT size [LAST]"),
+        };
+        let Some(size) = size.filter(|_| words.next().is_none()) else {
+            return self.error(501, "5.5.4", "Syntax: BDAT size [LAST]");
+        };
+        let refusal = if self.tx.mail.is_none() {
+            Some((503, "5.5.1", "Error: need MAIL command"))
+        } else if self.tx.recipients.is_empty() {
+            Some((554, "5.5.1", "Error: no valid recipients"))
+        } else {
+            None
+        };
+        if refusal.is_none() {
+            self.tx.chunked = true;
+            if self.tx.data_started.is_none() {
+                self.tx.data_started = Some(now);
+            }
+            if size > self.config.max_message_size as u64 {
+                self.tx.oversize = true;
+                self.tx.data = Vec::new();
+            }
+        }
+        self.state = State::Bdat {
+            remaining: size,
+            last,
+            refusal,
+        };
+    }
+
+    fn reset(&mut self) {
+        let had = self.tx.mail.is_some();
+        self.tx = Transaction::default();
+        if had {
+            self.events.push_back(Event::Reset);
+        }
+    }
+
+    /// A refusal for a bad command; too many end the session.
+    fn error(&mut self, code: u16, enhanced: &str, text: &str) {
+        self.errors += 1;
+        if self.errors > self.config.max_errors {
+            let text = format!("{} Error: too many errors", self.config.hostname);
+            self.reply_raw(421, Some("4.7.0"), &text);
+            self.close(CloseCause::TooManyErrors);
+            return;
+        }
+        self.reply_raw(code, Some(enhanced), text);
+    }
+
+    fn reply_with(&mut self, reply: &Reply) {
+        let code = if (200..=599).contains(&reply.code) {
+            reply.code
+        } else {
+            451
+        };
+        let enhanced = reply.enhanced.map(|e| e.to_string());
+        let lines: Vec<&str> = reply.text.split('\n').collect();
+        let n = lines.len();
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == n { ' ' } else { '-' };
+            let clean: String = line.chars().filter(|c| !c.is_control()).collect();
+            let mut l = format!("{code}{sep}");
+            if let Some(e) = &enhanced {
+                l.push_str(e);
+                if !clean.is_empty() {
+                    l.push(' ');
+                }
+            }
+            l.push_str(&clean);
+            l.push_str("\r\n");
+            self.out.extend_from_slice(l.as_bytes());
+        }
+    }
+
+    fn reply_raw(&mut self, code: u16, enhanced: Option<&str>, text: &str) {
+        let mut l = code.to_string();
+        l.push(' ');
+        if let Some(e) = enhanced {
+            l.push_str(e);
+            l.push(' ');
+        }
+        l.push_str(text);
+        l.push_str("\r\n");
+        self.out.extend_from_slice(l.as_bytes());
+    }
+
+    fn close(&mut self, cause: CloseCause) {
+        self.state = State::Closed;
+        self.tx = Transaction::default();
+        self.input = Vec::new();
+        self.pos = 0;
+        if !self.closed_emitted {
+            self.closed_emitted = true;
+            self.events.push_back(Event::Closed(cause));
+        }
+    }
+}
+
+/// `s` without `prefix` (ASCII case-insensitive), if it starts with it.
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len()
+        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+/// Parses `<path> params` (spaces after the colon tolerated, as most servers do; a bare address
+/// without angle brackets is taken too). Source routes (`<@a,@b:u@d>`) are dropped (RFC 5321 §4.1.2,
+/// C.). Returns the path and the rest.
+fn parse_path(s: &str) -> Result<(String, &str), &'static str> {
+    let s = s.trim_start();
+    let Some(inner) = s.strip_prefix('<') else {
+        // A bare address up to the first space.
+        let end = s.find(' ').unwrap_or(s.len());
+        let addr = &s[..end];
+        if addr.is_empty() || addr.contains(['<', '>']) {
+            return Err("Error: bad address syntax");
+        }
+        return Ok((addr.to_string(), &s[end..]));
+    };
+    let bytes = inner.as_bytes();
+    let mut i = 0;
+    let mut quoted = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'>' if !quoted => break,
+            b'<' if !quoted => return Err("Error: bad address syntax"),
+            b' ' if !quoted => return Err("Error: bad address syntax"),
+            _ => {}
+        }
+        i += 1;
+    }
+    if i >= bytes.len() {
+        return Err("Error: bad address syntax");
+    }
+    let mut path = &inner[..i];
+    let rest = &inner[i + 1..];
+    if !rest.is_empty() && !rest.starts_with(' ') {
+        return Err("Error: bad address syntax");
+    }
+    if path.starts_with('@') {
+        match path.find(':') {
+            Some(c) => path = &path[c + 1..],
+            None => return Err("Error: bad address syntax"),
+        }
+    }
+    if !path.is_empty() {
+        let at = path.rfind('@');
+        match at {
+            Some(a) if a > 0 && a + 1 < path.len() => {}
+            _ => return Err("Error: bad address syntax"),
+        }
+    }
+    Ok((path.to_string(), rest))
+}
+
+/// A reply built from parts, for callers answering decisions.
+pub fn reply(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Reply {
+    Reply::new(
+        code,
+        EnhancedCode::new(enhanced.0, enhanced.1, enhanced.2),
+        text,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse_path("<a@b>").unwrap().0, "a@b");
+        assert_eq!(
+            parse_path(" <a@b> SIZE=10").unwrap(),
+            ("a@b".into(), " SIZE=10")
+        );
+        assert_eq!(parse_path("<>").unwrap().0, "");
+        assert_eq!(parse_path("<@r1,@r2:u@d>").unwrap().0, "u@d");
+        assert_eq!(parse_path("<\"a b\"@d>").unwrap().0, "\"a b\"@d");
+        assert_eq!(parse_path("a@b").unwrap().0, "a@b");
+        assert!(parse_path("<a@b").is_err());
+        assert!(parse_path("<a b@c>").is_err());
+        assert!(parse_path("<ab>").is_err());
+        assert!(parse_path("<a@b>x").is_err());
+    }
+
+    #[test]
+    fn memory_is_bounded_by_the_window() {
+        let cfg = Arc::new(ServerConfig::new("mx.test"));
+        let now = Instant::now();
+        let mut s = Session::new(cfg.clone(), now);
+        let mut out = Vec::new();
+        s.poll_transmit(&mut out);
+        s.handle_input(now, b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+        while s.poll_event().is_some() {}
+        assert!(s.is_pending());
+        // Pipelined bytes behind a pending decision are held up to the window only.
+        let chunk = vec![b'x'; 16 * 1024];
+        while s.wants_input() {
+            s.handle_input(now, &chunk);
+        }
+        assert!(s.input.len() <= cfg.input_window() + chunk.len());
+    }
+}
