@@ -54,6 +54,8 @@ enum Command {
     Bounce(cmd::bounce::BounceCommand),
     /// List, check, add and remove suppressed addresses.
     Suppress(cmd::bounce::SuppressArgs),
+    /// Relay mail from existing mailers over SMTP: listeners in front of the engine, until SIGTERM.
+    Serve(cmd::serve::ServeArgs),
     /// Run the built-in test world in the foreground, for measuring other clients against it.
     World(cmd::world::WorldArgs),
 }
@@ -75,5 +77,6 @@ fn main() -> ExitCode {
         Command::Bounce(c) => cmd::bounce::bounce(c),
         Command::Suppress(a) => cmd::bounce::suppress(a),
         Command::World(a) => cmd::world::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     }
 }

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod preflight;
 pub mod queue;
 pub mod send;
+pub mod serve;
 pub mod world;
 
 /// `vmta version`.

@@ -80,6 +80,10 @@ pub struct Submission {
     pub client_host: String,
     /// The IP address the message originated from, for the Received field.
     pub client_ip: Option<std::net::IpAddr>,
+    /// How the message reached the host (the Received field's `with` clause, such as `ESMTP` or
+    /// `ESMTPS`). Empty: `LOCAL`, and without tenants no Received field. Set, the engine writes the
+    /// Received field with or without tenants, naming the queue id.
+    pub protocol: String,
 }
 
 /// Why a submission was refused. Nothing of it was queued.
@@ -949,7 +953,11 @@ impl Engine {
                 from_host: client_host,
                 from_ip: s.client_ip,
                 by_host: &self.host_name,
-                with: "LOCAL",
+                with: if s.protocol.is_empty() {
+                    "LOCAL"
+                } else {
+                    &s.protocol
+                },
                 id: &unique,
             }),
         };
@@ -1016,10 +1024,22 @@ impl Engine {
         recipients: &[String],
     ) -> Result<(Arc<Vec<u8>>, MessageFlags), SubmitError> {
         let unique = format!("{id:016x}");
+        let client_host = if s.client_host.is_empty() {
+            "localhost"
+        } else {
+            &s.client_host
+        };
         let stamp = crate::policy::Stamp {
             now: Now::system().unix(),
             unique_id: &unique,
-            trace: None,
+            // A message relayed over SMTP gets its trace field also without tenants (RFC 5321 §4.4).
+            trace: (!s.protocol.is_empty()).then_some(crate::policy::Trace {
+                from_host: client_host,
+                from_ip: s.client_ip,
+                by_host: &self.host_name,
+                with: &s.protocol,
+                id: &unique,
+            }),
         };
         let msg = crate::policy::validate(&s.body, &self.validation, &stamp)
             .map_err(|e| SubmitError::Invalid(e.to_string()))?;

@@ -1,0 +1,394 @@
+//! `vmta serve`'s configuration: the engine's TOML file (see `vmta::engine::config`) with a `[serve]`
+//! table and one `[[listener]]` table per listening socket.
+//!
+//! ```toml
+//! [serve]
+//! hostname = ""               # greeting, EHLO and Received name; "" = [engine] helo_name
+//! event_log = "-"             # JSON lines: "-" = standard output, a path (reopened on SIGHUP), "" = none
+//! listener_threads = 1        # threads running the listeners (never a shard thread)
+//! intake_threads = 2          # threads handing finished messages to the engine in batches
+//! intake_queue = 4096         # messages waiting for an intake thread; full = 451 4.3.0
+//! shutdown_grace_s = 30       # SIGTERM: how long transactions in progress may take to finish
+//!
+//! [[listener]]
+//! address = "127.0.0.1:2525"
+//! role = "relay"              # relay: accepts mail from allowed_networks for any destination
+//! tenant = "default"          # the engine tenant its mail is submitted under
+//! allowed_networks = ["127.0.0.0/8", "::1/128"]   # CIDR; others get 550 5.7.1 at RCPT
+//! max_connections = 1000      # at once on this listener; more are answered 421 4.7.0 and closed
+//! max_connections_per_client = 50   # at once from one client address
+//! max_message_size = 52428800 # octets (SIZE); larger is answered 552 5.3.4
+//! max_recipients = 1000       # per message; more are answered 452 4.5.3
+//! max_line = 2048             # command line octets; longer is answered 500 5.5.2
+//! max_batch = 100             # commands handled per pipelined read before other clients' turn
+//! max_errors = 20             # bad commands, then 421 4.7.0 and close
+//! idle_timeout_s = 300        # waiting for a whole command line (bytes trickling in do not extend it)
+//! data_timeout_s = 180        # silence inside message data
+//! message_timeout_s = 600     # all of one message's data
+//! ```
+//!
+//! Unknown keys, wrong types and impossible values are refused with an error naming the key.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vmta::engine::EngineConfig;
+use vmta::smtp::server::{ServerConfig, ServerTimeouts};
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What a listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Mail from the allowed networks, for any destination (a smarthost for existing mailers).
+    Relay,
+}
+
+/// `[serve]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    /// Greeting, EHLO and Received name; empty = `[engine] helo_name`.
+    pub hostname: String,
+    /// `-` = standard output, a path, or empty for none.
+    pub event_log: String,
+    /// Listener threads.
+    pub listener_threads: usize,
+    /// Intake threads.
+    pub intake_threads: usize,
+    /// Messages waiting for an intake thread.
+    pub intake_queue: usize,
+    /// Seconds transactions in progress get at shutdown.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        ServeSection {
+            hostname: String::new(),
+            event_log: "-".into(),
+            listener_threads: 1,
+            intake_threads: 2,
+            intake_queue: 4096,
+            shutdown_grace_s: 30,
+        }
+    }
+}
+
+/// One `[[listener]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerToml {
+    address: String,
+    role: Role,
+    #[serde(default = "default_tenant")]
+    tenant: String,
+    #[serde(default)]
+    allowed_networks: Vec<String>,
+    #[serde(default = "d_max_connections")]
+    max_connections: usize,
+    #[serde(default = "d_per_client")]
+    max_connections_per_client: usize,
+    #[serde(default = "d_size")]
+    max_message_size: usize,
+    #[serde(default = "d_rcpts")]
+    max_recipients: usize,
+    #[serde(default = "d_line")]
+    max_line: usize,
+    #[serde(default = "d_batch")]
+    max_batch: usize,
+    #[serde(default = "d_errors")]
+    max_errors: u32,
+    #[serde(default = "d_idle")]
+    idle_timeout_s: u64,
+    #[serde(default = "d_data")]
+    data_timeout_s: u64,
+    #[serde(default = "d_message")]
+    message_timeout_s: u64,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+fn d_max_connections() -> usize {
+    1000
+}
+fn d_per_client() -> usize {
+    50
+}
+fn d_size() -> usize {
+    50 * 1024 * 1024
+}
+fn d_rcpts() -> usize {
+    1000
+}
+fn d_line() -> usize {
+    2048
+}
+fn d_batch() -> usize {
+    100
+}
+fn d_errors() -> u32 {
+    20
+}
+fn d_idle() -> u64 {
+    300
+}
+fn d_data() -> u64 {
+    180
+}
+fn d_message() -> u64 {
+    600
+}
+
+/// The largest message a listener may take: the spool's record limit less room for the trace and
+/// signature fields the engine adds.
+pub const MAX_MESSAGE_SIZE: usize = (64 << 20) - (64 << 10);
+
+/// A listener after validation.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// What it is for.
+    pub role: Role,
+    /// The tenant its mail is submitted under.
+    pub tenant: String,
+    /// Client networks that may relay.
+    pub allowed_networks: Vec<IpNet>,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one address.
+    pub max_connections_per_client: usize,
+    /// The server session's settings.
+    pub session: ServerConfig,
+}
+
+impl Listener {
+    /// Whether `ip` may relay through this listener.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.allowed_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The whole `vmta serve` configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// `[serve]`.
+    pub serve: ServeSection,
+    /// The listeners.
+    pub listeners: Vec<Listener>,
+    /// Everything else: the engine's configuration.
+    pub engine: EngineConfig,
+}
+
+impl ServeConfig {
+    /// Reads a configuration file.
+    pub fn from_file(path: &Path) -> Result<ServeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let mut c = ServeConfig::from_toml(&text)?;
+        c.engine.base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        Ok(c)
+    }
+
+    /// Parses configuration text.
+    pub fn from_toml(text: &str) -> Result<ServeConfig, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError(format!("configuration: {}", e.message())))?;
+        let serve: ServeSection = match table.remove("serve") {
+            Some(v) => v
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError(format!("[serve]: {}", e.message())))?,
+            None => ServeSection::default(),
+        };
+        let listeners: Vec<ListenerToml> = match table.remove("listener") {
+            Some(v) => v.try_into().map_err(|e: toml::de::Error| {
+                ConfigError(format!("[[listener]]: {}", e.message()))
+            })?,
+            None => Vec::new(),
+        };
+        let engine_text =
+            toml::to_string(&table).map_err(|e| ConfigError(format!("configuration: {e}")))?;
+        let engine =
+            EngineConfig::from_toml(&engine_text).map_err(|e| ConfigError(e.to_string()))?;
+        let hostname = if serve.hostname.is_empty() {
+            engine.engine.helo_name.clone()
+        } else {
+            serve.hostname.clone()
+        };
+        if serve.listener_threads == 0 || serve.listener_threads > 64 {
+            return Err(ConfigError(
+                "[serve] listener_threads: must be 1 to 64".into(),
+            ));
+        }
+        if serve.intake_threads == 0 || serve.intake_threads > 64 {
+            return Err(ConfigError(
+                "[serve] intake_threads: must be 1 to 64".into(),
+            ));
+        }
+        if serve.intake_queue == 0 {
+            return Err(ConfigError(
+                "[serve] intake_queue: must be at least 1".into(),
+            ));
+        }
+        if listeners.is_empty() {
+            return Err(ConfigError(
+                "[[listener]]: at least one listener is needed".into(),
+            ));
+        }
+        let mut out = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            let key = |k: &str| format!("listener[{i}].{k}");
+            let address: SocketAddr = l.address.parse().map_err(|_| {
+                ConfigError(format!(
+                    "{}: `{}` is not an IP address and port",
+                    key("address"),
+                    l.address
+                ))
+            })?;
+            let mut nets = Vec::new();
+            for n in &l.allowed_networks {
+                let net: IpNet = n
+                    .parse()
+                    .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        ConfigError(format!(
+                            "{}: `{n}` is not a CIDR network",
+                            key("allowed_networks")
+                        ))
+                    })?;
+                nets.push(net);
+            }
+            if l.tenant.is_empty() {
+                return Err(ConfigError(format!("{}: must not be empty", key("tenant"))));
+            }
+            let checks: [(&str, usize, usize, usize); 6] = [
+                ("max_connections", l.max_connections, 1, 1_000_000),
+                (
+                    "max_connections_per_client",
+                    l.max_connections_per_client,
+                    1,
+                    1_000_000,
+                ),
+                (
+                    "max_message_size",
+                    l.max_message_size,
+                    1024,
+                    MAX_MESSAGE_SIZE,
+                ),
+                ("max_recipients", l.max_recipients, 1, 100_000),
+                ("max_line", l.max_line, 512, 1 << 20),
+                ("max_batch", l.max_batch, 1, 100_000),
+            ];
+            for (k, v, lo, hi) in checks {
+                if v < lo || v > hi {
+                    return Err(ConfigError(format!(
+                        "{}: must be {lo} to {hi}, not {v}",
+                        key(k)
+                    )));
+                }
+            }
+            for (k, v) in [
+                ("idle_timeout_s", l.idle_timeout_s),
+                ("data_timeout_s", l.data_timeout_s),
+                ("message_timeout_s", l.message_timeout_s),
+            ] {
+                if v == 0 || v > 86_400 {
+                    return Err(ConfigError(format!(
+                        "{}: must be 1 to 86400 seconds",
+                        key(k)
+                    )));
+                }
+            }
+            let mut session = ServerConfig::new(hostname.clone());
+            session.max_message_size = l.max_message_size;
+            session.max_recipients = l.max_recipients;
+            session.max_line = l.max_line;
+            session.max_batch = l.max_batch;
+            session.max_errors = l.max_errors;
+            session.timeouts = ServerTimeouts {
+                idle: Duration::from_secs(l.idle_timeout_s),
+                data: Duration::from_secs(l.data_timeout_s),
+                message: Duration::from_secs(l.message_timeout_s),
+            };
+            out.push(Listener {
+                address,
+                role: l.role,
+                tenant: l.tenant,
+                allowed_networks: nets,
+                max_connections: l.max_connections,
+                max_connections_per_client: l.max_connections_per_client,
+                session,
+            });
+        }
+        Ok(ServeConfig {
+            serve,
+            listeners: out,
+            engine,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[engine]
+spool_dir = "s"
+[serve]
+hostname = "relay.test"
+[[listener]]
+address = "127.0.0.1:2525"
+role = "relay"
+allowed_networks = ["127.0.0.0/8", "::1"]
+"#;
+
+    #[test]
+    fn parses_listeners_beside_the_engine() {
+        let c = ServeConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        let l = &c.listeners[0];
+        assert_eq!(l.session.hostname, "relay.test");
+        assert!(l.allows("127.0.0.2".parse().unwrap()));
+        assert!(l.allows("::1".parse().unwrap()));
+        assert!(l.allows("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!l.allows("10.0.0.1".parse().unwrap()));
+        assert_eq!(c.engine.engine.spool_dir, PathBuf::from("s"));
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_key() {
+        let e = ServeConfig::from_toml(&GOOD.replace("127.0.0.0/8", "127.0.0.0/99")).unwrap_err();
+        assert!(e.0.contains("listener[0].allowed_networks"), "{e}");
+        let e = ServeConfig::from_toml(&GOOD.replace("role = \"relay\"", "role = \"open\""))
+            .unwrap_err();
+        assert!(e.0.contains("[[listener]]"), "{e}");
+        let e = ServeConfig::from_toml(&format!("{GOOD}max_line = 10\n")).unwrap_err();
+        assert!(e.0.contains("listener[0].max_line"), "{e}");
+        let e =
+            ServeConfig::from_toml(&GOOD.replace("[engine]", "[engine]\nbogus = 1")).unwrap_err();
+        assert!(e.0.contains("bogus"), "{e}");
+        let e = ServeConfig::from_toml("[engine]\n").unwrap_err();
+        assert!(e.0.contains("at least one listener"), "{e}");
+    }
+}

@@ -1,0 +1,132 @@
+//! Intake: the threads that hand finished messages to the engine.
+//!
+//! A listener thread must never wait for the spool, so a message whose data is complete becomes a
+//! [`Job`] on a bounded queue. An intake thread takes every job waiting (up to [`BATCH`]), submits
+//! them with one `Engine::submit_batch` (one group commit covers them all), and posts each answer
+//! back to the listener thread that owns the connection, waking it. The queue being full is answered
+//! `451 4.3.0` at once: the client keeps the message and retries.
+
+use crate::log::{EventLog, field, number};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use vmta::engine::{Engine, Submission, SubmitError};
+
+/// The most messages one intake thread submits at once.
+pub const BATCH: usize = 256;
+
+/// Where an answer goes: the listener thread, the connection's slot and its generation (a slot
+/// reused by a later connection has another).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The listener thread.
+    pub thread: usize,
+    /// The connection's slot.
+    pub slot: usize,
+    /// The connection's generation.
+    pub generation: u64,
+}
+
+/// A message to submit.
+#[derive(Debug)]
+pub struct Job {
+    /// The submission.
+    pub submission: Submission,
+    /// Who waits for the answer.
+    pub reply_to: ReplyTo,
+    /// The client's EHLO/HELO name and address, the listener, for the log.
+    pub client: IpAddr,
+    /// The listener's address, for the log.
+    pub listener: String,
+}
+
+/// A submission's answer, for a listener thread.
+#[derive(Debug)]
+pub struct Done {
+    /// The connection.
+    pub reply_to: ReplyTo,
+    /// The queue id, or why the engine refused it.
+    pub result: Result<u64, SubmitError>,
+}
+
+/// The answers waiting for one listener thread, and how to wake it.
+#[derive(Debug)]
+pub struct Mailbox {
+    /// The answers.
+    pub done: Mutex<Vec<Done>>,
+    /// Wakes the thread's poll.
+    pub waker: mio::Waker,
+}
+
+impl Mailbox {
+    fn post(&self, items: &mut Vec<Done>) {
+        if items.is_empty() {
+            return;
+        }
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(items);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Runs one intake thread until every sender of `jobs` is gone.
+pub fn run(
+    engine: Arc<Engine>,
+    jobs: crossbeam::channel::Receiver<Job>,
+    mailboxes: Arc<Vec<Mailbox>>,
+    log: Arc<EventLog>,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    let mut submissions: Vec<Submission> = Vec::with_capacity(BATCH);
+    let mut per_thread: Vec<Vec<Done>> = (0..mailboxes.len()).map(|_| Vec::new()).collect();
+    let mut lines: Vec<String> = Vec::with_capacity(BATCH);
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        submissions.extend(batch.iter_mut().map(|j| std::mem::take(&mut j.submission)));
+        let results = engine.submit_batch(&submissions);
+        for ((job, s), result) in batch.drain(..).zip(submissions.drain(..)).zip(results) {
+            lines.push(log_line(&job, &s, &result));
+            per_thread[job.reply_to.thread].push(Done {
+                reply_to: job.reply_to,
+                result,
+            });
+        }
+        for (t, items) in per_thread.iter_mut().enumerate() {
+            mailboxes[t].post(items);
+        }
+        log.write_lines(lines.iter().map(String::as_str));
+        lines.clear();
+    }
+}
+
+fn log_line(job: &Job, s: &Submission, result: &Result<u64, SubmitError>) -> String {
+    let mut l = String::with_capacity(256);
+    l.push('{');
+    match result {
+        Ok(id) => {
+            field(&mut l, "event", "received");
+            field(&mut l, "message_id", &format!("{id:016x}"));
+        }
+        Err(e) => {
+            field(&mut l, "event", "refused");
+            field(&mut l, "error", &e.to_string());
+        }
+    }
+    field(&mut l, "sender", &s.sender);
+    number(&mut l, "recipients", s.recipients.len() as u64);
+    number(&mut l, "size", s.body.len() as u64);
+    field(&mut l, "tenant", &s.tenant);
+    field(&mut l, "client_ip", &job.client.to_string());
+    field(&mut l, "helo", &s.client_host);
+    field(&mut l, "protocol", &s.protocol);
+    field(&mut l, "listener", &job.listener);
+    l.push('}');
+    l
+}

@@ -1,0 +1,240 @@
+//! `vmta serve`: the engine as a daemon that existing mailers relay their mail through over SMTP.
+//!
+//! ```text
+//!  client ──SMTP──► listener thread (mio; smtp::server::Session per connection)
+//!                     │ complete message
+//!                     ▼
+//!                   intake queue (bounded; full = 451 4.3.0)
+//!                     │ every waiting message in one Engine::submit_batch (one group commit)
+//!                     ▼
+//!                   engine shards ── spool ── delivery
+//!                     │ durable: the queue id goes back to the listener thread, which says 250
+//!                     ▼
+//!  event log ◄── engine events + received/refused lines (JSON lines; SIGHUP reopens)
+//! ```
+//!
+//! The daemon uses only the engine's public API (the one the C ABI wraps); the engine knows nothing
+//! of it. What it adds lives here: [`config`] (listeners beside the engine's own TOML), [`listener`]
+//! (mio threads driving the sans-IO server sessions, relay and recipient decisions), [`intake`]
+//! (batched submission, `250` only once durable) and [`log`].
+//!
+//! Signals: SIGTERM and SIGINT stop accepting, let transactions in progress finish within
+//! `[serve] shutdown_grace_s` (sessions between commands are answered `421 4.3.2`), shut the engine
+//! down (everything acknowledged stays in the spool) and return; SIGHUP reopens the event log.
+//!
+//! Not here yet: STARTTLS, implicit TLS and AUTH for submission, the HTTP API, live reload of the
+//! listeners.
+
+pub mod config;
+pub mod intake;
+pub mod listener;
+pub mod log;
+
+use config::ServeConfig;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use vmta::engine::Engine;
+
+/// Why `vmta serve` could not start or stopped with an error.
+#[derive(Debug)]
+pub struct ServeError(pub String);
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// Signals as flags: set by the signal handlers (or a test), read by [`run`].
+#[derive(Debug, Default, Clone)]
+pub struct Signals {
+    /// SIGTERM or SIGINT: shut down.
+    pub stop: Arc<AtomicBool>,
+    /// SIGHUP: reopen the event log.
+    pub hup: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Flags set by SIGTERM, SIGINT and SIGHUP.
+    pub fn install() -> Result<Signals, ServeError> {
+        let s = Signals::default();
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, s.stop.clone())
+                .map_err(|e| ServeError(format!("cannot handle signal {sig}: {e}")))?;
+        }
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, s.hup.clone())
+            .map_err(|e| ServeError(format!("cannot handle SIGHUP: {e}")))?;
+        Ok(s)
+    }
+}
+
+/// Binds the listeners, starts the engine and serves until `signals.stop` is set. `ready` is called
+/// once every listener accepts connections.
+pub fn run(
+    config: &ServeConfig,
+    signals: &Signals,
+    ready: impl FnOnce(),
+) -> Result<(), ServeError> {
+    // Bind first: a port in use is refused before the spool is opened.
+    let mut std_listeners = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let s = std::net::TcpListener::bind(l.address)
+            .map_err(|e| ServeError(format!("cannot listen on {}: {e}", l.address)))?;
+        s.set_nonblocking(true)
+            .map_err(|e| ServeError(format!("cannot listen on {}: {e}", l.address)))?;
+        std_listeners.push(s);
+    }
+    let log = Arc::new(log::EventLog::open(&config.serve.event_log).map_err(ServeError)?);
+    if let Some(missing) = config.listeners.iter().find(|l| {
+        !config.engine.tenants.is_empty()
+            && !config.engine.tenants.iter().any(|t| t.name == l.tenant)
+    }) {
+        return Err(ServeError(format!(
+            "listener {}: tenant `{}` is not among the [[tenant]] tables",
+            missing.address, missing.tenant
+        )));
+    }
+    let engine =
+        Arc::new(Engine::start(&config.engine).map_err(|e| ServeError(format!("engine: {e}")))?);
+    let threads = config.serve.listener_threads;
+    let mut polls = Vec::with_capacity(threads);
+    let mut mailboxes = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let poll = mio::Poll::new().map_err(|e| ServeError(format!("poll: {e}")))?;
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0))
+            .map_err(|e| ServeError(format!("poll: {e}")))?;
+        mailboxes.push(intake::Mailbox {
+            done: std::sync::Mutex::new(Vec::new()),
+            waker,
+        });
+        polls.push(poll);
+    }
+    let mailboxes = Arc::new(mailboxes);
+    let (jobs_tx, jobs_rx) = crossbeam::channel::bounded(config.serve.intake_queue);
+    let shared = Arc::new(listener::Shared {
+        engine: engine.clone(),
+        listeners: config.listeners.iter().cloned().map(Arc::new).collect(),
+        sessions: config
+            .listeners
+            .iter()
+            .map(|l| Arc::new(l.session.clone()))
+            .collect(),
+        connections: config
+            .listeners
+            .iter()
+            .map(|_| AtomicUsize::new(0))
+            .collect(),
+        per_client: std::sync::Mutex::new(Default::default()),
+        jobs: jobs_tx,
+        mailboxes: mailboxes.clone(),
+        log: log.clone(),
+        stopping: AtomicBool::new(false),
+        grace: Duration::from_secs(config.serve.shutdown_grace_s),
+    });
+    let mut intakes = Vec::new();
+    for i in 0..config.serve.intake_threads {
+        let (e, rx, mb, lg) = (
+            engine.clone(),
+            jobs_rx.clone(),
+            mailboxes.clone(),
+            log.clone(),
+        );
+        intakes.push(
+            std::thread::Builder::new()
+                .name(format!("vmta-intake-{i}"))
+                .spawn(move || intake::run(e, rx, mb, lg))
+                .map_err(|e| ServeError(format!("thread: {e}")))?,
+        );
+    }
+    drop(jobs_rx);
+    let events_stop = Arc::new(AtomicBool::new(false));
+    let events_thread = {
+        let (e, lg, stop, hup) = (
+            engine.clone(),
+            log.clone(),
+            events_stop.clone(),
+            signals.hup.clone(),
+        );
+        std::thread::Builder::new()
+            .name("vmta-events".into())
+            .spawn(move || events_loop(&e, &lg, &stop, &hup))
+            .map_err(|e| ServeError(format!("thread: {e}")))?
+    };
+    let mut listeners_threads = Vec::new();
+    for (t, poll) in polls.into_iter().enumerate() {
+        let mut sockets = Vec::new();
+        for s in &std_listeners {
+            let c = s
+                .try_clone()
+                .map_err(|e| ServeError(format!("listener: {e}")))?;
+            sockets.push(mio::net::TcpListener::from_std(c));
+        }
+        let sh = shared.clone();
+        listeners_threads.push(
+            std::thread::Builder::new()
+                .name(format!("vmta-listen-{t}"))
+                .spawn(move || listener::run(t, sh, poll, sockets))
+                .map_err(|e| ServeError(format!("thread: {e}")))?,
+        );
+    }
+    drop(std_listeners);
+    ready();
+    while !signals.stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+        if listeners_threads.iter().any(|t| t.is_finished()) {
+            break;
+        }
+    }
+    // Shut down: listeners finish their sessions, intake answers what it holds, the engine stops.
+    shared.stopping.store(true, Ordering::Release);
+    for m in mailboxes.iter() {
+        let _ = m.waker.wake();
+    }
+    let mut failure = None;
+    for t in listeners_threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(format!("listener: {e}")),
+            Err(_) => failure = Some("a listener thread panicked".into()),
+        }
+    }
+    drop(shared);
+    for t in intakes {
+        let _ = t.join();
+    }
+    engine.shutdown(Duration::from_secs(5));
+    events_stop.store(true, Ordering::Release);
+    let _ = events_thread.join();
+    log.flush();
+    match failure {
+        Some(f) => Err(ServeError(f)),
+        None => Ok(()),
+    }
+}
+
+/// Copies the engine's events to the log until `stop`, then drains what is left.
+fn events_loop(engine: &Engine, log: &log::EventLog, stop: &AtomicBool, hup: &AtomicBool) {
+    let mut events = Vec::with_capacity(1024);
+    let mut lines: Vec<String> = Vec::with_capacity(1024);
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        engine.wait(Duration::from_millis(200));
+        events.clear();
+        engine.poll_events(&mut events, 1024);
+        lines.extend(events.iter().map(|e| e.to_json()));
+        log.write_lines(lines.iter().map(String::as_str));
+        lines.clear();
+        if hup.swap(false, Ordering::AcqRel)
+            && let Err(e) = log.reopen()
+        {
+            eprintln!("vmta serve: {e}");
+        }
+        log.flush();
+        if stopping && events.is_empty() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! Listener threads: SMTP over mio for the server sessions of `vmta::smtp::server`.
+//!
+//! Each thread runs its own mio poll over every listening socket (the kernel hands each accepted
+//! connection to one of them) and the connections it accepted; no listener runs on a shard thread.
+//! A connection is a socket, a [`Session`], and the bytes still to write. The thread reads only while
+//! the session wants input and only while nothing waits to be written (a client that does not read
+//! its replies stops being read), so memory per connection is bounded by the session's window and
+//! the message size limit. A connection with more to do than one pass allows goes to the back of
+//! the ready list, so one pipelining client cannot hold the thread.
+//!
+//! Decisions: the sender is refused for a locked tenant or a sender the tenant does not approve;
+//! a recipient is refused `550 5.7.1` when the client is outside the listener's allowed networks
+//! (never an open relay: checked at RCPT, so the client learns why), `501 5.1.3` for an address the
+//! engine would not take, `550 5.7.1` when the tenant's suppression list holds it. A complete
+//! message goes to the intake threads; its `250` is sent only once the engine says it is durable.
+
+use crate::config::Listener;
+use crate::intake::{Done, Job, Mailbox, ReplyTo};
+use crate::log::{EventLog, field, number};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use vmta::engine::{Engine, Submission, SubmitError};
+use vmta::smtp::Reply;
+use vmta::smtp::server::{self, Event, Session};
+
+/// The waker's token; listening sockets are `LISTEN_BASE + i`, connections `CONN_BASE + slot`.
+const WAKER: Token = Token(0);
+const LISTEN_BASE: usize = 1;
+const CONN_BASE: usize = 1 << 20;
+/// Bytes read per read call.
+const READ_CHUNK: usize = 16 * 1024;
+/// Reads per connection per pass before others get their turn.
+const READS_PER_PASS: usize = 4;
+/// How often timers are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What the listener threads share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The listeners' settings, by index.
+    pub listeners: Vec<Arc<Listener>>,
+    /// Session settings per listener.
+    pub sessions: Vec<Arc<server::ServerConfig>>,
+    /// Connections at once per listener (all threads).
+    pub connections: Vec<AtomicUsize>,
+    /// Connections at once per client address (all threads, all listeners of the same index).
+    pub per_client: std::sync::Mutex<HashMap<(usize, IpAddr), usize>>,
+    /// The intake queue.
+    pub jobs: crossbeam::channel::Sender<Job>,
+    /// The answers per listener thread.
+    pub mailboxes: Arc<Vec<Mailbox>>,
+    /// The log.
+    pub log: Arc<EventLog>,
+    /// Set on SIGTERM/SIGINT: stop accepting and wind down.
+    pub stopping: AtomicBool,
+    /// How long sessions in progress get once stopping.
+    pub grace: Duration,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    session: Session,
+    listener: usize,
+    peer: SocketAddr,
+    generation: u64,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    readable: bool,
+    /// Answers it waits for from intake.
+    waiting: bool,
+    /// Counted against the listener and client limits.
+    counted: bool,
+    /// When the session closed with bytes still unwritten (a client that does not read).
+    closing_since: Option<Instant>,
+}
+
+/// How long a closed session's last reply may wait for a client that does not read.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// One listener thread. Returns once stopping and every connection is closed (or the grace period
+/// has passed).
+pub fn run(
+    thread: usize,
+    shared: Arc<Shared>,
+    mut poll: Poll,
+    mut sockets: Vec<TcpListener>,
+) -> std::io::Result<()> {
+    for (i, l) in sockets.iter_mut().enumerate() {
+        poll.registry()
+            .register(l, Token(LISTEN_BASE + i), Interest::READABLE)?;
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut ready: Vec<usize> = Vec::new();
+    let mut next_ready: Vec<usize> = Vec::new();
+    let mut generation: u64 = 0;
+    let mut last_tick = Instant::now();
+    let mut stop_deadline: Option<Instant> = None;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut done: Vec<Done> = Vec::new();
+    loop {
+        let timeout = if ready.is_empty() {
+            Some(TICK)
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Err(e) = poll.poll(&mut events, timeout)
+            && e.kind() != ErrorKind::Interrupted
+        {
+            return Err(e);
+        }
+        let now = Instant::now();
+        for ev in events.iter() {
+            match ev.token() {
+                WAKER => {}
+                Token(t) if (LISTEN_BASE..CONN_BASE).contains(&t) => {
+                    let li = t - LISTEN_BASE;
+                    if stop_deadline.is_some() {
+                        continue;
+                    }
+                    accept_all(
+                        &shared,
+                        &poll,
+                        &mut sockets[li],
+                        li,
+                        now,
+                        &mut conns,
+                        &mut free,
+                        &mut ready,
+                        &mut generation,
+                    );
+                }
+                Token(t) => {
+                    let slot = t - CONN_BASE;
+                    if let Some(Some(c)) = conns.get_mut(slot) {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            c.readable = true;
+                        }
+                        ready.push(slot);
+                    }
+                }
+            }
+        }
+        // Answers from intake.
+        {
+            let mut mb = shared.mailboxes[thread]
+                .done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *mb, &mut done);
+        }
+        for d in done.drain(..) {
+            let slot = d.reply_to.slot;
+            if let Some(Some(c)) = conns.get_mut(slot)
+                && c.generation == d.reply_to.generation
+            {
+                c.waiting = false;
+                let reply = message_reply(&d.result);
+                let _ = c.session.answer(now, &reply);
+                ready.push(slot);
+            }
+            // Otherwise the connection is gone: the message is durable (or refused) all the same;
+            // the client, having no 250, will send it again (a duplicate, never a loss).
+        }
+        // Stopping: close the listening sockets, tell every session.
+        if shared.stopping.load(Ordering::Acquire) && stop_deadline.is_none() {
+            stop_deadline = Some(now + shared.grace);
+            for l in &mut sockets {
+                let _ = poll.registry().deregister(l);
+            }
+            sockets.clear();
+            for (slot, c) in conns.iter_mut().enumerate() {
+                if let Some(c) = c {
+                    c.session.shutdown(now);
+                    ready.push(slot);
+                }
+            }
+        }
+        // Timers.
+        if now.duration_since(last_tick) >= TICK {
+            last_tick = now;
+            for (slot, entry) in conns.iter_mut().enumerate() {
+                let Some(c) = entry else { continue };
+                if c.session.poll_timeout().is_some_and(|at| now >= at) {
+                    c.session.handle_timeout(now);
+                    ready.push(slot);
+                }
+                if c.session.is_closed() {
+                    let since = *c.closing_since.get_or_insert(now);
+                    if now.duration_since(since) >= LINGER
+                        && let Some(mut c) = entry.take()
+                    {
+                        let _ = poll.registry().deregister(&mut c.stream);
+                        release(&shared, &c);
+                        free.push(slot);
+                    }
+                }
+            }
+        }
+        ready.sort_unstable();
+        ready.dedup();
+        for slot in ready.drain(..) {
+            let Some(Some(c)) = conns.get_mut(slot) else {
+                continue;
+            };
+            match service(c, slot, thread, &shared, now, &mut buf) {
+                Pass::Idle => {}
+                Pass::More => next_ready.push(slot),
+                Pass::Close => {
+                    if let Some(mut c) = conns[slot].take() {
+                        let _ = poll.registry().deregister(&mut c.stream);
+                        release(&shared, &c);
+                        free.push(slot);
+                    }
+                }
+            }
+        }
+        std::mem::swap(&mut ready, &mut next_ready);
+        if let Some(deadline) = stop_deadline {
+            let open = conns.iter().filter(|c| c.is_some()).count();
+            if open == 0 {
+                return Ok(());
+            }
+            if now >= deadline {
+                // Past the grace period: what has no 250 is the client's to send again.
+                for c in conns.iter_mut() {
+                    if let Some(c) = c.take() {
+                        release(&shared, &c);
+                    }
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn accept_all(
+    shared: &Shared,
+    poll: &Poll,
+    socket: &mut TcpListener,
+    li: usize,
+    now: Instant,
+    conns: &mut Vec<Option<Conn>>,
+    free: &mut Vec<usize>,
+    ready: &mut Vec<usize>,
+    generation: &mut u64,
+) {
+    loop {
+        let (mut stream, peer) = match socket.accept() {
+            Ok(x) => x,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // EMFILE and the like: log, leave the rest in the backlog until the next event.
+                let mut l = String::from("{");
+                field(&mut l, "event", "accept-failed");
+                field(&mut l, "error", &e.to_string());
+                l.push('}');
+                shared.log.write_lines([l.as_str()]);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let listener = &shared.listeners[li];
+        let ip = peer.ip();
+        let over = {
+            let total = shared.connections[li].fetch_add(1, Ordering::AcqRel) + 1;
+            let mut pc = shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
+            let n = pc.entry((li, ip)).or_insert(0);
+            *n += 1;
+            if total > listener.max_connections {
+                Some("Error: too many connections")
+            } else if *n > listener.max_connections_per_client {
+                Some("Error: too many connections from your address")
+            } else {
+                None
+            }
+        };
+        let session = match over {
+            None => Session::new(shared.sessions[li].clone(), now),
+            Some(why) => {
+                let mut l = String::from("{");
+                field(&mut l, "event", "connection-refused");
+                field(&mut l, "client_ip", &ip.to_string());
+                field(&mut l, "listener", &listener.address.to_string());
+                field(&mut l, "why", why);
+                l.push('}');
+                shared.log.write_lines([l.as_str()]);
+                let text = format!("{} {why}", shared.sessions[li].hostname);
+                Session::refuse(
+                    shared.sessions[li].clone(),
+                    now,
+                    &server::reply(421, (4, 7, 0), text),
+                )
+            }
+        };
+        *generation += 1;
+        let slot = free.pop().unwrap_or_else(|| {
+            conns.push(None);
+            conns.len() - 1
+        });
+        if poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(CONN_BASE + slot),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            let c = Conn {
+                stream,
+                session,
+                listener: li,
+                peer,
+                generation: *generation,
+                wbuf: Vec::new(),
+                wpos: 0,
+                readable: false,
+                waiting: false,
+                counted: true,
+                closing_since: None,
+            };
+            release(shared, &c);
+            free.push(slot);
+            continue;
+        }
+        conns[slot] = Some(Conn {
+            stream,
+            session,
+            listener: li,
+            peer,
+            generation: *generation,
+            wbuf: Vec::with_capacity(512),
+            wpos: 0,
+            readable: true,
+            waiting: false,
+            counted: true,
+            closing_since: None,
+        });
+        ready.push(slot);
+    }
+}
+
+/// Gives back a connection's place in the limits.
+fn release(shared: &Shared, c: &Conn) {
+    if !c.counted {
+        return;
+    }
+    shared.connections[c.listener].fetch_sub(1, Ordering::AcqRel);
+    let mut pc = shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (c.listener, c.peer.ip());
+    if let Some(n) = pc.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            pc.remove(&key);
+        }
+    }
+}
+
+enum Pass {
+    /// Nothing more until the socket or intake says so.
+    Idle,
+    /// More to do: another pass.
+    More,
+    /// Closed: drop it.
+    Close,
+}
+
+fn service(
+    c: &mut Conn,
+    slot: usize,
+    thread: usize,
+    shared: &Shared,
+    now: Instant,
+    buf: &mut [u8],
+) -> Pass {
+    let mut reads = 0;
+    loop {
+        decide(c, slot, thread, shared, now);
+        c.session.poll_transmit(&mut c.wbuf);
+        // Write what is pending; while something is left, read nothing more.
+        while c.wpos < c.wbuf.len() {
+            match c.stream.write(&c.wbuf[c.wpos..]) {
+                Ok(0) => return Pass::Close,
+                Ok(n) => c.wpos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Pass::Idle,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Pass::Close,
+            }
+        }
+        c.wbuf.clear();
+        c.wpos = 0;
+        if c.wbuf.capacity() > 64 * 1024 {
+            c.wbuf.shrink_to(512);
+        }
+        if c.session.is_closed() {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            return Pass::Close;
+        }
+        if c.session.has_buffered_commands() {
+            if reads >= READS_PER_PASS {
+                return Pass::More;
+            }
+            reads += 1;
+            c.session.handle_input(now, &[]);
+            continue;
+        }
+        if !c.readable || !c.session.wants_input() {
+            return Pass::Idle;
+        }
+        if reads >= READS_PER_PASS {
+            return Pass::More;
+        }
+        reads += 1;
+        match c.stream.read(buf) {
+            Ok(0) => {
+                c.readable = false;
+                c.session.handle_eof(now);
+            }
+            Ok(n) => c.session.handle_input(now, &buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                c.readable = false;
+                return Pass::Idle;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => {
+                c.readable = false;
+                c.session.handle_eof(now);
+            }
+        }
+    }
+}
+
+/// Answers the session's decisions: sender, recipients, and hands complete messages to intake.
+fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instant) {
+    let listener = &shared.listeners[c.listener];
+    while let Some(ev) = c.session.poll_event() {
+        match ev {
+            Event::Helo { .. } | Event::Reset | Event::Closed(_) => {}
+            Event::Mail(m) => {
+                let r = mail_decision(shared, listener, &m.sender);
+                let _ = c.session.answer(now, &r);
+            }
+            Event::Rcpt { recipient } => {
+                let r = rcpt_decision(shared, listener, c.peer.ip(), &recipient);
+                let _ = c.session.answer(now, &r);
+            }
+            Event::Message(m) => {
+                let submission = Submission {
+                    sender: m.mail.sender,
+                    recipients: m.recipients,
+                    tenant: listener.tenant.clone(),
+                    tags: vec![
+                        ("client_ip".into(), c.peer.ip().to_string()),
+                        ("listener".into(), listener.address.to_string()),
+                    ],
+                    body: m.data,
+                    client_host: m.helo,
+                    client_ip: Some(c.peer.ip()),
+                    protocol: if m.esmtp { "ESMTP" } else { "SMTP" }.into(),
+                    ..Default::default()
+                };
+                let job = Job {
+                    submission,
+                    reply_to: ReplyTo {
+                        thread,
+                        slot,
+                        generation: c.generation,
+                    },
+                    client: c.peer.ip(),
+                    listener: listener.address.to_string(),
+                };
+                match shared.jobs.try_send(job) {
+                    Ok(()) => c.waiting = true,
+                    Err(_) => {
+                        let mut l = String::from("{");
+                        field(&mut l, "event", "refused");
+                        field(&mut l, "error", "intake queue full");
+                        field(&mut l, "client_ip", &c.peer.ip().to_string());
+                        number(&mut l, "recipients", 0);
+                        l.push('}');
+                        shared.log.write_lines([l.as_str()]);
+                        let _ = c.session.answer(
+                            now,
+                            &server::reply(451, (4, 3, 0), "Error: queue busy, try again later"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn mail_decision(shared: &Shared, listener: &Listener, sender: &str) -> Reply {
+    if let Some(reg) = shared.engine.tenants() {
+        let Some(tenant) = reg.get(&listener.tenant) else {
+            return server::reply(451, (4, 3, 5), "Error: tenant not configured");
+        };
+        if reg.is_locked(&listener.tenant) {
+            return server::reply(550, (5, 7, 1), "Error: account locked");
+        }
+        if !sender.is_empty() && !tenant.is_approved(sender) {
+            return server::reply(
+                550,
+                (5, 7, 1),
+                format!("<{sender}>: Sender address rejected: not approved for this service"),
+            );
+        }
+    }
+    server::reply(250, (2, 1, 0), "Ok")
+}
+
+fn rcpt_decision(shared: &Shared, listener: &Listener, client: IpAddr, rcpt: &str) -> Reply {
+    if !listener.allows(client) {
+        return server::reply(550, (5, 7, 1), format!("<{rcpt}>: Relay access denied"));
+    }
+    let syntax_ok = rcpt.len() <= 254
+        && !rcpt.bytes().any(|b| b <= b' ' || b == 0x7f)
+        && rcpt
+            .rsplit_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.starts_with('.'));
+    if !syntax_ok {
+        return server::reply(
+            501,
+            (5, 1, 3),
+            format!("<{rcpt}>: Bad recipient address syntax"),
+        );
+    }
+    if let Some(hit) = shared.engine.suppression(&listener.tenant, rcpt, None) {
+        return server::reply(
+            550,
+            (5, 7, 1),
+            format!(
+                "<{rcpt}>: Recipient address suppressed ({}, since {})",
+                hit.reason.as_str(),
+                hit.created
+            ),
+        );
+    }
+    server::reply(250, (2, 1, 5), "Ok")
+}
+
+/// The reply to a message's data from the engine's answer: `250` with the queue id once durable.
+pub fn message_reply(result: &Result<u64, SubmitError>) -> Reply {
+    match result {
+        Ok(id) => server::reply(250, (2, 0, 0), format!("Ok: queued as {id:016x}")),
+        Err(e) => match e {
+            SubmitError::Busy => {
+                server::reply(451, (4, 3, 0), "Error: queue busy, try again later")
+            }
+            SubmitError::NoSpace => {
+                server::reply(452, (4, 3, 1), "Error: insufficient system storage")
+            }
+            SubmitError::Spool(why) => server::reply(
+                451,
+                (4, 3, 0),
+                format!("Error: queue file write error: {why}"),
+            ),
+            SubmitError::ShuttingDown => {
+                server::reply(421, (4, 3, 2), "Error: service shutting down")
+            }
+            SubmitError::Invalid(why) => {
+                server::reply(550, (5, 6, 0), format!("Error: message refused: {why}"))
+            }
+            SubmitError::UnknownTenant(t) => {
+                server::reply(550, (5, 7, 1), format!("Error: unknown tenant {t}"))
+            }
+            SubmitError::AccountLocked(t) => {
+                server::reply(550, (5, 7, 1), format!("Error: account locked: {t}"))
+            }
+            SubmitError::SenderNotApproved(why) => {
+                server::reply(550, (5, 7, 1), format!("Error: {why}"))
+            }
+            SubmitError::Suppressed(who) => server::reply(
+                550,
+                (5, 7, 1),
+                format!("Error: all recipients suppressed: {who}"),
+            ),
+        },
+    }
+}
