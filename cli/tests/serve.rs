@@ -31,9 +31,10 @@ fn write_config(dir: &Path, ip: &str, sink: SocketAddr, allowed: &str, extra: &s
     let text = format!(
         "[engine]\nspool_dir = \"{spool}\"\nshards = 2\nhelo_name = \"relay.vmta.test\"\n\
          [serve]\nevent_log = \"{log}\"\nshutdown_grace_s = 5\n\
-         [smarthost]\naddress = \"{sink}\"\ntls = \"disabled\"\n\
+         [smarthost]\naddress = \"{sink}\"\ntls = \"disabled\"\n[shaping]\nrules = '''\n{unshaped}'''\n\
          [[listener]]\naddress = \"{ip}:{port}\"\nrole = \"relay\"\n\
          allowed_networks = [{allowed}]\n{extra}\n",
+        unshaped = vmta_testworld::world::UNSHAPED,
         spool = dir.join("spool").display(),
         log = dir.join("events.jsonl").display(),
     );

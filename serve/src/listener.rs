@@ -108,6 +108,9 @@ pub fn run(
     let mut stop_deadline: Option<Instant> = None;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut done: Vec<Done> = Vec::new();
+    // Listening sockets whose last accept failed (EMFILE): retried every tick, since no new edge
+    // may come for the connections already in their backlog.
+    let mut accept_failed: Vec<bool> = vec![false; sockets.len()];
     loop {
         let timeout = if ready.is_empty() {
             Some(TICK)
@@ -128,7 +131,7 @@ pub fn run(
                     if stop_deadline.is_some() {
                         continue;
                     }
-                    accept_all(
+                    accept_failed[li] = !accept_all(
                         &shared,
                         &poll,
                         &mut sockets[li],
@@ -189,6 +192,21 @@ pub fn run(
         // Timers.
         if now.duration_since(last_tick) >= TICK {
             last_tick = now;
+            for li in 0..sockets.len() {
+                if accept_failed[li] {
+                    accept_failed[li] = !accept_all(
+                        &shared,
+                        &poll,
+                        &mut sockets[li],
+                        li,
+                        now,
+                        &mut conns,
+                        &mut free,
+                        &mut ready,
+                        &mut generation,
+                    );
+                }
+            }
             for (slot, entry) in conns.iter_mut().enumerate() {
                 let Some(c) = entry else { continue };
                 if c.session.poll_timeout().is_some_and(|at| now >= at) {
@@ -244,6 +262,7 @@ pub fn run(
     }
 }
 
+/// Accepts every waiting connection; false if an accept failed (the rest stay in the backlog).
 #[allow(clippy::too_many_arguments)]
 fn accept_all(
     shared: &Shared,
@@ -255,11 +274,11 @@ fn accept_all(
     free: &mut Vec<usize>,
     ready: &mut Vec<usize>,
     generation: &mut u64,
-) {
+) -> bool {
     loop {
         let (mut stream, peer) = match socket.accept() {
             Ok(x) => x,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
                 // EMFILE and the like: log, leave the rest in the backlog until the next event.
@@ -268,7 +287,7 @@ fn accept_all(
                 field(&mut l, "error", &e.to_string());
                 l.push('}');
                 shared.log.write_lines([l.as_str()]);
-                return;
+                return false;
             }
         };
         let _ = stream.set_nodelay(true);

@@ -160,6 +160,13 @@ pub struct PostfixSmtpd {
 impl PostfixSmtpd {
     /// Starts the instance on `ip` (a free port).
     pub fn start(ip: &str) -> PostfixSmtpd {
+        PostfixSmtpd::start_with(ip, "", "")
+    }
+
+    /// Starts the instance on `ip` with lines appended to its `main.cf` (a later setting wins, so
+    /// they can override the defaults above, for example `default_transport = smtp` and a
+    /// `relayhost`) and to its `master.cf`.
+    pub fn start_with(ip: &str, main_extra: &str, master_extra: &str) -> PostfixSmtpd {
         let postfix = require("postfix");
         assert!(
             is_root(),
@@ -220,7 +227,8 @@ impl PostfixSmtpd {
              smtputf8_enable = no\n\
              default_transport = discard:vmta test\n\
              local_transport = discard:vmta test\n\
-             biff = no\n",
+             biff = no\n\
+             {main_extra}\n",
             spool = spool.display(),
             data = data.display(),
             dir = d.display(),
@@ -244,7 +252,8 @@ impl PostfixSmtpd {
              discard unix - - n - - discard\n\
              anvil unix - - n - 1 anvil\n\
              scache unix - - n - 1 scache\n\
-             postlog unix-dgram n - n - 1 postlogd\n"
+             postlog unix-dgram n - n - 1 postlogd\n\
+             {master_extra}\n"
         );
         std::fs::write(etc.join("master.cf"), master_cf).expect("write master.cf");
         let out = Command::new(&postfix)

@@ -1,0 +1,187 @@
+//! Nothing acknowledged is lost: `vmta serve` is killed with SIGKILL while clients relay through it,
+//! again and again (`VMTA_SERVE_KILLS`, 20 by default; `benches/serve-kill.sh` runs 200), restarted on
+//! the same spool each time, and at the end every message that got its `250` must have reached the
+//! `smtp-sink` behind it. A message delivered again after a kill (the sink's 250 came, the spool had
+//! not yet recorded it) is a duplicate: allowed, counted and printed. Addresses 127.0.93.0/24.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use vmta_tests::smtp::SmtpSink;
+use vmta_tests::{TempDir, free_tcp_port};
+
+fn start(config: &Path, ready: &Path) -> Child {
+    let _ = std::fs::remove_file(ready);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmta"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--ready-file")
+        .arg(ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "vmta serve exited");
+        assert!(Instant::now() < deadline, "not ready after 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// Sends messages over one connection until an error; each token whose data got a 250 goes into
+/// `acked`.
+fn client(addr: SocketAddr, tag: String, acked: Arc<Mutex<Vec<String>>>) {
+    let Ok(s) = TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(mut w) = s.try_clone() else { return };
+    let mut r = BufReader::new(s);
+    let mut reply = || -> Option<String> {
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return Some(line);
+            }
+        }
+    };
+    if !reply().is_some_and(|l| l.starts_with("220")) {
+        return;
+    }
+    if w.write_all(b"EHLO crash.client.test\r\n").is_err() || reply().is_none() {
+        return;
+    }
+    for seq in 0.. {
+        let token = format!("{tag}-{seq}");
+        let cmds = format!("MAIL FROM:<c@client.test>\r\nRCPT TO:<u{seq}@dest.test>\r\nDATA\r\n");
+        if w.write_all(cmds.as_bytes()).is_err() {
+            return;
+        }
+        for _ in 0..3 {
+            if reply().is_none() {
+                return;
+            }
+        }
+        let body = format!("From: c@client.test\r\nSubject: token {token} end\r\n\r\nx\r\n.\r\n");
+        if w.write_all(body.as_bytes()).is_err() {
+            return;
+        }
+        match reply() {
+            Some(l) if l.starts_with("250 2.0.0 Ok: queued as") => {
+                acked.lock().unwrap().push(token);
+            }
+            _ => return,
+        }
+    }
+}
+
+#[test]
+fn every_acknowledged_message_survives_sigkill() {
+    let kills: usize = std::env::var("VMTA_SERVE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = TempDir::new("serve-crash");
+    let sink = SmtpSink::start("127.0.93.1", &[]);
+    let port = free_tcp_port("127.0.93.1");
+    let addr: SocketAddr = format!("127.0.93.1:{port}").parse().unwrap();
+    let config = dir.path().join("vmta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\nspool_dir = \"{spool}\"\nshards = 2\nspool_segment_mb = 4\n\
+             [serve]\nevent_log = \"\"\n\
+             [smarthost]\naddress = \"{sink}\"\ntls = \"disabled\"\n[shaping]\nrules = '''\n{unshaped}'''\n\
+             [[listener]]\naddress = \"{addr}\"\nrole = \"relay\"\n\
+             allowed_networks = [\"127.0.0.0/8\"]\n",
+            unshaped = vmta_testworld::world::UNSHAPED,
+            spool = dir.path().join("spool").display(),
+            sink = sink.addr,
+        ),
+    )
+    .unwrap();
+    let ready = dir.path().join("ready");
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    for round in 0..kills {
+        let mut child = start(&config, &ready);
+        let clients: Vec<_> = (0..4)
+            .map(|t| {
+                let acked = acked.clone();
+                let tag = format!("r{round}t{t}");
+                std::thread::spawn(move || client(addr, tag, acked))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50 + rand(400)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for c in clients {
+            c.join().unwrap();
+        }
+    }
+    // The last start delivers what is left.
+    let mut child = start(&config, &ready);
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= kills,
+        "only {} messages acknowledged in {kills} rounds",
+        acked.len()
+    );
+    let token_re = |m: &str| -> Option<String> {
+        let i = m.find("Subject: token ")? + "Subject: token ".len();
+        let j = m[i..].find(" end")?;
+        Some(m[i..i + j].to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (seen, missing) = loop {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for m in sink.messages() {
+            if let Some(t) = token_re(&m) {
+                *seen.entry(t).or_default() += 1;
+            }
+        }
+        let missing: Vec<&String> = acked.iter().filter(|t| !seen.contains_key(*t)).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break (seen, missing.into_iter().cloned().collect::<Vec<_>>());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let acked_set: HashSet<&String> = acked.iter().collect();
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    let unacked_delivered = seen.keys().filter(|t| !acked_set.contains(t)).count();
+    eprintln!(
+        "{kills} kills: {} acknowledged, {} delivered, {duplicates} duplicates, {unacked_delivered} \
+         delivered without their 250 reaching the client, {} missing",
+        acked.len(),
+        seen.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged but never delivered, the first: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+}
