@@ -224,13 +224,15 @@ fn relays_for_smtplib_a_pipelining_client_and_swaks() {
     );
 
     // The event log: received lines with the client, deliveries carrying the client address.
-    wait_for("16 deliveries logged", Duration::from_secs(10), || {
-        std::fs::read_to_string(&serve.log)
-            .unwrap_or_default()
-            .matches("\"event\":\"delivered\"")
-            .count()
-            >= 16
-    });
+    wait_for(
+        "16 receptions and deliveries logged",
+        Duration::from_secs(10),
+        || {
+            let log = std::fs::read_to_string(&serve.log).unwrap_or_default();
+            log.matches("\"event\":\"delivered\"").count() >= 16
+                && log.matches("\"event\":\"received\"").count() >= 16
+        },
+    );
     let log = std::fs::read_to_string(&serve.log).unwrap();
     assert_eq!(log.matches("\"event\":\"received\"").count(), 16, "{log}");
     assert!(log.contains("\"helo\":\"app.client.test\""), "{log}");

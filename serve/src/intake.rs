@@ -81,6 +81,7 @@ pub fn run(
     let mut submissions: Vec<Submission> = Vec::with_capacity(BATCH);
     let mut per_thread: Vec<Vec<Done>> = (0..mailboxes.len()).map(|_| Vec::new()).collect();
     let mut lines: Vec<String> = Vec::with_capacity(BATCH);
+    let enabled = log.is_enabled();
     while let Ok(first) = jobs.recv() {
         batch.push(first);
         while batch.len() < BATCH {
@@ -92,17 +93,21 @@ pub fn run(
         submissions.extend(batch.iter_mut().map(|j| std::mem::take(&mut j.submission)));
         let results = engine.submit_batch(&submissions);
         for ((job, s), result) in batch.drain(..).zip(submissions.drain(..)).zip(results) {
-            lines.push(log_line(&job, &s, &result));
+            if enabled {
+                lines.push(log_line(&job, &s, &result));
+            }
             per_thread[job.reply_to.thread].push(Done {
                 reply_to: job.reply_to,
                 result,
             });
         }
+        // Logged before the answers go out: a message's "received" line comes before anything
+        // that follows from it.
+        log.write_lines(lines.iter().map(String::as_str));
+        lines.clear();
         for (t, items) in per_thread.iter_mut().enumerate() {
             mailboxes[t].post(items);
         }
-        log.write_lines(lines.iter().map(String::as_str));
-        lines.clear();
     }
 }
 

@@ -219,14 +219,17 @@ pub fn run(
 fn events_loop(engine: &Engine, log: &log::EventLog, stop: &AtomicBool, hup: &AtomicBool) {
     let mut events = Vec::with_capacity(1024);
     let mut lines: Vec<String> = Vec::with_capacity(1024);
+    let enabled = log.is_enabled();
     loop {
         let stopping = stop.load(Ordering::Acquire);
         engine.wait(Duration::from_millis(200));
         events.clear();
         engine.poll_events(&mut events, 1024);
-        lines.extend(events.iter().map(|e| e.to_json()));
-        log.write_lines(lines.iter().map(String::as_str));
-        lines.clear();
+        if enabled {
+            lines.extend(events.iter().map(|e| e.to_json()));
+            log.write_lines(lines.iter().map(String::as_str));
+            lines.clear();
+        }
         if hup.swap(false, Ordering::AcqRel)
             && let Err(e) = log.reopen()
         {

@@ -81,6 +81,9 @@ struct Conn {
     counted: bool,
     /// When the session closed with bytes still unwritten (a client that does not read).
     closing_since: Option<Instant>,
+    /// Registered for writability too (only while a write would block: on Linux an
+    /// edge-triggered EPOLLOUT fires on every ACK, a wake-up per reply for nothing).
+    want_write: bool,
 }
 
 /// How long a closed session's last reply may wait for a client that does not read.
@@ -231,7 +234,7 @@ pub fn run(
             let Some(Some(c)) = conns.get_mut(slot) else {
                 continue;
             };
-            match service(c, slot, thread, &shared, now, &mut buf) {
+            match service(c, slot, thread, &shared, poll.registry(), now, &mut buf) {
                 Pass::Idle => {}
                 Pass::More => next_ready.push(slot),
                 Pass::Close => {
@@ -331,11 +334,7 @@ fn accept_all(
         });
         if poll
             .registry()
-            .register(
-                &mut stream,
-                Token(CONN_BASE + slot),
-                Interest::READABLE | Interest::WRITABLE,
-            )
+            .register(&mut stream, Token(CONN_BASE + slot), Interest::READABLE)
             .is_err()
         {
             let c = Conn {
@@ -350,6 +349,7 @@ fn accept_all(
                 waiting: false,
                 counted: true,
                 closing_since: None,
+                want_write: false,
             };
             release(shared, &c);
             free.push(slot);
@@ -367,6 +367,7 @@ fn accept_all(
             waiting: false,
             counted: true,
             closing_since: None,
+            want_write: false,
         });
         ready.push(slot);
     }
@@ -402,6 +403,7 @@ fn service(
     slot: usize,
     thread: usize,
     shared: &Shared,
+    registry: &mio::Registry,
     now: Instant,
     buf: &mut [u8],
 ) -> Pass {
@@ -414,10 +416,30 @@ fn service(
             match c.stream.write(&c.wbuf[c.wpos..]) {
                 Ok(0) => return Pass::Close,
                 Ok(n) => c.wpos += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Pass::Idle,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if !c.want_write {
+                        let token = Token(CONN_BASE + slot);
+                        let both = Interest::READABLE | Interest::WRITABLE;
+                        if registry.reregister(&mut c.stream, token, both).is_err() {
+                            return Pass::Close;
+                        }
+                        c.want_write = true;
+                    }
+                    return Pass::Idle;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return Pass::Close,
             }
+        }
+        if c.want_write {
+            let token = Token(CONN_BASE + slot);
+            if registry
+                .reregister(&mut c.stream, token, Interest::READABLE)
+                .is_err()
+            {
+                return Pass::Close;
+            }
+            c.want_write = false;
         }
         c.wbuf.clear();
         c.wpos = 0;
@@ -448,7 +470,15 @@ fn service(
                 c.readable = false;
                 c.session.handle_eof(now);
             }
-            Ok(n) => c.session.handle_input(now, &buf[..n]),
+            Ok(n) => {
+                // A short read drained the socket: the next byte to arrive raises a new readiness
+                // edge, so the read that would only say WouldBlock is skipped (one system call
+                // fewer per wake-up).
+                if n < buf.len() {
+                    c.readable = false;
+                }
+                c.session.handle_input(now, &buf[..n]);
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 c.readable = false;
                 return Pass::Idle;

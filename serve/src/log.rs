@@ -42,6 +42,11 @@ impl EventLog {
         })
     }
 
+    /// Whether lines go anywhere (`event_log = ""` discards them: callers skip formatting them).
+    pub fn is_enabled(&self) -> bool {
+        !matches!(*self.lock(), Sink::None)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Sink> {
         self.sink.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -534,8 +534,13 @@ impl Session {
                                 if end > start && self.input[end - 1] == b'\r' {
                                     end -= 1;
                                 }
-                                let line = self.input[start..end].to_vec();
-                                self.command(now, &line);
+                                // The line is read in place: the input buffer is lent out
+                                // while the command runs (commands never touch it).
+                                let input = std::mem::take(&mut self.input);
+                                self.command(now, &input[start..end]);
+                                if !self.is_closed() {
+                                    self.input = input;
+                                }
                             }
                             self.command_since = now;
                         }

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# `vmta serve` against Postfix relaying, in one run on one box, both fed the same way by Postfix's
+# smtp-source and both delivering to the same sinks (`vmta world` on 127.0.0.10-20).
+#
+#   benches/serve.sh [--messages N] [--postfix-messages M] [--connections C] [--intake-threads I]
+#                    [--out DIR] [--no-build]
+#
+# Rows (each against a fresh `vmta world --expect COUNT`):
+#   vmta-serve  smtp-source (C sessions, pipelining, 2 KiB) → vmta serve (durable spool: fdatasync,
+#               group commit; `250` only once durable) → MX delivery to the world's sinks
+#   vmta-api    vmta bench --workload a: the same engine fed through its API (what the C ABI wraps)
+#   postfix     smtp-source → a private Postfix relay (benches/peers/postfix.sh) → the same sinks
+# msg/s is end to end: from the first message fed to the COUNT-th message at the sinks. CPU per
+# message: the vmta serve process, the vmta bench process (its engine), the Postfix instance's
+# daemons; the feeder's CPU is reported beside it, not added. Every run is bounded in count and time.
+# Writes DIR/serve.json and DIR/serve.md (default target/serve-bench).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+messages=100000 postfix_messages=10000 conns=20 intake=2 out=$root/target/serve-bench build=1 timeout=600
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --messages) messages=$2; shift 2 ;;
+        --postfix-messages) postfix_messages=$2; shift 2 ;;
+        --connections) conns=$2; shift 2 ;;
+        --intake-threads) intake=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --no-build) build=0; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) echo "serve.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+for n in "$messages" "$postfix_messages" "$conns"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "serve.sh: counts must be positive integers, not '$n'" >&2; exit 2; }
+done
+vmta=$root/target/release/vmta
+feed=$root/benches/peers/smtp-source-feed.py
+[ $build = 1 ] && (cd "$root" && cargo build --release -q -p vmta-cli)
+mkdir -p "$out"
+work=$(mktemp -d /tmp/vmta-serve-bench.XXXXXX)
+world_pid="" serve_pid=""
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [ -n "$serve_pid" ] && { kill -TERM "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; }
+    [ -n "$world_pid" ] && { kill -TERM "$world_pid" 2>/dev/null || true; wait "$world_pid" 2>/dev/null || true; }
+    rm -rf "$work"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start_world() {
+    rm -f "$work/ready.json" "$work/routes"
+    "$vmta" world --expect "$2" --timeout "$timeout" --ready "$work/ready.json" \
+        --routes "$work/routes" >"$work/$1.world.json" 2>"$work/$1.world.log" &
+    world_pid=$!
+    for _ in $(seq 1 200); do [ -f "$work/ready.json" ] && break; sleep 0.05; done
+    [ -f "$work/ready.json" ] || { echo "serve.sh: vmta world did not start" >&2; exit 1; }
+    dns=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dns"])' "$work/ready.json")
+    port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["smtp_port"])' "$work/ready.json")
+    hosts=$(python3 -c 'import json,sys; print(",".join(json.load(open(sys.argv[1]))["hosts"]))' "$work/ready.json")
+}
+now() { python3 -c 'import time; print(time.monotonic())'; }
+# CPU seconds (user + system) of a process and its reaped children.
+cpu_of() { python3 -c '
+import os, sys
+f = open("/proc/%s/stat" % sys.argv[1]).read()
+f = f[f.rindex(")") + 2:].split()
+print(sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK"))' "$1"; }
+
+# Row 1: vmta serve.
+echo "== vmta-serve: $messages messages" >&2
+start_world vmta-serve "$messages"
+sport=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.9', 0)); print(s.getsockname()[1])")
+cat >"$work/vmta.toml" <<EOF
+[engine]
+spool_dir = "$work/spool"
+helo_name = "serve.vmta.test"
+durability = "sync"
+[dns]
+nameservers = ["$dns"]
+[delivery]
+port = $port
+[shaping]
+rules = '''
+[defaults]
+max_connections = 0
+connection_rate = "unlimited"
+max_messages_per_connection = 0
+message_rate = "unlimited"
+'''
+[serve]
+event_log = ""
+intake_threads = $intake
+[[listener]]
+address = "127.0.0.9:$sport"
+role = "relay"
+allowed_networks = ["127.0.0.0/8"]
+max_connections_per_client = 1000
+EOF
+"$vmta" serve --config "$work/vmta.toml" --ready-file "$work/serve.ready" 2>"$work/serve.log" &
+serve_pid=$!
+for _ in $(seq 1 200); do [ -f "$work/serve.ready" ] && break; sleep 0.05; done
+[ -f "$work/serve.ready" ] || { cat "$work/serve.log" >&2; exit 1; }
+c0=$(cpu_of "$serve_pid"); t0=$(now)
+"$feed" --server "127.0.0.9:$sport" --routes "$work/routes" --messages "$messages" --connections "$conns" >"$work/vmta-serve.feed.json"
+wait "$world_pid"; world_pid=""
+t1=$(now); c1=$(cpu_of "$serve_pid")
+# CPU seconds per thread kind (listener, intake, shard, commit, events...) since the start.
+python3 -c '
+import collections, json, os, re, sys
+hz = os.sysconf("SC_CLK_TCK"); per = collections.Counter()
+for t in os.listdir("/proc/%s/task" % sys.argv[1]):
+    s = open("/proc/%s/task/%s/stat" % (sys.argv[1], t)).read()
+    comm = re.sub(r"-[0-9]+$", "", s[s.index("(") + 1:s.rindex(")")])
+    f = s[s.rindex(")") + 2:].split()
+    per[comm] += (int(f[11]) + int(f[12])) / hz
+print(json.dumps({k: round(v, 2) for k, v in per.most_common()}))' "$serve_pid" >"$work/vmta-serve.threads.json"
+kill -TERM "$serve_pid"; wait "$serve_pid" || true; serve_pid=""
+python3 - "$messages" "$t0" "$t1" "$c0" "$c1" "$work/vmta-serve.feed.json" "$work/vmta-serve.world.json" "$work/vmta-serve.threads.json" >"$work/vmta-serve.json" <<'EOF'
+import json, sys
+n, t0, t1, c0, c1, feed, world, threads = sys.argv[1:]
+n = int(n); s = float(t1) - float(t0); cpu = float(c1) - float(c0)
+print(json.dumps({"system": "vmta-serve", "messages": n, "seconds": round(s, 3),
+    "msg_per_s": round(n / s), "cpu_s": round(cpu, 3), "cpu_us_per_msg": round(cpu * 1e6 / n, 1),
+    "feed": json.load(open(feed)), "world": json.load(open(world)),
+    "cpu_s_by_thread": json.load(open(threads))}))
+EOF
+echo "   $(cat "$work/vmta-serve.json")" >&2
+
+# Row 2: the same engine through its API.
+echo "== vmta-api: $messages messages" >&2
+start_world vmta-api "$messages"
+"$vmta" bench --workload a --messages "$messages" --dns "$dns" --port "$port" --hosts "$hosts" --json >"$work/vmta-api.bench.json"
+wait "$world_pid"; world_pid=""
+python3 - "$work/vmta-api.bench.json" "$work/vmta-api.world.json" >"$work/vmta-api.json" <<'EOF'
+import json, sys
+b = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+print(json.dumps({"system": "vmta-api", "messages": b["messages"], "seconds": b["seconds"],
+    "msg_per_s": b["msg_per_s"], "cpu_s": b["cpu_s"], "cpu_us_per_msg": b["cpu_us_per_msg"],
+    "world": json.load(open(sys.argv[2]))}))
+EOF
+echo "   $(cat "$work/vmta-api.json")" >&2
+
+# Row 3: Postfix relaying.
+echo "== postfix: $postfix_messages messages" >&2
+start_world postfix "$postfix_messages"
+t0=$(now)
+"$root/benches/peers/postfix.sh" --routes "$work/routes" --messages "$postfix_messages" --feeder "$feed" \
+    --world-pid "$world_pid" --feed-connections "$conns" --timeout "$timeout" >"$work/postfix.peer.json"
+wait "$world_pid" || true; world_pid=""
+t1=$(now)
+python3 - "$postfix_messages" "$t0" "$t1" "$work/postfix.peer.json" "$work/postfix.world.json" >"$work/postfix.json" <<'EOF'
+import json, sys
+n, t0, t1, peer, world = sys.argv[1:]
+n = int(n); s = float(t1) - float(t0); p = json.loads(open(peer).read().strip().splitlines()[-1])
+print(json.dumps({"system": "postfix", "messages": n, "seconds": round(s, 3), "msg_per_s": round(n / s),
+    "cpu_s": p["postfix_cpu_s"], "cpu_us_per_msg": p["postfix_cpu_us_per_msg"],
+    "feed_msg_per_s": p["feed_msg_per_s"], "world": json.load(open(world))}))
+EOF
+echo "   $(cat "$work/postfix.json")" >&2
+
+python3 - "$work" "$out" <<'EOF'
+import json, sys
+work, out = sys.argv[1:]
+rows = {s: json.load(open(f"{work}/{s}.json")) for s in ("vmta-serve", "vmta-api", "postfix")}
+json.dump(rows, open(f"{out}/serve.json", "w"), indent=1)
+pf, sv, api = rows["postfix"], rows["vmta-serve"], rows["vmta-api"]
+lines = ["| system | messages | msg/s end to end | CPU µs/msg | msg/s vs Postfix | CPU/msg vs Postfix |",
+         "|---|---|---|---|---|---|"]
+for r in (sv, api, pf):
+    lines.append(f"| {r['system']} | {r['messages']:,} | {r['msg_per_s']:,} | {r['cpu_us_per_msg']:,} | "
+                 f"{r['msg_per_s'] / pf['msg_per_s']:.1f}× | 1/{pf['cpu_us_per_msg'] / r['cpu_us_per_msg']:.0f} |")
+lines.append("")
+lines.append(f"vmta serve's CPU per message is {sv['cpu_us_per_msg'] / api['cpu_us_per_msg']:.2f}× the API path's; "
+             f"smtp-source fed vmta serve at {sv['feed']['msg_per_s']:,} msg/s.")
+open(f"{out}/serve.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
