@@ -226,10 +226,11 @@ impl ServeConfig {
             })?,
             None => Vec::new(),
         };
-        let engine_text =
-            toml::to_string(&table).map_err(|e| ConfigError(format!("configuration: {e}")))?;
-        let engine =
-            EngineConfig::from_toml(&engine_text).map_err(|e| ConfigError(e.to_string()))?;
+        drop(table);
+        // The engine reads the text itself, without the daemon's tables, so its errors name keys
+        // at the lines the user wrote.
+        let engine = EngineConfig::from_toml(&without_daemon_tables(text))
+            .map_err(|e| ConfigError(e.to_string()))?;
         let hostname = if serve.hostname.is_empty() {
             engine.engine.helo_name.clone()
         } else {
@@ -348,6 +349,41 @@ impl ServeConfig {
     }
 }
 
+/// `text` with the `[serve]` and `[[listener]]` tables blanked out line by line (line numbers kept),
+/// skipping table headers inside multi-line strings.
+fn without_daemon_tables(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut skipping = false;
+    let mut in_string: Option<&str> = None;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if in_string.is_none() && trimmed.starts_with('[') {
+            let header = trimmed.split('#').next().unwrap_or("").trim();
+            let name: String = header
+                .trim_matches(|c| c == '[' || c == ']')
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            skipping = name == "serve" || name == "listener";
+        }
+        for delim in ["\"\"\"", "'''"] {
+            if line.matches(delim).count() % 2 == 1 {
+                in_string = match in_string {
+                    None => Some(delim),
+                    Some(d) if d == delim => None,
+                    other => other,
+                };
+            }
+        }
+        if skipping {
+            out.push('\n');
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +410,19 @@ allowed_networks = ["127.0.0.0/8", "::1"]
         assert!(l.allows("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!l.allows("10.0.0.1".parse().unwrap()));
         assert_eq!(c.engine.engine.spool_dir, PathBuf::from("s"));
+    }
+
+    #[test]
+    fn engine_tables_are_read_from_the_text_as_written() {
+        let text = format!(
+            "{GOOD}[shaping]\nrules = \'\'\'\n[serve]\n[defaults]\nmax_connections = 1\n\'\'\'\n[[tenant]]\nname = \"t\"\n"
+        );
+        let e = ServeConfig::from_toml(&format!("{GOOD}[[tenant]]\nname = \"t\"\n")).unwrap_err();
+        assert!(e.0.contains("missing field `pool`"), "{e}");
+        let stripped = without_daemon_tables(&text);
+        assert!(stripped.contains("[serve]\n[defaults]"), "{stripped}");
+        assert!(!stripped.contains("relay.test"), "{stripped}");
+        assert_eq!(stripped.lines().count(), text.lines().count());
     }
 
     #[test]
