@@ -1,31 +1,36 @@
 #!/usr/bin/env bash
-# `vmta serve` against Postfix relaying, in one run on one box, both fed the same way by Postfix's
-# smtp-source and both delivering to the same sinks (`vmta world` on 127.0.0.10-20).
+# `vmta serve` against Postfix relaying, in one run on one box, both fed the same way (by Postfix's
+# smtp-source unless --feeder says otherwise) and both delivering to the same sinks (`vmta world`).
 #
 #   benches/serve.sh [--messages N] [--postfix-messages M] [--connections C] [--intake-threads I]
-#                    [--out DIR] [--no-build]
+#                    [--shards S] [--feeder smtp-source|smtp-feed] [--out DIR] [--no-build]
 #
 # Rows (each against a fresh `vmta world --expect COUNT`):
-#   vmta-serve  smtp-source (C sessions, pipelining, 2 KiB) → vmta serve (durable spool: fdatasync,
+#   vmta-serve  smtp-source (C sessions, 2 KiB; it sends MAIL, RCPT, DATA and the body each after the
+#               previous reply: four round trips per message) → vmta serve (durable spool: fdatasync,
 #               group commit; `250` only once durable) → MX delivery to the world's sinks
 #   vmta-api    vmta bench --workload a: the same engine fed through its API (what the C ABI wraps)
 #   postfix     smtp-source → a private Postfix relay (benches/peers/postfix.sh) → the same sinks
 # msg/s is end to end: from the first message fed to the COUNT-th message at the sinks. CPU per
 # message: the vmta serve process, the vmta bench process (its engine), the Postfix instance's
 # daemons; the feeder's CPU is reported beside it, not added. Every run is bounded in count and time.
+# --feeder smtp-feed feeds both relays with benches/peers/feed instead (PIPELINING: the body, its dot and
+# the next MAIL, RCPT and DATA in one write, one round trip per message).
 # Writes DIR/serve.json and DIR/serve.md (default target/serve-bench).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-messages=100000 postfix_messages=10000 conns=20 intake=2 out=$root/target/serve-bench build=1 timeout=600
+messages=100000 postfix_messages=10000 conns=20 intake=2 shards=0 feeder=smtp-source out=$root/target/serve-bench build=1 timeout=600
 while [ $# -gt 0 ]; do
     case "$1" in
         --messages) messages=$2; shift 2 ;;
         --postfix-messages) postfix_messages=$2; shift 2 ;;
         --connections) conns=$2; shift 2 ;;
         --intake-threads) intake=$2; shift 2 ;;
+        --shards) shards=$2; shift 2 ;;
+        --feeder) feeder=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "serve.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -33,7 +38,12 @@ for n in "$messages" "$postfix_messages" "$conns"; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "serve.sh: counts must be positive integers, not '$n'" >&2; exit 2; }
 done
 vmta=$root/target/release/vmta
-feed=$root/benches/peers/smtp-source-feed.py
+case "$feeder" in
+    smtp-source) feed=$root/benches/peers/smtp-source-feed.py ;;
+    smtp-feed) feed=$root/benches/peers/feed/target/release/smtp-feed
+        [ $build = 1 ] && (cd "$root/benches/peers/feed" && cargo build --release -q) ;;
+    *) echo "serve.sh: --feeder is smtp-source or smtp-feed" >&2; exit 2 ;;
+esac
 [ $build = 1 ] && (cd "$root" && cargo build --release -q -p vmta-cli)
 mkdir -p "$out"
 work=$(mktemp -d /tmp/vmta-serve-bench.XXXXXX)
@@ -77,6 +87,7 @@ cat >"$work/vmta.toml" <<EOF
 spool_dir = "$work/spool"
 helo_name = "serve.vmta.test"
 durability = "sync"
+shards = $shards
 [dns]
 nameservers = ["$dns"]
 [delivery]
@@ -173,7 +184,7 @@ for r in (sv, api, pf):
                  f"{r['msg_per_s'] / pf['msg_per_s']:.1f}× | 1/{pf['cpu_us_per_msg'] / r['cpu_us_per_msg']:.0f} |")
 lines.append("")
 lines.append(f"vmta serve's CPU per message is {sv['cpu_us_per_msg'] / api['cpu_us_per_msg']:.2f}× the API path's; "
-             f"smtp-source fed vmta serve at {sv['feed']['msg_per_s']:,} msg/s.")
+             f"the feeder ({sv['feed']['system']}) fed vmta serve at {sv['feed']['msg_per_s']:,} msg/s.")
 open(f"{out}/serve.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
