@@ -8,31 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use vmta_tests::serve::Daemon;
 use vmta_tests::smtp::SmtpSink;
 use vmta_tests::{TempDir, free_tcp_port};
-
-fn start(config: &Path, ready: &Path) -> Child {
-    let _ = std::fs::remove_file(ready);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmta"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--ready-file")
-        .arg(ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "vmta serve exited");
-        assert!(Instant::now() < deadline, "not ready after 30 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
 
 /// Sends messages over one connection until an error; each token whose data got a 250 goes into
 /// `acked`.
@@ -109,7 +89,6 @@ fn every_acknowledged_message_survives_sigkill() {
         ),
     )
     .unwrap();
-    let ready = dir.path().join("ready");
     let mut seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -124,7 +103,7 @@ fn every_acknowledged_message_survives_sigkill() {
     };
     let acked = Arc::new(Mutex::new(Vec::new()));
     for round in 0..kills {
-        let mut child = start(&config, &ready);
+        let daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_vmta")), &config);
         let clients: Vec<_> = (0..4)
             .map(|t| {
                 let acked = acked.clone();
@@ -133,14 +112,13 @@ fn every_acknowledged_message_survives_sigkill() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(50 + rand(400)));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        daemon.kill();
         for c in clients {
             c.join().unwrap();
         }
     }
     // The last start delivers what is left.
-    let mut child = start(&config, &ready);
+    let daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_vmta")), &config);
     let acked: Vec<String> = acked.lock().unwrap().clone();
     assert!(
         acked.len() >= kills,
@@ -166,8 +144,7 @@ fn every_acknowledged_message_survives_sigkill() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    daemon.kill();
     let acked_set: HashSet<&String> = acked.iter().collect();
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     let unacked_delivered = seen.keys().filter(|t| !acked_set.contains(t)).count();

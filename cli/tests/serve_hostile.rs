@@ -6,21 +6,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use vmta_tests::serve::Daemon;
 use vmta_tests::smtp::SmtpSink;
 use vmta_tests::{TempDir, free_tcp_port};
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Peak and current resident memory of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
@@ -125,24 +117,8 @@ fn hostile_clients_get_clear_replies_and_a_good_client_keeps_relaying() {
         ),
     )
     .unwrap();
-    let ready = dir.path().join("ready");
-    let serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_vmta"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = serve.0.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "not ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let serve = Daemon::start(Path::new(env!("CARGO_BIN_EXE_vmta")), &config);
+    let pid = serve.pid();
     let (_, rss_start) = memory_kib(pid);
 
     // The well-behaved client: a message every 100 ms from 127.0.0.5 while the others misbehave.

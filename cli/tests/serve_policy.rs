@@ -3,95 +3,35 @@
 //! RCPT, an invalid message; and a full spool is `452 4.3.1` with every acknowledged message kept.
 //! Addresses 127.0.96.0/24.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use vmta_tests::serve::Daemon;
+use vmta_tests::shaping::SmtpClient;
 use vmta_tests::smtp::SmtpSink;
 use vmta_tests::{TempDir, free_tcp_port};
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn start(config: &Path) -> Daemon {
+    Daemon::start(Path::new(env!("CARGO_BIN_EXE_vmta")), config)
 }
 
-fn start(config: &Path) -> Serve {
-    let ready = config.with_file_name("ready");
-    let _ = std::fs::remove_file(&ready);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmta"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "vmta serve exited");
-        assert!(Instant::now() < deadline, "not ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Serve(child)
+/// A session that has said EHLO.
+fn client(addr: SocketAddr) -> SmtpClient {
+    let (mut c, greeting) = SmtpClient::connect(addr, Duration::from_secs(20)).unwrap();
+    assert_eq!(greeting.0, 220);
+    assert_eq!(c.command("EHLO policy.client.test").unwrap().0, 250);
+    c
 }
 
-/// A line-at-a-time SMTP client.
-struct Client {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut c = Client {
-            w: s.try_clone().unwrap(),
-            r: BufReader::new(s),
-        };
-        assert!(c.reply().starts_with("220 "));
-        assert!(c.cmd("EHLO policy.client.test").starts_with("250 "));
-        c
+/// One transaction; the first refusal or the reply to the data, as `CODE TEXT`; RSET after a
+/// refusal so the next transaction starts clean.
+fn send(c: &mut SmtpClient, from: &str, to: &str, message: &str) -> String {
+    let (code, text) = c.send_message(from, to, message).unwrap();
+    if code >= 400 {
+        c.command("RSET").unwrap();
     }
-
-    fn reply(&mut self) -> String {
-        loop {
-            let mut line = String::new();
-            self.r.read_line(&mut line).unwrap();
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return line.trim_end().to_string();
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        self.reply()
-    }
-
-    /// MAIL, RCPT, DATA and the message; the reply to the data (or the first refusal).
-    fn send(&mut self, from: &str, to: &str, message: &str) -> String {
-        for (line, want) in [
-            (format!("MAIL FROM:<{from}>"), "250"),
-            (format!("RCPT TO:<{to}>"), "250"),
-            ("DATA".to_string(), "354"),
-        ] {
-            let r = self.cmd(&line);
-            if !r.starts_with(want) {
-                let _ = self.cmd("RSET");
-                return r;
-            }
-        }
-        self.w.write_all(message.as_bytes()).unwrap();
-        self.w.write_all(b".\r\n").unwrap();
-        self.reply()
-    }
+    format!("{code} {text}")
 }
 
 fn config(dir: &Path, sink: SocketAddr, listeners: &[(SocketAddr, &str)], spool: &Path) -> PathBuf {
@@ -145,19 +85,20 @@ fn tenant_policy_and_suppression_answer_with_clear_replies() {
         &spool,
     );
     let _serve = start(&cfg);
-    let mut c = Client::connect(relay);
+    let mut c = client(relay);
     let good = "From: a@client.test\r\nSubject: approved\r\n\r\nhi\r\n";
-    let r = c.send("x@other.test", "ok@dest.test", good);
+    let r = send(&mut c, "x@other.test", "ok@dest.test", good);
     assert!(
         r.starts_with("550 5.7.1") && r.contains("not approved"),
         "{r}"
     );
-    let r = c.send("a@client.test", "gone@dest.test", good);
+    let r = send(&mut c, "a@client.test", "gone@dest.test", good);
     assert!(
         r.starts_with("550 5.7.1") && r.contains("suppressed"),
         "{r}"
     );
-    let r = c.send(
+    let r = send(
+        &mut c,
         "a@client.test",
         "ok@dest.test",
         "From: evil@other.test\r\nSubject: spoofed\r\n\r\nhi\r\n",
@@ -166,16 +107,17 @@ fn tenant_policy_and_suppression_answer_with_clear_replies() {
         r.starts_with("550 5.7.1") && r.contains("not approved"),
         "{r}"
     );
-    let r = c.send(
+    let r = send(
+        &mut c,
         "a@client.test",
         "ok@dest.test",
         "Subject: no from\r\n\r\nhi\r\n",
     );
     assert!(r.starts_with("550 5.6.0"), "{r}");
-    let r = c.send("a@client.test", "ok@dest.test", good);
+    let r = send(&mut c, "a@client.test", "ok@dest.test", good);
     assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
-    let mut l = Client::connect(locked);
-    let r = l.send("a@client.test", "ok@dest.test", good);
+    let mut l = client(locked);
+    let r = send(&mut l, "a@client.test", "ok@dest.test", good);
     assert!(r.starts_with("550 5.7.1") && r.contains("locked"), "{r}");
     // Only the approved message reaches the sink.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -221,11 +163,16 @@ fn a_full_spool_is_452_and_keeps_every_acknowledged_message() {
         "From: a@client.test\r\nSubject: fill\r\n\r\n{}",
         "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n".repeat(1400)
     );
-    let mut c = Client::connect(relay);
+    let mut c = client(relay);
     let mut acked = 0;
     let mut full = None;
     for _ in 0..200 {
-        let r = c.send("a@client.test", &format!("u{acked}@dest.test"), &body);
+        let r = send(
+            &mut c,
+            "a@client.test",
+            &format!("u{acked}@dest.test"),
+            &body,
+        );
         if r.starts_with("250 ") {
             acked += 1;
         } else {
@@ -237,7 +184,7 @@ fn a_full_spool_is_452_and_keeps_every_acknowledged_message() {
     assert!(full.starts_with("452 4.3.1"), "{full}");
     assert!(acked > 5, "only {acked} fit");
     // The daemon keeps serving on the full disk.
-    assert!(c.cmd("NOOP").starts_with("250 "));
+    assert_eq!(c.command("NOOP").unwrap().0, 250);
     drop(serve);
     // Restarted with the smarthost up, it delivers every acknowledged message.
     let sink = SmtpSink::start_on(sink_addr, &[]);

@@ -3,19 +3,12 @@
 //! to an `smtp-sink`. Addresses 127.0.94.0/24.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
+use vmta_tests::serve::Daemon;
 use vmta_tests::smtp::{PostfixSmtpd, SmtpSink};
 use vmta_tests::{TempDir, free_tcp_port};
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn postfix_relays_through_vmta_to_the_sink() {
@@ -40,23 +33,7 @@ fn postfix_relays_through_vmta_to_the_sink() {
         ),
     )
     .unwrap();
-    let ready = dir.path().join("ready");
-    let _serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_vmta"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "not ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _serve = Daemon::start(Path::new(env!("CARGO_BIN_EXE_vmta")), &config);
     // Postfix: accept from loopback, relay everything to vmta.
     let postfix = PostfixSmtpd::start_with(
         "127.0.94.3",

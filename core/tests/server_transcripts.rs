@@ -17,6 +17,9 @@
 //! Each transcript is replayed once whole and once for every byte position of every client read,
 //! with that read split in two at that position: the server output and the events must be the same.
 
+mod common;
+
+use common::unescape;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,42 +34,6 @@ enum Step {
     Time(u64),
     Eof,
     Shutdown,
-}
-
-fn unescape(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 1 < b.len() {
-            match b[i + 1] {
-                b'r' => out.push(b'\r'),
-                b'n' => out.push(b'\n'),
-                b't' => out.push(b'\t'),
-                b'0' => out.push(0),
-                b'\\' => out.push(b'\\'),
-                b'x' => {
-                    let hex = std::str::from_utf8(&b[i + 2..i + 4]).unwrap();
-                    out.push(u8::from_str_radix(hex, 16).unwrap());
-                    i += 2;
-                }
-                b'R' => {
-                    // \R{n}c: the byte c repeated n times.
-                    let close = s[i..].find('}').unwrap() + i;
-                    let n: usize = s[i + 3..close].parse().unwrap();
-                    let c = b[close + 1];
-                    out.extend(std::iter::repeat_n(c, n));
-                    i = close;
-                }
-                other => panic!("bad escape \\{}", other as char),
-            }
-            i += 2;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 fn escape(b: &[u8]) -> String {

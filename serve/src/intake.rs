@@ -6,7 +6,7 @@
 //! back to the listener thread that owns the connection, waking it. The queue being full is answered
 //! `451 4.3.0` at once: the client keeps the message and retries.
 
-use crate::log::{EventLog, field, number};
+use crate::log::EventLog;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use vmta::engine::{Engine, Submission, SubmitError};
@@ -112,26 +112,22 @@ pub fn run(
 }
 
 fn log_line(job: &Job, s: &Submission, result: &Result<u64, SubmitError>) -> String {
-    let mut l = String::with_capacity(256);
-    l.push('{');
-    match result {
-        Ok(id) => {
-            field(&mut l, "event", "received");
-            field(&mut l, "message_id", &format!("{id:016x}"));
-        }
-        Err(e) => {
-            field(&mut l, "event", "refused");
-            field(&mut l, "error", &e.to_string());
-        }
-    }
-    field(&mut l, "sender", &s.sender);
-    number(&mut l, "recipients", s.recipients.len() as u64);
-    number(&mut l, "size", s.body.len() as u64);
-    field(&mut l, "tenant", &s.tenant);
-    field(&mut l, "client_ip", &job.client.to_string());
-    field(&mut l, "helo", &s.client_host);
-    field(&mut l, "protocol", &s.protocol);
-    field(&mut l, "listener", &job.listener);
-    l.push('}');
-    l
+    let (event, id, error) = match result {
+        Ok(id) => ("received", Some(format!("{id:016x}")), None),
+        Err(e) => ("refused", None, Some(e.to_string())),
+    };
+    serde_json::json!({
+        "event": event,
+        "message_id": id,
+        "error": error,
+        "sender": s.sender,
+        "recipients": s.recipients.len(),
+        "size": s.body.len(),
+        "tenant": s.tenant,
+        "client_ip": job.client.to_string(),
+        "helo": s.client_host,
+        "protocol": s.protocol,
+        "listener": job.listener,
+    })
+    .to_string()
 }

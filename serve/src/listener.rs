@@ -16,7 +16,7 @@
 
 use crate::config::Listener;
 use crate::intake::{Done, Job, Mailbox, ReplyTo};
-use crate::log::{EventLog, field, number};
+use crate::log::EventLog;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -89,6 +89,16 @@ struct Conn {
 /// How long a closed session's last reply may wait for a client that does not read.
 const LINGER: Duration = Duration::from_secs(10);
 
+/// A listener thread's connections: slots, the free ones, those with work to do, and the
+/// generation the next connection gets.
+#[derive(Debug, Default)]
+struct Table {
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    ready: Vec<usize>,
+    generation: u64,
+}
+
 /// One listener thread. Returns once stopping and every connection is closed (or the grace period
 /// has passed).
 pub fn run(
@@ -102,11 +112,8 @@ pub fn run(
             .register(l, Token(LISTEN_BASE + i), Interest::READABLE)?;
     }
     let mut events = Events::with_capacity(1024);
-    let mut conns: Vec<Option<Conn>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut ready: Vec<usize> = Vec::new();
+    let mut table = Table::default();
     let mut next_ready: Vec<usize> = Vec::new();
-    let mut generation: u64 = 0;
     let mut last_tick = Instant::now();
     let mut stop_deadline: Option<Instant> = None;
     let mut buf = vec![0u8; READ_CHUNK];
@@ -115,7 +122,7 @@ pub fn run(
     // may come for the connections already in their backlog.
     let mut accept_failed: Vec<bool> = vec![false; sockets.len()];
     loop {
-        let timeout = if ready.is_empty() {
+        let timeout = if table.ready.is_empty() {
             Some(TICK)
         } else {
             Some(Duration::ZERO)
@@ -134,25 +141,16 @@ pub fn run(
                     if stop_deadline.is_some() {
                         continue;
                     }
-                    accept_failed[li] = !accept_all(
-                        &shared,
-                        &poll,
-                        &mut sockets[li],
-                        li,
-                        now,
-                        &mut conns,
-                        &mut free,
-                        &mut ready,
-                        &mut generation,
-                    );
+                    accept_failed[li] =
+                        !accept_all(&shared, &poll, &mut sockets[li], li, now, &mut table);
                 }
                 Token(t) => {
                     let slot = t - CONN_BASE;
-                    if let Some(Some(c)) = conns.get_mut(slot) {
+                    if let Some(Some(c)) = table.conns.get_mut(slot) {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             c.readable = true;
                         }
-                        ready.push(slot);
+                        table.ready.push(slot);
                     }
                 }
             }
@@ -167,13 +165,13 @@ pub fn run(
         }
         for d in done.drain(..) {
             let slot = d.reply_to.slot;
-            if let Some(Some(c)) = conns.get_mut(slot)
+            if let Some(Some(c)) = table.conns.get_mut(slot)
                 && c.generation == d.reply_to.generation
             {
                 c.waiting = false;
                 let reply = message_reply(&d.result);
                 let _ = c.session.answer(now, &reply);
-                ready.push(slot);
+                table.ready.push(slot);
             }
             // Otherwise the connection is gone: the message is durable (or refused) all the same;
             // the client, having no 250, will send it again (a duplicate, never a loss).
@@ -185,10 +183,10 @@ pub fn run(
                 let _ = poll.registry().deregister(l);
             }
             sockets.clear();
-            for (slot, c) in conns.iter_mut().enumerate() {
+            for (slot, c) in table.conns.iter_mut().enumerate() {
                 if let Some(c) = c {
                     c.session.shutdown(now);
-                    ready.push(slot);
+                    table.ready.push(slot);
                 }
             }
         }
@@ -197,24 +195,15 @@ pub fn run(
             last_tick = now;
             for li in 0..sockets.len() {
                 if accept_failed[li] {
-                    accept_failed[li] = !accept_all(
-                        &shared,
-                        &poll,
-                        &mut sockets[li],
-                        li,
-                        now,
-                        &mut conns,
-                        &mut free,
-                        &mut ready,
-                        &mut generation,
-                    );
+                    accept_failed[li] =
+                        !accept_all(&shared, &poll, &mut sockets[li], li, now, &mut table);
                 }
             }
-            for (slot, entry) in conns.iter_mut().enumerate() {
+            for (slot, entry) in table.conns.iter_mut().enumerate() {
                 let Some(c) = entry else { continue };
                 if c.session.poll_timeout().is_some_and(|at| now >= at) {
                     c.session.handle_timeout(now);
-                    ready.push(slot);
+                    table.ready.push(slot);
                 }
                 if c.session.is_closed() {
                     let since = *c.closing_since.get_or_insert(now);
@@ -223,38 +212,38 @@ pub fn run(
                     {
                         let _ = poll.registry().deregister(&mut c.stream);
                         release(&shared, &c);
-                        free.push(slot);
+                        table.free.push(slot);
                     }
                 }
             }
         }
-        ready.sort_unstable();
-        ready.dedup();
-        for slot in ready.drain(..) {
-            let Some(Some(c)) = conns.get_mut(slot) else {
+        table.ready.sort_unstable();
+        table.ready.dedup();
+        for slot in table.ready.drain(..) {
+            let Some(Some(c)) = table.conns.get_mut(slot) else {
                 continue;
             };
             match service(c, slot, thread, &shared, poll.registry(), now, &mut buf) {
                 Pass::Idle => {}
                 Pass::More => next_ready.push(slot),
                 Pass::Close => {
-                    if let Some(mut c) = conns[slot].take() {
+                    if let Some(mut c) = table.conns[slot].take() {
                         let _ = poll.registry().deregister(&mut c.stream);
                         release(&shared, &c);
-                        free.push(slot);
+                        table.free.push(slot);
                     }
                 }
             }
         }
-        std::mem::swap(&mut ready, &mut next_ready);
+        std::mem::swap(&mut table.ready, &mut next_ready);
         if let Some(deadline) = stop_deadline {
-            let open = conns.iter().filter(|c| c.is_some()).count();
+            let open = table.conns.iter().filter(|c| c.is_some()).count();
             if open == 0 {
                 return Ok(());
             }
             if now >= deadline {
                 // Past the grace period: what has no 250 is the client's to send again.
-                for c in conns.iter_mut() {
+                for c in table.conns.iter_mut() {
                     if let Some(c) = c.take() {
                         release(&shared, &c);
                     }
@@ -266,17 +255,13 @@ pub fn run(
 }
 
 /// Accepts every waiting connection; false if an accept failed (the rest stay in the backlog).
-#[allow(clippy::too_many_arguments)]
 fn accept_all(
     shared: &Shared,
     poll: &Poll,
     socket: &mut TcpListener,
     li: usize,
     now: Instant,
-    conns: &mut Vec<Option<Conn>>,
-    free: &mut Vec<usize>,
-    ready: &mut Vec<usize>,
-    generation: &mut u64,
+    table: &mut Table,
 ) -> bool {
     loop {
         let (mut stream, peer) = match socket.accept() {
@@ -285,11 +270,8 @@ fn accept_all(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
                 // EMFILE and the like: log, leave the rest in the backlog until the next event.
-                let mut l = String::from("{");
-                field(&mut l, "event", "accept-failed");
-                field(&mut l, "error", &e.to_string());
-                l.push('}');
-                shared.log.write_lines([l.as_str()]);
+                let l = serde_json::json!({"event": "accept-failed", "error": e.to_string()});
+                shared.log.write_lines([l.to_string().as_str()]);
                 return false;
             }
         };
@@ -312,13 +294,13 @@ fn accept_all(
         let session = match over {
             None => Session::new(shared.sessions[li].clone(), now),
             Some(why) => {
-                let mut l = String::from("{");
-                field(&mut l, "event", "connection-refused");
-                field(&mut l, "client_ip", &ip.to_string());
-                field(&mut l, "listener", &listener.address.to_string());
-                field(&mut l, "why", why);
-                l.push('}');
-                shared.log.write_lines([l.as_str()]);
+                let l = serde_json::json!({
+                    "event": "connection-refused",
+                    "client_ip": ip.to_string(),
+                    "listener": listener.address.to_string(),
+                    "why": why,
+                });
+                shared.log.write_lines([l.to_string().as_str()]);
                 let text = format!("{} {why}", shared.sessions[li].hostname);
                 Session::refuse(
                     shared.sessions[li].clone(),
@@ -327,10 +309,11 @@ fn accept_all(
                 )
             }
         };
-        *generation += 1;
-        let slot = free.pop().unwrap_or_else(|| {
-            conns.push(None);
-            conns.len() - 1
+        table.generation += 1;
+        let generation = table.generation;
+        let slot = table.free.pop().unwrap_or_else(|| {
+            table.conns.push(None);
+            table.conns.len() - 1
         });
         if poll
             .registry()
@@ -342,7 +325,7 @@ fn accept_all(
                 session,
                 listener: li,
                 peer,
-                generation: *generation,
+                generation,
                 wbuf: Vec::new(),
                 wpos: 0,
                 readable: false,
@@ -352,15 +335,15 @@ fn accept_all(
                 want_write: false,
             };
             release(shared, &c);
-            free.push(slot);
+            table.free.push(slot);
             continue;
         }
-        conns[slot] = Some(Conn {
+        table.conns[slot] = Some(Conn {
             stream,
             session,
             listener: li,
             peer,
-            generation: *generation,
+            generation,
             wbuf: Vec::with_capacity(512),
             wpos: 0,
             readable: true,
@@ -369,7 +352,7 @@ fn accept_all(
             closing_since: None,
             want_write: false,
         });
-        ready.push(slot);
+        table.ready.push(slot);
     }
 }
 
@@ -534,13 +517,13 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
                 match shared.jobs.try_send(job) {
                     Ok(()) => c.waiting = true,
                     Err(_) => {
-                        let mut l = String::from("{");
-                        field(&mut l, "event", "refused");
-                        field(&mut l, "error", "intake queue full");
-                        field(&mut l, "client_ip", &c.peer.ip().to_string());
-                        number(&mut l, "recipients", 0);
-                        l.push('}');
-                        shared.log.write_lines([l.as_str()]);
+                        let l = serde_json::json!({
+                            "event": "refused",
+                            "error": "intake queue full",
+                            "client_ip": c.peer.ip().to_string(),
+                            "listener": listener.address.to_string(),
+                        });
+                        shared.log.write_lines([l.to_string().as_str()]);
                         let _ = c.session.answer(
                             now,
                             &server::reply(451, (4, 3, 0), "Error: queue busy, try again later"),

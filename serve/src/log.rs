@@ -88,58 +88,32 @@ impl EventLog {
     }
 }
 
-/// Writes `"key":"value"` with JSON string escaping, preceded by a comma unless first.
-pub fn field(s: &mut String, key: &str, value: &str) {
-    if !s.ends_with('{') {
-        s.push(',');
-    }
-    s.push('"');
-    escape(s, key);
-    s.push_str("\":\"");
-    escape(s, value);
-    s.push('"');
-}
-
-/// Writes `"key":n`, preceded by a comma unless first.
-pub fn number(s: &mut String, key: &str, value: u64) {
-    use std::fmt::Write as _;
-    if !s.ends_with('{') {
-        s.push(',');
-    }
-    let _ = write!(s, "\"{key}\":{value}");
-}
-
-fn escape(s: &mut String, v: &str) {
-    use std::fmt::Write as _;
-    for c in v.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
-            }
-            c => s.push(c),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn fields_are_escaped() {
-        let mut s = String::from("{");
-        field(&mut s, "event", "received");
-        field(&mut s, "helo", "a\"b\\\n\u{1}");
-        number(&mut s, "size", 12);
-        s.push('}');
+    fn lines_reach_a_file_and_survive_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("vmta-serve-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let log = EventLog::open(path.to_str().unwrap()).unwrap();
+        assert!(log.is_enabled());
+        log.write_lines([r#"{"event":"one"}"#]);
+        log.flush();
+        std::fs::rename(&path, dir.join("old")).unwrap();
+        log.reopen().unwrap();
+        log.write_lines([r#"{"event":"two"}"#]);
+        log.flush();
         assert_eq!(
-            s,
-            r#"{"event":"received","helo":"a\"b\\\n\u0001","size":12}"#
+            std::fs::read_to_string(dir.join("old")).unwrap(),
+            "{\"event\":\"one\"}\n"
         );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"event\":\"two\"}\n"
+        );
+        assert!(!EventLog::open("").unwrap().is_enabled());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

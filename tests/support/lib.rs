@@ -9,6 +9,7 @@
 pub mod dns;
 pub mod engine;
 pub mod policy;
+pub mod serve;
 pub mod shaping;
 pub mod smtp;
 
