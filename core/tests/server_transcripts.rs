@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! # comment
-//! config max-size=100 max-recipients=2 max-line=64 max-errors=5 batch=100 idle=300 data=180 message=600 pipelining=off chunking=off smtputf8=off
+//! config max-size=100 max-recipients=2 max-line=64 max-errors=5 batch=100 idle=300 data=180 message=600 pipelining=off chunking=off smtputf8=off starttls=on auth=on auth-required=on implicit-tls=on
 //! S: 220 mx.test ESMTP vmta      (server bytes expected, in order; CRLF added)
 //! C: EHLO client.example         (client bytes; consecutive C lines arrive in one read; CRLF added)
 //! RAW-C: bytes                   (client bytes without a CRLF added; joins the read before it)
@@ -12,6 +12,7 @@
 //! A: 250 2.1.0 Ok                (the caller answers the pending decision)
 //! time +300                      (advance the clock by seconds and handle timeouts)
 //! eof | shutdown                 (the client closes / the server shuts down)
+//! tls TLSv1.3 CIPHER             (the driver's TLS handshake completed)
 //! ```
 //!
 //! Each transcript is replayed once whole and once for every byte position of every client read,
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmta::smtp::EnhancedCode;
 use vmta::smtp::Reply;
-use vmta::smtp::server::{BodyType, Event, ServerConfig, Session};
+use vmta::smtp::server::{BodyType, Event, ServerConfig, Session, TlsInfo};
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -34,6 +35,7 @@ enum Step {
     Time(u64),
     Eof,
     Shutdown,
+    Tls(TlsInfo),
 }
 
 fn escape(b: &[u8]) -> String {
@@ -71,13 +73,28 @@ fn render(e: &Event) -> String {
         }
         Event::Rcpt { recipient } => format!("rcpt <{recipient}>"),
         Event::Message(m) => format!(
-            "message from=<{}> to={} helo={}{} data=\"{}\"",
+            "message from=<{}> to={} helo={}{}{} data=\"{}\"",
             m.mail.sender,
             m.recipients.join(","),
             m.helo,
             if m.chunked { " chunked" } else { "" },
+            if m.tls.is_some() || m.auth.is_some() {
+                format!(
+                    " with={} auth={}",
+                    m.protocol(),
+                    m.auth.as_deref().unwrap_or("-")
+                )
+            } else {
+                String::new()
+            },
             escape(&m.data)
         ),
+        Event::StartTls => "starttls".into(),
+        Event::Auth {
+            identity,
+            authzid,
+            password,
+        } => format!("auth {identity} {password} authzid={authzid}"),
         Event::Reset => "reset".into(),
         Event::Closed(c) => format!("closed {}", c.as_str()),
     }
@@ -85,6 +102,7 @@ fn render(e: &Event) -> String {
 
 struct Transcript {
     config: ServerConfig,
+    implicit_tls: bool,
     steps: Vec<Step>,
     server: Vec<u8>,
     events: Vec<String>,
@@ -92,6 +110,7 @@ struct Transcript {
 
 fn parse(text: &str) -> Transcript {
     let mut config = ServerConfig::new("mx.test");
+    let mut implicit_tls = false;
     let mut steps: Vec<Step> = Vec::new();
     let mut server = Vec::new();
     let mut events = Vec::new();
@@ -131,6 +150,12 @@ fn parse(text: &str) -> Transcript {
             steps.push(Step::Eof);
         } else if line.trim() == "shutdown" {
             steps.push(Step::Shutdown);
+        } else if let Some(rest) = line.strip_prefix("tls ") {
+            let (version, cipher) = rest.trim().split_once(' ').unwrap();
+            steps.push(Step::Tls(TlsInfo {
+                version: version.into(),
+                cipher: cipher.into(),
+            }));
         } else if let Some(rest) = line.strip_prefix("config ") {
             for w in rest.split_ascii_whitespace() {
                 let (k, v) = w.split_once('=').unwrap();
@@ -147,6 +172,10 @@ fn parse(text: &str) -> Transcript {
                     "pipelining" => config.pipelining = v == "on",
                     "chunking" => config.chunking = v == "on",
                     "smtputf8" => config.smtputf8 = v == "on",
+                    "starttls" => config.starttls = v == "on",
+                    "auth" => config.auth = v == "on",
+                    "auth-required" => config.auth_required = v == "on",
+                    "implicit-tls" => implicit_tls = v == "on",
                     other => panic!("unknown config key {other}"),
                 }
             }
@@ -156,6 +185,7 @@ fn parse(text: &str) -> Transcript {
     }
     Transcript {
         config,
+        implicit_tls,
         steps,
         server,
         events,
@@ -166,7 +196,11 @@ fn parse(text: &str) -> Transcript {
 fn replay(t: &Transcript, split: Option<(usize, usize)>) -> (Vec<u8>, Vec<String>) {
     let start = Instant::now();
     let mut now = start;
-    let mut s = Session::new(Arc::new(t.config.clone()), now);
+    let mut s = if t.implicit_tls {
+        Session::new_implicit_tls(Arc::new(t.config.clone()), now)
+    } else {
+        Session::new(Arc::new(t.config.clone()), now)
+    };
     let mut out = Vec::new();
     let mut events = Vec::new();
     let drain = |s: &mut Session, now: Instant, out: &mut Vec<u8>, events: &mut Vec<String>| {
@@ -195,7 +229,9 @@ fn replay(t: &Transcript, split: Option<(usize, usize)>) -> (Vec<u8>, Vec<String
                     // The driver reads in 4 KiB reads, only while the session wants input.
                     let mut part = part;
                     while !part.is_empty() {
-                        if s.is_closed() {
+                        // Closed, or negotiating TLS: the rest of the read is not the session's
+                        // (a driver hands it to its TLS layer).
+                        if s.is_closed() || s.in_tls_handshake() {
                             break;
                         }
                         assert!(s.wants_input(), "the session stopped reading");
@@ -223,6 +259,10 @@ fn replay(t: &Transcript, split: Option<(usize, usize)>) -> (Vec<u8>, Vec<String
             }
             Step::Shutdown => {
                 s.shutdown(now);
+                drain(&mut s, now, &mut out, &mut events);
+            }
+            Step::Tls(info) => {
+                s.tls_established(now, info.clone());
                 drain(&mut s, now, &mut out, &mut events);
             }
         }

@@ -1,5 +1,6 @@
-//! A server session fed arbitrary client bytes in arbitrary pieces, with time jumps, answers of every
-//! class, end of stream and shutdown: it must never panic, must hand over no message larger than its
+//! A server session (STARTTLS, AUTH and implicit TLS on or off) fed arbitrary client bytes in
+//! arbitrary pieces, with time jumps, answers of every class, TLS handshakes completing, end of
+//! stream and shutdown: it must never panic, must hand over no message larger than its
 //! limit or with more recipients than allowed, must ask at most one decision at a time, and must say
 //! `Closed` once.
 #![no_main]
@@ -8,13 +9,14 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmta::smtp::Reply;
-use vmta::smtp::server::{Event, ServerConfig, Session};
+use vmta::smtp::server::{Event, ServerConfig, Session, TlsInfo};
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 2 {
+    if data.len() < 3 {
         return;
     }
     let flags = data[0];
+    let flags2 = data[1];
     let mut cfg = ServerConfig::new("mx.fuzz");
     cfg.max_message_size = 64 + (flags as usize & 7) * 256;
     cfg.max_recipients = 1 + (flags as usize >> 3 & 3);
@@ -22,18 +24,25 @@ fuzz_target!(|data: &[u8]| {
     cfg.max_batch = 1 + (flags as usize >> 6) * 8;
     cfg.pipelining = flags & 0x40 == 0;
     cfg.chunking = flags & 0x80 == 0;
+    cfg.starttls = flags2 & 1 != 0;
+    cfg.auth = flags2 & 2 != 0;
+    cfg.auth_required = flags2 & 4 != 0;
     let cfg = Arc::new(cfg);
     let mut now = Instant::now();
-    let mut s = Session::new(cfg.clone(), now);
+    let mut s = if flags2 & 8 != 0 {
+        Session::new_implicit_tls(cfg.clone(), now)
+    } else {
+        Session::new(cfg.clone(), now)
+    };
     let mut out = Vec::new();
     let mut pending = 0usize;
     let mut closed = 0usize;
-    let mut rest = &data[1..];
+    let mut rest = &data[2..];
     let check = |s: &mut Session, pending: &mut usize, closed: &mut usize| {
         while let Some(e) = s.poll_event() {
             assert_eq!(*closed, 0, "an event after Closed");
             match e {
-                Event::Mail(_) | Event::Rcpt { .. } => *pending += 1,
+                Event::Mail(_) | Event::Rcpt { .. } | Event::Auth { .. } => *pending += 1,
                 Event::Message(m) => {
                     *pending += 1;
                     assert!(m.data.len() <= cfg.max_message_size);
@@ -41,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(m.recipients.len() <= cfg.max_recipients);
                 }
                 Event::Closed(_) => *closed += 1,
-                Event::Helo { .. } | Event::Reset => {}
+                Event::Helo { .. } | Event::Reset | Event::StartTls => {}
             }
             assert!(*pending <= 1, "two decisions at once");
         }
@@ -70,6 +79,13 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             6 => s.handle_eof(now),
+            _ if op & 8 != 0 => s.tls_established(
+                now,
+                TlsInfo {
+                    version: "TLSv1.3".into(),
+                    cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                },
+            ),
             _ => s.shutdown(now),
         }
         check(&mut s, &mut pending, &mut closed);

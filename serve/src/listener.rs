@@ -481,6 +481,15 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
     while let Some(ev) = c.session.poll_event() {
         match ev {
             Event::Helo { .. } | Event::Reset | Event::Closed(_) => {}
+            // Not offered by a relay listener yet (STARTTLS and AUTH come with the submission
+            // role): a session that asks anyway times out in its handshake state.
+            Event::StartTls => {}
+            Event::Auth { .. } => {
+                let _ = c.session.answer(
+                    now,
+                    &server::reply(454, (4, 7, 0), "Error: authentication unavailable"),
+                );
+            }
             Event::Mail(m) => {
                 let r = mail_decision(shared, listener, &m.sender);
                 let _ = c.session.answer(now, &r);
@@ -490,6 +499,7 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
                 let _ = c.session.answer(now, &r);
             }
             Event::Message(m) => {
+                let protocol = m.protocol().to_string();
                 let submission = Submission {
                     sender: m.mail.sender,
                     recipients: m.recipients,
@@ -501,7 +511,7 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
                     body: m.data,
                     client_host: m.helo,
                     client_ip: Some(c.peer.ip()),
-                    protocol: if m.esmtp { "ESMTP" } else { "SMTP" }.into(),
+                    protocol,
                     ..Default::default()
                 };
                 let job = Job {

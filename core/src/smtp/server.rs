@@ -6,6 +6,8 @@
 //! ```text
 //! S: 220 host ESMTP                                   Command
 //! C: EHLO name        S: 250-host 250-PIPELINING ...   (HELO: plain 250)
+//! [C: STARTTLS        S: 220] TLS handshake            TlsHandshake   ? Event::StartTls (RFC 3207)
+//! [C: AUTH PLAIN|LOGIN, 334 challenges]                AuthResponse   ? Event::Auth (RFC 4954)
 //! per message:
 //! C: MAIL FROM:<a> [SIZE=n BODY=8BITMIME SMTPUTF8]     Pending(Mail)   ? Event::Mail
 //! C: RCPT TO:<b>      (one per recipient)              Pending(Rcpt)   ? Event::Rcpt
@@ -50,7 +52,13 @@
 //! # What it does not do
 //!
 //! No sockets, TLS, authentication or policy: the caller decides on senders, recipients and messages.
-//! STARTTLS and AUTH are answered `502 5.5.1` (not offered); EXPN `502`; VRFY `252`. DSN parameters
+//! TLS itself is the driver's: after [`Event::StartTls`] it runs the handshake (rustls, for vmta
+//! serve) and calls [`Session::tls_established`]; whatever the client pipelined behind STARTTLS is
+//! discarded (CVE-2011-0411) and the session starts over (EHLO again). With implicit TLS (RFC 8314,
+//! [`Session::new_implicit_tls`]) the greeting waits for the handshake. AUTH PLAIN and LOGIN are
+//! offered only over TLS (`538 5.7.11` before); the caller checks the credentials
+//! ([`Event::Auth`]); [`ServerConfig::auth_required`] makes MAIL wait for a successful AUTH
+//! (`530 5.7.0`). Other SASL mechanisms get `504 5.5.4`. EXPN `502`; VRFY `252`. DSN parameters
 //! (RFC 3461), BINARYMIME, DELIVERBY and the `XCLIENT`/`XFORWARD` extensions are not offered and their
 //! parameters are refused with `555 5.5.4`. Enhanced status codes are sent in every reply, also to a
 //! client that said HELO.
@@ -104,6 +112,14 @@ pub struct ServerConfig {
     pub chunking: bool,
     /// Offer SMTPUTF8 (RFC 6531). Default on.
     pub smtputf8: bool,
+    /// Offer STARTTLS (RFC 3207) on a connection not yet encrypted. Default off (the driver must be
+    /// able to start TLS when [`Event::StartTls`] comes).
+    pub starttls: bool,
+    /// Offer AUTH PLAIN and LOGIN (RFC 4954), only once the connection is encrypted. Default off.
+    pub auth: bool,
+    /// MAIL needs a successful AUTH first (`530 5.7.0`), as on a submission port (RFC 6409 §4.3).
+    /// Default off.
+    pub auth_required: bool,
 }
 
 impl ServerConfig {
@@ -120,6 +136,9 @@ impl ServerConfig {
             pipelining: true,
             chunking: true,
             smtputf8: true,
+            starttls: false,
+            auth: false,
+            auth_required: false,
         }
     }
 
@@ -155,6 +174,15 @@ pub struct MailFrom {
     pub smtputf8: bool,
 }
 
+/// What the driver tells the session about an established TLS layer, for the trace field.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsInfo {
+    /// The protocol version, such as `TLSv1.3`.
+    pub version: String,
+    /// The cipher suite, such as `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
 /// A message whose data is complete, waiting for the caller's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -170,6 +198,23 @@ pub struct Message {
     pub data: Vec<u8>,
     /// Whether the data came in BDAT chunks.
     pub chunked: bool,
+    /// The TLS layer the message came over, if any.
+    pub tls: Option<TlsInfo>,
+    /// The identity the client authenticated as (RFC 4954), if it did.
+    pub auth: Option<String>,
+}
+
+impl Message {
+    /// The Received field's `with` clause (RFC 3848): SMTP, ESMTP, ESMTPS, ESMTPA or ESMTPSA.
+    pub fn protocol(&self) -> &'static str {
+        match (self.esmtp, self.tls.is_some(), self.auth.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        }
+    }
 }
 
 /// Something the caller learns, and for three kinds must answer with [`Session::answer`].
@@ -191,6 +236,21 @@ pub enum Event {
     },
     /// The message data is complete: answer 2xx once it is safe (durable), 4xx/5xx to refuse it.
     Message(Message),
+    /// The client asked for STARTTLS and got its `220`: once `poll_transmit` has given that reply,
+    /// the driver starts the TLS handshake (server side) and calls [`Session::tls_established`]
+    /// when it completes, or drops the connection if it fails. Bytes the client sent behind the
+    /// STARTTLS command were discarded (CVE-2011-0411).
+    StartTls,
+    /// AUTH PLAIN or LOGIN with its credentials: answer 2xx (`235 2.7.0`) to accept the identity,
+    /// `535 5.7.8` to refuse it, `454 4.7.0` for a temporary failure.
+    Auth {
+        /// The authentication identity (authcid).
+        identity: String,
+        /// The authorization identity, when the client gave one other than the identity.
+        authzid: String,
+        /// The password.
+        password: String,
+    },
     /// The client reset its transaction (RSET, or EHLO/HELO again). Informational.
     Reset,
     /// The session is over; `poll_transmit` may still hold its last reply.
@@ -216,6 +276,8 @@ pub enum CloseCause {
     Refused,
     /// The caller answered a decision with 421: the session closes after sending it.
     Closed421,
+    /// The TLS handshake did not finish in time (nothing sent: the connection is mid-handshake).
+    TlsTimeout,
 }
 
 impl CloseCause {
@@ -230,6 +292,7 @@ impl CloseCause {
             CloseCause::Shutdown => "shutdown",
             CloseCause::Refused => "refused",
             CloseCause::Closed421 => "closed-421",
+            CloseCause::TlsTimeout => "tls-timeout",
         }
     }
 }
@@ -251,6 +314,18 @@ enum Decision {
     Mail,
     Rcpt,
     Message,
+    Auth,
+}
+
+/// AUTH in progress: which answer the session waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthStep {
+    /// PLAIN without an initial response: the whole response.
+    Plain,
+    /// LOGIN: the user name.
+    LoginUser,
+    /// LOGIN: the password, for this user name.
+    LoginPassword(String),
 }
 
 #[derive(Debug)]
@@ -270,6 +345,10 @@ enum State {
     },
     /// Waiting for the caller's answer.
     Pending(Decision),
+    /// Waiting for the client's answer to a `334` challenge.
+    AuthResponse(AuthStep),
+    /// STARTTLS answered: the driver is negotiating TLS.
+    TlsHandshake,
     /// Over.
     Closed,
 }
@@ -309,6 +388,16 @@ pub struct Session {
     closed_emitted: bool,
     /// The last `advance` stopped at `max_batch` commands with input left.
     batch_full: bool,
+    /// The TLS layer, once established (or from the start, for implicit TLS).
+    tls: Option<TlsInfo>,
+    /// The identity the client authenticated as.
+    authenticated: Option<String>,
+    /// The identity of an AUTH waiting for the caller's answer.
+    pending_auth: Option<String>,
+    /// The greeting has been sent (not yet with implicit TLS before the handshake).
+    greeted: bool,
+    /// STARTTLS was accepted: what the client sent behind it is dropped.
+    discard_input: bool,
 }
 
 impl Session {
@@ -318,6 +407,51 @@ impl Session {
         let greeting = format!("{} ESMTP vmta", s.config.hostname);
         s.reply_raw(220, None, &greeting);
         s
+    }
+
+    /// A session for a connection whose TLS layer comes first (implicit TLS, RFC 8314): nothing is
+    /// sent until the driver calls [`Session::tls_established`]; then the greeting goes out, over TLS.
+    /// A handshake that does not finish within [`ServerTimeouts::idle`] closes the session.
+    pub fn new_implicit_tls(config: std::sync::Arc<ServerConfig>, now: Instant) -> Session {
+        let mut s = Session::blank(config, now);
+        s.state = State::TlsHandshake;
+        s.greeted = false;
+        s
+    }
+
+    /// The TLS handshake the driver ran (after [`Event::StartTls`], or first for implicit TLS)
+    /// completed: the session starts over as RFC 3207 §4.2 requires (the client must say EHLO again;
+    /// nothing learnt before TLS is kept), and with implicit TLS the greeting goes out now.
+    pub fn tls_established(&mut self, now: Instant, info: TlsInfo) {
+        if !matches!(self.state, State::TlsHandshake) {
+            return;
+        }
+        self.tls = Some(info);
+        self.helo = None;
+        self.tx = Transaction::default();
+        self.authenticated = None;
+        self.state = State::Command;
+        self.command_since = now;
+        if !self.greeted {
+            self.greeted = true;
+            let greeting = format!("{} ESMTP vmta", self.config.hostname);
+            self.reply_raw(220, None, &greeting);
+        }
+    }
+
+    /// The TLS layer, once established.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The identity the client authenticated as, if it did.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// Whether the session waits for the driver's TLS handshake.
+    pub fn in_tls_handshake(&self) -> bool {
+        matches!(self.state, State::TlsHandshake)
     }
 
     /// A session that only answers `reply` (a 421 or 554 for a connection over a limit or from a
@@ -345,6 +479,11 @@ impl Session {
             shutting_down: false,
             closed_emitted: false,
             batch_full: false,
+            tls: None,
+            authenticated: None,
+            pending_auth: None,
+            greeted: true,
+            discard_input: false,
         }
     }
 
@@ -356,7 +495,9 @@ impl Session {
     /// Whether the driver should read more from the socket: the session is open and its buffer of
     /// unhandled bytes is below its bound.
     pub fn wants_input(&self) -> bool {
-        !self.is_closed() && self.input.len() - self.pos < self.config.input_window()
+        !self.is_closed()
+            && !self.in_tls_handshake()
+            && self.input.len() - self.pos < self.config.input_window()
     }
 
     /// Whether buffered bytes wait to be handled and the session could handle them now (no decision
@@ -387,7 +528,7 @@ impl Session {
 
     /// Bytes received from the client.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
-        if self.is_closed() {
+        if self.is_closed() || self.in_tls_handshake() {
             return;
         }
         if !data.is_empty() {
@@ -418,7 +559,9 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = &self.config.timeouts;
         match self.state {
-            State::Command | State::DiscardLine => Some(self.command_since + t.idle),
+            State::Command | State::DiscardLine | State::AuthResponse(_) | State::TlsHandshake => {
+                Some(self.command_since + t.idle)
+            }
             State::Data { .. } | State::Bdat { .. } => {
                 let silence = self.last_input + t.data;
                 Some(match self.tx.data_started {
@@ -435,6 +578,11 @@ impl Session {
         if let Some(at) = self.poll_timeout()
             && now >= at
         {
+            if self.in_tls_handshake() {
+                // Mid-handshake nothing can be said in plain text.
+                self.close(CloseCause::TlsTimeout);
+                return;
+            }
             let text = format!("{} Error: timeout exceeded", self.config.hostname);
             self.reply_raw(421, Some("4.4.2"), &text);
             self.close(CloseCause::Timeout);
@@ -484,6 +632,12 @@ impl Session {
                 }
             }
             Decision::Message => self.tx = Transaction::default(),
+            Decision::Auth => {
+                let identity = self.pending_auth.take();
+                if positive {
+                    self.authenticated = identity;
+                }
+            }
         }
         self.reply_with(reply);
         self.command_since = now;
@@ -502,8 +656,8 @@ impl Session {
         self.batch_full = false;
         loop {
             match self.state {
-                State::Closed | State::Pending(_) => break,
-                State::Command => {
+                State::Closed | State::Pending(_) | State::TlsHandshake => break,
+                State::Command | State::AuthResponse(_) => {
                     if self.shutting_down {
                         let text = format!("{} Service shutting down", self.config.hostname);
                         self.reply_raw(421, Some("4.3.2"), &text);
@@ -537,9 +691,20 @@ impl Session {
                                 // The line is read in place: the input buffer is lent out
                                 // while the command runs (commands never touch it).
                                 let input = std::mem::take(&mut self.input);
-                                self.command(now, &input[start..end]);
+                                match &self.state {
+                                    State::AuthResponse(step) => {
+                                        let step = step.clone();
+                                        self.auth_response(step, &input[start..end]);
+                                    }
+                                    _ => self.command(now, &input[start..end]),
+                                }
                                 if !self.is_closed() {
                                     self.input = input;
+                                }
+                                if self.discard_input {
+                                    // CVE-2011-0411: nothing sent before TLS may be read after it.
+                                    self.discard_input = false;
+                                    self.pos = self.input.len();
                                 }
                             }
                             self.command_since = now;
@@ -718,6 +883,8 @@ impl Session {
             recipients: std::mem::take(&mut self.tx.recipients),
             data: std::mem::take(&mut self.tx.data),
             chunked: self.tx.chunked,
+            tls: self.tls.clone(),
+            auth: self.authenticated.clone(),
         };
         self.state = State::Pending(Decision::Message);
         self.events.push_back(Event::Message(message));
@@ -772,7 +939,8 @@ impl Session {
                 Some("2.0.0"),
                 "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
             ),
-            "STARTTLS" | "AUTH" => self.error(502, "5.5.1", "Error: command not implemented"),
+            "STARTTLS" => self.starttls(now, arg),
+            "AUTH" => self.auth(arg),
             "" => self.error(500, "5.5.2", "Error: bad syntax"),
             _ => self.error(500, "5.5.2", "Error: command not recognized"),
         }
@@ -816,6 +984,12 @@ impl Session {
             lines.push("CHUNKING".into());
         }
         lines.push("ENHANCEDSTATUSCODES".into());
+        if c.starttls && self.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        if c.auth && self.tls.is_some() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         let n = lines.len();
         for (i, l) in lines.iter().enumerate() {
             let sep = if i + 1 == n { ' ' } else { '-' };
@@ -830,6 +1004,12 @@ impl Session {
         }
         if self.tx.mail.is_some() {
             return self.error(503, "5.5.1", "Error: nested MAIL command");
+        }
+        if self.config.auth_required && self.authenticated.is_none() {
+            if self.config.starttls && self.tls.is_none() {
+                return self.error(530, "5.7.0", "Error: must issue a STARTTLS command first");
+            }
+            return self.error(530, "5.7.0", "Error: authentication required");
         }
         let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
             return self.error(501, "5.5.4", "Syntax: MAIL FROM:<address>");
@@ -857,6 +1037,8 @@ impl Session {
                     _ => return self.error(555, "5.5.4", "Error: unsupported BODY parameter"),
                 },
                 "SMTPUTF8" if self.config.smtputf8 && v.is_empty() => mail.smtputf8 = true,
+                // RFC 4954 §5: the submitter's identity; vmta goes by the session's own AUTH.
+                "AUTH" if self.config.auth && !v.is_empty() => {}
                 _ => return self.error(555, "5.5.4", "Error: unsupported MAIL parameter"),
             }
         }
@@ -964,6 +1146,123 @@ impl Session {
             last,
             refusal,
         };
+    }
+
+    fn starttls(&mut self, now: Instant, arg: &str) {
+        if !self.config.starttls {
+            return self.error(502, "5.5.1", "Error: command not implemented");
+        }
+        if self.tls.is_some() {
+            return self.error(503, "5.5.1", "Error: TLS already active");
+        }
+        if !arg.is_empty() {
+            return self.error(501, "5.5.4", "Syntax: STARTTLS");
+        }
+        self.reply_raw(220, Some("2.0.0"), "Ready to start TLS");
+        self.discard_input = true;
+        self.tx = Transaction::default();
+        self.state = State::TlsHandshake;
+        self.command_since = now;
+        self.events.push_back(Event::StartTls);
+    }
+
+    fn auth(&mut self, arg: &str) {
+        if !self.config.auth {
+            return self.error(502, "5.5.1", "Error: command not implemented");
+        }
+        if self.tls.is_none() {
+            return self.error(
+                538,
+                "5.7.11",
+                "Error: encryption required for requested authentication mechanism",
+            );
+        }
+        if self.helo.is_none() {
+            return self.error(503, "5.5.1", "Error: send HELO/EHLO first");
+        }
+        if self.authenticated.is_some() {
+            return self.error(503, "5.5.1", "Error: already authenticated");
+        }
+        if self.tx.mail.is_some() {
+            return self.error(503, "5.5.1", "Error: MAIL transaction in progress");
+        }
+        let mut words = arg.split_ascii_whitespace();
+        let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+        let initial = words.next();
+        if words.next().is_some() {
+            return self.error(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
+        }
+        match (mechanism.as_str(), initial) {
+            ("PLAIN", None) => {
+                self.reply_raw(334, None, "");
+                self.state = State::AuthResponse(AuthStep::Plain);
+            }
+            ("PLAIN", Some(r)) => self.auth_response(AuthStep::Plain, r.as_bytes()),
+            ("LOGIN", None) => {
+                // "Username:"
+                self.reply_raw(334, None, "VXNlcm5hbWU6");
+                self.state = State::AuthResponse(AuthStep::LoginUser);
+            }
+            ("LOGIN", Some(r)) => self.auth_response(AuthStep::LoginUser, r.as_bytes()),
+            ("", _) => self.error(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"),
+            _ => self.error(504, "5.5.4", "Error: unsupported authentication mechanism"),
+        }
+    }
+
+    /// A response to a `334` challenge (or an initial response).
+    fn auth_response(&mut self, step: AuthStep, line: &[u8]) {
+        use base64::Engine as _;
+        self.state = State::Command;
+        if line == b"*" {
+            return self.error(501, "5.0.0", "Error: authentication cancelled");
+        }
+        // `=` is an empty initial response (RFC 4954 §4).
+        let decoded = if line == b"=" {
+            Ok(Vec::new())
+        } else {
+            base64::engine::general_purpose::STANDARD.decode(line)
+        };
+        let Ok(decoded) = decoded else {
+            return self.error(501, "5.5.2", "Error: invalid base64 data");
+        };
+        let Ok(text) = String::from_utf8(decoded) else {
+            return self.error(501, "5.5.2", "Error: credentials are not UTF-8");
+        };
+        match step {
+            AuthStep::Plain => {
+                let mut parts = text.split('\0');
+                let (Some(authzid), Some(identity), Some(password), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return self.error(501, "5.5.2", "Error: invalid AUTH PLAIN response");
+                };
+                let (authzid, identity, password) = (
+                    authzid.to_string(),
+                    identity.to_string(),
+                    password.to_string(),
+                );
+                self.ask_auth(identity, authzid, password);
+            }
+            AuthStep::LoginUser => {
+                // "Password:"
+                self.reply_raw(334, None, "UGFzc3dvcmQ6");
+                self.state = State::AuthResponse(AuthStep::LoginPassword(text));
+            }
+            AuthStep::LoginPassword(identity) => self.ask_auth(identity, String::new(), text),
+        }
+    }
+
+    fn ask_auth(&mut self, identity: String, authzid: String, password: String) {
+        if identity.is_empty() {
+            return self.error(501, "5.5.2", "Error: empty authentication identity");
+        }
+        self.pending_auth = Some(identity.clone());
+        self.state = State::Pending(Decision::Auth);
+        self.events.push_back(Event::Auth {
+            identity,
+            authzid,
+            password,
+        });
     }
 
     fn reset(&mut self) {
