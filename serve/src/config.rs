@@ -25,6 +25,10 @@
 //! idle_timeout_s = 300        # waiting for a whole command line (bytes trickling in do not extend it)
 //! data_timeout_s = 180        # silence inside message data
 //! message_timeout_s = 600     # all of one message's data
+//! tls_cert = ""               # PEM certificate chain (relative paths: from this file's directory)
+//! tls_key = ""                # PEM private key
+//! starttls = true             # offer STARTTLS (RFC 3207); default: when a certificate is given
+//! implicit_tls = false        # TLS from the first byte (RFC 8314, port 465) instead of STARTTLS
 //! ```
 //!
 //! Unknown keys, wrong types and impossible values are refused with an error naming the key.
@@ -118,6 +122,14 @@ struct ListenerToml {
     data_timeout_s: u64,
     #[serde(default = "d_message")]
     message_timeout_s: u64,
+    #[serde(default)]
+    tls_cert: String,
+    #[serde(default)]
+    tls_key: String,
+    #[serde(default)]
+    starttls: Option<bool>,
+    #[serde(default)]
+    implicit_tls: bool,
 }
 
 fn default_tenant() -> String {
@@ -175,6 +187,10 @@ pub struct Listener {
     pub max_connections_per_client: usize,
     /// The server session's settings.
     pub session: ServerConfig,
+    /// The certificate chain and private key (PEM files) for TLS, if it offers TLS.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// TLS from the first byte (RFC 8314, port 465) rather than STARTTLS.
+    pub implicit_tls: bool,
 }
 
 impl Listener {
@@ -197,6 +213,17 @@ pub struct ServeConfig {
     pub listeners: Vec<Listener>,
     /// Everything else: the engine's configuration.
     pub engine: EngineConfig,
+}
+
+impl ServeConfig {
+    /// A path from the configuration, relative to the configuration file's directory.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.engine.base_dir.join(p)
+        }
+    }
 }
 
 impl ServeConfig {
@@ -320,7 +347,31 @@ impl ServeConfig {
                     )));
                 }
             }
+            let tls_files = match (l.tls_cert.is_empty(), l.tls_key.is_empty()) {
+                (true, true) => None,
+                (false, false) => Some((PathBuf::from(&l.tls_cert), PathBuf::from(&l.tls_key))),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{}: tls_cert and tls_key go together",
+                        key("tls_cert")
+                    )));
+                }
+            };
+            let starttls = l.starttls.unwrap_or(tls_files.is_some() && !l.implicit_tls);
+            if (starttls || l.implicit_tls) && tls_files.is_none() {
+                return Err(ConfigError(format!(
+                    "{}: STARTTLS and implicit TLS need tls_cert and tls_key",
+                    key("tls_cert")
+                )));
+            }
+            if starttls && l.implicit_tls {
+                return Err(ConfigError(format!(
+                    "{}: a listener with implicit TLS does not offer STARTTLS",
+                    key("starttls")
+                )));
+            }
             let mut session = ServerConfig::new(hostname.clone());
+            session.starttls = starttls;
             session.max_message_size = l.max_message_size;
             session.max_recipients = l.max_recipients;
             session.max_line = l.max_line;
@@ -339,6 +390,8 @@ impl ServeConfig {
                 max_connections: l.max_connections,
                 max_connections_per_client: l.max_connections_per_client,
                 session,
+                tls_files,
+                implicit_tls: l.implicit_tls,
             });
         }
         Ok(ServeConfig {

@@ -97,6 +97,27 @@ pub fn run(
             missing.address, missing.tenant
         )));
     }
+    let mut tls = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        tls.push(match &l.tls_files {
+            None => None,
+            Some((cert, key)) => {
+                let (cert, key) = (config.path(cert), config.path(key));
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).map_err(|e| {
+                        ServeError(format!(
+                            "listener {}: cannot read {}: {e}",
+                            l.address,
+                            p.display()
+                        ))
+                    })
+                };
+                let c = vmta::smtp::tls::server_config(&read(&cert)?, &read(&key)?)
+                    .map_err(|e| ServeError(format!("listener {}: {e}", l.address)))?;
+                Some(c)
+            }
+        });
+    }
     let engine =
         Arc::new(Engine::start(&config.engine).map_err(|e| ServeError(format!("engine: {e}")))?);
     let threads = config.serve.listener_threads;
@@ -133,6 +154,7 @@ pub fn run(
         log: log.clone(),
         stopping: AtomicBool::new(false),
         grace: Duration::from_secs(config.serve.shutdown_grace_s),
+        tls,
     });
     let mut intakes = Vec::new();
     for i in 0..config.serve.intake_threads {

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vmta::engine::{Engine, Submission, SubmitError};
-use vmta::smtp::Reply;
-use vmta::smtp::server::{self, Event, Session};
+use vmta::smtp::server::{self, Event, Session, TlsInfo};
+use vmta::smtp::{Reply, TlsLayer};
 
 /// The waker's token; listening sockets are `LISTEN_BASE + i`, connections `CONN_BASE + slot`.
 const WAKER: Token = Token(0);
@@ -63,6 +63,15 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// How long sessions in progress get once stopping.
     pub grace: Duration,
+    /// The rustls server configuration per listener, for those with a certificate.
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+}
+
+impl Shared {
+    /// The TLS configuration of listener `li`, if it has a certificate.
+    fn tls_config(&self, li: usize) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.get(li).cloned().flatten()
+    }
 }
 
 #[derive(Debug)]
@@ -81,6 +90,10 @@ struct Conn {
     counted: bool,
     /// When the session closed with bytes still unwritten (a client that does not read).
     closing_since: Option<Instant>,
+    /// The TLS layer, once STARTTLS was answered (or from the start, for implicit TLS).
+    tls: Option<TlsLayer>,
+    /// STARTTLS was answered `220`: the TLS layer starts once that reply is written.
+    start_tls: bool,
     /// Registered for writability too (only while a write would block: on Linux an
     /// edge-triggered EPOLLOUT fires on every ACK, a wake-up per reply for nothing).
     want_write: bool,
@@ -291,7 +304,22 @@ fn accept_all(
                 None
             }
         };
+        let mut tls = None;
         let session = match over {
+            None if listener.implicit_tls => {
+                match shared.tls_config(li).map(TlsLayer::new_server) {
+                    Some(Ok(layer)) => {
+                        tls = Some(layer);
+                        Session::new_implicit_tls(shared.sessions[li].clone(), now)
+                    }
+                    // Configuration is checked at start: a listener with implicit TLS has a certificate.
+                    _ => Session::refuse(
+                        shared.sessions[li].clone(),
+                        now,
+                        &server::reply(421, (4, 3, 0), "Error: TLS unavailable"),
+                    ),
+                }
+            }
             None => Session::new(shared.sessions[li].clone(), now),
             Some(why) => {
                 let l = serde_json::json!({
@@ -333,6 +361,8 @@ fn accept_all(
                 counted: true,
                 closing_since: None,
                 want_write: false,
+                tls: None,
+                start_tls: false,
             };
             release(shared, &c);
             table.free.push(slot);
@@ -351,6 +381,8 @@ fn accept_all(
             counted: true,
             closing_since: None,
             want_write: false,
+            tls,
+            start_tls: false,
         });
         table.ready.push(slot);
     }
@@ -391,9 +423,22 @@ fn service(
     buf: &mut [u8],
 ) -> Pass {
     let mut reads = 0;
+    let mut plain = Vec::new();
     loop {
         decide(c, slot, thread, shared, now);
-        c.session.poll_transmit(&mut c.wbuf);
+        match &mut c.tls {
+            Some(tls) => {
+                plain.clear();
+                c.session.poll_transmit(&mut plain);
+                if !plain.is_empty() && tls.write_plaintext(&plain).is_err() {
+                    return Pass::Close;
+                }
+                tls.drain_wire(&mut c.wbuf);
+            }
+            None => {
+                c.session.poll_transmit(&mut c.wbuf);
+            }
+        }
         // Write what is pending; while something is left, read nothing more.
         while c.wpos < c.wbuf.len() {
             match c.stream.write(&c.wbuf[c.wpos..]) {
@@ -429,7 +474,22 @@ fn service(
         if c.wbuf.capacity() > 64 * 1024 {
             c.wbuf.shrink_to(512);
         }
+        if c.start_tls {
+            // The 220 to STARTTLS is on the wire in plain text; from here on it is TLS.
+            c.start_tls = false;
+            match shared.tls_config(c.listener).map(TlsLayer::new_server) {
+                Some(Ok(layer)) => c.tls = Some(layer),
+                _ => return Pass::Close,
+            }
+        }
         if c.session.is_closed() {
+            if let Some(tls) = &mut c.tls
+                && !tls.is_handshaking()
+            {
+                tls.close();
+                tls.drain_wire(&mut c.wbuf);
+                let _ = c.stream.write(&c.wbuf);
+            }
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
             return Pass::Close;
         }
@@ -441,7 +501,8 @@ fn service(
             c.session.handle_input(now, &[]);
             continue;
         }
-        if !c.readable || !c.session.wants_input() {
+        let handshaking = c.tls.as_ref().is_some_and(|t| t.is_handshaking());
+        if !c.readable || !(c.session.wants_input() || handshaking) {
             return Pass::Idle;
         }
         if reads >= READS_PER_PASS {
@@ -460,7 +521,31 @@ fn service(
                 if n < buf.len() {
                     c.readable = false;
                 }
-                c.session.handle_input(now, &buf[..n]);
+                match &mut c.tls {
+                    None => c.session.handle_input(now, &buf[..n]),
+                    Some(tls) => {
+                        let was_handshaking = tls.is_handshaking();
+                        plain.clear();
+                        if tls.feed(&buf[..n], &mut plain).is_err() {
+                            // Not TLS, or a broken handshake: send rustls's alert, then close.
+                            let mut alert = Vec::new();
+                            tls.drain_wire(&mut alert);
+                            let _ = c.stream.write(&alert);
+                            return Pass::Close;
+                        }
+                        if was_handshaking && !tls.is_handshaking() {
+                            let (version, cipher) = tls.describe();
+                            let info = TlsInfo {
+                                version: version.replace("TLSv1_", "TLSv1."),
+                                cipher,
+                            };
+                            c.session.tls_established(now, info);
+                        }
+                        if !plain.is_empty() {
+                            c.session.handle_input(now, &plain);
+                        }
+                    }
+                }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 c.readable = false;
@@ -481,9 +566,7 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
     while let Some(ev) = c.session.poll_event() {
         match ev {
             Event::Helo { .. } | Event::Reset | Event::Closed(_) => {}
-            // Not offered by a relay listener yet (STARTTLS and AUTH come with the submission
-            // role): a session that asks anyway times out in its handshake state.
-            Event::StartTls => {}
+            Event::StartTls => c.start_tls = true,
             Event::Auth { .. } => {
                 let _ = c.session.answer(
                     now,

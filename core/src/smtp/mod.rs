@@ -24,7 +24,7 @@ pub use session::{
     Body, CloseCause, Credentials, DsnNotify, DsnRet, Envelope, Event, MessageFailure,
     ProtocolError, Recipient, Session, SessionConfig, Timeouts, Tls, Transaction,
 };
-pub use tls::TlsSettings;
+pub use tls::{TlsLayer, TlsSettings};
 
 /// The phase of an SMTP conversation in which a reply (or a failure) occurred.
 ///

@@ -1,8 +1,11 @@
-//! STARTTLS (RFC 3207) as a second sans-IO layer: the one place where the session calls rustls.
+//! STARTTLS (RFC 3207) and implicit TLS (RFC 8314) as a second sans-IO layer: the one place where
+//! vmta calls rustls, for both sides of SMTP.
 //!
-//! [`TlsLayer`] sits between the socket's bytes and the SMTP reply parser once the server has answered
-//! `220` to `STARTTLS`: wire bytes in, plaintext out; plaintext in, wire bytes out. It never touches a
-//! socket.
+//! [`TlsLayer`] sits between the socket's bytes and the SMTP session once `STARTTLS` was answered
+//! `220` (or from the first byte, for implicit TLS): wire bytes in, plaintext out; plaintext in, wire
+//! bytes out. It never touches a socket. The client session builds one with [`TlsLayer::new`]; a
+//! server (vmta serve's listeners) with [`TlsLayer::new_server`] and a configuration from
+//! [`server_config`] (certificate chain and key from PEM, no client certificates asked for).
 //!
 //! [`TlsSettings`] builds the two rustls client configurations a sender needs, once, to be shared by every
 //! session (building a `ClientConfig` is expensive):
@@ -21,7 +24,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    ClientConfig, ClientConnection, Connection, DigitallySignedStruct, RootCertStore,
+    ServerConnection, SignatureScheme,
 };
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -162,27 +166,61 @@ impl std::fmt::Display for TlsError {
     }
 }
 
-/// One TLS client connection driven without I/O.
+/// A rustls server configuration for SMTP: the certificate chain and private key from PEM text, the
+/// safe default protocol versions (TLS 1.2 and 1.3), no client certificates asked for.
+pub fn server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, TlsSettingsError> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsSettingsError(format!("bad certificate PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(TlsSettingsError(
+            "no certificate in the certificate file".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| TlsSettingsError(format!("bad private key PEM: {e}")))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSettingsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsSettingsError(format!("certificate and key: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// One TLS connection, client or server side, driven without I/O.
 #[derive(Debug)]
-pub(crate) struct TlsLayer {
-    conn: ClientConnection,
+pub struct TlsLayer {
+    conn: Connection,
 }
 
 impl TlsLayer {
-    /// Starts a handshake for `server_name` (sent as SNI when it is a DNS name).
-    pub(crate) fn new(config: Arc<ClientConfig>, server_name: &str) -> Result<TlsLayer, TlsError> {
+    /// Starts a client handshake for `server_name` (sent as SNI when it is a DNS name).
+    pub fn new(config: Arc<ClientConfig>, server_name: &str) -> Result<TlsLayer, TlsError> {
         let name = ServerName::try_from(server_name.trim_end_matches('.').to_string())
             .map_err(|e| TlsError(format!("invalid TLS server name {server_name:?}: {e}")))?;
         let conn = ClientConnection::new(config, name).map_err(|e| TlsError(e.to_string()))?;
-        Ok(TlsLayer { conn })
+        Ok(TlsLayer { conn: conn.into() })
+    }
+
+    /// Waits for a client's handshake, server side.
+    pub fn new_server(config: Arc<rustls::ServerConfig>) -> Result<TlsLayer, TlsError> {
+        let conn = ServerConnection::new(config).map_err(|e| TlsError(e.to_string()))?;
+        Ok(TlsLayer { conn: conn.into() })
+    }
+
+    /// Whether wire bytes wait to be sent.
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
     }
 
     /// Feeds wire bytes; appends any plaintext they carry to `plaintext`.
-    pub(crate) fn feed(
-        &mut self,
-        mut wire: &[u8],
-        plaintext: &mut Vec<u8>,
-    ) -> Result<(), TlsError> {
+    pub fn feed(&mut self, mut wire: &[u8], plaintext: &mut Vec<u8>) -> Result<(), TlsError> {
         while !wire.is_empty() {
             let n = self
                 .conn
@@ -212,7 +250,7 @@ impl TlsLayer {
     }
 
     /// Queues plaintext for encryption.
-    pub(crate) fn write_plaintext(&mut self, data: &[u8]) -> Result<(), TlsError> {
+    pub fn write_plaintext(&mut self, data: &[u8]) -> Result<(), TlsError> {
         self.conn
             .writer()
             .write_all(data)
@@ -220,7 +258,7 @@ impl TlsLayer {
     }
 
     /// Appends pending wire bytes (handshake or records) to `out`.
-    pub(crate) fn drain_wire(&mut self, out: &mut Vec<u8>) {
+    pub fn drain_wire(&mut self, out: &mut Vec<u8>) {
         while self.conn.wants_write() {
             // Writing into a Vec cannot fail.
             if self.conn.write_tls(out).is_err() {
@@ -230,17 +268,17 @@ impl TlsLayer {
     }
 
     /// Is the handshake still going on?
-    pub(crate) fn is_handshaking(&self) -> bool {
+    pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
     }
 
     /// Sends a close_notify alert.
-    pub(crate) fn close(&mut self) {
+    pub fn close(&mut self) {
         self.conn.send_close_notify();
     }
 
     /// The negotiated protocol version and cipher suite, once the handshake is done.
-    pub(crate) fn describe(&self) -> (String, String) {
+    pub fn describe(&self) -> (String, String) {
         let version = self
             .conn
             .protocol_version()
