@@ -54,6 +54,8 @@ enum Command {
     Bounce(cmd::bounce::BounceCommand),
     /// List, check, add and remove suppressed addresses.
     Suppress(cmd::bounce::SuppressArgs),
+    /// Print the hash of a password for a `[[user]]` of `vmta serve` (asked twice without echo).
+    Passwd(cmd::passwd::PasswdArgs),
     /// Relay mail from existing mailers over SMTP: listeners in front of the engine, until SIGTERM.
     Serve(cmd::serve::ServeArgs),
     /// Run the built-in test world in the foreground, for measuring other clients against it.
@@ -78,5 +80,6 @@ fn main() -> ExitCode {
         Command::Suppress(a) => cmd::bounce::suppress(a),
         Command::World(a) => cmd::world::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Passwd(a) => cmd::passwd::run(a),
     }
 }

@@ -9,10 +9,21 @@
 //! intake_threads = 2          # threads handing finished messages to the engine in batches
 //! intake_queue = 4096         # messages waiting for an intake thread; full = 451 4.3.0
 //! shutdown_grace_s = 30       # SIGTERM: how long transactions in progress may take to finish
+//! auth_failures_free = 3      # failed logins per client address answered at once; each further
+//!                             # one 0.5 s later than the one before (at most 5 s) ...
+//! auth_failures_max = 10      # ... and at this many the address is refused (421 4.7.0) ...
+//! auth_lockout_s = 600        # ... for this long
+//!
+//! [[user]]                    # who may log in on submission listeners (see users.rs)
+//! name = "demo"
+//! password = "$argon2id$..."  # the hash `vmta passwd` prints
+//! tenant = "demo"             # the [[tenant]] whose policies apply to this login
 //!
 //! [[listener]]
 //! address = "127.0.0.1:2525"
-//! role = "relay"              # relay: accepts mail from allowed_networks for any destination
+//! role = "relay"              # relay: accepts mail from allowed_networks for any destination;
+//!                             # submission: TLS, then AUTH (a [[user]]), then mail from the
+//!                             # login's tenant's approved senders (RFC 6409)
 //! tenant = "default"          # the engine tenant its mail is submitted under
 //! allowed_networks = ["127.0.0.0/8", "::1/128"]   # CIDR; others get 550 5.7.1 at RCPT
 //! max_connections = 1000      # at once on this listener; more are answered 421 4.7.0 and closed
@@ -59,6 +70,9 @@ impl std::error::Error for ConfigError {}
 pub enum Role {
     /// Mail from the allowed networks, for any destination (a smarthost for existing mailers).
     Relay,
+    /// Mail from users who log in (RFC 6409): TLS, then AUTH, then MAIL; the login chooses the
+    /// tenant, whose approved senders apply.
+    Submission,
 }
 
 /// `[serve]`.
@@ -77,6 +91,12 @@ pub struct ServeSection {
     pub intake_queue: usize,
     /// Seconds transactions in progress get at shutdown.
     pub shutdown_grace_s: u64,
+    /// Failed logins from one address answered without delay.
+    pub auth_failures_free: u32,
+    /// Failed logins after which the address is refused.
+    pub auth_failures_max: u32,
+    /// How long a refused address stays refused, in seconds.
+    pub auth_lockout_s: u64,
 }
 
 impl Default for ServeSection {
@@ -88,6 +108,9 @@ impl Default for ServeSection {
             intake_threads: 2,
             intake_queue: 4096,
             shutdown_grace_s: 30,
+            auth_failures_free: 3,
+            auth_failures_max: 10,
+            auth_lockout_s: 600,
         }
     }
 }
@@ -211,6 +234,8 @@ pub struct ServeConfig {
     pub serve: ServeSection,
     /// The listeners.
     pub listeners: Vec<Listener>,
+    /// `[[user]]`: who may log in.
+    pub users: Vec<crate::users::UserConfig>,
     /// Everything else: the engine's configuration.
     pub engine: EngineConfig,
 }
@@ -246,6 +271,12 @@ impl ServeConfig {
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError(format!("[serve]: {}", e.message())))?,
             None => ServeSection::default(),
+        };
+        let users: Vec<crate::users::UserConfig> = match table.remove("user") {
+            Some(v) => v
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError(format!("[[user]]: {}", e.message())))?,
+            None => Vec::new(),
         };
         let listeners: Vec<ListenerToml> = match table.remove("listener") {
             Some(v) => v.try_into().map_err(|e: toml::de::Error| {
@@ -370,8 +401,16 @@ impl ServeConfig {
                     key("starttls")
                 )));
             }
+            if l.role == Role::Submission && tls_files.is_none() {
+                return Err(ConfigError(format!(
+                    "{}: a submission listener needs tls_cert and tls_key (AUTH only over TLS)",
+                    key("role")
+                )));
+            }
             let mut session = ServerConfig::new(hostname.clone());
             session.starttls = starttls;
+            session.auth = l.role == Role::Submission;
+            session.auth_required = l.role == Role::Submission;
             session.max_message_size = l.max_message_size;
             session.max_recipients = l.max_recipients;
             session.max_line = l.max_line;
@@ -394,9 +433,32 @@ impl ServeConfig {
                 implicit_tls: l.implicit_tls,
             });
         }
+        if out.iter().any(|l| l.role == Role::Submission) {
+            if engine.tenants.is_empty() {
+                return Err(ConfigError(
+                    "[[listener]]: a submission listener needs [[tenant]] tables (the login chooses \
+                     the tenant whose approved senders apply)"
+                        .into(),
+                ));
+            }
+            if users.is_empty() {
+                return Err(ConfigError(
+                    "[[user]]: a submission listener needs at least one user".into(),
+                ));
+            }
+        }
+        for (i, u) in users.iter().enumerate() {
+            if !engine.tenants.iter().any(|t| t.name == u.tenant) {
+                return Err(ConfigError(format!(
+                    "user[{i}].tenant: `{}` is not among the [[tenant]] tables",
+                    u.tenant
+                )));
+            }
+        }
         Ok(ServeConfig {
             serve,
             listeners: out,
+            users,
             engine,
         })
     }
@@ -417,7 +479,7 @@ fn without_daemon_tables(text: &str) -> String {
                 .chars()
                 .filter(|c| !c.is_whitespace())
                 .collect();
-            skipping = name == "serve" || name == "listener";
+            skipping = name == "serve" || name == "listener" || name == "user";
         }
         for delim in ["\"\"\"", "'''"] {
             if line.matches(delim).count() % 2 == 1 {
@@ -451,6 +513,22 @@ address = "127.0.0.1:2525"
 role = "relay"
 allowed_networks = ["127.0.0.0/8", "::1"]
 "#;
+
+    #[test]
+    fn the_examples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/serve");
+        for name in ["vmta.toml", "submission.toml"] {
+            let c = ServeConfig::from_file(&dir.join(name))
+                .unwrap_or_else(|e| panic!("examples/serve/{name}: {e}"));
+            assert!(!c.listeners.is_empty());
+        }
+        let sub = ServeConfig::from_file(&dir.join("submission.toml")).unwrap();
+        let users = crate::users::Users::new(sub.users).unwrap();
+        assert_eq!(
+            users.verify("demo", "demo-password").as_deref(),
+            Some("demo")
+        );
+    }
 
     #[test]
     fn parses_listeners_beside_the_engine() {

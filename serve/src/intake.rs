@@ -39,13 +39,31 @@ pub struct Job {
     pub listener: String,
 }
 
-/// A submission's answer, for a listener thread.
+/// An answer for a listener thread's connection.
 #[derive(Debug)]
 pub struct Done {
     /// The connection.
     pub reply_to: ReplyTo,
-    /// The queue id, or why the engine refused it.
-    pub result: Result<u64, SubmitError>,
+    /// What it answers.
+    pub answer: Answer,
+    /// Not to be given before this instant (a failed login's delay).
+    pub not_before: Option<std::time::Instant>,
+}
+
+/// What a [`Done`] answers.
+#[derive(Debug)]
+pub enum Answer {
+    /// A message: the queue id, or why the engine refused it.
+    Message(Result<u64, SubmitError>),
+    /// A login: the tenant when the password was right; whether the address is now refused.
+    Auth {
+        /// The identity that tried.
+        identity: String,
+        /// Its tenant, if the password was right.
+        tenant: Option<String>,
+        /// The address has failed too often and is refused for a while.
+        locked: bool,
+    },
 }
 
 /// The answers waiting for one listener thread, and how to wake it.
@@ -58,7 +76,8 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    fn post(&self, items: &mut Vec<Done>) {
+    /// Hands answers over and wakes the thread.
+    pub fn post(&self, items: &mut Vec<Done>) {
         if items.is_empty() {
             return;
         }
@@ -98,7 +117,8 @@ pub fn run(
             }
             per_thread[job.reply_to.thread].push(Done {
                 reply_to: job.reply_to,
-                result,
+                answer: Answer::Message(result),
+                not_before: None,
             });
         }
         // Logged before the answers go out: a message's "received" line comes before anything

@@ -22,13 +22,16 @@
 //! `[serve] shutdown_grace_s` (sessions between commands are answered `421 4.3.2`), shut the engine
 //! down (everything acknowledged stays in the spool) and return; SIGHUP reopens the event log.
 //!
-//! Not here yet: STARTTLS, implicit TLS and AUTH for submission, the HTTP API, live reload of the
-//! listeners.
+//! Listeners offer STARTTLS or implicit TLS with a certificate; the `submission` role takes logins
+//! ([`users`]: argon2 hashes, checked on a thread of their own, failed logins slowed then refused
+//! per address) and submits under the login's tenant. Not here yet: the HTTP API, live reload of
+//! the listeners.
 
 pub mod config;
 pub mod intake;
 pub mod listener;
 pub mod log;
+pub mod users;
 
 use config::ServeConfig;
 use std::sync::Arc;
@@ -89,7 +92,9 @@ pub fn run(
     }
     let log = Arc::new(log::EventLog::open(&config.serve.event_log).map_err(ServeError)?);
     if let Some(missing) = config.listeners.iter().find(|l| {
-        !config.engine.tenants.is_empty()
+        // A submission listener's tenant comes from each login.
+        l.role == config::Role::Relay
+            && !config.engine.tenants.is_empty()
             && !config.engine.tenants.iter().any(|t| t.name == l.tenant)
     }) {
         return Err(ServeError(format!(
@@ -135,6 +140,29 @@ pub fn run(
     }
     let mailboxes = Arc::new(mailboxes);
     let (jobs_tx, jobs_rx) = crossbeam::channel::bounded(config.serve.intake_queue);
+    let users = Arc::new(users::Users::new(config.users.clone()).map_err(ServeError)?);
+    let limiter = Arc::new(users::Limiter::new(users::Limits {
+        free: config.serve.auth_failures_free,
+        max: config.serve.auth_failures_max.max(1),
+        lockout: Duration::from_secs(config.serve.auth_lockout_s),
+    }));
+    let takes_logins = config
+        .listeners
+        .iter()
+        .any(|l| l.role == config::Role::Submission);
+    let (auth_tx, auth_rx) = crossbeam::channel::bounded::<users::AuthJob>(1024);
+    let verifier = if takes_logins {
+        let (u, l, m) = (users.clone(), limiter.clone(), mailboxes.clone());
+        Some(
+            std::thread::Builder::new()
+                .name("vmta-auth".into())
+                .spawn(move || users::run_verifier(auth_rx, u, l, m))
+                .map_err(|e| ServeError(format!("thread: {e}")))?,
+        )
+    } else {
+        drop(auth_rx);
+        None
+    };
     let shared = Arc::new(listener::Shared {
         engine: engine.clone(),
         listeners: config.listeners.iter().cloned().map(Arc::new).collect(),
@@ -155,6 +183,8 @@ pub fn run(
         stopping: AtomicBool::new(false),
         grace: Duration::from_secs(config.serve.shutdown_grace_s),
         tls,
+        auth_jobs: takes_logins.then_some(auth_tx),
+        limiter,
     });
     let mut intakes = Vec::new();
     for i in 0..config.serve.intake_threads {
@@ -226,6 +256,9 @@ pub fn run(
     drop(shared);
     for t in intakes {
         let _ = t.join();
+    }
+    if let Some(v) = verifier {
+        let _ = v.join();
     }
     engine.shutdown(Duration::from_secs(5));
     events_stop.store(true, Ordering::Release);

@@ -15,8 +15,10 @@
 //! message goes to the intake threads; its `250` is sent only once the engine says it is durable.
 
 use crate::config::Listener;
-use crate::intake::{Done, Job, Mailbox, ReplyTo};
+use crate::config::Role;
+use crate::intake::{Answer, Done, Job, Mailbox, ReplyTo};
 use crate::log::EventLog;
+use crate::users::{AuthJob, Limiter};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -65,6 +67,10 @@ pub struct Shared {
     pub grace: Duration,
     /// The rustls server configuration per listener, for those with a certificate.
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Logins to check (the verifier thread), when some listener takes them.
+    pub auth_jobs: Option<crossbeam::channel::Sender<AuthJob>>,
+    /// Failed logins per client address.
+    pub limiter: Arc<Limiter>,
 }
 
 impl Shared {
@@ -94,6 +100,8 @@ struct Conn {
     tls: Option<TlsLayer>,
     /// STARTTLS was answered `220`: the TLS layer starts once that reply is written.
     start_tls: bool,
+    /// The identity and tenant of a successful login.
+    login: Option<(String, String)>,
     /// Registered for writability too (only while a write would block: on Linux an
     /// edge-triggered EPOLLOUT fires on every ACK, a wake-up per reply for nothing).
     want_write: bool,
@@ -131,14 +139,18 @@ pub fn run(
     let mut stop_deadline: Option<Instant> = None;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut done: Vec<Done> = Vec::new();
+    let mut delayed: Vec<Done> = Vec::new();
     // Listening sockets whose last accept failed (EMFILE): retried every tick, since no new edge
     // may come for the connections already in their backlog.
     let mut accept_failed: Vec<bool> = vec![false; sockets.len()];
     loop {
-        let timeout = if table.ready.is_empty() {
+        let timeout = if !table.ready.is_empty() {
+            Some(Duration::ZERO)
+        } else if delayed.is_empty() {
             Some(TICK)
         } else {
-            Some(Duration::ZERO)
+            // A held-back answer falls due within the tick.
+            Some(Duration::from_millis(20))
         };
         if let Err(e) = poll.poll(&mut events, timeout)
             && e.kind() != ErrorKind::Interrupted
@@ -176,13 +188,33 @@ pub fn run(
                 .unwrap_or_else(|e| e.into_inner());
             std::mem::swap(&mut *mb, &mut done);
         }
+        // Answers held back (failed logins) join them once due.
+        let mut i = 0;
+        while i < delayed.len() {
+            if delayed[i].not_before.is_none_or(|t| now >= t) {
+                done.push(delayed.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
         for d in done.drain(..) {
+            if d.not_before.is_some_and(|t| now < t) {
+                delayed.push(d);
+                continue;
+            }
             let slot = d.reply_to.slot;
             if let Some(Some(c)) = table.conns.get_mut(slot)
                 && c.generation == d.reply_to.generation
             {
                 c.waiting = false;
-                let reply = message_reply(&d.result);
+                let reply = match d.answer {
+                    Answer::Message(result) => message_reply(&result),
+                    Answer::Auth {
+                        identity,
+                        tenant,
+                        locked,
+                    } => auth_reply(&shared, c, identity, tenant, locked),
+                };
                 let _ = c.session.answer(now, &reply);
                 table.ready.push(slot);
             }
@@ -296,7 +328,9 @@ fn accept_all(
             let mut pc = shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
             let n = pc.entry((li, ip)).or_insert(0);
             *n += 1;
-            if total > listener.max_connections {
+            if shared.limiter.is_locked(ip, now) {
+                Some("Error: too many authentication failures from your address")
+            } else if total > listener.max_connections {
                 Some("Error: too many connections")
             } else if *n > listener.max_connections_per_client {
                 Some("Error: too many connections from your address")
@@ -363,6 +397,7 @@ fn accept_all(
                 want_write: false,
                 tls: None,
                 start_tls: false,
+                login: None,
             };
             release(shared, &c);
             table.free.push(slot);
@@ -383,6 +418,7 @@ fn accept_all(
             want_write: false,
             tls,
             start_tls: false,
+            login: None,
         });
         table.ready.push(slot);
     }
@@ -567,30 +603,70 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
         match ev {
             Event::Helo { .. } | Event::Reset | Event::Closed(_) => {}
             Event::StartTls => c.start_tls = true,
-            Event::Auth { .. } => {
-                let _ = c.session.answer(
-                    now,
-                    &server::reply(454, (4, 7, 0), "Error: authentication unavailable"),
-                );
+            Event::Auth {
+                identity, password, ..
+            } => {
+                let ip = c.peer.ip();
+                let job = AuthJob {
+                    reply_to: ReplyTo {
+                        thread,
+                        slot,
+                        generation: c.generation,
+                    },
+                    client: ip,
+                    identity,
+                    password,
+                };
+                let refusal = if shared.limiter.is_locked(ip, now) {
+                    Some(server::reply(
+                        421,
+                        (4, 7, 0),
+                        "Error: too many authentication failures from your address",
+                    ))
+                } else {
+                    match shared.auth_jobs.as_ref().map(|q| q.try_send(job)) {
+                        Some(Ok(())) => None,
+                        _ => Some(server::reply(
+                            454,
+                            (4, 7, 0),
+                            "Error: temporary authentication failure",
+                        )),
+                    }
+                };
+                match refusal {
+                    None => c.waiting = true,
+                    Some(r) => {
+                        let _ = c.session.answer(now, &r);
+                    }
+                }
             }
             Event::Mail(m) => {
-                let r = mail_decision(shared, listener, &m.sender);
+                let tenant = c.login.as_ref().map_or(listener.tenant.as_str(), |l| &l.1);
+                let r = mail_decision(shared, tenant, &m.sender);
                 let _ = c.session.answer(now, &r);
             }
             Event::Rcpt { recipient } => {
-                let r = rcpt_decision(shared, listener, c.peer.ip(), &recipient);
+                let tenant = c.login.as_ref().map_or(listener.tenant.as_str(), |l| &l.1);
+                let r = rcpt_decision(shared, listener, tenant, c.peer.ip(), &recipient);
                 let _ = c.session.answer(now, &r);
             }
             Event::Message(m) => {
                 let protocol = m.protocol().to_string();
+                let mut tags = vec![
+                    ("client_ip".into(), c.peer.ip().to_string()),
+                    ("listener".into(), listener.address.to_string()),
+                ];
+                if let Some((identity, _)) = &c.login {
+                    tags.push(("auth".into(), identity.clone()));
+                }
                 let submission = Submission {
                     sender: m.mail.sender,
                     recipients: m.recipients,
-                    tenant: listener.tenant.clone(),
-                    tags: vec![
-                        ("client_ip".into(), c.peer.ip().to_string()),
-                        ("listener".into(), listener.address.to_string()),
-                    ],
+                    tenant: c
+                        .login
+                        .as_ref()
+                        .map_or_else(|| listener.tenant.clone(), |l| l.1.clone()),
+                    tags,
                     body: m.data,
                     client_host: m.helo,
                     client_ip: Some(c.peer.ip()),
@@ -628,12 +704,12 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
     }
 }
 
-fn mail_decision(shared: &Shared, listener: &Listener, sender: &str) -> Reply {
+fn mail_decision(shared: &Shared, tenant_name: &str, sender: &str) -> Reply {
     if let Some(reg) = shared.engine.tenants() {
-        let Some(tenant) = reg.get(&listener.tenant) else {
+        let Some(tenant) = reg.get(tenant_name) else {
             return server::reply(451, (4, 3, 5), "Error: tenant not configured");
         };
-        if reg.is_locked(&listener.tenant) {
+        if reg.is_locked(tenant_name) {
             return server::reply(550, (5, 7, 1), "Error: account locked");
         }
         if !sender.is_empty() && !tenant.is_approved(sender) {
@@ -647,8 +723,16 @@ fn mail_decision(shared: &Shared, listener: &Listener, sender: &str) -> Reply {
     server::reply(250, (2, 1, 0), "Ok")
 }
 
-fn rcpt_decision(shared: &Shared, listener: &Listener, client: IpAddr, rcpt: &str) -> Reply {
-    if !listener.allows(client) {
+fn rcpt_decision(
+    shared: &Shared,
+    listener: &Listener,
+    tenant: &str,
+    client: IpAddr,
+    rcpt: &str,
+) -> Reply {
+    // A relay listener trusts its networks; a submission listener trusts the login (its session
+    // takes no MAIL before a successful AUTH).
+    if listener.role == Role::Relay && !listener.allows(client) {
         return server::reply(550, (5, 7, 1), format!("<{rcpt}>: Relay access denied"));
     }
     let syntax_ok = rcpt.len() <= 254
@@ -663,7 +747,7 @@ fn rcpt_decision(shared: &Shared, listener: &Listener, client: IpAddr, rcpt: &st
             format!("<{rcpt}>: Bad recipient address syntax"),
         );
     }
-    if let Some(hit) = shared.engine.suppression(&listener.tenant, rcpt, None) {
+    if let Some(hit) = shared.engine.suppression(tenant, rcpt, None) {
         return server::reply(
             550,
             (5, 7, 1),
@@ -675,6 +759,36 @@ fn rcpt_decision(shared: &Shared, listener: &Listener, client: IpAddr, rcpt: &st
         );
     }
     server::reply(250, (2, 1, 5), "Ok")
+}
+
+/// The reply to a login from the verifier's answer; a success remembers the login.
+fn auth_reply(
+    shared: &Shared,
+    c: &mut Conn,
+    identity: String,
+    tenant: Option<String>,
+    locked: bool,
+) -> Reply {
+    let l = serde_json::json!({
+        "event": if tenant.is_some() { "login" } else { "login-failed" },
+        "identity": identity,
+        "tenant": tenant,
+        "client_ip": c.peer.ip().to_string(),
+        "locked": locked,
+    });
+    shared.log.write_lines([l.to_string().as_str()]);
+    match tenant {
+        Some(t) => {
+            c.login = Some((identity, t));
+            server::reply(235, (2, 7, 0), "Authentication successful")
+        }
+        None if locked => server::reply(
+            421,
+            (4, 7, 0),
+            "Error: too many authentication failures from your address",
+        ),
+        None => server::reply(535, (5, 7, 8), "Error: authentication failed"),
+    }
 }
 
 /// The reply to a message's data from the engine's answer: `250` with the queue id once durable.

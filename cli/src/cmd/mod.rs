@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 pub mod demo;
 pub mod dkim;
+pub mod passwd;
 pub mod policy;
 pub mod preflight;
 pub mod queue;

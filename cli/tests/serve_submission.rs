@@ -1,0 +1,314 @@
+//! `vmta serve` as a submission server (RFC 6409, RFC 8314): TLS first, then AUTH as a `[[user]]`
+//! whose hash `vmta passwd` made, then mail from that user's tenant's approved senders. Real
+//! clients: Python smtplib (STARTTLS then login, SMTP_SSL on the implicit-TLS port) and
+//! `swaks --tls --auth`. Hostile: AUTH before TLS, bad base64, an overlong AUTH line, and 50 wrong
+//! passwords from one address (slowed, then refused) while another address logs in at full speed.
+//! Addresses 127.0.98.0/24 (listeners, sink) and 127.0.0.x (clients).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use vmta_tests::serve::{Daemon, wait_for};
+use vmta_tests::smtp::SmtpSink;
+use vmta_tests::{TempDir, free_tcp_port, require};
+
+struct Setup {
+    dir: TempDir,
+    sink: SmtpSink,
+    _daemon: Daemon,
+    starttls: SocketAddr,
+    implicit: SocketAddr,
+}
+
+fn vmta() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vmta"))
+}
+
+fn hash(password: &str) -> String {
+    let mut child = Command::new(vmta())
+        .args(["passwd", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn start() -> Setup {
+    let dir = TempDir::new("serve-submission");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/serve/make-cert.sh");
+    assert!(
+        Command::new(script)
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let sink = SmtpSink::start("127.0.98.1", &[]);
+    let listen =
+        |ip: &str| -> SocketAddr { format!("{ip}:{}", free_tcp_port(ip)).parse().unwrap() };
+    let (starttls, implicit) = (listen("127.0.98.2"), listen("127.0.98.3"));
+    let config = dir.path().join("vmta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\nspool_dir = \"{spool}\"\nshards = 2\nhelo_name = \"submit.vmta.test\"\n\
+             [serve]\nevent_log = \"{log}\"\nauth_failures_free = 2\nauth_failures_max = 6\n\
+             auth_lockout_s = 600\n\
+             [smarthost]\naddress = \"{sink}\"\ntls = \"disabled\"\n\
+             [shaping]\nrules = '''\n{unshaped}'''\n\
+             [[tenant]]\nname = \"demo\"\npool = \"default\"\nsender_addresses = [\"demo@example.org\"]\n\
+             [[user]]\nname = \"demo\"\npassword = \"{hash}\"\ntenant = \"demo\"\n\
+             [[listener]]\naddress = \"{starttls}\"\nrole = \"submission\"\n\
+             tls_cert = \"localhost.crt\"\ntls_key = \"localhost.key\"\n\
+             [[listener]]\naddress = \"{implicit}\"\nrole = \"submission\"\n\
+             tls_cert = \"localhost.crt\"\ntls_key = \"localhost.key\"\nimplicit_tls = true\n",
+            spool = dir.path().join("spool").display(),
+            log = dir.path().join("events.jsonl").display(),
+            sink = sink.addr,
+            unshaped = vmta_testworld::world::UNSHAPED,
+            hash = hash("demo-password"),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(vmta(), &config);
+    Setup {
+        dir,
+        sink,
+        _daemon: daemon,
+        starttls,
+        implicit,
+    }
+}
+
+fn python(script: &str, args: &[String]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "python: {text}");
+    text
+}
+
+/// Logs in over STARTTLS or implicit TLS and sends: from the approved sender, then from another.
+const SUBMIT: &str = r#"
+import smtplib, ssl, sys
+host, port, cafile, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=cafile); ctx.check_hostname = False
+if mode == "starttls":
+    s = smtplib.SMTP(host, port, local_hostname="app.client.test", timeout=20)
+    s.ehlo()
+    assert not s.has_extn("auth"), "AUTH offered before TLS"
+    try:
+        s.sendmail("demo@example.org", ["u@dest.test"], "Subject: x\r\n\r\nx\r\n")
+        print("BUG: mail before TLS accepted")
+    except smtplib.SMTPSenderRefused as e:
+        print("before-tls", e.smtp_code)
+    s.starttls(context=ctx)
+else:
+    s = smtplib.SMTP_SSL(host, port, local_hostname="app.client.test", timeout=20, context=ctx)
+s.ehlo()
+print("auth", s.esmtp_features.get("auth"))
+try:
+    s.sendmail("demo@example.org", ["u@dest.test"], "Subject: x\r\n\r\nx\r\n")
+    print("BUG: mail before AUTH accepted")
+except smtplib.SMTPSenderRefused as e:
+    print("before-auth", e.smtp_code)
+s.login("demo", "demo-password")
+s.sendmail("demo@example.org", ["u@dest.test"],
+    "From: demo@example.org\r\nSubject: submitted over %s\r\n\r\nhello\r\n" % mode)
+try:
+    s.sendmail("other@example.org", ["u@dest.test"], "From: other@example.org\r\n\r\nx\r\n")
+    print("BUG: unapproved sender accepted")
+except smtplib.SMTPSenderRefused as e:
+    print("unapproved", e.smtp_code, e.smtp_error.decode())
+s.quit()
+print("done")
+"#;
+
+#[test]
+fn users_log_in_and_submit_for_their_tenant() {
+    let w = start();
+    let ca = w.dir.path().join("localhost.crt").display().to_string();
+    for (addr, mode) in [(w.starttls, "starttls"), (w.implicit, "implicit")] {
+        let out = python(
+            SUBMIT,
+            &[
+                addr.ip().to_string(),
+                addr.port().to_string(),
+                ca.clone(),
+                mode.into(),
+            ],
+        );
+        assert!(!out.contains("BUG"), "{out}");
+        if mode == "starttls" {
+            assert!(out.contains("before-tls 530"), "{out}");
+        }
+        assert!(out.contains("PLAIN LOGIN"), "{out}");
+        assert!(out.contains("before-auth 530"), "{out}");
+        assert!(out.contains("unapproved 550"), "{out}");
+        assert!(out.contains("done"), "{out}");
+    }
+    let out = Command::new(require("swaks"))
+        .args(["--server", &w.starttls.to_string(), "--tls"])
+        .args([
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            "demo",
+            "--auth-password",
+            "demo-password",
+        ])
+        .args(["--from", "demo@example.org", "--to", "swaks@dest.test"])
+        .args(["--header", "Subject: swaks submission"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "swaks: {text}");
+    assert!(
+        text.contains("235 2.7.0 Authentication successful"),
+        "{text}"
+    );
+    wait_for("3 messages at the sink", Duration::from_secs(20), || {
+        w.sink.received() >= 3
+    });
+    let m = w
+        .sink
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("Subject: submitted over starttls"))
+        .unwrap();
+    assert!(m.contains(" with ESMTPSA id "), "{m}");
+    let log = std::fs::read_to_string(w.dir.path().join("events.jsonl")).unwrap();
+    assert!(log.contains("\"event\":\"login\""), "{log}");
+    assert!(log.contains("\"auth\":\"demo\""), "{log}");
+}
+
+/// Hostile logins on the STARTTLS port from argv[4]: AUTH before TLS, bad base64, an overlong AUTH
+/// line, then N wrong passwords, each on a new connection; prints each attempt's outcome and time.
+const HOSTILE: &str = r#"
+import smtplib, socket, ssl, sys, time
+host, port, cafile, source, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+ctx = ssl.create_default_context(cafile=cafile); ctx.check_hostname = False
+s = smtplib.SMTP(host, port, local_hostname="bad.client.test", timeout=30, source_address=(source, 0))
+s.ehlo()
+print("auth-before-tls", s.docmd("AUTH", "PLAIN AGRlbW8AZGVtby1wYXNzd29yZA==")[0])
+s.starttls(context=ctx); s.ehlo()
+print("bad-base64", s.docmd("AUTH", "PLAIN %%%notbase64")[0])
+print("overlong", s.docmd("AUTH", "PLAIN " + "A" * 5000)[0])
+print("still-there", s.docmd("NOOP")[0])
+s.quit()
+for i in range(n):
+    t = time.monotonic()
+    try:
+        s = smtplib.SMTP(host, port, local_hostname="bad.client.test", timeout=30, source_address=(source, 0))
+        s.ehlo(); s.starttls(context=ctx); s.ehlo()
+        try:
+            # One mechanism per try (smtplib's login() would try PLAIN, then LOGIN).
+            s.user, s.password = "demo", "wrong-%d" % i
+            s.auth("PLAIN", s.auth_plain)
+            out = "accepted"
+        except smtplib.SMTPAuthenticationError as e:
+            out = str(e.smtp_code)
+        except smtplib.SMTPServerDisconnected:
+            out = "closed"
+        try:
+            s.quit()
+        except Exception:
+            pass
+    except (smtplib.SMTPConnectError, smtplib.SMTPServerDisconnected, smtplib.SMTPNotSupportedError) as e:
+        out = "refused:%s" % getattr(e, "smtp_code", "")
+    print("try", i, out, round(time.monotonic() - t, 2), flush=True)
+"#;
+
+/// A good login from argv[4], timed.
+const GOOD: &str = r#"
+import smtplib, ssl, sys, time
+host, port, cafile, source = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=cafile); ctx.check_hostname = False
+t = time.monotonic()
+s = smtplib.SMTP(host, port, local_hostname="good.client.test", timeout=30, source_address=(source, 0))
+s.ehlo(); s.starttls(context=ctx); s.ehlo()
+s.login("demo", "demo-password")
+s.quit()
+print("good", round(time.monotonic() - t, 2))
+"#;
+
+#[test]
+fn wrong_passwords_are_slowed_then_refused_while_others_log_in() {
+    let w = start();
+    let ca = w.dir.path().join("localhost.crt").display().to_string();
+    let args = |source: &str| {
+        vec![
+            w.starttls.ip().to_string(),
+            w.starttls.port().to_string(),
+            ca.clone(),
+            source.to_string(),
+        ]
+    };
+    let mut hostile_args = args("127.0.0.2");
+    hostile_args.push("50".into());
+    let hostile = {
+        let a = hostile_args.clone();
+        std::thread::spawn(move || python(HOSTILE, &a))
+    };
+    // Good logins from another address while the attack runs: each at full speed.
+    let mut good = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(700));
+        let out = python(GOOD, &args("127.0.0.3"));
+        let secs: f64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
+        good.push(secs);
+    }
+    let out = hostile.join().unwrap();
+    assert!(out.contains("auth-before-tls 538"), "{out}");
+    assert!(out.contains("bad-base64 501"), "{out}");
+    assert!(out.contains("overlong 500"), "{out}");
+    assert!(out.contains("still-there 250"), "{out}");
+    let tries: Vec<(String, f64)> = out
+        .lines()
+        .filter(|l| l.starts_with("try "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[2].to_string(), f[3].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(tries.len(), 50, "{out}");
+    assert!(tries.iter().all(|(o, _)| o != "accepted"), "{out}");
+    // The first failures are answered at once, the later ones slower, then the address is refused.
+    assert_eq!(tries[0].0, "535", "{out}");
+    assert!(tries[0].1 < 1.0, "{out}");
+    assert!(tries[4].1 >= 1.0, "the fifth failure was not slowed: {out}");
+    let refused = tries
+        .iter()
+        .filter(|(o, _)| o.starts_with("refused"))
+        .count();
+    assert!(refused >= 40, "only {refused} refused: {out}");
+    assert!(
+        tries[49].1 < 1.0,
+        "a refused address waits for nothing: {out}"
+    );
+    eprintln!("good logins took {good:?}");
+    assert!(
+        good.iter().all(|s| *s < 1.0),
+        "good logins slowed: {good:?}\n{out}"
+    );
+}
