@@ -72,6 +72,8 @@ fn validation(c: &mut Criterion) {
             by_host: "mta.acme.example",
             with: "ESMTPA",
             id: "q42",
+            tls: None,
+            auth: None,
         }),
     };
     for (label, size) in [("2KiB", 2048), ("100KiB", 100 * 1024)] {

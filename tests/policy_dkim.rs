@@ -91,6 +91,8 @@ fn submitted(raw: &[u8]) -> Vec<u8> {
             by_host: "mta.dkim.test",
             with: "ESMTPA",
             id: "q42",
+            tls: None,
+            auth: None,
         }),
     };
     let options = ValidationOptions {

@@ -65,7 +65,7 @@ fn start() -> Setup {
         format!(
             "[engine]\nspool_dir = \"{spool}\"\nshards = 2\nhelo_name = \"submit.vmta.test\"\n\
              [serve]\nevent_log = \"{log}\"\nauth_failures_free = 2\nauth_failures_max = 6\n\
-             auth_lockout_s = 600\n\
+             auth_lockout_s = 600\nreceived_auth = true\n\
              [smarthost]\naddress = \"{sink}\"\ntls = \"disabled\"\n\
              [shaping]\nrules = '''\n{unshaped}'''\n\
              [[tenant]]\nname = \"demo\"\npool = \"default\"\nsender_addresses = [\"demo@example.org\"]\n\
@@ -197,6 +197,8 @@ fn users_log_in_and_submit_for_their_tenant() {
         .find(|m| m.contains("Subject: submitted over starttls"))
         .unwrap();
     assert!(m.contains(" with ESMTPSA id "), "{m}");
+    assert!(m.contains("\t(using TLSv1.3 with cipher TLS13_"), "{m}");
+    assert!(m.contains("\t(Authenticated sender: demo)"), "{m}");
     let log = std::fs::read_to_string(w.dir.path().join("events.jsonl")).unwrap();
     assert!(log.contains("\"event\":\"login\""), "{log}");
     assert!(log.contains("\"auth\":\"demo\""), "{log}");

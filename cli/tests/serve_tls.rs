@@ -189,6 +189,8 @@ fn starttls_and_implicit_tls_with_real_clients() {
         .find(|m| m.contains("Subject: over implicit"))
         .unwrap();
     assert!(m.contains(" with ESMTPS id "), "{m}");
+    assert!(m.contains("\t(using TLSv1.3 with cipher TLS13_"), "{m}");
+    assert!(!m.contains("Authenticated sender"), "{m}");
 }
 
 /// Commands pipelined behind STARTTLS are dropped; after the handshake the session starts over.

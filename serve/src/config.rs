@@ -13,6 +13,7 @@
 //!                             # one 0.5 s later than the one before (at most 5 s) ...
 //! auth_failures_max = 10      # ... and at this many the address is refused (421 4.7.0) ...
 //! auth_lockout_s = 600        # ... for this long
+//! received_auth = false       # name the login in the Received field: (Authenticated sender: x)
 //!
 //! [[user]]                    # who may log in on submission listeners (see users.rs)
 //! name = "demo"
@@ -97,6 +98,8 @@ pub struct ServeSection {
     pub auth_failures_max: u32,
     /// How long a refused address stays refused, in seconds.
     pub auth_lockout_s: u64,
+    /// Name the authenticated sender in the Received field (it always reaches the events).
+    pub received_auth: bool,
 }
 
 impl Default for ServeSection {
@@ -111,6 +114,7 @@ impl Default for ServeSection {
             auth_failures_free: 3,
             auth_failures_max: 10,
             auth_lockout_s: 600,
+            received_auth: false,
         }
     }
 }

@@ -185,6 +185,7 @@ pub fn run(
         tls,
         auth_jobs: takes_logins.then_some(auth_tx),
         limiter,
+        received_auth: config.serve.received_auth,
     });
     let mut intakes = Vec::new();
     for i in 0..config.serve.intake_threads {

@@ -71,6 +71,8 @@ pub struct Shared {
     pub auth_jobs: Option<crossbeam::channel::Sender<AuthJob>>,
     /// Failed logins per client address.
     pub limiter: Arc<Limiter>,
+    /// Name the login in the Received field.
+    pub received_auth: bool,
 }
 
 impl Shared {
@@ -671,6 +673,15 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
                     client_host: m.helo,
                     client_ip: Some(c.peer.ip()),
                     protocol,
+                    tls: m
+                        .tls
+                        .as_ref()
+                        .map(|t| format!("{} with cipher {}", t.version, t.cipher))
+                        .unwrap_or_default(),
+                    auth: match (&c.login, shared.received_auth) {
+                        (Some((identity, _)), true) => identity.clone(),
+                        _ => String::new(),
+                    },
                     ..Default::default()
                 };
                 let job = Job {

@@ -147,6 +147,8 @@ pub fn run(args: PolicyArgs) -> ExitCode {
                     by_host: "vmta",
                     with: "ESMTPA",
                     id: &id,
+                    tls: None,
+                    auth: None,
                 }),
             };
             let admitted = match policy::submit(

@@ -84,6 +84,11 @@ pub struct Submission {
     /// `ESMTPS`). Empty: `LOCAL`, and without tenants no Received field. Set, the engine writes the
     /// Received field with or without tenants, naming the queue id.
     pub protocol: String,
+    /// The TLS layer the message came over, for the Received field (`TLSv1.3 with cipher ...`);
+    /// empty for none.
+    pub tls: String,
+    /// The authenticated submitter, for the Received field; empty to leave it out.
+    pub auth: String,
 }
 
 /// Why a submission was refused. Nothing of it was queued.
@@ -959,6 +964,8 @@ impl Engine {
                     &s.protocol
                 },
                 id: &unique,
+                tls: Some(s.tls.as_str()),
+                auth: Some(s.auth.as_str()),
             }),
         };
         let admitted = crate::policy::submit(
@@ -1039,6 +1046,8 @@ impl Engine {
                 by_host: &self.host_name,
                 with: &s.protocol,
                 id: &unique,
+                tls: Some(s.tls.as_str()),
+                auth: Some(s.auth.as_str()),
             }),
         };
         let msg = crate::policy::validate(&s.body, &self.validation, &stamp)

@@ -64,6 +64,12 @@ pub struct Trace<'a> {
     pub with: &'a str,
     /// The queue id (`id` clause).
     pub id: &'a str,
+    /// The TLS layer the message came over (`TLSv1.3 with cipher ...`), written as a comment
+    /// `(using ...)` the way Postfix does; `None` for none.
+    pub tls: Option<&'a str>,
+    /// The authenticated sender, written as `(Authenticated sender: ...)` when the operator wants
+    /// it in the header (RFC 3848 leaves that to policy); `None` to leave it out.
+    pub auth: Option<&'a str>,
 }
 
 impl Trace<'_> {
@@ -87,6 +93,22 @@ impl Trace<'_> {
                     let _ = write!(f, " ([IPv6:{v6}])");
                 }
             }
+        }
+        // Comments take any printable text but their own parentheses (and no line breaks).
+        let comment = |s: &str| -> String {
+            s.chars()
+                .filter(|c| (c.is_ascii_graphic() || *c == ' ') && !matches!(c, '(' | ')' | '\\'))
+                .collect()
+        };
+        if let Some(tls) = self.tls.filter(|t| !t.is_empty()) {
+            f.push_str("\r\n\t(using ");
+            f.push_str(&comment(tls));
+            f.push(')');
+        }
+        if let Some(auth) = self.auth.filter(|a| !a.is_empty()) {
+            f.push_str("\r\n\t(Authenticated sender: ");
+            f.push_str(&comment(auth));
+            f.push(')');
         }
         f.push_str("\r\n\tby ");
         f.push_str(&clean(self.by_host));
@@ -389,6 +411,8 @@ mod tests {
             by_host: "mta.example.net",
             with: "ESMTPA",
             id: "q123",
+            tls: None,
+            auth: None,
         }
         .write_received(0, &mut out);
         assert_eq!(
@@ -403,10 +427,20 @@ mod tests {
             by_host: "m",
             with: "",
             id: "",
+            tls: Some("TLSv1.3 with cipher X)\r\nX-Injected: 2"),
+            auth: Some("demo (x)"),
         }
         .write_received(0, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("Received: from evilX-Injected:1 ([IPv6:2001:db8::1])\r\n"));
+        assert!(
+            text.contains("\r\n\t(using TLSv1.3 with cipher XX-Injected: 2)\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\n\t(Authenticated sender: demo x)\r\n\tby m (vmta)"),
+            "{text}"
+        );
     }
 
     fn template() -> UnsubscribeTemplate {

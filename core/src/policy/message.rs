@@ -733,6 +733,8 @@ Message-ID: <x@example.com>\r\nSubject: hi\r\n\r\nbody\r\n";
                 by_host: "mta.example.com",
                 with: "ESMTPA",
                 id: "q1",
+                tls: None,
+                auth: None,
             }),
         };
         let m = validate(GOOD, &ValidationOptions::default(), &s).unwrap();
