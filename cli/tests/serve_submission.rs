@@ -314,3 +314,57 @@ fn wrong_passwords_are_slowed_then_refused_while_others_log_in() {
         "good logins slowed: {good:?}\n{out}"
     );
 }
+
+#[test]
+fn postfix_relays_to_the_submission_port_with_sasl() {
+    let w = start();
+    let postfix = vmta_tests::smtp::PostfixSmtpd::start_with(
+        "127.0.98.4",
+        &format!(
+            "myhostname = postfix.client.test\n\
+             smtpd_recipient_restrictions =\n\
+             default_transport = smtp\n\
+             relayhost = [{ip}]:{port}\n\
+             smtp_dns_support_level = disabled\n\
+             smtp_tls_security_level = encrypt\n\
+             smtp_sasl_auth_enable = yes\n\
+             smtp_sasl_password_maps = static:demo:demo-password\n\
+             smtp_sasl_security_options = noanonymous\n\
+             smtp_sasl_mechanism_filter = plain, login\n",
+            ip = w.starttls.ip(),
+            port = w.starttls.port()
+        ),
+        "smtp unix - - n - - smtp\nrelay unix - - n - - smtp\ntlsmgr unix - - n 1000? 1 tlsmgr\n",
+    );
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), local_hostname="app.client.test", timeout=20)
+s.sendmail("demo@example.org", ["p@dest.test"],
+    "From: demo@example.org\r\nSubject: postfix via submission\r\n\r\nhello\r\n")
+s.quit()
+"#;
+    python(
+        script,
+        &[
+            postfix.addr.ip().to_string(),
+            postfix.addr.port().to_string(),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while w.sink.received() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing at the sink; postfix log:\n{}",
+            postfix.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = w.sink.messages().pop().unwrap();
+    assert!(m.contains("Subject: postfix via submission"), "{m}");
+    assert!(m.contains(" with ESMTPSA id "), "{m}");
+    let log = postfix.log();
+    assert!(
+        log.contains("status=sent (250 2.0.0 Ok: queued as"),
+        "{log}"
+    );
+}

@@ -2,7 +2,8 @@
 //! `examples/serve/make-cert.sh`, against Python's smtplib (STARTTLS, SMTP_SSL), `openssl s_client
 //! -starttls smtp` and `swaks --tls`; commands pipelined behind STARTTLS are not executed
 //! (CVE-2011-0411); garbage instead of a ClientHello and a handshake that never comes end the
-//! connection while the daemon keeps serving. Addresses 127.0.97.0/24.
+//! connection while the daemon keeps serving; a client that holds a certificate the server never
+//! asked for gets through as any other. Addresses 127.0.97.0/24.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -91,6 +92,9 @@ import smtplib, ssl, sys
 host, port, cafile, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 ctx = ssl.create_default_context(cafile=cafile)
 ctx.check_hostname = False  # connected by address; the chain is still verified
+if len(sys.argv) > 5:
+    # A client certificate the server never asks for: offered, unused, no harm.
+    ctx.load_cert_chain(cafile, sys.argv[5])
 if mode == "starttls":
     s = smtplib.SMTP(host, port, local_hostname="tls.client.test", timeout=20)
     s.ehlo()
@@ -132,6 +136,19 @@ fn starttls_and_implicit_tls_with_real_clients() {
     );
     assert!(out.contains("tls TLSv1.3") && out.contains("sent"), "{out}");
 
+    let key = w.cert.with_file_name("localhost.key").display().to_string();
+    let out = python(
+        SMTPLIB_TLS,
+        &[
+            w.starttls.ip().to_string(),
+            w.starttls.port().to_string(),
+            cafile.clone(),
+            "starttls".into(),
+            key,
+        ],
+    );
+    assert!(out.contains("sent"), "{out}");
+
     // openssl s_client: STARTTLS, the chain verified against the test certificate.
     let mut child = Command::new(require("openssl"))
         .args([
@@ -172,8 +189,8 @@ fn starttls_and_implicit_tls_with_real_clients() {
     assert!(out.status.success(), "swaks: {text}");
     assert!(text.contains("250 2.0.0 Ok: queued as"), "{text}");
 
-    wait_for("3 messages at the sink", Duration::from_secs(20), || {
-        w.sink.received() >= 3
+    wait_for("4 messages at the sink", Duration::from_secs(20), || {
+        w.sink.received() >= 4
     });
     let m = w
         .sink
