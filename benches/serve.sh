@@ -3,7 +3,8 @@
 # smtp-source unless --feeder says otherwise) and both delivering to the same sinks (`vmta world`).
 #
 #   benches/serve.sh [--messages N] [--postfix-messages M] [--connections C] [--intake-threads I]
-#                    [--shards S] [--feeder smtp-source|smtp-feed] [--out DIR] [--no-build]
+#                    [--shards S] [--feeder smtp-source|smtp-feed] [--submission] [--out DIR]
+#                    [--no-build]
 #
 # Rows (each against a fresh `vmta world --expect COUNT`):
 #   vmta-serve  smtp-source (C sessions, 2 KiB; it sends MAIL, RCPT, DATA and the body each after the
@@ -16,10 +17,14 @@
 # daemons; the feeder's CPU is reported beside it, not added. Every run is bounded in count and time.
 # --feeder smtp-feed feeds both relays with benches/peers/feed instead (PIPELINING: the body, its dot and
 # the next MAIL, RCPT and DATA in one write, one round trip per message).
+# --submission (with --feeder smtp-feed): vmta serve listens as a submission server and each feeder
+# session says STARTTLS (TLS 1.3, a certificate from examples/serve/make-cert.sh) and logs in with
+# AUTH PLAIN before its messages; the Postfix row stays plain (the cost of TLS and AUTH is read
+# against a plain run of the same script).
 # Writes DIR/serve.json and DIR/serve.md (default target/serve-bench).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-messages=100000 postfix_messages=10000 conns=20 intake=2 shards=0 feeder=smtp-source out=$root/target/serve-bench build=1 timeout=600
+messages=100000 postfix_messages=10000 conns=20 intake=2 shards=0 feeder=smtp-source submission=0 out=$root/target/serve-bench build=1 timeout=600
 while [ $# -gt 0 ]; do
     case "$1" in
         --messages) messages=$2; shift 2 ;;
@@ -28,9 +33,10 @@ while [ $# -gt 0 ]; do
         --intake-threads) intake=$2; shift 2 ;;
         --shards) shards=$2; shift 2 ;;
         --feeder) feeder=$2; shift 2 ;;
+        --submission) submission=1; shift ;;
         --out) out=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "serve.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -45,6 +51,9 @@ case "$feeder" in
     *) echo "serve.sh: --feeder is smtp-source or smtp-feed" >&2; exit 2 ;;
 esac
 [ $build = 1 ] && (cd "$root" && cargo build --release -q -p vmta-cli)
+if [ $submission = 1 ] && [ "$feeder" != smtp-feed ]; then
+    echo "serve.sh: --submission needs --feeder smtp-feed (smtp-source speaks no TLS)" >&2; exit 2
+fi
 mkdir -p "$out"
 work=$(mktemp -d /tmp/vmta-serve-bench.XXXXXX)
 world_pid="" serve_pid=""
@@ -109,12 +118,29 @@ role = "relay"
 allowed_networks = ["127.0.0.0/8"]
 max_connections_per_client = 1000
 EOF
+feed_extra=()
+if [ $submission = 1 ]; then
+    "$root/examples/serve/make-cert.sh" "$work" >/dev/null
+    hash=$(echo bench-password | "$vmta" passwd --stdin)
+    sed -i 's/^role = "relay"$/role = "submission"\ntls_cert = "localhost.crt"\ntls_key = "localhost.key"/' "$work/vmta.toml"
+    cat >>"$work/vmta.toml" <<EOF
+[[tenant]]
+name = "bench"
+pool = "default"
+sender_domains = ["sender.vmta.test"]
+[[user]]
+name = "bench"
+password = "$hash"
+tenant = "bench"
+EOF
+    feed_extra=(--tls "$work/localhost.crt" --auth bench:bench-password)
+fi
 "$vmta" serve --config "$work/vmta.toml" --ready-file "$work/serve.ready" 2>"$work/serve.log" &
 serve_pid=$!
 for _ in $(seq 1 200); do [ -f "$work/serve.ready" ] && break; sleep 0.05; done
 [ -f "$work/serve.ready" ] || { cat "$work/serve.log" >&2; exit 1; }
 c0=$(cpu_of "$serve_pid"); t0=$(now)
-"$feed" --server "127.0.0.9:$sport" --routes "$work/routes" --messages "$messages" --connections "$conns" >"$work/vmta-serve.feed.json"
+"$feed" --server "127.0.0.9:$sport" --routes "$work/routes" --messages "$messages" --connections "$conns" "${feed_extra[@]}" >"$work/vmta-serve.feed.json"
 wait "$world_pid"; world_pid=""
 t1=$(now); c1=$(cpu_of "$serve_pid")
 # CPU seconds per thread kind (listener, intake, shard, commit, events...) since the start.
