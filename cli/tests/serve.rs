@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmta_tests::serve::{Daemon, wait_for};
+use vmta_tests::serve::{Daemon, python, wait_for};
 use vmta_tests::smtp::SmtpSink;
 use vmta_tests::{TempDir, free_tcp_port, require};
 
@@ -55,23 +55,6 @@ fn start(config: &Path) -> Serve {
         addr: listen_addr(config),
         log: config.with_file_name("events.jsonl"),
     }
-}
-
-fn python(script: &str, args: &[String]) -> (bool, String) {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// smtplib sends `n` messages over one connection; prints each reply to the data.

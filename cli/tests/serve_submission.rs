@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vmta_tests::serve::{Daemon, wait_for};
+use vmta_tests::serve::{Daemon, make_cert, python_ok, wait_for};
 use vmta_tests::smtp::SmtpSink;
 use vmta_tests::{TempDir, free_tcp_port, require};
 
@@ -46,15 +46,7 @@ fn hash(password: &str) -> String {
 
 fn start() -> Setup {
     let dir = TempDir::new("serve-submission");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/serve/make-cert.sh");
-    assert!(
-        Command::new(script)
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    );
+    make_cert(dir.path());
     let sink = SmtpSink::start("127.0.98.1", &[]);
     let listen =
         |ip: &str| -> SocketAddr { format!("{ip}:{}", free_tcp_port(ip)).parse().unwrap() };
@@ -90,22 +82,6 @@ fn start() -> Setup {
         starttls,
         implicit,
     }
-}
-
-fn python(script: &str, args: &[String]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "python: {text}");
-    text
 }
 
 /// Logs in over STARTTLS or implicit TLS and sends: from the approved sender, then from another.
@@ -149,7 +125,7 @@ fn users_log_in_and_submit_for_their_tenant() {
     let w = start();
     let ca = w.dir.path().join("localhost.crt").display().to_string();
     for (addr, mode) in [(w.starttls, "starttls"), (w.implicit, "implicit")] {
-        let out = python(
+        let out = python_ok(
             SUBMIT,
             &[
                 addr.ip().to_string(),
@@ -270,13 +246,13 @@ fn wrong_passwords_are_slowed_then_refused_while_others_log_in() {
     hostile_args.push("50".into());
     let hostile = {
         let a = hostile_args.clone();
-        std::thread::spawn(move || python(HOSTILE, &a))
+        std::thread::spawn(move || python_ok(HOSTILE, &a))
     };
     // Good logins from another address while the attack runs: each at full speed.
     let mut good = Vec::new();
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(700));
-        let out = python(GOOD, &args("127.0.0.3"));
+        let out = python_ok(GOOD, &args("127.0.0.3"));
         let secs: f64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
         good.push(secs);
     }
@@ -343,7 +319,7 @@ s.sendmail("demo@example.org", ["p@dest.test"],
     "From: demo@example.org\r\nSubject: postfix via submission\r\n\r\nhello\r\n")
 s.quit()
 "#;
-    python(
+    python_ok(
         script,
         &[
             postfix.addr.ip().to_string(),

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use vmta_tests::serve::{Daemon, wait_for};
+use vmta_tests::serve::{Daemon, make_cert, python_ok, wait_for};
 use vmta_tests::smtp::SmtpSink;
 use vmta_tests::{TempDir, free_tcp_port, require};
 
@@ -25,13 +25,7 @@ struct World {
 
 fn start() -> World {
     let dir = TempDir::new("serve-tls");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/serve/make-cert.sh");
-    let st = Command::new(script)
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "make-cert.sh failed");
+    make_cert(dir.path());
     let sink = SmtpSink::start("127.0.97.1", &[]);
     let listen =
         |ip: &str| -> SocketAddr { format!("{ip}:{}", free_tcp_port(ip)).parse().unwrap() };
@@ -69,22 +63,6 @@ fn start() -> World {
     }
 }
 
-fn python(script: &str, args: &[String]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "python: {text}");
-    text
-}
-
 /// smtplib over STARTTLS (argv[4] == "starttls") or implicit TLS, trusting only the test
 /// certificate; prints the TLS version, the features after TLS and the reply to the data.
 const SMTPLIB_TLS: &str = r#"
@@ -115,7 +93,7 @@ print("sent")
 fn starttls_and_implicit_tls_with_real_clients() {
     let w = start();
     let cafile = w.cert.display().to_string();
-    let out = python(
+    let out = python_ok(
         SMTPLIB_TLS,
         &[
             w.starttls.ip().to_string(),
@@ -125,7 +103,7 @@ fn starttls_and_implicit_tls_with_real_clients() {
         ],
     );
     assert!(out.contains("tls TLSv1.3") && out.contains("sent"), "{out}");
-    let out = python(
+    let out = python_ok(
         SMTPLIB_TLS,
         &[
             w.implicit.ip().to_string(),
@@ -137,7 +115,7 @@ fn starttls_and_implicit_tls_with_real_clients() {
     assert!(out.contains("tls TLSv1.3") && out.contains("sent"), "{out}");
 
     let key = w.cert.with_file_name("localhost.key").display().to_string();
-    let out = python(
+    let out = python_ok(
         SMTPLIB_TLS,
         &[
             w.starttls.ip().to_string(),
@@ -238,7 +216,7 @@ t.sendall(b"QUIT\r\n"); print(reply(g))
 #[test]
 fn starttls_drops_pipelined_commands_and_bad_handshakes_end_cleanly() {
     let w = start();
-    let out = python(
+    let out = python_ok(
         STARTTLS_INJECTION,
         &[
             w.starttls.ip().to_string(),
@@ -265,7 +243,7 @@ fn starttls_drops_pipelined_commands_and_bad_handshakes_end_cleanly() {
     assert!(rest.is_empty(), "{rest:?}");
     assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
     // Still serving.
-    let out = python(
+    let out = python_ok(
         SMTPLIB_TLS,
         &[
             w.implicit.ip().to_string(),

@@ -68,3 +68,40 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs `python3 -c SCRIPT ARGS...`: whether it succeeded, and its stdout and stderr.
+pub fn python(script: &str, args: &[String]) -> (bool, String) {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Like [`python`], failing the test when the script fails; its output.
+pub fn python_ok(script: &str, args: &[String]) -> String {
+    let (ok, text) = python(script, args);
+    assert!(ok, "python: {text}");
+    text
+}
+
+/// Writes `localhost.crt` and `localhost.key` into `dir` with `examples/serve/make-cert.sh`.
+pub fn make_cert(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/serve/make-cert.sh");
+    let ok = std::process::Command::new(script)
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("make-cert.sh runs")
+        .success();
+    assert!(ok, "make-cert.sh failed");
+}
