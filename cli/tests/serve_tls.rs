@@ -89,42 +89,31 @@ s.quit()
 print("sent")
 "#;
 
+/// Runs [`SMTPLIB_TLS`] against `addr` (`mode`: starttls or implicit), offering `client_key`'s
+/// certificate when given; its output.
+fn smtplib_tls(w: &World, addr: SocketAddr, mode: &str, client_key: Option<&Path>) -> String {
+    let mut args = vec![
+        addr.ip().to_string(),
+        addr.port().to_string(),
+        w.cert.display().to_string(),
+        mode.to_string(),
+    ];
+    if let Some(k) = client_key {
+        args.push(k.display().to_string());
+    }
+    python_ok(SMTPLIB_TLS, &args)
+}
+
 #[test]
 fn starttls_and_implicit_tls_with_real_clients() {
     let w = start();
     let cafile = w.cert.display().to_string();
-    let out = python_ok(
-        SMTPLIB_TLS,
-        &[
-            w.starttls.ip().to_string(),
-            w.starttls.port().to_string(),
-            cafile.clone(),
-            "starttls".into(),
-        ],
-    );
+    let out = smtplib_tls(&w, w.starttls, "starttls", None);
     assert!(out.contains("tls TLSv1.3") && out.contains("sent"), "{out}");
-    let out = python_ok(
-        SMTPLIB_TLS,
-        &[
-            w.implicit.ip().to_string(),
-            w.implicit.port().to_string(),
-            cafile.clone(),
-            "implicit".into(),
-        ],
-    );
+    let out = smtplib_tls(&w, w.implicit, "implicit", None);
     assert!(out.contains("tls TLSv1.3") && out.contains("sent"), "{out}");
-
-    let key = w.cert.with_file_name("localhost.key").display().to_string();
-    let out = python_ok(
-        SMTPLIB_TLS,
-        &[
-            w.starttls.ip().to_string(),
-            w.starttls.port().to_string(),
-            cafile.clone(),
-            "starttls".into(),
-            key,
-        ],
-    );
+    let key = w.cert.with_file_name("localhost.key");
+    let out = smtplib_tls(&w, w.starttls, "starttls", Some(&key));
     assert!(out.contains("sent"), "{out}");
 
     // openssl s_client: STARTTLS, the chain verified against the test certificate.
@@ -243,14 +232,6 @@ fn starttls_drops_pipelined_commands_and_bad_handshakes_end_cleanly() {
     assert!(rest.is_empty(), "{rest:?}");
     assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
     // Still serving.
-    let out = python_ok(
-        SMTPLIB_TLS,
-        &[
-            w.implicit.ip().to_string(),
-            w.implicit.port().to_string(),
-            w.cert.display().to_string(),
-            "implicit".into(),
-        ],
-    );
+    let out = smtplib_tls(&w, w.implicit, "implicit", None);
     assert!(out.contains("sent"), "{out}");
 }
