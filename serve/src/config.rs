@@ -26,7 +26,9 @@
 //!                             # submission: TLS, then AUTH (a [[user]]), then mail from the
 //!                             # login's tenant's approved senders (RFC 6409)
 //! tenant = "default"          # the engine tenant its mail is submitted under
-//! allowed_networks = ["127.0.0.0/8", "::1/128"]   # CIDR; others get 550 5.7.1 at RCPT
+//! allowed_networks = ["127.0.0.0/8", "::1/128"]   # CIDR; others get 550 5.7.1 at RCPT (a relay
+//!                             # with none relays for nobody; a submission listener with none takes
+//!                             # logins from anywhere)
 //! max_connections = 1000      # at once on this listener; more are answered 421 4.7.0 and closed
 //! max_connections_per_client = 50   # at once from one client address
 //! max_message_size = 52428800 # octets (SIZE); larger is answered 552 5.3.4

@@ -742,8 +742,9 @@ fn rcpt_decision(
     rcpt: &str,
 ) -> Reply {
     // A relay listener trusts its networks; a submission listener trusts the login (its session
-    // takes no MAIL before a successful AUTH).
-    if listener.role == Role::Relay && !listener.allows(client) {
+    // takes no MAIL before a successful AUTH), and its networks too when it lists some.
+    let network_checked = listener.role == Role::Relay || !listener.allowed_networks.is_empty();
+    if network_checked && !listener.allows(client) {
         return server::reply(550, (5, 7, 1), format!("<{rcpt}>: Relay access denied"));
     }
     let syntax_ok = rcpt.len() <= 254
