@@ -69,8 +69,12 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
 }
 
+/// A message file of its own for each caller: tests run in parallel, and rewriting a shared file
+/// while another test's `vmta send` reads it made that one read an empty message.
 fn message_file() -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("vmta-cli-test-{}.eml", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("vmta-cli-test-{}-{n}.eml", std::process::id()));
     std::fs::write(
         &path,
         b"From: a@x.example\r\nTo: b@y.example\r\nSubject: t\r\n\r\nhello\r\n",
