@@ -320,6 +320,43 @@ fn a_restart_mid_queue_delivers_the_rest_once() {
 }
 
 #[test]
+fn recovered_backlog_is_in_the_metrics_from_the_first_call() {
+    // The MX never answers: everything submitted stays in the spool, deferred.
+    let zone = Zone::start(
+        "127.0.50.51",
+        &[
+            "mx-host=backlog.engine.test,mx.backlog.engine.test,10".into(),
+            "host-record=mx.backlog.engine.test,127.0.50.52".into(),
+        ],
+    );
+    let spool = TempDir::new("engine-backlog");
+    let cfg = config(&spool, zone.addr, common_port(&["127.0.50.52"]));
+    let e = Engine::start(&cfg).unwrap();
+    e.pause();
+    let n = 3000;
+    let batch: Vec<Submission> = (0..n)
+        .map(|i| Submission {
+            sender: "a@x.test".into(),
+            recipients: vec![format!("u{i}@backlog.engine.test")],
+            body: body(i),
+            ..Default::default()
+        })
+        .collect();
+    for chunk in batch.chunks(100) {
+        for r in e.submit_batch(chunk) {
+            r.unwrap();
+        }
+    }
+    assert_eq!(e.metrics().total().queued, n as u64);
+    e.shutdown(Duration::from_secs(2));
+    drop(e);
+    // Reopened: the backlog is counted before `start` returns, not once the shards get to it.
+    let e = Engine::start(&cfg).unwrap();
+    assert_eq!(e.metrics().total().queued, n as u64);
+    e.shutdown(Duration::from_secs(2));
+}
+
+#[test]
 fn refuses_bad_submissions_with_named_errors() {
     let spool = TempDir::new("engine-refuse");
     let cfg = config(&spool, "127.0.50.49:53".parse().unwrap(), 2525);

@@ -648,6 +648,9 @@ impl Engine {
                     _ => Duration::ZERO,
                 },
             };
+            // The recovered backlog is in the metrics before `start` returns.
+            let mut thread = thread;
+            thread.core.count_recovered();
             threads.push((thread, cpus.get(i % cpus.len().max(1)).copied()));
             shards.push(ShardHandle {
                 ring,

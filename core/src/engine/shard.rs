@@ -325,6 +325,9 @@ pub(crate) struct ShardCore {
     /// The first spool message not yet admitted to the queues: it and every later one wait in the
     /// spool ([`ShardCore::admit_backlog`]). `None` when everything is admitted.
     backlog: Option<MessageId>,
+    /// The recipients waiting in the spool when it was opened, counted by
+    /// [`ShardCore::count_recovered`] before the shard thread starts.
+    recovered: Option<usize>,
     /// The largest engine id given to a message so far: the spool key of the newest message.
     last_key: u64,
     /// How far below `last_key` an engine id has arrived at most ([`ShardCore::remember_id`]).
@@ -445,6 +448,7 @@ impl ShardCore {
             pending: VecDeque::new(),
             ready_count: 0,
             backlog: None,
+            recovered: None,
             last_key: 0,
             max_lag: 0,
             actions: VecDeque::new(),
@@ -564,18 +568,30 @@ impl ShardCore {
         &mut self.spool
     }
 
-    /// Schedules everything the spool holds (after a restart): queued recipients now, deferred ones at
-    /// their next attempt. Held recipients stay where they are.
-    pub(crate) fn recover(&mut self, now: Now) -> usize {
+    /// Counts the recipients a reopened spool holds (queued or deferred) and publishes the count as
+    /// the `queued` metric, so that it is right from the engine's first moment, before the shard
+    /// thread has scheduled them; [`ShardCore::recover`] uses the count.
+    pub(crate) fn count_recovered(&mut self) -> usize {
         let n = self
             .spool
             .queued()
             .filter(|q| matches!(q.state, RecipientState::Queued | RecipientState::Deferred))
             .count();
+        self.metrics.queued.store(n as u64, Ordering::Relaxed);
+        self.recovered = Some(n);
+        n
+    }
+
+    /// Schedules everything the spool holds (after a restart): queued recipients now, deferred ones at
+    /// their next attempt. Held recipients stay where they are.
+    pub(crate) fn recover(&mut self, now: Now) -> usize {
+        let n = match self.recovered.take() {
+            Some(n) => n,
+            None => self.count_recovered(),
+        };
         self.remember_ids();
         // Everything in the spool is backlog: admitted in id order as the active limit allows.
         self.backlog = Some(MessageId(0));
-        self.metrics.queued.store(n as u64, Ordering::Relaxed);
         self.admit_backlog(now);
         self.dispatch_pending(now);
         n
