@@ -360,6 +360,32 @@ typedef struct {
   size_t tags_len;
 } vmta_event;
 
+// What opening the engine's spool found (recovery after a restart or a crash), summed over shards.
+typedef struct {
+  // Segment files scanned.
+  uint64_t segments;
+  // Messages recovered with at least one recipient still to deliver.
+  uint64_t messages;
+  // Recipients still to deliver.
+  uint64_t recipients;
+  // Valid records replayed.
+  uint64_t records;
+  // Damaged stretches skipped (each counted once).
+  uint64_t corrupt_records;
+  // Bytes in those stretches.
+  uint64_t corrupt_bytes;
+  // Bytes of torn tails cut after the last valid record.
+  uint64_t truncated_bytes;
+  // Valid records about messages no longer queued.
+  uint64_t orphan_records;
+  // Segment files removed at open (interrupted creations, nothing live).
+  uint64_t removed_segments;
+  // Segment files with an unreadable header, set aside as `*.seg.damaged`.
+  uint64_t damaged_segments;
+  // Milliseconds the slowest shard's scan took.
+  uint64_t elapsed_ms;
+} vmta_recovery_report;
+
 // Counters (since start) and gauges (now), summed over shards.
 typedef struct {
   // Shard threads.
@@ -845,6 +871,13 @@ vmta_result vmta_engine_wait(const vmta_engine *engine,
 
 // Wakes every thread blocked in `vmta_engine_wait` on this engine. Safe from any thread.
 vmta_result vmta_engine_wakeup(const vmta_engine *engine);
+
+// Writes what opening the engine's spool found to `*report_out`: the recovery after a restart or
+// a crash (all zero for a new spool).
+//
+// # Safety
+// `report_out` writable.
+vmta_result vmta_engine_recovery(const vmta_engine *engine, vmta_recovery_report *report_out);
 
 // Writes the engine's counters and gauges to `*stats_out`.
 //

@@ -278,6 +278,13 @@ static void events_and_stats(vmta_engine *e) {
   vmta_stats s;
   CHECK_EQ(vmta_engine_stats(e, &s), VMTA_OK);
   CHECK_EQ(s.shards, 2);
+  vmta_recovery_report rr;
+  CHECK_EQ(vmta_engine_recovery(e, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_recovery(NULL, &rr), VMTA_NULL_PARAMETER);
+  int stranger = 42;
+  CHECK_EQ(vmta_engine_recovery((vmta_engine *)&stranger, &rr), VMTA_INVALID_HANDLE);
+  CHECK_EQ(vmta_engine_recovery(e, &rr), VMTA_OK);
+  CHECK_EQ(rr.corrupt_records, 0);
   vmta_buffer *text = NULL;
   CHECK_EQ(vmta_engine_prometheus(e, &text), VMTA_OK);
   CHECK(strstr((const char *)vmta_buffer_data(text), "# TYPE vmta_submitted_total counter") != NULL);

@@ -524,6 +524,29 @@ func (e *Engine) Stats() (Stats, error) {
 	}, nil
 }
 
+// RecoveryReport is what opening the engine's spool found (recovery after a restart or a crash),
+// summed over shards: all zero for a new spool.
+type RecoveryReport struct {
+	Segments, Messages, Recipients, Records         uint64
+	CorruptRecords, CorruptBytes, TruncatedBytes    uint64
+	OrphanRecords, RemovedSegments, DamagedSegments uint64
+	Elapsed                                         time.Duration
+}
+
+// Recovery reads what opening the spool found.
+func (e *Engine) Recovery() (RecoveryReport, error) {
+	var r C.vmta_recovery_report
+	if err := check(C.vmta_engine_recovery(e.h, &r), nil); err != nil {
+		return RecoveryReport{}, err
+	}
+	return RecoveryReport{
+		uint64(r.segments), uint64(r.messages), uint64(r.recipients), uint64(r.records),
+		uint64(r.corrupt_records), uint64(r.corrupt_bytes), uint64(r.truncated_bytes),
+		uint64(r.orphan_records), uint64(r.removed_segments), uint64(r.damaged_segments),
+		time.Duration(r.elapsed_ms) * time.Millisecond,
+	}, nil
+}
+
 // Prometheus is the metrics text in the Prometheus exposition format.
 func (e *Engine) Prometheus() (string, error) {
 	var b *C.vmta_buffer

@@ -194,6 +194,35 @@ func TestConcurrentSubmitters(t *testing.T) {
 	}
 }
 
+func TestRecoveryReportsWhatARestartFound(t *testing.T) {
+	toml := config(t, "")
+	e, err := New(Options{TOML: toml})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := e.Recovery(); err != nil || r.Messages != 0 || r.Recipients != 0 {
+		t.Fatalf("a new spool: %+v %v", r, err)
+	}
+	// later.ffi.test defers: the messages are still queued when the engine stops.
+	for i := 0; i < 4; i++ {
+		rcpt := fmt.Sprintf("go-keep%d@later.ffi.test", i)
+		if _, err := e.Submit(Message{Sender: "sender@vmta.test", Recipients: []string{rcpt}, Body: body("keep", rcpt)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.Shutdown(500 * time.Millisecond)
+	e.Close()
+	e, err = New(Options{TOML: toml})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	r, err := e.Recovery()
+	if err != nil || r.Messages != 4 || r.Recipients != 4 || r.Records < 4 || r.CorruptRecords != 0 {
+		t.Fatalf("after a restart: %+v %v", r, err)
+	}
+}
+
 func TestRefusalsAreTypedErrors(t *testing.T) {
 	e, err := New(Options{TOML: config(t, "[[tenant]]\nname = \"acme\"\npool = \"default\"\nsender_domains = [\"acme.example\"]\n")})
 	if err != nil {

@@ -177,6 +177,34 @@ pub struct vmta_event {
     pub tags_len: usize,
 }
 
+/// What opening the engine's spool found (recovery after a restart or a crash), summed over shards.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct vmta_recovery_report {
+    /// Segment files scanned.
+    pub segments: u64,
+    /// Messages recovered with at least one recipient still to deliver.
+    pub messages: u64,
+    /// Recipients still to deliver.
+    pub recipients: u64,
+    /// Valid records replayed.
+    pub records: u64,
+    /// Damaged stretches skipped (each counted once).
+    pub corrupt_records: u64,
+    /// Bytes in those stretches.
+    pub corrupt_bytes: u64,
+    /// Bytes of torn tails cut after the last valid record.
+    pub truncated_bytes: u64,
+    /// Valid records about messages no longer queued.
+    pub orphan_records: u64,
+    /// Segment files removed at open (interrupted creations, nothing live).
+    pub removed_segments: u64,
+    /// Segment files with an unreadable header, set aside as `*.seg.damaged`.
+    pub damaged_segments: u64,
+    /// Milliseconds the slowest shard's scan took.
+    pub elapsed_ms: u64,
+}
+
 /// Counters (since start) and gauges (now), summed over shards.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -572,6 +600,39 @@ pub extern "C" fn vmta_engine_wait(engine: *const vmta_engine, timeout_ms: u32) 
 pub extern "C" fn vmta_engine_wakeup(engine: *const vmta_engine) -> vmta_result {
     guard_result(|| {
         ENGINES.get(engine)?.engine.wakeup();
+        Ok(())
+    })
+}
+
+/// Writes what opening the engine's spool found to `*report_out`: the recovery after a restart or
+/// a crash (all zero for a new spool).
+///
+/// # Safety
+/// `report_out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_recovery(
+    engine: *const vmta_engine,
+    report_out: *mut vmta_recovery_report,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let report_out = out(report_out)?;
+        let r = h.engine.recovery();
+        let report = vmta_recovery_report {
+            segments: r.segments as u64,
+            messages: r.messages,
+            recipients: r.recipients,
+            records: r.records,
+            corrupt_records: r.corrupt_records,
+            corrupt_bytes: r.corrupt_bytes,
+            truncated_bytes: r.truncated_bytes,
+            orphan_records: r.orphan_records,
+            removed_segments: r.removed_segments as u64,
+            damaged_segments: r.damaged_segments as u64,
+            elapsed_ms: r.elapsed.as_millis() as u64,
+        };
+        // SAFETY: checked non-NULL; the caller promises it is writable.
+        unsafe { write(report_out, report) };
         Ok(())
     })
 }

@@ -408,6 +408,8 @@ pub struct Engine {
     classifier: Arc<crate::bounce::ClassifierHandle>,
     verp: Option<crate::bounce::Verp>,
     trust_unsigned: bool,
+    /// What opening the shards' spools found, summed.
+    recovery: crate::spool::RecoveryReport,
 }
 
 impl fmt::Debug for Engine {
@@ -577,6 +579,7 @@ impl Engine {
         let mut shards = Vec::new();
         let mut metrics = Vec::new();
         let mut threads = Vec::new();
+        let mut recovery = crate::spool::RecoveryReport::default();
         for i in 0..resolved.shards {
             let dir = e.spool_dir.join(format!("shard-{i}"));
             let opts = crate::spool::Options {
@@ -584,8 +587,9 @@ impl Engine {
                 segment_size: u64::from(e.spool_segment_mb) << 20,
                 ..crate::spool::Options::default()
             };
-            let (spool, _report) = crate::spool::Spool::open(&dir, opts)
+            let (spool, report) = crate::spool::Spool::open(&dir, opts)
                 .map_err(|error| EngineError::Spool { shard: i, error })?;
+            recovery.add(&report);
             let m = Arc::new(ShardMetrics::default());
             let now = Now::system();
             let seed = now.unix_ms ^ (i as u64).wrapping_mul(0x9e3779b97f4a7c15);
@@ -697,6 +701,7 @@ impl Engine {
             classifier,
             verp: resolved.verp.clone(),
             trust_unsigned: config.verp.as_ref().is_some_and(|v| v.trust_unsigned),
+            recovery,
         })
     }
 
@@ -1065,6 +1070,12 @@ impl Engine {
         // The validator's output has CRLF line ends only (it normalises them).
         flags = flags | MessageFlags::CRLF;
         Ok((Arc::new(msg.bytes), flags))
+    }
+
+    /// What opening the spool found, summed over the shards: records replayed, torn tails cut,
+    /// damaged stretches and segments, messages and recipients recovered.
+    pub fn recovery(&self) -> &crate::spool::RecoveryReport {
+        &self.recovery
     }
 
     /// The tenant registry, to lock, unlock, add or change tenants while the engine runs (`None` when

@@ -357,6 +357,23 @@ pub struct RecoveryReport {
     pub elapsed: Duration,
 }
 
+impl RecoveryReport {
+    /// Adds another spool's report to this one (an engine's shards, each with its spool).
+    pub fn add(&mut self, other: &RecoveryReport) {
+        self.segments += other.segments;
+        self.messages += other.messages;
+        self.recipients += other.recipients;
+        self.records += other.records;
+        self.corrupt_records += other.corrupt_records;
+        self.corrupt_bytes += other.corrupt_bytes;
+        self.truncated_bytes += other.truncated_bytes;
+        self.orphan_records += other.orphan_records;
+        self.removed_segments += other.removed_segments;
+        self.damaged_segments += other.damaged_segments;
+        self.elapsed = self.elapsed.max(other.elapsed);
+    }
+}
+
 /// Counters of a spool, for monitoring and the `vmta queue` command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpoolStats {

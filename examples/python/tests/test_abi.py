@@ -17,6 +17,7 @@ STRUCTS = {
     "vmta_message": _lib.Message,
     "vmta_event": _lib.Event,
     "vmta_stats": _lib.Stats,
+    "vmta_recovery_report": _lib.RecoveryReport,
     "vmta_classification": _lib.Classification,
     "vmta_suppression_info": _lib.SuppressionInfo,
     "vmta_suppression_entry": _lib.SuppressionEntry,

@@ -172,6 +172,20 @@ def test_cancel(world, config):
         assert engine.stats().cancelled == 1
 
 
+def test_recovery_reports_what_a_restart_found(world, config):
+    with vmta.Engine(toml=config) as engine:
+        r = engine.recovery()
+        assert (r.messages, r.recipients, r.corrupt_records) == (0, 0, 0)
+        # later.ffi.test defers: the messages are still queued when the engine stops.
+        for i in range(5):
+            engine.submit("sender@vmta.test", ["r%d@later.ffi.test" % i], message("keep %d" % i))
+        engine.shutdown(grace=0.5)
+    with vmta.Engine(toml=config) as engine:
+        r = engine.recovery()
+        assert r.messages == 5 and r.recipients == 5, r
+        assert r.records >= 5 and r.segments >= 1 and r.corrupt_records == 0, r
+
+
 def test_asyncio_reads_events_through_add_reader(world, config):
     async def run():
         with vmta.Engine(toml=config) as engine:

@@ -261,6 +261,23 @@ class Stats:
     suppressed: int  # recipients left out at submission because they were suppressed
 
 
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What opening the engine's spool found (recovery after a restart or a crash), summed over shards."""
+
+    segments: int
+    messages: int  # messages recovered with recipients still to deliver
+    recipients: int
+    records: int  # valid records replayed
+    corrupt_records: int  # damaged stretches skipped
+    corrupt_bytes: int
+    truncated_bytes: int  # torn tails cut
+    orphan_records: int
+    removed_segments: int
+    damaged_segments: int
+    elapsed_ms: int
+
+
 class Engine:
     """A running delivery engine.
 
@@ -445,6 +462,12 @@ class Engine:
         s = _lib.Stats()
         _check(lib.vmta_engine_stats(self._handle, ctypes.byref(s)))
         return Stats(**{name: getattr(s, name) for name, _ in _lib.Stats._fields_})
+
+    def recovery(self) -> RecoveryReport:
+        """What opening the spool found: all zero for a new spool."""
+        r = _lib.RecoveryReport()
+        _check(lib.vmta_engine_recovery(self._handle, ctypes.byref(r)))
+        return RecoveryReport(**{name: getattr(r, name) for name, _ in _lib.RecoveryReport._fields_})
 
     def suppression(self, address: str, *, tenant: str = "", stream: str = "") -> Optional["Suppression"]:
         """The suppression that stops mail to `address` for `tenant` (empty: the default tenant) on

@@ -102,6 +102,25 @@ class Stats(Structure):
     ]
 
 
+class RecoveryReport(Structure):
+    _fields_ = [
+        (name, c_uint64)
+        for name in (
+            "segments",
+            "messages",
+            "recipients",
+            "records",
+            "corrupt_records",
+            "corrupt_bytes",
+            "truncated_bytes",
+            "orphan_records",
+            "removed_segments",
+            "damaged_segments",
+            "elapsed_ms",
+        )
+    ]
+
+
 class Classification(Structure):
     _fields_ = [
         ("reason", Str),
@@ -211,6 +230,7 @@ _PROTOTYPES = {
     "vmta_engine_wait": (result, [vp, c_uint32]),
     "vmta_engine_wakeup": (result, [vp]),
     "vmta_engine_stats": (result, [vp, POINTER(Stats)]),
+    "vmta_engine_recovery": (result, [vp, POINTER(RecoveryReport)]),
     "vmta_engine_prometheus": (result, [vp, pvp]),
     "vmta_engine_set_tenant_locked": (result, [vp, b, c_size_t, c_bool]),
     "vmta_engine_suppression_check": (
