@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vmta_tests::serve::Daemon;
 use vmta_tests::smtp::SmtpSink;
-use vmta_tests::{TempDir, free_tcp_port};
+use vmta_tests::{TempDir, free_tcp_addr};
 
 /// Sends messages over one connection until an error; each token whose data got a 250 goes into
 /// `acked`.
@@ -72,8 +72,7 @@ fn every_acknowledged_message_survives_sigkill() {
         .unwrap_or(20);
     let dir = TempDir::new("serve-crash");
     let sink = SmtpSink::start("127.0.93.1", &[]);
-    let port = free_tcp_port("127.0.93.1");
-    let addr: SocketAddr = format!("127.0.93.1:{port}").parse().unwrap();
+    let addr = free_tcp_addr("127.0.93.1");
     let config = dir.path().join("vmta.toml");
     std::fs::write(
         &config,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vmta_tests::serve::Daemon;
 use vmta_tests::smtp::SmtpSink;
-use vmta_tests::{TempDir, free_tcp_port};
+use vmta_tests::{TempDir, free_tcp_addr};
 
 /// Peak and current resident memory of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
@@ -98,8 +98,7 @@ fn hostile_clients_get_clear_replies_and_a_good_client_keeps_relaying() {
     raise_fd_limit(4096);
     let dir = TempDir::new("serve-hostile");
     let sink = SmtpSink::start("127.0.92.1", &[]);
-    let port = free_tcp_port("127.0.92.1");
-    let addr: SocketAddr = format!("127.0.92.1:{port}").parse().unwrap();
+    let addr = free_tcp_addr("127.0.92.1");
     let config = dir.path().join("vmta.toml");
     std::fs::write(
         &config,
@@ -289,9 +288,11 @@ fn hostile_clients_get_clear_replies_and_a_good_client_keeps_relaying() {
         "memory: start {rss_start} KiB, peak {hwm} KiB (with 1,000 connections {hwm_with_1000} KiB), \
          end {rss_end} KiB; good client: {sent} messages, slowest {slowest:?}"
     );
-    // Bounded: a few hundred KiB per connection at most, whatever the clients sent.
+    // Bounded: the peak grew by about 1 MiB when measured; 64 MiB (64 KiB per connection of the
+    // thousand) is far below what the 100 KiB line, the 300 KiB message or the deaf client's
+    // 12 MB of NOOPs would take if any were buffered whole.
     assert!(
-        hwm < rss_start + 256 * 1024,
+        hwm < rss_start + 64 * 1024,
         "peak {hwm} KiB from {rss_start} KiB"
     );
     // Every good message reached the sink; nothing from the hostile ones did.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vmta_tests::serve::Daemon;
 use vmta_tests::shaping::SmtpClient;
 use vmta_tests::smtp::SmtpSink;
-use vmta_tests::{TempDir, free_tcp_port};
+use vmta_tests::{TempDir, free_tcp_addr};
 
 fn start(config: &Path) -> Daemon {
     Daemon::start(Path::new(env!("CARGO_BIN_EXE_vmta")), config)
@@ -57,10 +57,6 @@ fn config(dir: &Path, sink: SocketAddr, listeners: &[(SocketAddr, &str)], spool:
     path
 }
 
-fn listen(ip: &str) -> SocketAddr {
-    format!("{ip}:{}", free_tcp_port(ip)).parse().unwrap()
-}
-
 #[test]
 fn tenant_policy_and_suppression_answer_with_clear_replies() {
     let dir = TempDir::new("serve-policy");
@@ -77,7 +73,7 @@ fn tenant_policy_and_suppression_answer_with_clear_replies() {
         .status()
         .unwrap();
     assert!(st.success());
-    let (relay, locked) = (listen("127.0.96.2"), listen("127.0.96.3"));
+    let (relay, locked) = (free_tcp_addr("127.0.96.2"), free_tcp_addr("127.0.96.3"));
     let cfg = config(
         dir.path(),
         sink.addr,
@@ -155,8 +151,8 @@ fn a_full_spool_is_452_and_keeps_every_acknowledged_message() {
     assert!(st.success(), "mounting a tmpfs needs root or CAP_SYS_ADMIN");
     let _fs = Tmpfs(spool.clone());
     // Nothing listens at the smarthost yet: mail stays queued and the spool fills.
-    let sink_addr = listen("127.0.96.4");
-    let relay = listen("127.0.96.5");
+    let sink_addr = free_tcp_addr("127.0.96.4");
+    let relay = free_tcp_addr("127.0.96.5");
     let cfg = config(dir.path(), sink_addr, &[(relay, "relay")], &spool);
     let serve = start(&cfg);
     let body = format!(

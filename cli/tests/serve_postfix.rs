@@ -2,20 +2,18 @@
 //! message with smtplib and relays it (its own SMTP client, pipelining, its queue ids) through vmta
 //! to an `smtp-sink`. Addresses 127.0.94.0/24.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use vmta_tests::serve::Daemon;
 use vmta_tests::smtp::{PostfixSmtpd, SmtpSink};
-use vmta_tests::{TempDir, free_tcp_port};
+use vmta_tests::{TempDir, free_tcp_addr};
 
 #[test]
 fn postfix_relays_through_vmta_to_the_sink() {
     let dir = TempDir::new("serve-postfix");
     let sink = SmtpSink::start("127.0.94.1", &[]);
-    let port = free_tcp_port("127.0.94.2");
-    let addr: SocketAddr = format!("127.0.94.2:{port}").parse().unwrap();
+    let addr = free_tcp_addr("127.0.94.2");
     let config = dir.path().join("vmta.toml");
     let log = dir.path().join("events.jsonl");
     std::fs::write(

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use vmta_tests::serve::{Daemon, make_cert, python_ok, wait_for};
 use vmta_tests::smtp::SmtpSink;
-use vmta_tests::{TempDir, free_tcp_port, require};
+use vmta_tests::{TempDir, free_tcp_addr, require};
 
 struct Setup {
     dir: TempDir,
@@ -48,9 +48,7 @@ fn start() -> Setup {
     let dir = TempDir::new("serve-submission");
     make_cert(dir.path());
     let sink = SmtpSink::start("127.0.98.1", &[]);
-    let listen =
-        |ip: &str| -> SocketAddr { format!("{ip}:{}", free_tcp_port(ip)).parse().unwrap() };
-    let (starttls, implicit) = (listen("127.0.98.2"), listen("127.0.98.3"));
+    let (starttls, implicit) = (free_tcp_addr("127.0.98.2"), free_tcp_addr("127.0.98.3"));
     let config = dir.path().join("vmta.toml");
     std::fs::write(
         &config,

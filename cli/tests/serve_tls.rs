@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vmta_tests::serve::{Daemon, make_cert, python_ok, wait_for};
 use vmta_tests::smtp::SmtpSink;
-use vmta_tests::{TempDir, free_tcp_port, require};
+use vmta_tests::{TempDir, free_tcp_addr, require};
 
 struct World {
     _dir: TempDir,
@@ -27,9 +27,7 @@ fn start() -> World {
     let dir = TempDir::new("serve-tls");
     make_cert(dir.path());
     let sink = SmtpSink::start("127.0.97.1", &[]);
-    let listen =
-        |ip: &str| -> SocketAddr { format!("{ip}:{}", free_tcp_port(ip)).parse().unwrap() };
-    let (starttls, implicit) = (listen("127.0.97.2"), listen("127.0.97.3"));
+    let (starttls, implicit) = (free_tcp_addr("127.0.97.2"), free_tcp_addr("127.0.97.3"));
     let config = dir.path().join("vmta.toml");
     std::fs::write(
         &config,

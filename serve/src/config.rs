@@ -204,6 +204,8 @@ pub const MAX_MESSAGE_SIZE: usize = (64 << 20) - (64 << 10);
 pub struct Listener {
     /// Where it listens.
     pub address: SocketAddr,
+    /// The address as text, for events and log lines (formatted once, not per message).
+    pub name: String,
     /// What it is for.
     pub role: Role,
     /// The tenant its mail is submitted under.
@@ -429,6 +431,7 @@ impl ServeConfig {
             };
             out.push(Listener {
                 address,
+                name: address.to_string(),
                 role: l.role,
                 tenant: l.tenant,
                 allowed_networks: nets,

@@ -92,8 +92,6 @@ struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     readable: bool,
-    /// Answers it waits for from intake.
-    waiting: bool,
     /// Counted against the listener and client limits.
     counted: bool,
     /// When the session closed with bytes still unwritten (a client that does not read).
@@ -208,7 +206,6 @@ pub fn run(
             if let Some(Some(c)) = table.conns.get_mut(slot)
                 && c.generation == d.reply_to.generation
             {
-                c.waiting = false;
                 let reply = match d.answer {
                     Answer::Message(result) => message_reply(&result),
                     Answer::Auth {
@@ -361,7 +358,7 @@ fn accept_all(
                 let l = serde_json::json!({
                     "event": "connection-refused",
                     "client_ip": ip.to_string(),
-                    "listener": listener.address.to_string(),
+                    "listener": listener.name,
                     "why": why,
                 });
                 shared.log.write_lines([l.to_string().as_str()]);
@@ -393,7 +390,6 @@ fn accept_all(
                 wbuf: Vec::new(),
                 wpos: 0,
                 readable: false,
-                waiting: false,
                 counted: true,
                 closing_since: None,
                 want_write: false,
@@ -414,7 +410,6 @@ fn accept_all(
             wbuf: Vec::with_capacity(512),
             wpos: 0,
             readable: true,
-            waiting: false,
             counted: true,
             closing_since: None,
             want_write: false,
@@ -635,11 +630,8 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
                         )),
                     }
                 };
-                match refusal {
-                    None => c.waiting = true,
-                    Some(r) => {
-                        let _ = c.session.answer(now, &r);
-                    }
+                if let Some(r) = refusal {
+                    let _ = c.session.answer(now, &r);
                 }
             }
             Event::Mail(m) => {
@@ -656,7 +648,7 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
                 let protocol = m.protocol().to_string();
                 let mut tags = vec![
                     ("client_ip".into(), c.peer.ip().to_string()),
-                    ("listener".into(), listener.address.to_string()),
+                    ("listener".into(), listener.name.clone()),
                 ];
                 if let Some((identity, _)) = &c.login {
                     tags.push(("auth".into(), identity.clone()));
@@ -692,16 +684,16 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
                         generation: c.generation,
                     },
                     client: c.peer.ip(),
-                    listener: listener.address.to_string(),
+                    listener: listener.name.clone(),
                 };
                 match shared.jobs.try_send(job) {
-                    Ok(()) => c.waiting = true,
+                    Ok(()) => {}
                     Err(_) => {
                         let l = serde_json::json!({
                             "event": "refused",
                             "error": "intake queue full",
                             "client_ip": c.peer.ip().to_string(),
-                            "listener": listener.address.to_string(),
+                            "listener": listener.name,
                         });
                         shared.log.write_lines([l.to_string().as_str()]);
                         let _ = c.session.answer(
@@ -747,16 +739,12 @@ fn rcpt_decision(
     if network_checked && !listener.allows(client) {
         return server::reply(550, (5, 7, 1), format!("<{rcpt}>: Relay access denied"));
     }
-    let syntax_ok = rcpt.len() <= 254
-        && !rcpt.bytes().any(|b| b <= b' ' || b == 0x7f)
-        && rcpt
-            .rsplit_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.starts_with('.'));
-    if !syntax_ok {
+    // The engine's own check, so nothing passes RCPT that submission would refuse after the data.
+    if let Err(e) = vmta::engine::check_address(rcpt, "recipient") {
         return server::reply(
             501,
             (5, 1, 3),
-            format!("<{rcpt}>: Bad recipient address syntax"),
+            format!("Bad recipient address syntax: {}", invalid_reason(&e)),
         );
     }
     if let Some(hit) = shared.engine.suppression(tenant, rcpt, None) {
@@ -771,6 +759,14 @@ fn rcpt_decision(
         );
     }
     server::reply(250, (2, 1, 5), "Ok")
+}
+
+/// The text of an `Invalid` refusal without its "invalid message:" prefix.
+fn invalid_reason(e: &SubmitError) -> String {
+    match e {
+        SubmitError::Invalid(why) => why.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The reply to a login from the verifier's answer; a success remembers the login.

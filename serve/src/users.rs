@@ -67,13 +67,6 @@ impl Users {
         Ok(Users { by_name, dummy })
     }
 
-    /// The tenants the users log in to.
-    pub fn tenants(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.by_name
-            .values()
-            .map(|u| (u.name.as_str(), u.tenant.as_str()))
-    }
-
     /// The tenant of `name` if `password` is its password.
     pub fn verify(&self, name: &str, password: &str) -> Option<String> {
         let (phc, user) = match self.by_name.get(name) {

@@ -135,6 +135,11 @@ pub fn free_tcp_port(ip: &str) -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// `ip` with a TCP port that was free a moment ago, as a socket address.
+pub fn free_tcp_addr(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("an IP address"), free_tcp_port(ip))
+}
+
 /// A port that was free a moment ago on `ip` for both UDP and TCP (for DNS servers).
 pub fn free_udp_tcp_port(ip: &str) -> u16 {
     loop {

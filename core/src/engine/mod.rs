@@ -430,7 +430,10 @@ pub fn shard_of(domain: &str, shards: usize) -> usize {
     (h % shards.max(1) as u64) as usize
 }
 
-fn check_address(a: &str, what: &str) -> Result<(), SubmitError> {
+/// Checks an envelope address the way submission does (at most 254 octets, no spaces, control
+/// characters or angle brackets, `local@domain`); `what` names it in the error. Front ends (the SMTP
+/// listener of `vmta serve`) call it to refuse an address at RCPT rather than after the data.
+pub fn check_address(a: &str, what: &str) -> Result<(), SubmitError> {
     let bad = |why: &str| Err(SubmitError::Invalid(format!("{what} {a:?}: {why}")));
     if a.len() > 254 {
         return bad("longer than 254 octets");

@@ -66,6 +66,7 @@
 use super::reply::{EnhancedCode, Reply};
 use std::collections::VecDeque;
 use std::fmt;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 /// Server-side timeouts.
@@ -487,11 +488,6 @@ impl Session {
         }
     }
 
-    /// The session's configuration.
-    pub fn config(&self) -> &ServerConfig {
-        &self.config
-    }
-
     /// Whether the driver should read more from the socket: the session is open and its buffer of
     /// unhandled bytes is below its bound.
     pub fn wants_input(&self) -> bool {
@@ -519,11 +515,6 @@ impl Session {
     /// Whether the session is over.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
-    }
-
-    /// The EHLO/HELO name, once given.
-    pub fn helo(&self) -> Option<&str> {
-        self.helo.as_ref().map(|(n, _)| n.as_str())
     }
 
     /// Bytes received from the client.
@@ -874,7 +865,8 @@ impl Session {
         let message = Message {
             helo,
             esmtp,
-            mail: self.tx.mail.clone().unwrap_or(MailFrom {
+            // The transaction ends with this message whatever the answer: its envelope moves out.
+            mail: self.tx.mail.take().unwrap_or(MailFrom {
                 sender: String::new(),
                 size: None,
                 body: BodyType::SevenBit,
@@ -1291,35 +1283,37 @@ impl Session {
         } else {
             451
         };
-        let enhanced = reply.enhanced.map(|e| e.to_string());
-        let lines: Vec<&str> = reply.text.split('\n').collect();
-        let n = lines.len();
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == n { ' ' } else { '-' };
-            let clean: String = line.chars().filter(|c| !c.is_control()).collect();
-            let mut l = format!("{code}{sep}");
-            if let Some(e) = &enhanced {
-                l.push_str(e);
-                if !clean.is_empty() {
-                    l.push(' ');
+        // Written straight into the output buffer (every MAIL, RCPT and message is answered here);
+        // control characters in the caller's text are dropped so it cannot break the reply.
+        let mut lines = reply.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_none() { ' ' } else { '-' };
+            let _ = write!(self.out, "{code}{sep}");
+            let mut clean = line.chars().filter(|c| !c.is_control()).peekable();
+            if let Some(e) = reply.enhanced {
+                let _ = write!(self.out, "{e}");
+                if clean.peek().is_some() {
+                    self.out.push(b' ');
                 }
             }
-            l.push_str(&clean);
-            l.push_str("\r\n");
-            self.out.extend_from_slice(l.as_bytes());
+            let mut buf = [0u8; 4];
+            for c in clean {
+                self.out
+                    .extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+            self.out.extend_from_slice(b"\r\n");
         }
     }
 
     fn reply_raw(&mut self, code: u16, enhanced: Option<&str>, text: &str) {
-        let mut l = code.to_string();
-        l.push(' ');
+        // Straight into the output buffer: one of these goes out for every command.
+        let _ = write!(self.out, "{code} ");
         if let Some(e) = enhanced {
-            l.push_str(e);
-            l.push(' ');
+            self.out.extend_from_slice(e.as_bytes());
+            self.out.push(b' ');
         }
-        l.push_str(text);
-        l.push_str("\r\n");
-        self.out.extend_from_slice(l.as_bytes());
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
     }
 
     fn close(&mut self, cause: CloseCause) {

@@ -214,11 +214,6 @@ impl TlsLayer {
         Ok(TlsLayer { conn: conn.into() })
     }
 
-    /// Whether wire bytes wait to be sent.
-    pub fn wants_write(&self) -> bool {
-        self.conn.wants_write()
-    }
-
     /// Feeds wire bytes; appends any plaintext they carry to `plaintext`.
     pub fn feed(&mut self, mut wire: &[u8], plaintext: &mut Vec<u8>) -> Result<(), TlsError> {
         while !wire.is_empty() {
