@@ -56,6 +56,8 @@ enum Command {
     Suppress(cmd::bounce::SuppressArgs),
     /// Print the hash of a password for a `[[user]]` of `vmta serve` (asked twice without echo).
     Passwd(cmd::passwd::PasswdArgs),
+    /// Make a token for `vmta serve`'s HTTP API: prints it and the `[[api_token]]` table with its hash.
+    Token(cmd::token::TokenArgs),
     /// Relay mail from existing mailers over SMTP: listeners in front of the engine, until SIGTERM.
     Serve(cmd::serve::ServeArgs),
     /// Run the built-in test world in the foreground, for measuring other clients against it.
@@ -81,5 +83,6 @@ fn main() -> ExitCode {
         Command::World(a) => cmd::world::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Passwd(a) => cmd::passwd::run(a),
+        Command::Token(a) => cmd::token::run(a),
     }
 }

@@ -20,6 +20,25 @@
 //! password = "$argon2id$..."  # the hash `vmta passwd` prints
 //! tenant = "demo"             # the [[tenant]] whose policies apply to this login
 //!
+//! [http]                      # the HTTP API (see http.rs); without this table there is none
+//! address = "127.0.0.1:8025"  # never all interfaces unless written here
+//! threads = 2                 # threads answering requests (submissions wait on others)
+//! max_connections = 1000      # at once; more are answered 503 and closed
+//! max_request_size = 16777216 # octets of one request body; larger is answered 413
+//! max_messages = 1000         # messages in one request
+//! header_timeout_s = 10       # a request's headers must arrive within this (slow senders are cut)
+//! request_timeout_s = 60      # a request's body must arrive within this
+//! tenant = "default"          # the tenant of messages an admin token injects without naming one
+//! public_metrics = false      # GET /metrics without a token
+//! tls_cert = ""               # PEM certificate chain and key: HTTPS (relative: this file's directory)
+//! tls_key = ""
+//!
+//! [[api_token]]               # who may call the API: the token's SHA-256 (`vmta token` makes both)
+//! name = "ops"
+//! sha256 = "9f86d0..."        # 64 hex digits
+//! tenant = ""                 # empty: an admin token (every endpoint, any tenant); a tenant name:
+//!                             # inject and manage suppressions for that tenant only
+//!
 //! [[listener]]
 //! address = "127.0.0.1:2525"
 //! role = "relay"              # relay: accepts mail from allowed_networks for any destination;
@@ -119,6 +138,78 @@ impl Default for ServeSection {
             received_auth: false,
         }
     }
+}
+
+/// `[http]`: the HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Where to listen.
+    pub address: String,
+    /// Threads answering requests.
+    pub threads: usize,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Octets of one request body.
+    pub max_request_size: usize,
+    /// Messages in one request.
+    pub max_messages: usize,
+    /// Seconds a request's headers may take.
+    pub header_timeout_s: u64,
+    /// Seconds a request's body may take.
+    pub request_timeout_s: u64,
+    /// The tenant of admin injections that name none.
+    pub tenant: String,
+    /// `GET /metrics` without a token.
+    pub public_metrics: bool,
+    /// PEM certificate chain.
+    pub tls_cert: String,
+    /// PEM private key.
+    pub tls_key: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            address: "127.0.0.1:8025".into(),
+            threads: 2,
+            max_connections: 1000,
+            max_request_size: 16 << 20,
+            max_messages: 1000,
+            header_timeout_s: 10,
+            request_timeout_s: 60,
+            tenant: "default".into(),
+            public_metrics: false,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+
+/// The HTTP API as configured.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// `[http]` as written.
+    pub section: HttpSection,
+    /// The address.
+    pub address: SocketAddr,
+    /// Certificate and key files, for HTTPS.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// `[[api_token]]`.
+    pub tokens: Vec<ApiToken>,
+}
+
+/// One `[[api_token]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// A name for logs.
+    pub name: String,
+    /// The token's SHA-256, 64 hex digits.
+    pub sha256: String,
+    /// Empty for an admin token; else the only tenant it acts for.
+    #[serde(default)]
+    pub tenant: String,
 }
 
 /// One `[[listener]]` as written.
@@ -244,6 +335,8 @@ pub struct ServeConfig {
     pub listeners: Vec<Listener>,
     /// `[[user]]`: who may log in.
     pub users: Vec<crate::users::UserConfig>,
+    /// `[http]` and `[[api_token]]`, if there is an HTTP API.
+    pub http: Option<Http>,
     /// Everything else: the engine's configuration.
     pub engine: EngineConfig,
 }
@@ -292,6 +385,19 @@ impl ServeConfig {
             })?,
             None => Vec::new(),
         };
+        let http: Option<HttpSection> =
+            match table.remove("http") {
+                Some(v) => Some(v.try_into().map_err(|e: toml::de::Error| {
+                    ConfigError(format!("[http]: {}", e.message()))
+                })?),
+                None => None,
+            };
+        let tokens: Vec<ApiToken> = match table.remove("api_token") {
+            Some(v) => v.try_into().map_err(|e: toml::de::Error| {
+                ConfigError(format!("[[api_token]]: {}", e.message()))
+            })?,
+            None => Vec::new(),
+        };
         drop(table);
         // The engine reads the text itself, without the daemon's tables, so its errors name keys
         // at the lines the user wrote.
@@ -315,11 +421,6 @@ impl ServeConfig {
         if serve.intake_queue == 0 {
             return Err(ConfigError(
                 "[serve] intake_queue: must be at least 1".into(),
-            ));
-        }
-        if listeners.is_empty() {
-            return Err(ConfigError(
-                "[[listener]]: at least one listener is needed".into(),
             ));
         }
         let mut out = Vec::with_capacity(listeners.len());
@@ -464,13 +565,106 @@ impl ServeConfig {
                 )));
             }
         }
+        let http = match http {
+            None if tokens.is_empty() => None,
+            None => {
+                return Err(ConfigError(
+                    "[[api_token]]: tokens without an [http] table".into(),
+                ));
+            }
+            Some(h) => Some(http_config(h, tokens, &engine)?),
+        };
+        if out.is_empty() && http.is_none() {
+            return Err(ConfigError(
+                "[[listener]]: at least one listener (or an [http] table) is needed".into(),
+            ));
+        }
         Ok(ServeConfig {
             serve,
             listeners: out,
             users,
+            http,
             engine,
         })
     }
+}
+
+fn http_config(
+    h: HttpSection,
+    tokens: Vec<ApiToken>,
+    engine: &EngineConfig,
+) -> Result<Http, ConfigError> {
+    let address: SocketAddr = h.address.parse().map_err(|_| {
+        ConfigError(format!(
+            "http.address: `{}` is not an IP address and port",
+            h.address
+        ))
+    })?;
+    for (k, v, lo, hi) in [
+        ("threads", h.threads, 1, 64),
+        ("max_connections", h.max_connections, 1, 1_000_000),
+        ("max_request_size", h.max_request_size, 4096, 1 << 30),
+        ("max_messages", h.max_messages, 1, 100_000),
+    ] {
+        if v < lo || v > hi {
+            return Err(ConfigError(format!(
+                "http.{k}: must be {lo} to {hi}, not {v}"
+            )));
+        }
+    }
+    for (k, v) in [
+        ("header_timeout_s", h.header_timeout_s),
+        ("request_timeout_s", h.request_timeout_s),
+    ] {
+        if v == 0 || v > 86_400 {
+            return Err(ConfigError(format!("http.{k}: must be 1 to 86400 seconds")));
+        }
+    }
+    if h.tenant.is_empty() {
+        return Err(ConfigError("http.tenant: must not be empty".into()));
+    }
+    let tls_files = match (h.tls_cert.is_empty(), h.tls_key.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some((PathBuf::from(&h.tls_cert), PathBuf::from(&h.tls_key))),
+        _ => {
+            return Err(ConfigError(
+                "http.tls_cert: tls_cert and tls_key go together".into(),
+            ));
+        }
+    };
+    if tokens.is_empty() {
+        return Err(ConfigError(
+            "[[api_token]]: the HTTP API needs at least one token".into(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ConfigError(format!(
+                "api_token[{i}].sha256: must be 64 hex digits (the SHA-256 `vmta token` prints)"
+            )));
+        }
+        if !seen.insert(t.sha256.to_ascii_lowercase()) {
+            return Err(ConfigError(format!(
+                "api_token[{i}].sha256: the same token is configured twice"
+            )));
+        }
+        if !t.tenant.is_empty()
+            && !engine.tenants.is_empty()
+            && !engine.tenants.iter().any(|x| x.name == t.tenant)
+        {
+            return Err(ConfigError(format!(
+                "api_token[{i}].tenant: `{}` is not among the [[tenant]] tables",
+                t.tenant
+            )));
+        }
+    }
+    Ok(Http {
+        section: h,
+        address,
+        tls_files,
+        tokens,
+    })
 }
 
 /// `text` with the `[serve]` and `[[listener]]` tables blanked out line by line (line numbers kept),
@@ -488,7 +682,10 @@ fn without_daemon_tables(text: &str) -> String {
                 .chars()
                 .filter(|c| !c.is_whitespace())
                 .collect();
-            skipping = name == "serve" || name == "listener" || name == "user";
+            skipping = matches!(
+                name.as_str(),
+                "serve" | "listener" | "user" | "http" | "api_token"
+            );
         }
         for delim in ["\"\"\"", "'''"] {
             if line.matches(delim).count() % 2 == 1 {
@@ -579,5 +776,40 @@ allowed_networks = ["127.0.0.0/8", "::1"]
         assert!(e.0.contains("bogus"), "{e}");
         let e = ServeConfig::from_toml("[engine]\n").unwrap_err();
         assert!(e.0.contains("at least one listener"), "{e}");
+    }
+
+    #[test]
+    fn parses_the_http_api_and_refuses_bad_tokens() {
+        let token = format!(
+            "[[api_token]]\nname = \"ops\"\nsha256 = \"{}\"\n",
+            "ab".repeat(32)
+        );
+        let c = ServeConfig::from_toml(&format!("{GOOD}[http]\nthreads = 3\n{token}")).unwrap();
+        let h = c.http.expect("an HTTP API");
+        assert_eq!(h.address, "127.0.0.1:8025".parse().unwrap());
+        assert_eq!(h.section.threads, 3);
+        assert_eq!(h.tokens.len(), 1);
+        // Without [http], no API; tokens alone are a mistake.
+        assert!(ServeConfig::from_toml(GOOD).unwrap().http.is_none());
+        let e = ServeConfig::from_toml(&format!("{GOOD}{token}")).unwrap_err();
+        assert!(e.0.contains("without an [http]"), "{e}");
+        for (extra, key) in [
+            ("[http]\n", "at least one token"),
+            (
+                "[http]\n[[api_token]]\nname = \"x\"\nsha256 = \"12\"\n",
+                "api_token[0].sha256",
+            ),
+            (
+                &format!("[http]\naddress = \"nowhere\"\n{token}"),
+                "http.address",
+            ),
+            (&format!("[http]\nthreads = 0\n{token}"), "http.threads"),
+            (&format!("[http]\ncolour = 1\n{token}"), "unknown field"),
+            (&format!("[http]\ntls_cert = \"a\"\n{token}"), "go together"),
+            (&format!("[http]\n{token}{token}"), "twice"),
+        ] {
+            let e = ServeConfig::from_toml(&format!("{GOOD}{extra}")).unwrap_err();
+            assert!(e.0.contains(key), "{extra}: {e}");
+        }
     }
 }

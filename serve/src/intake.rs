@@ -95,6 +95,7 @@ pub fn run(
     jobs: crossbeam::channel::Receiver<Job>,
     mailboxes: Arc<Vec<Mailbox>>,
     log: Arc<EventLog>,
+    stats: Arc<crate::stats::Stats>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     let mut submissions: Vec<Submission> = Vec::with_capacity(BATCH);
@@ -111,9 +112,18 @@ pub fn run(
         }
         submissions.extend(batch.iter_mut().map(|j| std::mem::take(&mut j.submission)));
         let results = engine.submit_batch(&submissions);
+        let mut counts: Vec<(String, u64, u64)> = Vec::new();
         for ((job, s), result) in batch.drain(..).zip(submissions.drain(..)).zip(results) {
+            let ok = u64::from(result.is_ok());
+            match counts.iter_mut().find(|c| c.0 == job.listener) {
+                Some(c) => {
+                    c.1 += ok;
+                    c.2 += 1 - ok;
+                }
+                None => counts.push((job.listener.clone(), ok, 1 - ok)),
+            }
             if enabled {
-                lines.push(log_line(&job, &s, &result));
+                lines.push(log_line(job.client, &job.listener, &s, &result));
             }
             per_thread[job.reply_to.thread].push(Done {
                 reply_to: job.reply_to,
@@ -125,13 +135,22 @@ pub fn run(
         // that follows from it.
         log.write_lines(lines.iter().map(String::as_str));
         lines.clear();
+        for (l, received, refused) in counts {
+            stats.listener_messages(&l, received, refused);
+        }
         for (t, items) in per_thread.iter_mut().enumerate() {
             mailboxes[t].post(items);
         }
     }
 }
 
-fn log_line(job: &Job, s: &Submission, result: &Result<u64, SubmitError>) -> String {
+/// The event log's `received` or `refused` line for a submission from `client` on `listener`.
+pub fn log_line(
+    client: IpAddr,
+    listener: &str,
+    s: &Submission,
+    result: &Result<u64, SubmitError>,
+) -> String {
     let (event, id, error) = match result {
         Ok(id) => ("received", Some(format!("{id:016x}")), None),
         Err(e) => ("refused", None, Some(e.to_string())),
@@ -144,10 +163,11 @@ fn log_line(job: &Job, s: &Submission, result: &Result<u64, SubmitError>) -> Str
         "recipients": s.recipients.len(),
         "size": s.body.len(),
         "tenant": s.tenant,
-        "client_ip": job.client.to_string(),
+        "client_ip": client.to_string(),
         "helo": s.client_host,
         "protocol": s.protocol,
-        "listener": job.listener,
+        "auth": (!s.auth.is_empty()).then_some(&s.auth),
+        "listener": listener,
     })
     .to_string()
 }

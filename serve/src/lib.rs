@@ -24,13 +24,16 @@
 //!
 //! Listeners offer STARTTLS or implicit TLS with a certificate; the `submission` role takes logins
 //! ([`users`]: argon2 hashes, checked on a thread of their own, failed logins slowed then refused
-//! per address) and submits under the login's tenant. Not here yet: the HTTP API, live reload of
+//! per address) and submits under the login's tenant. An `[http]` table adds the HTTP API ([`http`]:
+//! injection, Prometheus metrics, suppressions) on threads of its own. Not here yet: live reload of
 //! the listeners.
 
 pub mod config;
+pub mod http;
 pub mod intake;
 pub mod listener;
 pub mod log;
+pub mod stats;
 pub mod users;
 
 use config::ServeConfig;
@@ -90,6 +93,19 @@ pub fn run(
             .map_err(|e| ServeError(format!("cannot listen on {}: {e}", l.address)))?;
         std_listeners.push(s);
     }
+    let http_listener = match &config.http {
+        None => None,
+        Some(h) => {
+            let s = listen(h.address, 1024)
+                .map_err(|e| ServeError(format!("cannot listen on {} (http): {e}", h.address)))?;
+            let tls = match &h.tls_files {
+                None => None,
+                Some((cert, key)) => Some(tls_config(config, cert, key, "http")?),
+            };
+            Some((s, tls))
+        }
+    };
+    let stats = Arc::new(stats::Stats::default());
     let log = Arc::new(log::EventLog::open(&config.serve.event_log).map_err(ServeError)?);
     if let Some(missing) = config.listeners.iter().find(|l| {
         // A submission listener's tenant comes from each login.
@@ -106,21 +122,12 @@ pub fn run(
     for l in &config.listeners {
         tls.push(match &l.tls_files {
             None => None,
-            Some((cert, key)) => {
-                let (cert, key) = (config.path(cert), config.path(key));
-                let read = |p: &std::path::Path| {
-                    std::fs::read(p).map_err(|e| {
-                        ServeError(format!(
-                            "listener {}: cannot read {}: {e}",
-                            l.address,
-                            p.display()
-                        ))
-                    })
-                };
-                let c = vmta::smtp::tls::server_config(&read(&cert)?, &read(&key)?)
-                    .map_err(|e| ServeError(format!("listener {}: {e}", l.address)))?;
-                Some(c)
-            }
+            Some((cert, key)) => Some(tls_config(
+                config,
+                cert,
+                key,
+                &format!("listener {}", l.address),
+            )?),
         });
     }
     let engine =
@@ -163,6 +170,11 @@ pub fn run(
         drop(auth_rx);
         None
     };
+    let connections: Vec<Arc<AtomicUsize>> = config
+        .listeners
+        .iter()
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
     let shared = Arc::new(listener::Shared {
         engine: engine.clone(),
         listeners: config.listeners.iter().cloned().map(Arc::new).collect(),
@@ -171,11 +183,7 @@ pub fn run(
             .iter()
             .map(|l| Arc::new(l.session.clone()))
             .collect(),
-        connections: config
-            .listeners
-            .iter()
-            .map(|_| AtomicUsize::new(0))
-            .collect(),
+        connections: connections.clone(),
         per_client: std::sync::Mutex::new(Default::default()),
         jobs: jobs_tx,
         mailboxes: mailboxes.clone(),
@@ -186,34 +194,37 @@ pub fn run(
         auth_jobs: takes_logins.then_some(auth_tx),
         limiter,
         received_auth: config.serve.received_auth,
+        stats: stats.clone(),
     });
     let mut intakes = Vec::new();
     for i in 0..config.serve.intake_threads {
-        let (e, rx, mb, lg) = (
+        let (e, rx, mb, lg, st) = (
             engine.clone(),
             jobs_rx.clone(),
             mailboxes.clone(),
             log.clone(),
+            stats.clone(),
         );
         intakes.push(
             std::thread::Builder::new()
                 .name(format!("vmta-intake-{i}"))
-                .spawn(move || intake::run(e, rx, mb, lg))
+                .spawn(move || intake::run(e, rx, mb, lg, st))
                 .map_err(|e| ServeError(format!("thread: {e}")))?,
         );
     }
     drop(jobs_rx);
     let events_stop = Arc::new(AtomicBool::new(false));
     let events_thread = {
-        let (e, lg, stop, hup) = (
+        let (e, lg, stop, hup, st) = (
             engine.clone(),
             log.clone(),
             events_stop.clone(),
             signals.hup.clone(),
+            stats.clone(),
         );
         std::thread::Builder::new()
             .name("vmta-events".into())
-            .spawn(move || events_loop(&e, &lg, &stop, &hup))
+            .spawn(move || events_loop(&e, &lg, &st, &stop, &hup))
             .map_err(|e| ServeError(format!("thread: {e}")))?
     };
     let mut listeners_threads = Vec::new();
@@ -234,6 +245,26 @@ pub fn run(
         );
     }
     drop(std_listeners);
+    let http = match (http_listener, &config.http) {
+        (Some((socket, tls)), Some(h)) => {
+            let names = config
+                .listeners
+                .iter()
+                .map(|l| l.name.clone())
+                .zip(connections.iter().cloned())
+                .collect();
+            let api = Arc::new(http::Api::new(
+                engine.clone(),
+                stats.clone(),
+                log.clone(),
+                h,
+                config.engine.engine.spool_dir.clone(),
+                names,
+            ));
+            Some(http::HttpServer::start(api, socket, tls)?)
+        }
+        _ => None,
+    };
     ready();
     while !signals.stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
@@ -242,6 +273,9 @@ pub fn run(
         }
     }
     // Shut down: listeners finish their sessions, intake answers what it holds, the engine stops.
+    if let Some(h) = http {
+        h.stop();
+    }
     shared.stopping.store(true, Ordering::Release);
     for m in mailboxes.iter() {
         let _ = m.waker.wake();
@@ -271,8 +305,45 @@ pub fn run(
     }
 }
 
+/// A non-blocking listening socket with room for `backlog` connections not yet accepted (a crowd
+/// arriving at once is queued by the kernel rather than dropped and retried a second later).
+fn listen(addr: std::net::SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// The rustls configuration from a certificate chain and key named in the configuration.
+fn tls_config(
+    config: &ServeConfig,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    what: &str,
+) -> Result<Arc<rustls::ServerConfig>, ServeError> {
+    let (cert, key) = (config.path(cert), config.path(key));
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| ServeError(format!("{what}: cannot read {}: {e}", p.display())))
+    };
+    vmta::smtp::tls::server_config(&read(&cert)?, &read(&key)?)
+        .map_err(|e| ServeError(format!("{what}: {e}")))
+}
+
 /// Copies the engine's events to the log until `stop`, then drains what is left.
-fn events_loop(engine: &Engine, log: &log::EventLog, stop: &AtomicBool, hup: &AtomicBool) {
+fn events_loop(
+    engine: &Engine,
+    log: &log::EventLog,
+    stats: &stats::Stats,
+    stop: &AtomicBool,
+    hup: &AtomicBool,
+) {
     let mut events = Vec::with_capacity(1024);
     let mut lines: Vec<String> = Vec::with_capacity(1024);
     let enabled = log.is_enabled();
@@ -281,6 +352,7 @@ fn events_loop(engine: &Engine, log: &log::EventLog, stop: &AtomicBool, hup: &At
         engine.wait(Duration::from_millis(200));
         events.clear();
         engine.poll_events(&mut events, 1024);
+        stats.events(&events);
         if enabled {
             lines.extend(events.iter().map(|e| e.to_json()));
             log.write_lines(lines.iter().map(String::as_str));

@@ -52,7 +52,7 @@ pub struct Shared {
     /// Session settings per listener.
     pub sessions: Vec<Arc<server::ServerConfig>>,
     /// Connections at once per listener (all threads).
-    pub connections: Vec<AtomicUsize>,
+    pub connections: Vec<Arc<AtomicUsize>>,
     /// Connections at once per client address (all threads, all listeners of the same index).
     pub per_client: std::sync::Mutex<HashMap<(usize, IpAddr), usize>>,
     /// The intake queue.
@@ -73,6 +73,8 @@ pub struct Shared {
     pub limiter: Arc<Limiter>,
     /// Name the login in the Received field.
     pub received_auth: bool,
+    /// The daemon's counters.
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl Shared {
@@ -696,6 +698,7 @@ fn decide(c: &mut Conn, slot: usize, thread: usize, shared: &Shared, now: Instan
                             "listener": listener.name,
                         });
                         shared.log.write_lines([l.to_string().as_str()]);
+                        shared.stats.listener_messages(&listener.name, 0, 1);
                         let _ = c.session.answer(
                             now,
                             &server::reply(451, (4, 3, 0), "Error: queue busy, try again later"),

@@ -246,18 +246,6 @@ fn report_json(file: &str, r: &report::Report) -> Value {
     v
 }
 
-fn suppression_json(s: &vmta::bounce::Suppression) -> Value {
-    json!({
-        "tenant": s.tenant,
-        "address": s.address,
-        "stream": s.stream,
-        "reason": s.reason.as_str(),
-        "source": s.source.as_str(),
-        "created": s.created,
-        "expires": s.expires,
-    })
-}
-
 /// `vmta suppress ...`.
 pub fn suppress(args: SuppressArgs) -> ExitCode {
     let mut store = match SuppressionStore::open(&args.store, SuppressionPolicy::default()) {
@@ -278,9 +266,7 @@ pub fn suppress(args: SuppressArgs) -> ExitCode {
     let result = match args.command {
         SuppressCommand::List { tenant } => {
             for s in store.list(tenant.as_deref()) {
-                let mut v = suppression_json(s);
-                v["active"] = json!(s.is_active(now));
-                println!("{v}");
+                println!("{}", s.to_json(now));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -290,7 +276,7 @@ pub fn suppress(args: SuppressArgs) -> ExitCode {
             address,
         } => match store.check(&tenant, &address, stream.as_deref(), now) {
             Some(s) => {
-                println!("{}", suppression_json(s));
+                println!("{}", s.to_json(now));
                 Ok(ExitCode::SUCCESS)
             }
             None => {
@@ -322,7 +308,7 @@ pub fn suppress(args: SuppressArgs) -> ExitCode {
                     days.map(|d| now + d * 86400),
                 )
                 .map(|s| {
-                    println!("{}", suppression_json(&s));
+                    println!("{}", s.to_json(now));
                     ExitCode::SUCCESS
                 }),
         },

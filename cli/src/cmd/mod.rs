@@ -16,6 +16,7 @@ pub mod preflight;
 pub mod queue;
 pub mod send;
 pub mod serve;
+pub mod token;
 pub mod world;
 
 /// `vmta version`.

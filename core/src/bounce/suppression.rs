@@ -116,6 +116,20 @@ impl Suppression {
     pub fn is_active(&self, now: u64) -> bool {
         self.expires.is_none_or(|e| now < e)
     }
+
+    /// As JSON, the way the `vmta suppress` command and the HTTP API show it; `active` at `now`.
+    pub fn to_json(&self, now: u64) -> serde_json::Value {
+        serde_json::json!({
+            "tenant": self.tenant,
+            "address": self.address,
+            "stream": self.stream,
+            "reason": self.reason.as_str(),
+            "source": self.source.as_str(),
+            "created": self.created,
+            "expires": self.expires,
+            "active": self.is_active(now),
+        })
+    }
 }
 
 /// When bounces suppress, per reason, with per-tenant overrides.
