@@ -630,3 +630,165 @@ fn http_survives_crowds_and_slow_clients() {
         .unwrap();
     assert!(rss_kib < 256 * 1024, "peak RSS {rss_kib} KiB");
 }
+
+#[test]
+fn http_shows_queues_pauses_and_bounces() {
+    let dir = TempDir::new("http-queues");
+    let sink = SmtpSink::start("127.0.99.5", &[]);
+    let api = start(dir.path(), "127.0.99.5", sink.addr, "");
+    // Hold two destinations before anything is queued: their mail waits.
+    for d in ["alpha.test", "beta.test"] {
+        let (code, body) = api.post(Some(ADMIN), &format!("/api/v1/destinations/{d}/pause"), "");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["changed"], true);
+    }
+    let (code, body) = api.post(Some(ADMIN), "/api/v1/tenants/demo/pause", "");
+    assert_eq!(code, 200);
+    assert_eq!(body["paused_tenants"], serde_json::json!(["demo"]));
+    let batch = |domain: &str, n: usize, campaign: &str| {
+        let v: Vec<serde_json::Value> = (0..n)
+            .map(|i| {
+                serde_json::json!({"sender": "app@client.test", "recipients": [format!("u{i}@{domain}")],
+                    "raw": "From: app@client.test\nSubject: q\n\nbody\n", "tags": {"campaign": campaign}})
+            })
+            .collect();
+        let (code, body) = api.post(
+            Some(ADMIN),
+            "/api/v1/messages",
+            &serde_json::to_string(&v).unwrap(),
+        );
+        assert_eq!(code, 202, "{body}");
+    };
+    batch("alpha.test", 6, "spring");
+    batch("beta.test", 4, "autumn");
+    batch("gamma.test", 3, "spring");
+    let demo =
+        r#"{"sender":"demo@example.org","recipients":["d@gamma.test"],"subject":"s","text":"t"}"#;
+    assert_eq!(api.post(Some(DEMO), "/api/v1/messages", demo).0, 202);
+    wait_for("gamma.test delivered", Duration::from_secs(30), || {
+        sink.received() >= 3
+    });
+
+    let get = |path: &str| {
+        let (code, body) = api.curl(Some(ADMIN), &[], path);
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let q = get("/api/v1/queues");
+    assert_eq!(q["total"]["recipients"], 11, "{q}");
+    assert_eq!(q["destinations"][0]["domain"], "alpha.test", "{q}");
+    assert_eq!(q["destinations"][0]["recipients"], 6);
+    assert_eq!(q["destinations"][1]["domain"], "beta.test");
+    assert!(q["destinations"][0]["oldest_age_s"].as_u64().is_some());
+    assert_eq!(
+        q["paused_destinations"],
+        serde_json::json!(["alpha.test", "beta.test"])
+    );
+    let tenants: Vec<&str> = q["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["default", "demo"]);
+    assert_eq!(
+        get("/api/v1/queues?limit=1")["destinations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let d = get("/api/v1/destinations/alpha.test");
+    assert_eq!(d["paused"], true);
+    assert_eq!(d["queue"]["recipients"], 6);
+    assert!(
+        d["slow_because"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("paused")),
+        "{d}"
+    );
+    let g = get("/api/v1/destinations/gamma.test");
+    assert_eq!(g["paused"], false);
+    assert!(!g["routes"].as_array().unwrap().is_empty(), "{g}");
+    assert!(g["routes"][0]["rule_name"].is_string(), "{g}");
+    assert!(g["routes"][0]["live"]["connections"].is_u64(), "{g}");
+
+    // Bounce the autumn campaign (beta.test), then release alpha.test and the demo tenant.
+    let (code, body) = api.post(
+        Some(ADMIN),
+        "/api/v1/bounce",
+        r#"{"campaign":"autumn","reason":"campaign withdrawn by the sender"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["cancelled"], 4);
+    let (code, body) = api.post(
+        Some(ADMIN),
+        "/api/v1/bounce",
+        r#"{"campaign":"autumn","reason":"again"}"#,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(body["cancelled"], 0);
+    let (code, body) = api.post(
+        Some(ADMIN),
+        "/api/v1/bounce",
+        r#"{"campaign":"a","tenant":"b","reason":"x"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = api.post(Some(ADMIN), "/api/v1/bounce", r#"{"domain":"x.test"}"#);
+    assert_eq!(code, 400);
+    assert_eq!(
+        api.post(Some(ADMIN), "/api/v1/destinations/alpha.test/resume", "")
+            .0,
+        200
+    );
+    assert_eq!(
+        api.post(Some(ADMIN), "/api/v1/tenants/demo/resume", "").0,
+        200
+    );
+    wait_for(
+        "alpha.test and the demo message delivered",
+        Duration::from_secs(30),
+        || sink.received() >= 10,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.received(), 10);
+    assert_eq!(get("/api/v1/queues")["total"]["recipients"], 0);
+    // Each cancelled recipient is in the event log once, with the reason.
+    let log = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let cancelled: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"event\":\"cancelled\""))
+        .collect();
+    assert_eq!(cancelled.len(), 4, "{log}");
+    assert!(
+        cancelled
+            .iter()
+            .all(|l| l.contains("campaign withdrawn by the sender") && l.contains("beta.test"))
+    );
+
+    // Operator endpoints need an admin token.
+    assert_eq!(api.curl(Some(DEMO), &[], "/api/v1/queues").0, 403);
+    assert_eq!(
+        api.post(Some(DEMO), "/api/v1/destinations/alpha.test/pause", "")
+            .0,
+        403
+    );
+    assert_eq!(
+        api.post(
+            Some(DEMO),
+            "/api/v1/bounce",
+            r#"{"tenant":"demo","reason":"x"}"#
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        api.curl(Some(ADMIN), &[], "/api/v1/destinations/alpha.test/pause")
+            .0,
+        405
+    );
+    assert_eq!(api.curl(Some(ADMIN), &[], "/api/v1/destinations/").0, 404);
+}

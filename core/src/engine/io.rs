@@ -197,6 +197,16 @@ impl ShardThread {
                         let _ = reply.send(n);
                     }
                     Control::Pause(paused) => self.core.set_paused(now, paused),
+                    Control::Inspect(reply) => {
+                        let _ = reply.send(self.core.queue_report(now));
+                    }
+                    Control::Destination(domain, reply) => {
+                        let _ = reply.send(self.core.destination_state(now, &domain));
+                    }
+                    Control::Bounce(which, reason, reply) => {
+                        let _ = reply.send(self.core.bounce_queued(now, &which, &reason));
+                    }
+                    Control::HoldsChanged => self.core.holds_changed(now),
                     Control::Shutdown(grace) => {
                         deadline = Some(now.mono + grace);
                         self.core.begin_shutdown(now);

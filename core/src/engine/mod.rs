@@ -37,6 +37,7 @@ pub mod config;
 pub mod event;
 mod io;
 pub mod metrics;
+pub mod queues;
 pub mod retry;
 pub(crate) mod shard;
 pub mod sim;
@@ -294,6 +295,18 @@ pub(crate) enum Control {
     /// Stop (`true`) or restart (`false`) starting transactions.
     Pause(bool),
     Shutdown(Duration),
+    /// The queue summary ([`Engine::queues`]).
+    Inspect(crossbeam::channel::Sender<queues::QueueReport>),
+    /// One destination's state ([`Engine::destination`]).
+    Destination(String, crossbeam::channel::Sender<queues::DestinationState>),
+    /// Cancel the queued recipients selected, with a reason ([`Engine::bounce_queued`]).
+    Bounce(
+        queues::Selector,
+        String,
+        crossbeam::channel::Sender<queues::BounceReport>,
+    ),
+    /// A destination or tenant was paused or resumed.
+    HoldsChanged,
 }
 
 /// Events waiting for the host, with a pipe that is readable while any wait.
@@ -410,6 +423,8 @@ pub struct Engine {
     trust_unsigned: bool,
     /// What opening the shards' spools found, summed.
     recovery: crate::spool::RecoveryReport,
+    /// Destinations and tenants paused by an operator.
+    holds: Arc<queues::Holds>,
 }
 
 impl fmt::Debug for Engine {
@@ -583,6 +598,7 @@ impl Engine {
         let mut metrics = Vec::new();
         let mut threads = Vec::new();
         let mut recovery = crate::spool::RecoveryReport::default();
+        let holds = Arc::new(queues::Holds::default());
         for i in 0..resolved.shards {
             let dir = e.spool_dir.join(format!("shard-{i}"));
             let opts = crate::spool::Options {
@@ -609,6 +625,7 @@ impl Engine {
                 tenants.clone(),
                 now,
             );
+            core.set_holds(holds.clone());
             let tally = Arc::new(suppression::WriterTally::default());
             if let Some(s) = &suppression {
                 core.set_classifier(classifier.clone());
@@ -705,6 +722,7 @@ impl Engine {
             verp: resolved.verp.clone(),
             trust_unsigned: config.verp.as_ref().is_some_and(|v| v.trust_unsigned),
             recovery,
+            holds,
         })
     }
 

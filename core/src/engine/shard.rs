@@ -355,6 +355,10 @@ pub(crate) struct ShardCore {
     held: Vec<RecipientId>,
     /// Delivery paused by the host: no transaction starts.
     paused: bool,
+    /// Destinations and tenants paused by an operator.
+    holds: Arc<super::queues::Holds>,
+    /// The last throttling reply per MX host, for [`ShardCore::destination_state`].
+    throttles: crate::FastMap<Arc<str>, super::queues::SlowingReply>,
     /// With a suppression list: the default tenant's name (outcomes are observed for the list).
     observe: Option<Arc<str>>,
     /// Reasons for failures the retry policy does not classify (for the suppression list).
@@ -467,6 +471,8 @@ impl ShardCore {
             tenants,
             held: Vec::new(),
             paused: false,
+            holds: Arc::default(),
+            throttles: crate::FastMap::default(),
             observe: cfg
                 .suppression
                 .as_ref()
@@ -525,6 +531,11 @@ impl ShardCore {
     }
 
     /// The classifier used for the suppression list when the retry policy gives no reason.
+    /// Shares the engine's paused destinations and tenants.
+    pub(crate) fn set_holds(&mut self, holds: Arc<super::queues::Holds>) {
+        self.holds = holds;
+    }
+
     pub(crate) fn set_classifier(&mut self, c: Arc<ClassifierHandle>) {
         self.classifier = Some(c);
     }
@@ -859,7 +870,12 @@ impl ShardCore {
 
     /// Finds a way for a queue's recipients: a route, a pool, a connection.
     fn dispatch(&mut self, now: Now, key: QueueKey) {
-        if self.paused {
+        if self.paused
+            || self
+                .holds
+                .domain_paused(&self.domains[key.domain as usize].name)
+        {
+            // Held: the queue keeps its recipients until `holds_changed`.
             return;
         }
         let Some(q) = self.queues.get(&key) else {
@@ -1379,8 +1395,19 @@ impl ShardCore {
     ) {
         let nanos = self.nanos(now);
         if let Some(c) = self.conns.get(conn).and_then(|c| c.as_ref()) {
-            self.shaper
-                .on_reply(&c.permit, phase, code, enhanced, text.as_bytes(), nanos);
+            let signal =
+                self.shaper
+                    .on_reply(&c.permit, phase, code, enhanced, text.as_bytes(), nanos);
+            if signal == crate::shaping::ReplySignal::Throttled {
+                let note = super::queues::SlowingReply {
+                    mx: c.mx.to_string(),
+                    code,
+                    enhanced: enhanced.map(|e| e.to_string()),
+                    text: text.chars().take(512).collect(),
+                    at: now.unix(),
+                };
+                self.throttles.insert(c.mx.clone(), note);
+            }
         }
     }
 
@@ -1819,7 +1846,11 @@ impl ShardCore {
 
     /// Takes the next recipients of one message from a queue (up to the per-transaction limit).
     fn build_transaction(&mut self, key: QueueKey) -> Option<(Transaction, InFlight)> {
-        if self.paused {
+        if self.paused
+            || self
+                .holds
+                .domain_paused(&self.domains[key.domain as usize].name)
+        {
             return None;
         }
         let max = self.cfg.config.engine.max_recipients_per_transaction;
@@ -1829,12 +1860,15 @@ impl ShardCore {
             self.ready_count -= 1;
             match self.spool.recipient_status(rid) {
                 Ok(r) if !r.state.is_final() && r.state != RecipientState::Held => {
-                    // A locked tenant's mail is held here, not sent and not lost.
-                    let locked = self.tenants.as_ref().is_some_and(|t| {
-                        self.spool
-                            .message(rid.message)
-                            .is_ok_and(|m| t.is_locked(m.tenant()))
-                    });
+                    // A locked or paused tenant's mail is held here, not sent and not lost.
+                    let check = self.tenants.is_some() || self.holds.any_tenant();
+                    let locked = check
+                        && self.spool.message(rid.message).is_ok_and(|m| {
+                            self.tenants
+                                .as_ref()
+                                .is_some_and(|t| t.is_locked(m.tenant()))
+                                || self.holds.tenant_paused(m.tenant())
+                        });
                     if locked {
                         self.held.push(rid);
                         continue;
@@ -2050,6 +2084,333 @@ impl ShardCore {
     /// Spool maintenance (segment deletion and compaction).
     pub(crate) fn maintain(&mut self) {
         let _ = self.spool.maintain();
+    }
+}
+
+/// Operator views and actions ([`super::queues`]).
+impl ShardCore {
+    /// The recipients in an SMTP transaction now.
+    fn in_flight_set(&self) -> crate::FastMap<RecipientId, ()> {
+        let mut set = crate::FastMap::default();
+        for c in self.conns.iter().flatten() {
+            for t in &c.txns {
+                for (rid, done) in &t.rcpts {
+                    if !done {
+                        set.insert(*rid, ());
+                    }
+                }
+            }
+        }
+        set
+    }
+
+    /// This shard's queue by destination and tenant.
+    pub(crate) fn queue_report(&self, now: Now) -> super::queues::QueueReport {
+        use super::queues::QueueCounts;
+        let mut report = super::queues::QueueReport::default();
+        let in_flight = self.in_flight_set();
+        let unix = now.unix();
+        let mut tenant: (Option<MessageId>, String) = (None, String::new());
+        for q in self.spool.queued() {
+            if tenant.0 != Some(q.id.message) {
+                tenant = (
+                    Some(q.id.message),
+                    self.spool
+                        .message(q.id.message)
+                        .map_or_else(|_| String::new(), |m| m.tenant().to_string()),
+                );
+            }
+            let flying = in_flight.contains_key(&q.id);
+            let held = q.state == RecipientState::Held;
+            let waiting = !flying && !held && q.next_attempt > unix;
+            let one = QueueCounts {
+                recipients: 1,
+                ready: u64::from(!flying && !held && !waiting),
+                deferred: u64::from(waiting),
+                held: u64::from(held),
+                in_flight: u64::from(flying),
+                oldest_submitted: Some(q.submitted_at),
+                next_retry: waiting.then_some(q.next_attempt),
+            };
+            report.count(q.domain, &tenant.1, &one);
+        }
+        report
+    }
+
+    /// One destination's state, with the reasons its mail waits.
+    pub(crate) fn destination_state(
+        &mut self,
+        now: Now,
+        domain: &str,
+    ) -> super::queues::DestinationState {
+        use super::queues::QueueCounts;
+        let in_flight = self.in_flight_set();
+        let unix = now.unix();
+        let mut queue = QueueCounts::default();
+        for q in self.spool.queued().filter(|q| q.domain == domain) {
+            let flying = in_flight.contains_key(&q.id);
+            let held = q.state == RecipientState::Held;
+            let waiting = !flying && !held && q.next_attempt > unix;
+            queue.recipients += 1;
+            queue.ready += u64::from(!flying && !held && !waiting);
+            queue.deferred += u64::from(waiting);
+            queue.held += u64::from(held);
+            queue.in_flight += u64::from(flying);
+            queue.oldest_submitted = Some(
+                queue
+                    .oldest_submitted
+                    .map_or(q.submitted_at, |o| o.min(q.submitted_at)),
+            );
+            if waiting {
+                queue.next_retry = Some(
+                    queue
+                        .next_retry
+                        .map_or(q.next_attempt, |o| o.min(q.next_attempt)),
+                );
+            }
+        }
+        let nanos = self.nanos(now);
+        let unix_of = |n: Nanos| unix + n.0.saturating_sub(nanos.0).div_ceil(1_000_000_000);
+        let id = self.domain_ids.get(domain).copied();
+        let (mx, last_error, resolving) = match id.map(|d| &self.domains[d as usize]) {
+            Some(d) => (
+                match &d.route {
+                    Route::Ready { targets, .. } => {
+                        let mut v: Vec<String> = targets.iter().map(|t| t.mx.to_string()).collect();
+                        v.dedup();
+                        v
+                    }
+                    _ => Vec::new(),
+                },
+                d.last_error.clone(),
+                matches!(d.route, Route::Resolving),
+            ),
+            None => (Vec::new(), String::new(), false),
+        };
+        let mut route_ids: Vec<((u16, Arc<str>), RouteId)> = match id {
+            Some(d) => self
+                .routes
+                .iter()
+                .filter(|((_, dom, _), _)| *dom == d)
+                .map(|((src, _, mx), r)| ((*src, mx.clone()), *r))
+                .collect(),
+            None => Vec::new(),
+        };
+        route_ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let routes: Vec<crate::shaping::Snapshot> = route_ids
+            .into_iter()
+            .map(|(_, r)| self.shaper.snapshot(r, nanos))
+            .collect();
+        let backoff_until = routes
+            .iter()
+            .filter_map(|r| r.live.as_ref()?.destination_not_before)
+            .max()
+            .map(unix_of);
+        let last_throttle = mx
+            .iter()
+            .filter_map(|m| self.throttles.get(m.as_str()))
+            .max_by_key(|t| t.at)
+            .cloned();
+        let paused_here = self.holds.domain_paused(domain);
+        let paused_tenants = self.holds.paused_tenants();
+        let mut why = Vec::new();
+        if self.paused {
+            why.push("all delivery is paused".to_string());
+        }
+        if paused_here {
+            why.push("this destination is paused by an operator".to_string());
+        }
+        if !paused_tenants.is_empty() {
+            why.push(format!(
+                "paused tenants' mail waits: {}",
+                paused_tenants.join(", ")
+            ));
+        }
+        if let Some(t) = backoff_until {
+            let streak = routes
+                .iter()
+                .filter_map(|r| r.live.as_ref().map(|l| l.destination_streak))
+                .max()
+                .unwrap_or(0);
+            why.push(format!(
+                "every MX host failed ({streak} times in a row): backed off until {t} (last error: {})",
+                if last_error.is_empty() { "none recorded" } else { &last_error }
+            ));
+        }
+        if resolving {
+            why.push("its MX hosts are being looked up".to_string());
+        }
+        for r in &routes {
+            let Some(l) = &r.live else { continue };
+            let via = format!(
+                "{} via {}",
+                r.source.as_deref().unwrap_or("any source"),
+                r.mx.as_deref().unwrap_or("?")
+            );
+            if l.backoff_permille < 1000 {
+                let cause = last_throttle.as_ref().map_or_else(String::new, |t| {
+                    format!(
+                        " after `{} {}{}` from {} at {}",
+                        t.code,
+                        t.enhanced
+                            .as_deref()
+                            .map_or(String::new(), |e| format!("{e} ")),
+                        t.text,
+                        t.mx,
+                        t.at
+                    )
+                });
+                why.push(format!(
+                    "{via}: rate lowered to {}.{}% by adaptive backoff{cause}",
+                    l.backoff_permille / 10,
+                    l.backoff_permille % 10
+                ));
+            }
+            if let Some(cap) = r.effective.max_connections
+                && l.connections >= cap
+            {
+                why.push(format!(
+                    "{via}: all {cap} connections in use (rule {})",
+                    r.rule_name
+                ));
+            }
+            if l.message_tokens == Some(0) {
+                why.push(format!(
+                    "{via}: message bucket empty ({:.2} messages/s, rule {})",
+                    r.effective.messages_per_second.unwrap_or(0.0),
+                    r.rule_name
+                ));
+            }
+            if let Some(cap) = r.effective.hourly_cap
+                && l.hour_count >= cap
+            {
+                why.push(format!("{via}: hourly cap of {cap} reached"));
+            }
+            if let Some(cap) = r.effective.daily_cap
+                && l.day_count >= cap
+            {
+                why.push(format!("{via}: daily cap of {cap} reached"));
+            }
+            if let Some(w) = &r.warmup
+                && let (Some(allowed), Some(sent)) = (w.allowance_today, w.sent_today)
+                && sent >= allowed
+            {
+                why.push(format!(
+                    "{via}: warm-up `{}` allows {allowed} messages today, all sent",
+                    w.schedule
+                ));
+            }
+        }
+        if queue.ready == 0 && queue.deferred > 0 {
+            why.push(format!(
+                "{} recipients wait for their retry (the next at {})",
+                queue.deferred,
+                queue.next_retry.unwrap_or(0)
+            ));
+        }
+        super::queues::DestinationState {
+            domain: domain.to_string(),
+            shard: self.shard,
+            queue,
+            paused: self.paused || paused_here,
+            paused_tenants,
+            mx,
+            routes,
+            backoff_until,
+            last_throttle,
+            last_error,
+            slow_because: why,
+        }
+    }
+
+    /// Cancels the queued recipients `which` selects (those in a transaction are left to finish).
+    pub(crate) fn bounce_queued(
+        &mut self,
+        now: Now,
+        which: &super::queues::Selector,
+        reason: &str,
+    ) -> super::queues::BounceReport {
+        use super::queues::{CAMPAIGN_TAG, Selector};
+        let in_flight = self.in_flight_set();
+        let mut report = super::queues::BounceReport::default();
+        let mut chosen: Vec<(RecipientId, u16)> = Vec::new();
+        let mut verdict: (Option<MessageId>, bool) = (None, false);
+        for q in self.spool.queued() {
+            let hit = match which {
+                Selector::Domain(d) => q.domain == d,
+                Selector::Tenant(_) | Selector::Campaign(_) => {
+                    if verdict.0 != Some(q.id.message) {
+                        let m = self.spool.message(q.id.message);
+                        let yes = m.is_ok_and(|m| match which {
+                            Selector::Tenant(t) => m.tenant() == t,
+                            Selector::Campaign(c) => {
+                                m.tags().any(|(k, v)| k == CAMPAIGN_TAG && v == c)
+                            }
+                            Selector::Domain(_) => false,
+                        });
+                        verdict = (Some(q.id.message), yes);
+                    }
+                    verdict.1
+                }
+            };
+            if !hit {
+                continue;
+            }
+            if in_flight.contains_key(&q.id) {
+                report.in_flight += 1;
+                continue;
+            }
+            chosen.push((q.id, q.attempts));
+        }
+        let text: String = reason.chars().take(512).collect();
+        for (rid, attempts) in chosen {
+            // The event is built while the message is still readable (the last recipient's
+            // change may remove it).
+            let mut event = self.event_base(rid, now);
+            let change = StateChange {
+                state: RecipientState::Cancelled,
+                attempts,
+                next_attempt: 0,
+                reply: &text,
+            };
+            match self.spool.record_state(rid, &change) {
+                Ok(t) => self.commit = Some(t),
+                Err(_) => {
+                    self.metrics.spool_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            event.kind = EventKind::Cancelled;
+            event.attempts = attempts;
+            event.text = text.clone();
+            event.reason = "cancelled".into();
+            self.events.push(event);
+            report.cancelled += 1;
+        }
+        self.metrics
+            .cancelled
+            .fetch_add(report.cancelled, Ordering::Relaxed);
+        self.metrics
+            .queued
+            .fetch_sub(report.cancelled, Ordering::Relaxed);
+        report
+    }
+
+    /// A destination or tenant was paused or resumed: held mail is looked at again and every
+    /// queue with recipients is dispatched (those still paused stay put).
+    pub(crate) fn holds_changed(&mut self, now: Now) {
+        for rid in std::mem::take(&mut self.held) {
+            self.make_ready(rid);
+        }
+        let mut keys: Vec<QueueKey> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.len() > 0 && q.waiting_on.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort_unstable_by_key(|k| (k.domain, k.source));
+        self.pending.extend(keys);
+        self.dispatch_pending(now);
     }
 }
 

@@ -2,13 +2,16 @@
 //! listener, on threads of its own (a tokio runtime with `[http] threads` workers running hyper's
 //! HTTP/1.1 server), never on a shard thread.
 //!
-//! | Method and path                   | Who            | What                                         |
-//! |-----------------------------------|----------------|----------------------------------------------|
-//! | `POST /api/v1/messages`           | admin, tenant  | inject one message or an array ([`inject`])  |
-//! | `GET /metrics`                    | admin (or any) | Prometheus text format ([`metrics`])         |
-//! | `GET /api/v1/suppressions`        | admin, tenant  | list, paged, by tenant and reason ([`admin`])|
-//! | `POST /api/v1/suppressions`       | admin, tenant  | add one address                              |
-//! | `DELETE /api/v1/suppressions`     | admin, tenant  | remove one address                           |
+//! | Method and path                                  | Who           | What                          |
+//! |--------------------------------------------------|---------------|-------------------------------|
+//! | `POST /api/v1/messages`                          | admin, tenant | inject one or many ([`inject`]) |
+//! | `GET /metrics`                                   | admin (or any)| Prometheus text ([`metrics`]) |
+//! | `GET`, `POST`, `DELETE /api/v1/suppressions`     | admin, tenant | list, add, remove ([`admin`]) |
+//! | `GET /api/v1/queues`                             | admin         | by destination and tenant     |
+//! | `GET /api/v1/destinations/{domain}`              | admin         | live state, why it is slow    |
+//! | `POST /api/v1/destinations/{domain}/pause`, `/resume` | admin    | hold or release its mail      |
+//! | `POST /api/v1/tenants/{tenant}/pause`, `/resume` | admin         | hold or release its mail      |
+//! | `POST /api/v1/bounce`                            | admin         | cancel a destination's, tenant's or campaign's queued mail |
 //!
 //! `docs/serve.md` describes every request and answer. Callers present `Authorization: Bearer
 //! <token>`; the configuration holds each token's SHA-256 (`vmta token` makes a token and its hash),
@@ -252,6 +255,49 @@ async fn handle(api: Arc<Api>, peer: SocketAddr, req: Request<Incoming>) -> Resp
     response
 }
 
+/// The routes: a path pattern (`{name}` takes one segment) and the methods it takes. The pattern
+/// is also the `route` label of `vmta_http_requests_total`.
+const ROUTES: [(&str, &[&str]); 10] = [
+    ("/metrics", &["GET"]),
+    ("/api/v1/messages", &["POST"]),
+    ("/api/v1/suppressions", &["GET", "POST", "DELETE"]),
+    ("/api/v1/queues", &["GET"]),
+    ("/api/v1/destinations/{domain}", &["GET"]),
+    ("/api/v1/destinations/{domain}/pause", &["POST"]),
+    ("/api/v1/destinations/{domain}/resume", &["POST"]),
+    ("/api/v1/tenants/{tenant}/pause", &["POST"]),
+    ("/api/v1/tenants/{tenant}/resume", &["POST"]),
+    ("/api/v1/bounce", &["POST"]),
+];
+
+/// The route `path` matches and the segment its `{name}` took (percent-decoded), if any.
+fn match_route(path: &str) -> Option<(&'static str, &'static [&'static str], Option<String>)> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    'routes: for (pattern, methods) in ROUTES {
+        let pat: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
+        if pat.len() != segs.len() {
+            continue;
+        }
+        let mut param = None;
+        for (p, s) in pat.iter().zip(&segs) {
+            if p.starts_with('{') {
+                let decoded: String = form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                if decoded.is_empty() {
+                    continue 'routes;
+                }
+                param = Some(decoded);
+            } else if p != s {
+                continue 'routes;
+            }
+        }
+        return Some((pattern, methods, param));
+    }
+    None
+}
+
 async fn route(
     api: &Arc<Api>,
     peer: SocketAddr,
@@ -259,56 +305,72 @@ async fn route(
     path: &str,
     req: Request<Incoming>,
 ) -> (&'static str, Response<Full<Bytes>>) {
-    use hyper::Method;
-    let routes: [(&'static str, &[Method]); 3] = [
-        ("/api/v1/messages", &[Method::POST]),
-        ("/metrics", &[Method::GET]),
-        (
-            "/api/v1/suppressions",
-            &[Method::GET, Method::POST, Method::DELETE],
-        ),
-    ];
-    let Some((route, methods)) = routes.iter().find(|(p, _)| *p == path) else {
+    let Some((route, methods, param)) = match_route(path) else {
         return (
             "other",
             error(StatusCode::NOT_FOUND, None, "no such endpoint"),
         );
     };
-    if !methods.contains(method) {
+    if !methods.contains(&method.as_str()) {
         let mut r = error(
             StatusCode::METHOD_NOT_ALLOWED,
             None,
             &format!("{route} does not take {method}"),
         );
-        let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&allow.join(", ")) {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&methods.join(", ")) {
             r.headers_mut().insert(hyper::header::ALLOW, v);
         }
         return (route, r);
     }
-    if *route == "/metrics" && api.config.public_metrics {
+    if route == "/metrics" && api.config.public_metrics {
         return (route, metrics::answer(api));
     }
     let caller = match api.caller(&req) {
         Ok(c) => c,
         Err(r) => return (route, r),
     };
-    let response = match (*route, method) {
-        ("/metrics", _) => match caller.tenant {
-            None => metrics::answer(api),
-            Some(_) => error(StatusCode::FORBIDDEN, None, "metrics need an admin token"),
-        },
-        ("/api/v1/messages", _) => match read_body(api, req).await {
-            Err(r) => r,
-            Ok((_, body)) => inject::answer(api.clone(), &caller, peer, body).await,
-        },
-        ("/api/v1/suppressions", &Method::GET) => admin::list_suppressions(api, &caller, &req),
-        ("/api/v1/suppressions", &Method::DELETE) => admin::remove_suppression(api, &caller, &req),
-        ("/api/v1/suppressions", _) => match read_body(api, req).await {
-            Err(r) => r,
-            Ok((_, body)) => admin::add_suppression(api, &caller, &body),
-        },
-        _ => error(StatusCode::NOT_FOUND, None, "no such endpoint"),
+    let admin_only = !matches!(route, "/api/v1/messages" | "/api/v1/suppressions");
+    if admin_only && caller.tenant.is_some() {
+        return (
+            route,
+            error(
+                StatusCode::FORBIDDEN,
+                None,
+                &format!("{route} needs an admin token"),
+            ),
+        );
+    }
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let body = if method == hyper::Method::POST {
+        match read_body(api, req).await {
+            Ok((_, b)) => b,
+            Err(r) => return (route, r),
+        }
+    } else {
+        Bytes::new()
+    };
+    let response = match (route, method.as_str()) {
+        ("/metrics", _) => metrics::answer(api),
+        ("/api/v1/messages", _) => inject::answer(api.clone(), &caller, peer, body).await,
+        _ => {
+            // Everything else may wait on the shards or the suppression log: off the runtime.
+            let (api, method) = (api.clone(), method.clone());
+            let param = param.unwrap_or_default();
+            let done = tokio::task::spawn_blocking(move || {
+                admin::answer(&api, &caller, route, &method, &param, &query, &body)
+            })
+            .await;
+            done.unwrap_or_else(|_| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    "the request failed",
+                )
+            })
+        }
     };
     (route, response)
 }

@@ -1,0 +1,230 @@
+//! Operator views and actions on a running engine against real peers (127.0.52.0/24): the queue by
+//! destination and tenant, one destination's state and why it waits, pausing and resuming a
+//! destination or a tenant, and bouncing the queued mail of a destination, tenant or campaign.
+//! Every domain goes to a smarthost: a Postfix `smtp-sink`, or a port nobody listens on.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use vmta::engine::config::{Durability, SmarthostConfig, TlsPolicy};
+use vmta::engine::queues::Selector;
+use vmta::engine::{DeliveryEvent, Engine, EngineConfig, EventKind, Submission};
+use vmta_tests::TempDir;
+use vmta_tests::engine::{common_port, sink_at, test_engine};
+
+fn config(spool: &TempDir, smarthost: &str) -> EngineConfig {
+    let mut c = test_engine(spool, "127.0.52.1:53".parse().unwrap(), 2525)
+        .durability(Durability::Sync)
+        .with(|c| {
+            c.retry.policy = vmta::engine::config::RetryKind::Exponential;
+            c.delivery.connect_timeout_s = 2;
+            c.delivery.idle_timeout_s = 1;
+        })
+        .build();
+    c.smarthost = Some(SmarthostConfig {
+        address: smarthost.into(),
+        domains: vec![],
+        username: String::new(),
+        password: String::new(),
+        tls: TlsPolicy::Disabled,
+        allow_plaintext_auth: false,
+    });
+    c
+}
+
+fn submit(e: &Engine, to: &str, tenant: &str, campaign: &str) -> u64 {
+    e.submit(&Submission {
+        sender: "bounces@sender.test".into(),
+        recipients: vec![to.into()],
+        tenant: tenant.into(),
+        tags: vec![("campaign".into(), campaign.into())],
+        body: format!("From: a@sender.test\r\nTo: {to}\r\nSubject: q\r\n\r\nbody\r\n").into_bytes(),
+        ..Submission::default()
+    })
+    .expect("submission accepted")
+}
+
+fn collect(
+    e: &Engine,
+    limit: Duration,
+    mut done: impl FnMut(&[DeliveryEvent]) -> bool,
+) -> Vec<DeliveryEvent> {
+    let deadline = Instant::now() + limit;
+    let mut all = Vec::new();
+    while Instant::now() < deadline {
+        e.wait(Duration::from_millis(100));
+        e.poll_events(&mut all, 10_000);
+        if done(&all) {
+            break;
+        }
+    }
+    all
+}
+
+fn count(events: &[DeliveryEvent], kind: EventKind, domain: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e.kind == kind && e.recipient.ends_with(domain))
+        .count()
+}
+
+#[test]
+fn queues_are_summed_by_destination_and_tenant_and_bounced_by_selector() {
+    let spool = TempDir::new("engine-queues");
+    // Nobody listens on the smarthost's port: every attempt fails and is deferred.
+    let dead = format!("127.0.52.2:{}", vmta_tests::free_tcp_port("127.0.52.2"));
+    let e = Engine::start(&config(&spool, &dead)).unwrap();
+    for i in 0..10 {
+        submit(&e, &format!("u{i}@alpha.test"), "t1", "spring");
+    }
+    for i in 0..5 {
+        submit(&e, &format!("u{i}@beta.test"), "t2", "spring");
+    }
+    for i in 0..3 {
+        submit(&e, &format!("u{i}@gamma.test"), "t1", "autumn");
+    }
+    let events = collect(&e, Duration::from_secs(30), |ev| {
+        ev.iter().filter(|x| x.kind == EventKind::Deferred).count() >= 18
+    });
+    assert!(
+        events
+            .iter()
+            .filter(|x| x.kind == EventKind::Deferred)
+            .count()
+            >= 18,
+        "{events:#?}"
+    );
+
+    let q = e.queues();
+    assert_eq!(q.total.recipients, 18, "{q:#?}");
+    assert_eq!(q.domains["alpha.test"].recipients, 10);
+    assert_eq!(q.domains["beta.test"].recipients, 5);
+    assert_eq!(q.domains["gamma.test"].recipients, 3);
+    assert_eq!(q.tenants["t1"].recipients, 13);
+    assert_eq!(q.tenants["t2"].recipients, 5);
+    assert_eq!(
+        q.total.ready + q.total.deferred + q.total.in_flight + q.total.held,
+        18
+    );
+    assert!(q.total.deferred > 0, "{q:#?}");
+    assert!(q.total.next_retry.is_some() && q.total.oldest_submitted.is_some());
+
+    let d = e.destination("Alpha.Test.").expect("the shard answers");
+    assert_eq!(d.domain, "alpha.test");
+    assert_eq!(d.queue.recipients, 10);
+    assert!(!d.paused);
+    assert!(!d.slow_because.is_empty(), "{d:#?}");
+    assert!(!d.last_error.is_empty(), "{d:#?}");
+    let unknown = e.destination("nowhere.test").unwrap();
+    assert_eq!(unknown.queue.recipients, 0);
+
+    // Bounce by campaign, destination, tenant: each recipient cancelled once, with the reason.
+    let r = e.bounce_queued(&Selector::Campaign("autumn".into()), "campaign withdrawn");
+    assert_eq!(r.cancelled + r.in_flight, 3);
+    let again = e.bounce_queued(&Selector::Campaign("autumn".into()), "campaign withdrawn");
+    assert_eq!(again.cancelled, 0);
+    let r = e.bounce_queued(&Selector::Domain("BETA.test".into()), "destination retired");
+    assert_eq!(r.cancelled + r.in_flight, 5);
+    let r = e.bounce_queued(&Selector::Tenant("t1".into()), "account closed");
+    assert!(r.cancelled + r.in_flight <= 10);
+    let events = collect(&e, Duration::from_secs(30), |ev| {
+        ev.iter().filter(|x| x.kind == EventKind::Cancelled).count() >= 18
+    });
+    let cancelled: Vec<&DeliveryEvent> = events
+        .iter()
+        .filter(|x| x.kind == EventKind::Cancelled)
+        .collect();
+    let unique: HashSet<(u64, u16)> = cancelled
+        .iter()
+        .map(|x| (x.message_id, x.recipient_index))
+        .collect();
+    // Recipients in flight at the call finish their attempt (deferred) and are bounced on a later call.
+    let mut left = e.queues().total.recipients;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while left > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        e.bounce_queued(&Selector::Tenant("t1".into()), "account closed");
+        e.bounce_queued(&Selector::Tenant("t2".into()), "account closed");
+        left = e.queues().total.recipients;
+    }
+    assert_eq!(left, 0);
+    let mut all = events.clone();
+    e.poll_events(&mut all, 10_000);
+    let all_cancelled: Vec<&DeliveryEvent> = all
+        .iter()
+        .filter(|x| x.kind == EventKind::Cancelled)
+        .collect();
+    let all_unique: HashSet<(u64, u16)> = all_cancelled
+        .iter()
+        .map(|x| (x.message_id, x.recipient_index))
+        .collect();
+    assert_eq!(all_cancelled.len(), 18, "each recipient once");
+    assert_eq!(all_unique.len(), 18);
+    assert!(unique.len() <= 18);
+    assert!(
+        cancelled
+            .iter()
+            .any(|x| x.text == "campaign withdrawn" && x.recipient.ends_with("gamma.test"))
+    );
+    assert!(
+        cancelled
+            .iter()
+            .any(|x| x.text == "destination retired" && x.recipient.ends_with("beta.test"))
+    );
+    assert_eq!(e.metrics().total().cancelled, 18);
+    assert_eq!(e.metrics().total().queued, 0);
+    e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn paused_destinations_and_tenants_wait_until_resumed() {
+    let port = common_port(&["127.0.52.10"]);
+    let sink = sink_at("127.0.52.10", port, &[]);
+    let spool = TempDir::new("engine-holds");
+    let e = Engine::start(&config(&spool, &format!("127.0.52.10:{port}"))).unwrap();
+    assert!(e.pause_destination("alpha.test", true));
+    assert!(!e.pause_destination("ALPHA.test", true), "already paused");
+    assert!(e.pause_tenant("t2", true));
+    assert_eq!(
+        e.paused(),
+        (vec!["alpha.test".to_string()], vec!["t2".to_string()])
+    );
+    for i in 0..5 {
+        submit(&e, &format!("u{i}@alpha.test"), "t1", "c");
+        submit(&e, &format!("u{i}@beta.test"), "t2", "c");
+        submit(&e, &format!("u{i}@gamma.test"), "t1", "c");
+    }
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Delivered, "gamma.test") >= 5
+    });
+    assert_eq!(count(&events, EventKind::Delivered, "gamma.test"), 5);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut events = events;
+    e.poll_events(&mut events, 10_000);
+    assert_eq!(count(&events, EventKind::Delivered, "alpha.test"), 0);
+    assert_eq!(count(&events, EventKind::Delivered, "beta.test"), 0);
+    assert_eq!(sink.received(), 5);
+    let d = e.destination("alpha.test").unwrap();
+    assert!(d.paused);
+    assert_eq!(d.queue.recipients, 5);
+    assert!(
+        d.slow_because.iter().any(|w| w.contains("paused")),
+        "{d:#?}"
+    );
+    let b = e.destination("beta.test").unwrap();
+    assert!(!b.paused);
+    assert_eq!(b.paused_tenants, vec!["t2".to_string()]);
+
+    assert!(e.pause_destination("alpha.test", false));
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Delivered, "alpha.test") >= 5
+    });
+    assert_eq!(count(&events, EventKind::Delivered, "alpha.test"), 5);
+    assert_eq!(count(&events, EventKind::Delivered, "beta.test"), 0);
+    assert!(e.pause_tenant("t2", false));
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        count(ev, EventKind::Delivered, "beta.test") >= 5
+    });
+    assert_eq!(count(&events, EventKind::Delivered, "beta.test"), 5);
+    assert_eq!(e.paused(), (vec![], vec![]));
+    e.shutdown(Duration::from_secs(5));
+}
