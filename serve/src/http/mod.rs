@@ -13,7 +13,8 @@
 //! | `POST /api/v1/tenants/{tenant}/pause`, `/resume` | admin         | hold or release its mail      |
 //! | `POST /api/v1/bounce`                            | admin         | cancel a destination's, tenant's or campaign's queued mail |
 //!
-//! `docs/serve.md` describes every request and answer. Callers present `Authorization: Bearer
+//! `docs/openapi.yaml` describes every request and answer (checked against the running server by
+//! schemathesis in the tests). Callers present `Authorization: Bearer
 //! <token>`; the configuration holds each token's SHA-256 (`vmta token` makes a token and its hash),
 //! so a leaked configuration does not leak tokens. A tenant token acts for its tenant only.
 //!
