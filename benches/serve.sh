@@ -4,7 +4,7 @@
 #
 #   benches/serve.sh [--messages N] [--postfix-messages M] [--connections C] [--intake-threads I]
 #                    [--shards S] [--feeder smtp-source|smtp-feed] [--submission] [--out DIR]
-#                    [--no-build]
+#                    [--http] [--http-connections H] [--batch B] [--no-build]
 #
 # Rows (each against a fresh `vmta world --expect COUNT`):
 #   vmta-serve  smtp-source (C sessions, 2 KiB; it sends MAIL, RCPT, DATA and the body each after the
@@ -21,10 +21,14 @@
 # session says STARTTLS (TLS 1.3, a certificate from examples/serve/make-cert.sh) and logs in with
 # AUTH PLAIN before its messages; the Postfix row stays plain (the cost of TLS and AUTH is read
 # against a plain run of the same script).
+# --http adds a row first: vmta-http, the same daemon fed through its HTTP API by
+# benches/peers/feed's http-feed (H keep-alive connections, default 4, each POSTing batches of B
+# messages, default 100, to /api/v1/messages and waiting for the 202: durable).
 # Writes DIR/serve.json and DIR/serve.md (default target/serve-bench).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 messages=100000 postfix_messages=10000 conns=20 intake=2 shards=0 feeder=smtp-source submission=0 out=$root/target/serve-bench build=1 timeout=600
+http=0 http_conns=4 batch=100
 while [ $# -gt 0 ]; do
     case "$1" in
         --messages) messages=$2; shift 2 ;;
@@ -36,11 +40,14 @@ while [ $# -gt 0 ]; do
         --submission) submission=1; shift ;;
         --out) out=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        --http) http=1; shift ;;
+        --http-connections) http_conns=$2; shift 2 ;;
+        --batch) batch=$2; shift 2 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "serve.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-for n in "$messages" "$postfix_messages" "$conns"; do
+for n in "$messages" "$postfix_messages" "$conns" "$http_conns" "$batch"; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "serve.sh: counts must be positive integers, not '$n'" >&2; exit 2; }
 done
 vmta=$root/target/release/vmta
@@ -51,6 +58,8 @@ case "$feeder" in
     *) echo "serve.sh: --feeder is smtp-source or smtp-feed" >&2; exit 2 ;;
 esac
 [ $build = 1 ] && (cd "$root" && cargo build --release -q -p vmta-cli)
+http_feed=$root/benches/peers/feed/target/release/http-feed
+if [ $http = 1 ] && [ $build = 1 ]; then (cd "$root/benches/peers/feed" && cargo build --release -q); fi
 if [ $submission = 1 ] && [ "$feeder" != smtp-feed ]; then
     echo "serve.sh: --submission needs --feeder smtp-feed (smtp-source speaks no TLS)" >&2; exit 2
 fi
@@ -87,9 +96,14 @@ f = open("/proc/%s/stat" % sys.argv[1]).read()
 f = f[f.rindex(")") + 2:].split()
 print(sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK"))' "$1"; }
 
-# Row 1: vmta serve.
-echo "== vmta-serve: $messages messages" >&2
-start_world vmta-serve "$messages"
+# vmta serve, fed over SMTP (row vmta-serve) or HTTP (row vmta-http).
+serve_row() {
+local row=$1
+echo "== $row: $messages messages" >&2
+rm -rf "$work/spool"
+start_world "$row" "$messages"
+hport=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.9', 0)); print(s.getsockname()[1])")
+token=$("$vmta" token --name bench | head -1)
 sport=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.9', 0)); print(s.getsockname()[1])")
 cat >"$work/vmta.toml" <<EOF
 [engine]
@@ -117,7 +131,10 @@ address = "127.0.0.9:$sport"
 role = "relay"
 allowed_networks = ["127.0.0.0/8"]
 max_connections_per_client = 1000
+[http]
+address = "127.0.0.9:$hport"
 EOF
+echo "$token" | "$vmta" token --stdin --name bench | tail -n +2 >>"$work/vmta.toml"
 feed_extra=()
 if [ $submission = 1 ]; then
     "$root/examples/serve/make-cert.sh" "$work" >/dev/null
@@ -140,7 +157,12 @@ serve_pid=$!
 for _ in $(seq 1 200); do [ -f "$work/serve.ready" ] && break; sleep 0.05; done
 [ -f "$work/serve.ready" ] || { cat "$work/serve.log" >&2; exit 1; }
 c0=$(cpu_of "$serve_pid"); t0=$(now)
-"$feed" --server "127.0.0.9:$sport" --routes "$work/routes" --messages "$messages" --connections "$conns" "${feed_extra[@]}" >"$work/vmta-serve.feed.json"
+if [ "$row" = vmta-http ]; then
+    "$http_feed" --server "127.0.0.9:$hport" --token "$token" --routes "$work/routes" --messages "$messages" \
+        --connections "$http_conns" --batch "$batch" >"$work/$row.feed.json"
+else
+    "$feed" --server "127.0.0.9:$sport" --routes "$work/routes" --messages "$messages" --connections "$conns" "${feed_extra[@]}" >"$work/$row.feed.json"
+fi
 wait "$world_pid"; world_pid=""
 t1=$(now); c1=$(cpu_of "$serve_pid")
 # CPU seconds per thread kind (listener, intake, shard, commit, events...) since the start.
@@ -152,18 +174,21 @@ for t in os.listdir("/proc/%s/task" % sys.argv[1]):
     comm = re.sub(r"-[0-9]+$", "", s[s.index("(") + 1:s.rindex(")")])
     f = s[s.rindex(")") + 2:].split()
     per[comm] += (int(f[11]) + int(f[12])) / hz
-print(json.dumps({k: round(v, 2) for k, v in per.most_common()}))' "$serve_pid" >"$work/vmta-serve.threads.json"
+print(json.dumps({k: round(v, 2) for k, v in per.most_common()}))' "$serve_pid" >"$work/$row.threads.json"
 kill -TERM "$serve_pid"; wait "$serve_pid" || true; serve_pid=""
-python3 - "$messages" "$t0" "$t1" "$c0" "$c1" "$work/vmta-serve.feed.json" "$work/vmta-serve.world.json" "$work/vmta-serve.threads.json" >"$work/vmta-serve.json" <<'EOF'
+python3 - "$row" "$messages" "$t0" "$t1" "$c0" "$c1" "$work/$row.feed.json" "$work/$row.world.json" "$work/$row.threads.json" >"$work/$row.json" <<'EOF'
 import json, sys
-n, t0, t1, c0, c1, feed, world, threads = sys.argv[1:]
+row, n, t0, t1, c0, c1, feed, world, threads = sys.argv[1:]
 n = int(n); s = float(t1) - float(t0); cpu = float(c1) - float(c0)
-print(json.dumps({"system": "vmta-serve", "messages": n, "seconds": round(s, 3),
+print(json.dumps({"system": row, "messages": n, "seconds": round(s, 3),
     "msg_per_s": round(n / s), "cpu_s": round(cpu, 3), "cpu_us_per_msg": round(cpu * 1e6 / n, 1),
     "feed": json.load(open(feed)), "world": json.load(open(world)),
     "cpu_s_by_thread": json.load(open(threads))}))
 EOF
-echo "   $(cat "$work/vmta-serve.json")" >&2
+echo "   $(cat "$work/$row.json")" >&2
+}
+[ $http = 1 ] && serve_row vmta-http
+serve_row vmta-serve
 
 # Row 2: the same engine through its API.
 echo "== vmta-api: $messages messages" >&2
@@ -200,17 +225,24 @@ echo "   $(cat "$work/postfix.json")" >&2
 python3 - "$work" "$out" <<'EOF'
 import json, sys
 work, out = sys.argv[1:]
-rows = {s: json.load(open(f"{work}/{s}.json")) for s in ("vmta-serve", "vmta-api", "postfix")}
+import os
+rows = {s: json.load(open(f"{work}/{s}.json")) for s in ("vmta-http", "vmta-serve", "vmta-api", "postfix")
+        if os.path.exists(f"{work}/{s}.json")}
 json.dump(rows, open(f"{out}/serve.json", "w"), indent=1)
 pf, sv, api = rows["postfix"], rows["vmta-serve"], rows["vmta-api"]
 lines = ["| system | messages | msg/s end to end | CPU µs/msg | msg/s vs Postfix | CPU/msg vs Postfix |",
          "|---|---|---|---|---|---|"]
-for r in (sv, api, pf):
+for r in [rows[k] for k in ("vmta-http", "vmta-serve", "vmta-api", "postfix") if k in rows]:
     lines.append(f"| {r['system']} | {r['messages']:,} | {r['msg_per_s']:,} | {r['cpu_us_per_msg']:,} | "
                  f"{r['msg_per_s'] / pf['msg_per_s']:.1f}× | 1/{pf['cpu_us_per_msg'] / r['cpu_us_per_msg']:.0f} |")
 lines.append("")
 lines.append(f"vmta serve's CPU per message is {sv['cpu_us_per_msg'] / api['cpu_us_per_msg']:.2f}× the API path's; "
              f"the feeder ({sv['feed']['system']}) fed vmta serve at {sv['feed']['msg_per_s']:,} msg/s.")
+if "vmta-http" in rows:
+    h = rows["vmta-http"]
+    lines.append(f"The HTTP path's CPU per message is {h['cpu_us_per_msg'] / api['cpu_us_per_msg']:.2f}× the API path's "
+                 f"and {h['cpu_us_per_msg'] / sv['cpu_us_per_msg']:.2f}× the SMTP path's; http-feed sent "
+                 f"{h['feed']['requests']:,} requests ({h['feed']['retries']} retried) at {h['feed']['msg_per_s']:,} msg/s.")
 open(f"{out}/serve.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF

@@ -28,10 +28,22 @@ struct Api {
 }
 
 fn start(dir: &Path, ip: &str, sink: SocketAddr, http_extra: &str) -> Api {
+    start_with(dir, ip, sink, &dir.join("spool"), "shards = 2", http_extra)
+}
+
+/// [`start`] with the spool directory and `[engine]` lines given.
+fn start_with(
+    dir: &Path,
+    ip: &str,
+    sink: SocketAddr,
+    spool: &Path,
+    engine_extra: &str,
+    http_extra: &str,
+) -> Api {
     let http = free_tcp_addr(ip);
     let smtp = free_tcp_addr(ip);
     let text = format!(
-        "[engine]\nspool_dir = \"{spool}\"\nshards = 2\nhelo_name = \"relay.vmta.test\"\n\
+        "[engine]\nspool_dir = \"{spool}\"\nhelo_name = \"relay.vmta.test\"\n{engine_extra}\n\
          [serve]\nevent_log = \"{log}\"\nshutdown_grace_s = 5\n\
          [smarthost]\naddress = \"{sink}\"\ntls = \"disabled\"\n[shaping]\nrules = '''\n{unshaped}'''\n\
          [[tenant]]\nname = \"default\"\npool = \"default\"\nsender_domains = [\"client.test\"]\n\
@@ -41,7 +53,7 @@ fn start(dir: &Path, ip: &str, sink: SocketAddr, http_extra: &str) -> Api {
          [[api_token]]\nname = \"ops\"\nsha256 = \"{admin}\"\n\
          [[api_token]]\nname = \"demo-app\"\nsha256 = \"{demo}\"\ntenant = \"demo\"\n",
         unshaped = vmta_testworld::world::UNSHAPED,
-        spool = dir.join("spool").display(),
+        spool = spool.display(),
         log = dir.join("events.jsonl").display(),
         admin = hash(ADMIN),
         demo = hash(DEMO),
@@ -827,4 +839,86 @@ fn http_answers_as_its_openapi_document_says() {
     );
     assert!(out.status.success(), "schemathesis: {text}");
     assert!(text.contains("Tested: 12"), "{text}");
+}
+
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A spool on a 3 MiB tmpfs fills while nothing delivers: the API answers 503 with Retry-After,
+/// every message it answered 202 for is delivered once the smarthost comes up.
+#[test]
+fn http_answers_503_on_a_full_spool_and_keeps_what_it_took() {
+    let dir = TempDir::new("http-full");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs needs root or CAP_SYS_ADMIN");
+    let _fs = Tmpfs(spool.clone());
+    let sink_addr = free_tcp_addr("127.0.99.7");
+    let api = start_with(
+        dir.path(),
+        "127.0.99.7",
+        sink_addr,
+        &spool,
+        "shards = 1\nspool_segment_mb = 1\n\
+         [retry]\npolicy = \"exponential\"\nfirst_s = 1\nmax_s = 1\njitter = 0.0",
+        "",
+    );
+    let body =
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\n".repeat(1400);
+    let msg = serde_json::json!({"sender": "app@client.test", "recipients": ["x@dest.test"],
+        "raw": format!("From: app@client.test\nSubject: fill\n\n{body}")})
+    .to_string();
+    let mut taken = 0;
+    let mut refusal = None;
+    for _ in 0..100 {
+        let (code, body) = api.curl(
+            Some(ADMIN),
+            &[
+                "-i",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &msg,
+            ],
+            "/api/v1/messages",
+        );
+        match code {
+            202 => taken += 1,
+            _ => {
+                refusal = Some((code, body));
+                break;
+            }
+        }
+    }
+    let (code, body) = refusal.expect("the spool fills within 100 messages of 100 KiB");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.to_ascii_lowercase().contains("retry-after: "),
+        "{body}"
+    );
+    assert!(body.contains("\"code\":\"spool_full\""), "{body}");
+    assert!(taken >= 5, "{taken}");
+    // The smarthost comes up: everything taken is delivered, then there is room again.
+    let sink = SmtpSink::start_on(sink_addr, &[]);
+    wait_for(
+        "every message taken delivered",
+        Duration::from_secs(120),
+        || sink.received() >= taken,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.received(), taken);
+    // The daemon still answers.
+    assert_eq!(api.curl(Some(ADMIN), &[], "/metrics").0, 200);
 }
