@@ -22,13 +22,13 @@
 # AUTH PLAIN before its messages; the Postfix row stays plain (the cost of TLS and AUTH is read
 # against a plain run of the same script).
 # --http adds a row first: vmta-http, the same daemon fed through its HTTP API by
-# benches/peers/feed's http-feed (H keep-alive connections, default 4, each POSTing batches of B
+# benches/peers/feed's http-feed (H keep-alive connections, default 8, each POSTing batches of B
 # messages, default 100, to /api/v1/messages and waiting for the 202: durable).
 # Writes DIR/serve.json and DIR/serve.md (default target/serve-bench).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 messages=100000 postfix_messages=10000 conns=20 intake=2 shards=0 feeder=smtp-source submission=0 out=$root/target/serve-bench build=1 timeout=600
-http=0 http_conns=4 batch=100
+http=0 http_conns=8 batch=100
 while [ $# -gt 0 ]; do
     case "$1" in
         --messages) messages=$2; shift 2 ;;

@@ -127,6 +127,29 @@ fn valid_header_name(n: &str) -> bool {
 /// Header fields that the builder writes from the message's own fields.
 const BUILT: [&str; 5] = ["from", "to", "subject", "content-type", "mime-version"];
 
+/// Whether every line already ends in CRLF (no bare CR or LF).
+fn is_crlf(b: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(p) = memchr::memchr2(b'\r', b'\n', &b[i..]) {
+        let at = i + p;
+        if b[at] != b'\r' || b.get(at + 1) != Some(&b'\n') {
+            return false;
+        }
+        i = at + 2;
+    }
+    true
+}
+
+/// The message with CRLF line ends (bare LF and bare CR become CRLF); copied only when it has to
+/// change.
+fn into_crlf(text: String) -> Vec<u8> {
+    if is_crlf(text.as_bytes()) {
+        text.into_bytes()
+    } else {
+        crlf(&text)
+    }
+}
+
 /// CRLF line ends (bare LF and bare CR become CRLF).
 fn crlf(text: &str) -> Vec<u8> {
     let b = text.as_bytes();
@@ -202,7 +225,7 @@ fn submission(
             if raw.is_empty() {
                 return Err(bad(f("raw"), "the message is empty"));
             }
-            crlf(&raw)
+            into_crlf(raw)
         }
         (None, false) => {
             return Err(bad(
@@ -539,6 +562,18 @@ mod tests {
     fn line_ends_become_crlf() {
         assert_eq!(crlf("a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
         assert_eq!(crlf(""), b"");
+        for (text, already) in [
+            ("a\r\nb\r\n", true),
+            ("", true),
+            ("no line end", true),
+            ("a\nb", false),
+            ("a\rb", false),
+            ("a\r\n\r", false),
+            ("a\n\r\n", false),
+        ] {
+            assert_eq!(is_crlf(text.as_bytes()), already, "{text:?}");
+            assert_eq!(into_crlf(text.to_string()), crlf(text), "{text:?}");
+        }
     }
 
     #[test]
