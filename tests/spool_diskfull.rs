@@ -130,3 +130,91 @@ fn a_full_disk_refuses_submissions_loses_nothing_and_recovers() {
         assert_eq!(s.body(*id).unwrap(), &body(*n)[..]);
     }
 }
+
+/// On a full disk, deferrals fill only their share of the room kept for state changes; every final
+/// outcome after them is still recorded (the last sixteenth of the segment, then the room that
+/// maintenance frees as whole segments finish), and submissions work again.
+#[test]
+fn deferrals_on_a_full_disk_leave_room_for_final_outcomes() {
+    let tmp = TempDir::new("spool-full-retries");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _fs = Tmpfs::mount(&mnt, "1m");
+    let dir = mnt.join("spool");
+    let rcpt = ["a@x.example"];
+    let env = |n: usize| Envelope {
+        sender: "s@x.example",
+        recipients: &rcpt,
+        tenant: "t",
+        submitted_at: n as u64,
+        ..Envelope::default()
+    };
+    let (mut s, _) = Spool::open(&dir, opts()).unwrap();
+    let mut acked: Vec<MessageId> = Vec::new();
+    while let Ok(id) = s.submit(&env(acked.len()), &body(acked.len())) {
+        acked.push(id);
+        assert!(acked.len() < 10_000, "1 MiB file system never filled");
+    }
+    let rid = |id: &MessageId| RecipientId {
+        message: *id,
+        index: 0,
+    };
+    // Retries of undeliverable mail, over and over, until the spool refuses to record more.
+    let mut deferrals = 0;
+    let refused = 'outer: loop {
+        for (n, id) in acked.iter().enumerate() {
+            let r = s.update(
+                rid(id),
+                &StateChange {
+                    state: RecipientState::Deferred,
+                    attempts: (deferrals / acked.len() + 1) as u16,
+                    next_attempt: 1_000 + n as u64,
+                    reply: "451 4.3.0 try again later, the receiver is busy right now",
+                },
+            );
+            match r {
+                Ok(()) => deferrals += 1,
+                Err(e) => break 'outer e,
+            }
+            assert!(deferrals < 100_000, "deferrals never filled the disk");
+        }
+    };
+    assert!(matches!(refused, SpoolError::NoSpace), "{refused:?}");
+    assert!(deferrals > 0);
+    // Every message is then delivered: each final outcome is recorded, at once or after the
+    // maintenance that frees the segments already finished.
+    let mut maintained = 0;
+    for id in &acked {
+        let change = StateChange {
+            state: RecipientState::Delivered,
+            attempts: 2,
+            next_attempt: 0,
+            reply: "250 2.0.0 ok",
+        };
+        let mut tries = 0;
+        loop {
+            match s.update(rid(id), &change) {
+                Ok(()) => break,
+                Err(SpoolError::NoSpace) if tries < 3 => {
+                    s.maintain().unwrap();
+                    maintained += 1;
+                    tries += 1;
+                }
+                Err(e) => panic!("delivery of {id:?} not recorded: {e:?}"),
+            }
+        }
+    }
+    for _ in 0..20 {
+        s.maintain().unwrap();
+    }
+    let more = s
+        .submit(&env(9999), &body(9999))
+        .expect("submission once the delivered mail's space was freed");
+    drop(s);
+    let (s, rep) = Spool::open(&dir, opts()).unwrap();
+    assert_eq!(
+        rep.messages, 1,
+        "only the new message is live: {rep:?} ({maintained} maintenance passes)"
+    );
+    assert_eq!(s.body(more).unwrap(), &body(9999)[..]);
+}

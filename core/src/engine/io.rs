@@ -311,7 +311,9 @@ impl ShardThread {
                     break;
                 }
             }
-            if last_maintenance.elapsed() >= Duration::from_secs(10) {
+            // Every 10 s; every second while final outcomes wait for room on a full disk.
+            let every = if self.core.has_unrecorded() { 1 } else { 10 };
+            if last_maintenance.elapsed() >= Duration::from_secs(every) {
                 last_maintenance = Instant::now();
                 self.core.maintain();
             }

@@ -40,7 +40,8 @@ use crate::smtp::{
     Recipient, Reply, Session, SessionConfig, TlsSettings, Transaction,
 };
 use crate::spool::{
-    MessageFlags, MessageId, Priority, RecipientId, RecipientState, Spool, StateChange, Ticket,
+    MessageFlags, MessageId, Priority, RecipientId, RecipientState, Spool, SpoolError, StateChange,
+    Ticket,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -229,6 +230,15 @@ struct ClosedConn {
     _deadline: Instant,
 }
 
+/// A final outcome the spool could not record yet.
+#[derive(Debug)]
+struct Unrecorded {
+    rid: RecipientId,
+    state: RecipientState,
+    attempts: u16,
+    reply: String,
+}
+
 /// An attempt's outcome for one recipient.
 #[derive(Debug, Clone)]
 enum Outcome {
@@ -357,6 +367,9 @@ pub(crate) struct ShardCore {
     paused: bool,
     /// Destinations and tenants paused by an operator.
     holds: Arc<super::queues::Holds>,
+    /// Final outcomes the spool could not record (a full disk), written again by
+    /// [`ShardCore::maintain`].
+    unrecorded: Vec<Unrecorded>,
     /// The last throttling reply per MX host, for [`ShardCore::destination_state`].
     throttles: crate::FastMap<Arc<str>, super::queues::SlowingReply>,
     /// With a suppression list: the default tenant's name (outcomes are observed for the list).
@@ -472,6 +485,7 @@ impl ShardCore {
             held: Vec::new(),
             paused: false,
             holds: Arc::default(),
+            unrecorded: Vec::new(),
             throttles: crate::FastMap::default(),
             observe: cfg
                 .suppression
@@ -1618,6 +1632,18 @@ impl ShardCore {
             Ok(t) => self.commit = Some(t),
             Err(_) => {
                 self.metrics.spool_errors.fetch_add(1, Ordering::Relaxed);
+                // A final outcome must reach the spool (else a restart repeats the delivery and its
+                // segment is never freed): kept and written again once maintenance frees room. A
+                // deferral not recorded only means the retry time is not remembered across a
+                // restart; the timer wheel below still has it.
+                if state.is_final() {
+                    self.unrecorded.push(Unrecorded {
+                        rid,
+                        state,
+                        attempts,
+                        reply: reply_text.clone(),
+                    });
+                }
             }
         }
         self.reply_scratch = reply_text;
@@ -2082,8 +2108,34 @@ impl ShardCore {
     }
 
     /// Spool maintenance (segment deletion and compaction).
+    /// Frees spool space, then writes the final outcomes a full disk refused before.
     pub(crate) fn maintain(&mut self) {
         let _ = self.spool.maintain();
+        let mut kept = Vec::new();
+        for u in std::mem::take(&mut self.unrecorded) {
+            let change = StateChange {
+                state: u.state,
+                attempts: u.attempts,
+                next_attempt: 0,
+                reply: &u.reply,
+            };
+            match self.spool.record_state(u.rid, &change) {
+                Ok(t) => self.commit = Some(t),
+                // Gone or already final (a cancel got there): nothing left to record.
+                Err(
+                    SpoolError::AlreadyFinal(_)
+                    | SpoolError::UnknownRecipient(_)
+                    | SpoolError::UnknownMessage(_),
+                ) => {}
+                Err(_) => kept.push(u),
+            }
+        }
+        self.unrecorded = kept;
+    }
+
+    /// Whether final outcomes wait for room in the spool (maintenance is then due sooner).
+    pub(crate) fn has_unrecorded(&self) -> bool {
+        !self.unrecorded.is_empty()
     }
 }
 

@@ -53,7 +53,9 @@
 //! If a write fails, the active segment is cut back to its last good record, sealed and left alone;
 //! the next append starts a new segment. Every record accepted before is intact and the spool keeps
 //! working once space is back. To let deliveries be recorded (and space be freed) on a full disk,
-//! submissions may only fill a segment up to 7/8: the last eighth is kept for state changes.
+//! submissions may only fill a segment up to 7/8 and deferrals, holds and compaction copies up to
+//! 15/16: the last sixteenth is kept for final outcomes (delivered, bounced, expired, cancelled),
+//! so retries of undeliverable mail cannot use up the room its deliveries need.
 //!
 //! # Recovery
 //!
@@ -221,6 +223,20 @@ pub struct StateChange<'a> {
     pub next_attempt: u64,
     /// Summary of the last reply (cut to 512 bytes), e.g. `451 4.7.1 greylisted`.
     pub reply: &'a str,
+}
+
+/// How much of the active segment a record may use (see [`Spool::write`]). On a full disk new
+/// messages are refused first, then retry bookkeeping; final outcomes (delivered, bounced,
+/// cancelled) get the last room, since a final outcome not recorded means a delivery repeated after
+/// a restart and a segment that can never be freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// A new message: up to seven eighths of a segment.
+    Submission,
+    /// A deferral, a hold, a compaction copy: up to fifteen sixteenths.
+    Progress,
+    /// A final state or a cancel: the whole segment.
+    Final,
 }
 
 /// Errors of the spool.
@@ -1031,13 +1047,10 @@ impl Spool {
         }
     }
 
-    /// Appends the framed record in `buf` (its checksums are recomputed for the target segment).
-    /// Submissions keep the last eighth of a segment free for state changes.
-    fn write(
-        &mut self,
-        buf: &mut [u8],
-        submission: bool,
-    ) -> Result<(u32, u32, Ticket), SpoolError> {
+    /// Appends the framed record in `buf` (its checksums are recomputed for the target segment)
+    /// where `room` lets it: submissions keep the last eighth of a segment free, retries and
+    /// compaction the last sixteenth, so final outcomes can still be recorded on a full disk.
+    fn write(&mut self, buf: &mut [u8], room: Room) -> Result<(u32, u32, Ticket), SpoolError> {
         self.writable()?;
         if self.durability.poisoned() {
             self.retire_active();
@@ -1050,10 +1063,10 @@ impl Spool {
                 .active
                 .and_then(|a| self.segments.get(&a))
                 .is_some_and(|s| {
-                    let limit = if submission {
-                        s.capacity.saturating_sub(reserve)
-                    } else {
-                        s.capacity
+                    let limit = match room {
+                        Room::Submission => s.capacity.saturating_sub(reserve),
+                        Room::Progress => s.capacity.saturating_sub(reserve / 2),
+                        Room::Final => s.capacity,
                     };
                     s.used + len <= limit
                 });
@@ -1205,7 +1218,7 @@ impl Spool {
         let mut buf = self.frame(Kind::Message, |o| {
             record::encode_message(o, &head, env.recipients.len(), rcpts, body)
         });
-        let r = self.write(&mut buf, true);
+        let r = self.write(&mut buf, Room::Submission);
         let out = r.and_then(|(seg, off, t)| {
             self.next_message_id += 1;
             // Framed just now: the header check is enough.
@@ -1395,7 +1408,12 @@ impl Spool {
             reply: change.reply,
         };
         let mut buf = self.frame(Kind::State, |o| s.encode(o));
-        let r = self.write(&mut buf, false);
+        let room = if change.state.is_final() {
+            Room::Final
+        } else {
+            Room::Progress
+        };
+        let r = self.write(&mut buf, room);
         self.scratch = buf;
         let (seg, off, t) = r?;
         self.apply_state(seg, off, &s);
@@ -1417,7 +1435,7 @@ impl Spool {
             _ => return Err(SpoolError::UnknownMessage(id)),
         }
         let mut buf = self.frame(Kind::Cancel, |o| record::encode_cancel(o, id.0));
-        let r = self.write(&mut buf, false);
+        let r = self.write(&mut buf, Room::Final);
         self.scratch = buf;
         let (seg, off, t) = r?;
         self.apply_cancel(seg, off, id.0);
@@ -1706,7 +1724,7 @@ impl Spool {
                 Some(b) => b,
                 None => continue,
             };
-            let r = self.write(&mut buf, false);
+            let r = self.write(&mut buf, Room::Progress);
             let (seg, at, _) = match r {
                 Ok(x) => x,
                 Err(e) => {
