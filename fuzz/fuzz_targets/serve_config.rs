@@ -1,5 +1,5 @@
 //! `vmta serve`'s configuration parser fed arbitrary text (its own `[serve]`, `[[listener]]` and
-//! `[[user]]` tables beside the engine's, blanked out for the engine's parser): it must never panic,
+//! `[[user]]`, `[http]` and `[[api_token]]` tables beside the engine's, blanked out for the engine's parser): it must never panic,
 //! and a configuration it accepts has listeners whose limits are in range.
 #![no_main]
 
@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(c) = ServeConfig::from_toml(text) {
-        assert!(!c.listeners.is_empty());
+        assert!(!c.listeners.is_empty() || c.http.is_some());
+        if let Some(h) = &c.http {
+            assert!(!h.tokens.is_empty());
+            assert!(h.section.max_connections >= 1 && h.section.threads >= 1);
+        }
         for l in &c.listeners {
             assert!(l.session.max_message_size <= MAX_MESSAGE_SIZE);
             assert!(l.session.max_line >= 512);

@@ -74,11 +74,13 @@ enum PriorityJson {
 
 /// A field at fault, and why.
 #[derive(Debug)]
-struct Bad {
-    field: String,
-    message: String,
-    /// 400, or 403 for a tenant the token may not send for.
-    status: StatusCode,
+pub struct Bad {
+    /// The field (`[2].recipients[0]`); empty for the body as a whole.
+    pub field: String,
+    /// Why.
+    pub message: String,
+    /// 400, 403 for a tenant the token may not send for, 413 for too many messages.
+    pub status: StatusCode,
 }
 
 fn bad(field: String, message: impl Into<String>) -> Bad {
@@ -146,13 +148,12 @@ fn into_crlf(text: String) -> Vec<u8> {
     if is_crlf(text.as_bytes()) {
         text.into_bytes()
     } else {
-        crlf(&text)
+        crlf(text.as_bytes())
     }
 }
 
 /// CRLF line ends (bare LF and bare CR become CRLF).
-fn crlf(text: &str) -> Vec<u8> {
-    let b = text.as_bytes();
+fn crlf(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len() + b.len() / 32 + 2);
     let mut i = 0;
     while i < b.len() {
@@ -172,7 +173,7 @@ fn crlf(text: &str) -> Vec<u8> {
 
 /// Checks one message and makes its submission; `at` is its place in the request (`[3]` or empty).
 fn submission(
-    api: &Api,
+    req: &Request<'_>,
     caller: &Caller,
     peer: SocketAddr,
     at: &str,
@@ -180,7 +181,7 @@ fn submission(
 ) -> Result<Submission, Bad> {
     let f = |name: &str| format!("{at}{}{name}", if at.is_empty() { "" } else { "." });
     let tenant = match (&caller.tenant, m.tenant) {
-        (None, None) => api.config.tenant.clone(),
+        (None, None) => req.default_tenant.to_string(),
         (None, Some(t)) => t,
         (Some(own), None) => own.clone(),
         (Some(own), Some(t)) if *own == t => t,
@@ -265,7 +266,7 @@ fn submission(
         body,
         client_host: format!("api-token-{}", caller.name),
         client_ip: Some(peer.ip()),
-        protocol: if api.tls { "HTTPS" } else { "HTTP" }.into(),
+        protocol: if req.tls { "HTTPS" } else { "HTTP" }.into(),
         tls: String::new(),
         auth: caller.name.clone(),
     })
@@ -388,8 +389,11 @@ fn build(
         }
         b = b.attachment(a.content_type, a.filename, content);
     }
-    b.write_to_vec()
-        .map_err(|e| bad(f("text"), format!("cannot build the message: {e}")))
+    let out = b
+        .write_to_vec()
+        .map_err(|e| bad(f("text"), format!("cannot build the message: {e}")))?;
+    // mail-builder passes a bare CR in text through; SMTP allows none (RFC 5321 section 2.3.8).
+    Ok(if is_crlf(&out) { out } else { crlf(&out) })
 }
 
 fn submit_text(e: &SubmitError) -> String {
@@ -414,6 +418,57 @@ fn refusal(e: &SubmitError) -> (StatusCode, &'static str, Option<u64>) {
     }
 }
 
+/// What a request's submissions depend on besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `[http] tenant`: an admin's messages that name none.
+    pub default_tenant: &'a str,
+    /// Whether the listener speaks TLS (the Received field's protocol).
+    pub tls: bool,
+    /// `[http] max_messages`.
+    pub max_messages: usize,
+}
+
+/// Parses and checks a request body into submissions, all or none: the first field at fault
+/// (with how many messages the request held, for the counters) refuses the whole request.
+pub fn submissions(
+    req: &Request<'_>,
+    caller: &Caller,
+    peer: SocketAddr,
+    body: &[u8],
+) -> Result<Vec<Submission>, (Bad, usize)> {
+    let (messages, many) = parse(body).map_err(|b| (b, 1))?;
+    let count = messages.len();
+    if count == 0 {
+        return Err((bad(String::new(), "the array holds no message"), 0));
+    }
+    if count > req.max_messages {
+        return Err((
+            Bad {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                ..bad(
+                    String::new(),
+                    format!(
+                        "{count} messages in one request; at most {} (max_messages)",
+                        req.max_messages
+                    ),
+                )
+            },
+            count,
+        ));
+    }
+    let mut out = Vec::with_capacity(count);
+    for (i, m) in messages.into_iter().enumerate() {
+        let at = if many {
+            format!("[{i}]")
+        } else {
+            String::new()
+        };
+        out.push(submission(req, caller, peer, &at, m).map_err(|b| (b, count))?);
+    }
+    Ok(out)
+}
+
 /// Answers `POST /api/v1/messages` with the request body read.
 pub async fn answer(
     api: Arc<Api>,
@@ -421,48 +476,24 @@ pub async fn answer(
     peer: SocketAddr,
     body: Bytes,
 ) -> Response<Full<Bytes>> {
-    let (messages, many) = match parse(&body) {
-        Ok(x) => x,
-        Err(b) => {
-            api.stats.http_messages(0, 1);
+    let req = Request {
+        default_tenant: &api.config.tenant,
+        tls: api.tls,
+        max_messages: api.config.max_messages,
+    };
+    let submissions = match submissions(&req, caller, peer, &body) {
+        Ok(s) => s,
+        Err((b, count)) => {
+            api.stats.http_messages(0, count as u64);
             return error(
-                StatusCode::BAD_REQUEST,
+                b.status,
                 (!b.field.is_empty()).then_some(b.field.as_str()),
                 &b.message,
             );
         }
     };
     drop(body);
-    let count = messages.len();
-    if count == 0 {
-        return error(StatusCode::BAD_REQUEST, None, "the array holds no message");
-    }
-    if count > api.config.max_messages {
-        api.stats.http_messages(0, count as u64);
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            None,
-            &format!(
-                "{count} messages in one request; at most {} (max_messages)",
-                api.config.max_messages
-            ),
-        );
-    }
-    let mut submissions = Vec::with_capacity(count);
-    for (i, m) in messages.into_iter().enumerate() {
-        let at = if many {
-            format!("[{i}]")
-        } else {
-            String::new()
-        };
-        match submission(&api, caller, peer, &at, m) {
-            Ok(s) => submissions.push(s),
-            Err(b) => {
-                api.stats.http_messages(0, count as u64);
-                return error(b.status, Some(&b.field), &b.message);
-            }
-        }
-    }
+    let count = submissions.len();
     let a = api.clone();
     let done = tokio::task::spawn_blocking(move || {
         let results = a.engine.submit_batch(&submissions);
@@ -560,8 +591,8 @@ mod tests {
 
     #[test]
     fn line_ends_become_crlf() {
-        assert_eq!(crlf("a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
-        assert_eq!(crlf(""), b"");
+        assert_eq!(crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(crlf(b""), b"");
         for (text, already) in [
             ("a\r\nb\r\n", true),
             ("", true),
@@ -572,7 +603,11 @@ mod tests {
             ("a\n\r\n", false),
         ] {
             assert_eq!(is_crlf(text.as_bytes()), already, "{text:?}");
-            assert_eq!(into_crlf(text.to_string()), crlf(text), "{text:?}");
+            assert_eq!(
+                into_crlf(text.to_string()),
+                crlf(text.as_bytes()),
+                "{text:?}"
+            );
         }
     }
 
