@@ -16,5 +16,5 @@ here="$(cd "$(dirname "$0")" && pwd)"
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$here/../Cargo.toml" | head -n 1)
 libdir="$(cd "$1" && pwd)"
 includedir="$(cd "$2" && pwd)"
-sed -e "s|@LIBDIR@|$libdir|" -e "s|@INCLUDEDIR@|$includedir|" -e "s|@VERSION@|$version|" \
+sed -e "s|@PREFIX@|$libdir|" -e "s|@LIBDIR@|$libdir|" -e "s|@INCLUDEDIR@|$includedir|" -e "s|@VERSION@|$version|" \
   "$here/vmta.pc.in"

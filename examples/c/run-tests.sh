@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds the C examples against the vmta library (with pkg-config, -Wall -Wextra -Werror) and runs
+# Installs the vmta C library into a temporary prefix (`make install`: libvmta.so with its soname,
+# libvmta.a, vmta.h, vmta.pc), builds the C examples against what was installed (with
+# `pkg-config --cflags --libs vmta`, -Wall -Wextra -Werror; a static link too) and runs
 # them against a real loopback mail world (examples/peers/mailworld.py: dnsmasq and Postfix
 # smtp-sink on 127.0.70.20-23):
 #   - send, linked with the shared library: natively, under AddressSanitizer (+UBSan) and under
@@ -14,9 +16,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 profile="${VMTA_PROFILE:-debug}"
-if [ "$profile" = release ]; then cargo build -q -p vmta-ffi --release; else cargo build -q -p vmta-ffi; fi
-libdir="$root/target/$profile"
-for tool in cc c++ pkg-config valgrind python3; do
+for tool in cc c++ make pkg-config readelf valgrind python3; do
   command -v "$tool" >/dev/null || { echo "c tests: $tool is not installed (run .ci/deps)" >&2; exit 1; }
 done
 
@@ -28,12 +28,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$work/pkgconfig"
-ffi/pkgconfig.sh "$libdir" include >"$work/pkgconfig/vmta.pc"
-export PKG_CONFIG_PATH="$work/pkgconfig"
+echo "c: make install into a temporary prefix"
+make -s install PREFIX="$work/prefix" PROFILE="$profile" >/dev/null
+export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
+libdir="$(pkg-config --variable=libdir vmta)"
+[ "$libdir" = "$work/prefix/lib" ] || { echo "c: pkg-config found $libdir, not the installed prefix" >&2; exit 1; }
+soname="$(readelf -d "$libdir/libvmta.so" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')"
+[ -n "$soname" ] && [ -e "$libdir/$soname" ] || { echo "c: libvmta.so has no soname link ($soname)" >&2; exit 1; }
 cflags="-std=c11 -Wall -Wextra -Werror -g -O1 $(pkg-config --cflags vmta)"
 shared="$(pkg-config --libs vmta) -Wl,-rpath,$libdir -lpthread"
-static="$libdir/libvmta.a $(pkg-config --static --libs-only-l vmta | sed 's/-lvmta//')"
+# Static: the installed libvmta.a and what pkg-config --static says it needs.
+static="-Wl,-Bstatic -lvmta -Wl,-Bdynamic $(pkg-config --static --libs vmta | sed 's/-lvmta//')"
 asan="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 
 echo "c: building"
@@ -44,6 +49,8 @@ echo "c: building"
   cc $cflags examples/c/misuse.c -o "$work/misuse-static" $static
   cc $cflags $asan examples/c/misuse.c -o "$work/misuse-asan" $shared
   cc $cflags examples/c/misuse.c -o "$work/misuse" $shared
+  readelf -d "$work/send" | grep -q "NEEDED.*\[$soname\]" || { echo "c: send does not need $soname" >&2; exit 1; }
+  if readelf -d "$work/misuse-static" | grep -q "NEEDED.*libvmta"; then echo "c: misuse-static links libvmta dynamically" >&2; exit 1; fi
   # The header also compiles as C++ (extern "C" guards) and as pedantic C99.
   printf '#include <vmta.h>\nint main() { return vmta_version() == VMTA_VERSION_NUMBER ? 0 : 1; }\n' >"$work/cxx.cc"
   c++ -std=c++11 -Wall -Wextra -Werror $(pkg-config --cflags vmta) "$work/cxx.cc" -o "$work/cxx" $shared
