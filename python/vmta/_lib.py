@@ -4,6 +4,7 @@ Structures mirror the header field by field; `tests/test_abi.py` checks them aga
 """
 
 import ctypes
+from typing import Iterator, List, Optional, Tuple
 import ctypes.util
 import os
 from ctypes import (
@@ -159,13 +160,18 @@ class ReportOutcome(Structure):
     ]
 
 
-def _candidates():
+def _candidates() -> "Iterator[str]":
     env = os.environ.get("VMTA_LIB")
     if env:
         yield env
         return
     here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.normpath(os.path.join(here, "..", "..", ".."))
+    # The library the wheel bundles (libvmta.abi3.so, built by setuptools-rust).
+    for name in sorted(os.listdir(here)):
+        if name.startswith("libvmta") and name.endswith(".so"):
+            yield os.path.join(here, name)
+    # A checkout: python/vmta/ beside target/.
+    root = os.path.normpath(os.path.join(here, "..", ".."))
     for profile in ("release", "debug"):
         yield os.path.join(root, "target", profile, "libvmta.so")
     found = ctypes.util.find_library("vmta")
@@ -173,7 +179,7 @@ def _candidates():
         yield found
 
 
-def _load():
+def _load() -> ctypes.CDLL:
     tried = []
     for path in _candidates():
         if os.path.sep in path and not os.path.exists(path):
@@ -181,7 +187,7 @@ def _load():
             continue
         return ctypes.CDLL(path)
     raise OSError(
-        "vmta: libvmta.so not found (tried %s); build it with `cargo build -p vmta-ffi` or set VMTA_LIB"
+        "vmta: libvmta.so not found (tried %s); install the package with pip (it builds the library) or set VMTA_LIB"
         % (", ".join(tried) or "the system library path")
     )
 
@@ -290,12 +296,12 @@ for _name, (_restype, _argtypes) in _PROTOTYPES.items():
     _f.argtypes = _argtypes
 
 
-def data(value: bytes):
+def data(value: bytes) -> "Tuple[Optional[bytes], int]":
     """A (pointer, length) argument pair for bytes (no copy: ctypes passes the bytes' buffer)."""
     return (value or None), len(value)
 
 
-def as_str(value: bytes, keep: list) -> Str:
+def as_str(value: bytes, keep: "List[object]") -> Str:
     """A vmta_str over bytes; `keep` holds the buffer for the duration of the call."""
     if not value:
         return Str(None, 0)

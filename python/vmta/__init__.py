@@ -15,9 +15,10 @@ in `vmta_engine_wait` (the GIL is released), `Engine.aevents()` is an asyncio as
 
 import asyncio
 import ctypes
+import importlib.metadata
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Dict, Iterator, List, NoReturn, Optional, Sequence, Union
 
 from . import _lib
 from ._lib import lib
@@ -95,6 +96,13 @@ def version() -> str:
     return "%d.%d.%d" % (n // 10000, n // 100 % 100, n % 100)
 
 
+try:
+    #: The package's version: the crate's, which the bundled library reports too.
+    __version__: str = importlib.metadata.version("vmta")
+except importlib.metadata.PackageNotFoundError:  # a source checkout on PYTHONPATH
+    __version__ = version()
+
+
 class VmtaError(Exception):
     """A vmta call failed. `code` is the vmta_result, `name` its description; `key` names the
     configuration key at fault for configuration errors."""
@@ -163,7 +171,7 @@ _ERRORS = {
 }
 
 
-def _raise(code: int, err: Optional[ctypes.c_void_p] = None):
+def _raise(code: int, err: Optional[ctypes.c_void_p] = None) -> NoReturn:
     message, key = "", ""
     if err is not None and err.value:
         message = lib.vmta_error_message(err).decode("utf-8", "replace")
@@ -172,7 +180,7 @@ def _raise(code: int, err: Optional[ctypes.c_void_p] = None):
     raise _ERRORS.get(code, VmtaError)(code, message, key)
 
 
-def _check(code: int, err: Optional[ctypes.c_void_p] = None):
+def _check(code: int, err: Optional[ctypes.c_void_p] = None) -> None:
     if code != OK:
         _raise(code, err)
 
@@ -291,7 +299,7 @@ class Engine:
     consumer of events at a time.
     """
 
-    def __init__(self, toml: Optional[str] = None, *, path: Optional[str] = None, **options):
+    def __init__(self, toml: Optional[str] = None, *, path: Optional[str] = None, **options: Any) -> None:
         config = ctypes.c_void_p()
         err = ctypes.c_void_p()
         if toml is not None and path is not None:
@@ -304,15 +312,16 @@ class Engine:
             _check(lib.vmta_config_new(ctypes.byref(config)))
         try:
             self._configure(config, options)
-            self._h = ctypes.c_void_p()
-            _check(lib.vmta_engine_new(config, ctypes.byref(self._h), ctypes.byref(err)), err)
+            h = ctypes.c_void_p()
+            _check(lib.vmta_engine_new(config, ctypes.byref(h), ctypes.byref(err)), err)
+            self._h: Optional[ctypes.c_void_p] = h
         finally:
             lib.vmta_config_free(config)
         self._shut = False
         self._buf = (_lib.Event * 256)()
 
     @staticmethod
-    def _configure(c, o):
+    def _configure(c: ctypes.c_void_p, o: Dict[str, Any]) -> None:
         setters = {
             "spool_dir": lambda v: lib.vmta_config_set_spool_dir(c, *_lib.data(_b(str(v)))),
             "spool_segment_mb": lambda v: lib.vmta_config_set_spool_segment_mb(c, v),
@@ -340,7 +349,7 @@ class Engine:
                 raise TypeError("unknown engine option %r" % key)
 
     @property
-    def _handle(self):
+    def _handle(self) -> ctypes.c_void_p:
         if self._h is None:
             raise VmtaError(INVALID_HANDLE, "the engine is closed")
         return self._h
@@ -356,7 +365,7 @@ class Engine:
         priority: str = "transactional",
     ) -> int:
         """Queues a message; returns its id once durable. Raises a `Refused` subclass otherwise."""
-        keep: list = []
+        keep: List[object] = []
         rcpts = (_lib.Str * max(len(recipients), 1))(*[_lib.as_str(_b(r), keep) for r in recipients])
         tag_list = list((tags or {}).items())
         ctags = (_lib.Tag * max(len(tag_list), 1))(
@@ -424,12 +433,12 @@ class Engine:
 
     def poll_pending(self) -> bool:
         """Whether events are pending now."""
-        return lib.vmta_engine_wait(self._handle, 0) == OK
+        return bool(lib.vmta_engine_wait(self._handle, 0) == OK)
 
     def __iter__(self) -> Iterator[Event]:
         return self.events()
 
-    async def aevents(self):
+    async def aevents(self) -> AsyncIterator[Event]:
         """An async iterator of events for asyncio: waits on the event fd with `loop.add_reader`.
         Ends once the engine is shut down and drained."""
         loop = asyncio.get_running_loop()
@@ -456,18 +465,18 @@ class Engine:
         fd = lib.vmta_engine_event_fd(self._handle)
         if fd < 0:
             raise VmtaError(INVALID_HANDLE)
-        return fd
+        return int(fd)
 
     def stats(self) -> Stats:
         s = _lib.Stats()
         _check(lib.vmta_engine_stats(self._handle, ctypes.byref(s)))
-        return Stats(**{name: getattr(s, name) for name, _ in _lib.Stats._fields_})
+        return Stats(**{f[0]: getattr(s, f[0]) for f in _lib.Stats._fields_})
 
     def recovery(self) -> RecoveryReport:
         """What opening the spool found: all zero for a new spool."""
         r = _lib.RecoveryReport()
         _check(lib.vmta_engine_recovery(self._handle, ctypes.byref(r)))
-        return RecoveryReport(**{name: getattr(r, name) for name, _ in _lib.RecoveryReport._fields_})
+        return RecoveryReport(**{f[0]: getattr(r, f[0]) for f in _lib.RecoveryReport._fields_})
 
     def suppression(self, address: str, *, tenant: str = "", stream: str = "") -> Optional["Suppression"]:
         """The suppression that stops mail to `address` for `tenant` (empty: the default tenant) on
@@ -565,12 +574,12 @@ class Engine:
     def __enter__(self) -> "Engine":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._h is not None and not self._shut:
             self.shutdown(grace=2.0)
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.close()
         except Exception:
@@ -626,7 +635,7 @@ class ReportOutcome:
     suppressed: bool
 
 
-def _outcomes(rep) -> List[ReportOutcome]:
+def _outcomes(rep: Any) -> List[ReportOutcome]:
     outcomes = []
     o = _lib.ReportOutcome()
     for i in range(lib.vmta_report_len(rep)):
@@ -649,7 +658,7 @@ class Verp:
     """Signed VERP return paths `prefix+<id>.<tag>.<local>=<domain>@domain`."""
 
     def __init__(self, prefix: str, domain: str, key: bytes):
-        self._h = ctypes.c_void_p()
+        self._h: Optional[ctypes.c_void_p] = ctypes.c_void_p()
         _check(
             lib.vmta_verp_new(
                 *_lib.data(_b(prefix)), *_lib.data(_b(domain)), *_lib.data(_b(key)), ctypes.byref(self._h)
@@ -664,7 +673,7 @@ class Verp:
         finally:
             lib.vmta_buffer_free(buf)
 
-    def __del__(self):
+    def __del__(self) -> None:
         if getattr(self, "_h", None):
             lib.vmta_verp_free(self._h)
             self._h = None
@@ -674,7 +683,7 @@ class SuppressionList:
     """A tenant-keyed suppression list stored in an append-only log file."""
 
     def __init__(self, path: str):
-        self._h = ctypes.c_void_p()
+        self._h: Optional[ctypes.c_void_p] = ctypes.c_void_p()
         err = ctypes.c_void_p()
         _check(lib.vmta_suppression_open(*_lib.data(_b(path)), ctypes.byref(self._h), ctypes.byref(err)), err)
 
@@ -697,9 +706,12 @@ class SuppressionList:
             tenant, address.lower(), stream, info.reason.text(), _SOURCES[info.source], info.created, info.expires or None
         )
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
+        """`(tenant, address) in suppression_list`."""
+        if not (isinstance(key, tuple) and len(key) == 2):
+            return False
         tenant, address = key
-        return self.check(tenant, address) is not None
+        return self.check(str(tenant), str(address)) is not None
 
     def add(self, tenant: str, address: str, *, stream: str = "", reason: str = "", expires: int = 0) -> None:
         _check(
@@ -776,10 +788,10 @@ class SuppressionList:
     def __enter__(self) -> "SuppressionList":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.close()
         except Exception:

@@ -9,7 +9,7 @@ import pytest
 
 from vmta import _lib
 
-ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 STRUCTS = {
     "vmta_str": _lib.Str,
