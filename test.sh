@@ -9,4 +9,4 @@ cargo test --workspace --all-targets
 cargo test --workspace --doc
 examples/c/run-tests.sh
 python/run-tests.sh
-examples/go/run-tests.sh
+go/run-tests.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Submission cost through the C ABI, from C (examples/c/bench.c) and from Go (BenchmarkSubmit in
-# examples/go), with 1 and 4 submitting threads, against a real loopback mail world
+# go/), with 1 and 4 submitting threads, against a real loopback mail world
 # (examples/peers/mailworld.py on 127.0.70.50-53): engine with 2 shards, durability "none", every
 # message to the accepting smtp-sink. Builds the release library first.
 #   examples/bench.sh [COUNT]     (default 20000 submissions per run)
@@ -8,8 +8,6 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 count="${1:-20000}"
-cargo build -q --release -p vmta-ffi
-libdir="$root/target/release"
 work="$(mktemp -d -t vmta-bench-XXXXXX)"
 world_pid=""
 cleanup() {
@@ -17,8 +15,10 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ffi/pkgconfig.sh "$libdir" include >"$work/vmta.pc"
-export PKG_CONFIG_PATH="$work"
+# The release library, installed into a scratch prefix the way users get it.
+make -s install PREFIX="$work/prefix" PROFILE=release >/dev/null
+libdir="$work/prefix/lib"
+export PKG_CONFIG_PATH="$libdir/pkgconfig"
 cc -std=c11 -O2 -Wall -Wextra -Werror $(pkg-config --cflags vmta) examples/c/bench.c -o "$work/bench" \
   $(pkg-config --libs vmta) -Wl,-rpath,"$libdir" -lpthread
 
@@ -34,6 +34,6 @@ for threads in 1 4; do
 done
 kill "$world_pid"; wait "$world_pid" 2>/dev/null || true; world_pid=""
 
-cd examples/go
+cd go
 export CGO_LDFLAGS="-Wl,-rpath,$libdir" GOFLAGS=-mod=mod GOPROXY=off
 go test -run '^$' -bench Submit -benchtime "${count}x" .

@@ -2,6 +2,7 @@
 the context manager, the event iterator and asyncio through add_reader."""
 
 import asyncio
+import os
 import concurrent.futures
 import threading
 
@@ -246,3 +247,20 @@ def test_suppression_refuses_and_a_late_dsn_suppresses(world, config):
         assert engine.stats().suppressed == 2  # the refused submission and the partial one
         assert engine.unsuppress("py-gone@ok.ffi.test")
         assert engine.suppression("py-gone@ok.ffi.test") is None
+
+
+def test_the_example_program_runs_with_the_installed_package(world, config, tmp_path):
+    """examples/python/send.py, run by this interpreter (the installed package), delivers."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "vmta.toml"
+    path.write_text(config)
+    root = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "python", "send.py"), str(path),
+         "sender@vmta.test", "py-example@ok.ffi.test"],
+        capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("delivered ") and "py-example@ok.ffi.test 250" in out.stdout, out.stdout

@@ -2,6 +2,7 @@ package vmta
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,7 +30,7 @@ func TestMain(m *testing.M) {
 	if base == "" {
 		base = "127.0.70.40"
 	}
-	cmd := exec.Command("python3", filepath.Join("..", "peers", "mailworld.py"), base)
+	cmd := exec.Command("python3", filepath.Join("..", "examples", "peers", "mailworld.py"), base)
 	out, err := cmd.StdoutPipe()
 	if err == nil {
 		err = cmd.Start()
@@ -391,5 +392,57 @@ func TestSuppressionAndLateReports(t *testing.T) {
 	}
 	if s, _ := e.Stats(); s.Suppressed != 2 {
 		t.Fatalf("stats: %+v", s)
+	}
+}
+
+func TestContextsBoundTheBlockingCalls(t *testing.T) {
+	e, err := New(Options{TOML: config(t, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	m := Message{Sender: "sender@vmta.test", Recipients: []string{"ctx@ok.ffi.test"}, Body: body("ctx", "ctx@ok.ffi.test")}
+	if _, err := e.SubmitContext(done, m); !errors.Is(err, context.Canceled) {
+		t.Fatalf("SubmitContext on an ended context: %v", err)
+	}
+	short, stop := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer stop()
+	if _, err := e.NextEvent(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("NextEvent with nothing queued: %v", err)
+	}
+	ctx, stop2 := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stop2()
+	id, err := e.SubmitContext(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev, err := e.NextEvent(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.MessageID == id && ev.Kind.Final() {
+			if ev.Kind != Delivered {
+				t.Fatalf("want delivered, got %v", ev)
+			}
+			break
+		}
+	}
+	if err := e.ShutdownContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, err := e.NextEvent(ctx)
+		if errors.Is(err, ErrClosed) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.SubmitContext(ctx, m); !errors.Is(err, ShuttingDown) {
+		t.Fatalf("SubmitContext after shutdown: %v", err)
 	}
 }

@@ -5,9 +5,16 @@
 // blocks in vmta_engine_wait (outside the Go scheduler's way, in a cgo call) and drains
 // vmta_engine_poll_events into Go values. The engine threads never call into Go.
 //
-// Linking: the package uses pkg-config (`vmta.pc`, rendered by ffi/pkgconfig.sh); set
-// PKG_CONFIG_PATH to its directory, and CGO_LDFLAGS=-Wl,-rpath,<libdir> (or LD_LIBRARY_PATH) for the
-// shared library.
+// Blocking calls have context-aware forms: SubmitContext waits out a full submission ring until
+// the context ends, NextEvent waits for one event, ShutdownContext takes its grace from the
+// context's deadline. Errors are *Error values wrapping the C result code: errors.Is(err, vmta.Busy).
+//
+// Install the C library first (`make install PREFIX=...` in the repository puts libvmta, vmta.h and
+// vmta.pc there); the package links it through pkg-config: set PKG_CONFIG_PATH to
+// PREFIX/lib/pkgconfig, and CGO_LDFLAGS=-Wl,-rpath,PREFIX/lib (or LD_LIBRARY_PATH) unless PREFIX/lib
+// is on the loader's path. Then:
+//
+//	go get github.com/vmta/vmta/go
 package vmta
 
 /*
@@ -19,6 +26,7 @@ package vmta
 import "C"
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -492,6 +500,62 @@ func (e *Engine) Submit(m Message) (uint64, error) {
 		return 0, err
 	}
 	return uint64(id), nil
+}
+
+// SubmitContext is Submit that waits out a full submission ring (Busy), retrying with a growing pause
+// (1 ms to 100 ms) until the message is taken, refused for another reason, or ctx ends (its error
+// is then returned, wrapping the last Busy).
+func (e *Engine) SubmitContext(ctx context.Context, m Message) (uint64, error) {
+	pause := time.Millisecond
+	for {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		id, err := e.Submit(m)
+		if err == nil || !errors.Is(err, Busy) {
+			return id, err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+		if pause < 100*time.Millisecond {
+			pause *= 2
+		}
+	}
+}
+
+// NextEvent waits for the next delivery event until ctx ends. It returns ErrClosed once the
+// engine has shut down and every event has been read.
+func (e *Engine) NextEvent(ctx context.Context) (Event, error) {
+	select {
+	case ev, ok := <-e.events:
+		if !ok {
+			return Event{}, ErrClosed
+		}
+		return ev, nil
+	case <-ctx.Done():
+		return Event{}, ctx.Err()
+	}
+}
+
+// ErrClosed is what NextEvent returns after the last event of an engine that has shut down.
+var ErrClosed = errors.New("vmta: the engine has shut down and its events are all read")
+
+// ShutdownContext is Shutdown with the grace the context leaves: until its deadline (5 s without
+// one; none if it has already ended).
+func (e *Engine) ShutdownContext(ctx context.Context) error {
+	grace := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		grace = time.Until(d)
+	}
+	if ctx.Err() != nil || grace < 0 {
+		grace = 0
+	}
+	return e.Shutdown(grace)
 }
 
 // Cancel cancels what is left of a message; it returns how many recipients were cancelled.

@@ -1,3 +1,0 @@
-module vmta.example/vmta
-
-go 1.19

@@ -1,0 +1,3 @@
+module github.com/vmta/vmta/go
+
+go 1.19
