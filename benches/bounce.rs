@@ -84,5 +84,68 @@ fn parsing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, classification, parsing);
+/// A transaction of 100 recipients refused alike (`452 4.2.2` over quota at end of data): what the
+/// engine's retry step costs per recipient before and after the verdict cache. `per_recipient` is
+/// the old path (the policy's decision and its reason each classify: two per recipient);
+/// `verdict_cache` classifies the distinct reply once and decides from it.
+fn failed_transaction(c: &mut Criterion) {
+    use rand::SeedableRng;
+    use vmta::engine::retry::{ClassifiedRetry, FailedAttempt, RetryPolicy, VerdictCache};
+    let policy = ClassifiedRetry::new(72 * 3600, 0.2);
+    let attempt = FailedAttempt {
+        permanent: false,
+        code: Some(452),
+        enhanced: Some(vmta::smtp::EnhancedCode {
+            class: 4,
+            subject: 2,
+            detail: 2,
+        }),
+        text: REPLIES[1].get(10..).unwrap_or(""),
+        phase: Some(Phase::EndOfData),
+        domain: "gmail.com",
+        mx: "gmail-smtp-in.l.google.com",
+        sender_domain: "news.example.com",
+        tenant: "acme",
+        attempts: 1,
+        submitted_at: 1_000_000,
+        now: 1_000_060,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut g = c.benchmark_group("failed_transaction_100");
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("per_recipient", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for _ in 0..100 {
+                let a = black_box(&attempt);
+                if let vmta::engine::retry::Decision::RetryAt(t) = policy.decide(a, &mut rng) {
+                    n += t;
+                }
+                n += policy.reason(a).map_or(0, |r| r.len() as u64);
+            }
+            n
+        })
+    });
+    g.bench_function("verdict_cache", |b| {
+        b.iter(|| {
+            // A new cache per transaction: the first recipient classifies, the rest reuse it.
+            let mut cache = VerdictCache::default();
+            let mut n = 0u64;
+            for _ in 0..100 {
+                let a = black_box(&attempt);
+                let v = cache.classify(&policy, a);
+                if let vmta::engine::retry::Decision::RetryAt(t) =
+                    policy.decide_classified(a, v.as_ref(), &mut rng)
+                {
+                    n += t;
+                }
+                n += v.map_or(0, |c| c.reason.as_str().len() as u64);
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, classification, parsing, failed_transaction);
 criterion_main!(benches);

@@ -149,3 +149,40 @@ fn sisimai_corpus_agreement() {
         MIN_AGREEMENT * 100.0
     );
 }
+
+/// Replies of real greylisting servers get the reason `greylisted` and its short schedule; the
+/// look-alikes in the same file (a full disk's "try again later", a volume deferral) keep theirs
+/// (`tests/data/greylisting/replies.tsv`).
+#[test]
+fn greylisting_replies_of_real_servers() {
+    let path = vmta_tests::data_dir().join("greylisting/replies.tsv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Classifier::default_rules();
+    let mut checked = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let mut cols = line.splitn(3, '\t');
+        let (want, source, reply) = (
+            cols.next().unwrap(),
+            cols.next().unwrap(),
+            cols.next().unwrap(),
+        );
+        let got = c.classify(&vmta::bounce::Diagnostic::from_line(reply));
+        assert_eq!(got.reason.as_str(), want, "{source}: {reply}");
+        if want == "greylisted" {
+            assert_eq!(got.retry_after_s(), Some(300), "{source}: {reply}");
+            assert!(!got.throttle, "{source}: greylisting is not a rate limit");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 12, "{checked} rows");
+    // Each retry of a greylisted recipient waits longer: 5, 10, 20 minutes...
+    let grey = c.classify(&vmta::bounce::Diagnostic::from_line(
+        "451 4.7.1 Greylisting in action, please come back in 00:05:00",
+    ));
+    let policy = vmta::bounce::RetryPolicy::default();
+    let secs = |attempt| policy.interval(&grey, attempt).unwrap().as_secs();
+    assert_eq!((secs(1), secs(2), secs(3)), (300, 600, 1200));
+}

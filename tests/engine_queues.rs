@@ -228,3 +228,89 @@ fn paused_destinations_and_tenants_wait_until_resumed() {
     assert_eq!(e.paused(), (vec![], vec![]));
     e.shutdown(Duration::from_secs(5));
 }
+
+/// The sending domain and the tenant reach the bounce rules: the same `552 5.2.2` from the same
+/// receiver is retried for the sender domain a rule names, held for the tenant another rule names,
+/// and bounced for everyone else. (`cargo test sender_domain` runs this.)
+#[test]
+fn sender_domain_and_tenant_rules_give_one_reply_three_outcomes() {
+    let port = common_port(&["127.0.52.20"]);
+    let _full = sink_at(
+        "127.0.52.20",
+        port,
+        &["-f", "RCPT", "-B", "552 5.2.2 Mailbox full"],
+    );
+    let spool = TempDir::new("engine-sender-rules");
+    let mut cfg = config(&spool, &format!("127.0.52.20:{port}"));
+    cfg.retry.policy = vmta::engine::config::RetryKind::Classified;
+    cfg.retry.rules = r#"
+[policy]
+default_retry = "1h"
+
+[[rule]]
+name = "acme-full-is-transient"
+reason = "mailboxfull"
+action = "retry"
+sender = ["acme.test"]
+code = ["552"]
+
+[[rule]]
+name = "vip-full-is-on-hold"
+reason = "onhold"
+action = "retry"
+tenant = ["vip"]
+code = ["552"]
+
+[[rule]]
+name = "full"
+reason = "mailboxfull"
+action = "bounce"
+code = ["552"]
+"#
+    .into();
+    let e = Engine::start(&cfg).unwrap();
+    let send = |sender: &str, to: &str, tenant: &str| {
+        e.submit(&Submission {
+            sender: sender.into(),
+            recipients: vec![to.into()],
+            tenant: tenant.into(),
+            body: format!("From: {sender}\r\nTo: {to}\r\nSubject: s\r\n\r\nbody\r\n").into_bytes(),
+            ..Submission::default()
+        })
+        .unwrap()
+    };
+    let acme = send("news@mail.acme.test", "a@dest.test", "t1");
+    let vip = send("news@other.test", "b@dest.test", "vip");
+    let other = send("news@other.test", "c@dest.test", "t2");
+    let events = collect(&e, Duration::from_secs(30), |ev| ev.len() >= 3);
+    let of = |id: u64| {
+        events
+            .iter()
+            .find(|x| x.message_id == id)
+            .unwrap_or_else(|| panic!("no event for {id:x}: {events:#?}"))
+    };
+    assert_eq!(of(acme).kind, EventKind::Deferred, "{events:#?}");
+    assert_eq!(of(acme).reason, "mailboxfull");
+    assert_eq!(of(vip).kind, EventKind::Deferred, "{events:#?}");
+    assert_eq!(of(vip).reason, "onhold");
+    assert_eq!(of(other).kind, EventKind::Bounced, "{events:#?}");
+    assert_eq!(of(other).reason, "mailboxfull");
+    e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn retry_keys_of_the_other_policy_are_refused() {
+    let spool = TempDir::new("engine-retry-keys");
+    let mut cfg = config(&spool, "127.0.52.21:25");
+    cfg.retry.policy = vmta::engine::config::RetryKind::Classified;
+    cfg.retry.first_s = 60;
+    let e = Engine::start(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("retry.first_s") && e.contains("exponential"),
+        "{e}"
+    );
+    cfg.retry.first_s = vmta::engine::config::RetrySection::default().first_s;
+    cfg.retry.rules = "[[rule]]\nname = \"x\"\nreason = \"nonsense\"\n".into();
+    let e = Engine::start(&cfg).unwrap_err().to_string();
+    assert!(e.contains("retry.rules"), "{e}");
+}

@@ -1,7 +1,7 @@
 //! The vocabulary of bounce classification: [`Reason`], [`Kind`] and [`Action`].
 //!
 //! Reason names are Sisimai's (libsisimai.org), so results can be compared with its corpus and read by
-//! people who know it. The older Sisimai names `speeding` and `toomanyconn` parse as
+//! people who know it, plus `greylisted`, which Sisimai does not tell apart. The older Sisimai names `speeding` and `toomanyconn` parse as
 //! [`Reason::RateLimited`] and `exceedlimit` as [`Reason::MesgTooBig`].
 
 use std::fmt;
@@ -82,6 +82,10 @@ reasons! {
     MesgTooBig => "mesgtoobig",
     /// Too many messages, connections or recipients: slow down.
     RateLimited => "ratelimited",
+    /// Greylisting (RFC 6647): the receiver defers a sender it has not seen before and accepts the
+    /// same message retried a few minutes later. Not Sisimai's: it files these under its other
+    /// temporary reasons.
+    Greylisted => "greylisted",
     /// TLS or authentication required or failed.
     SecurityError => "securityerror",
     /// STARTTLS failed.
@@ -126,9 +130,8 @@ impl Reason {
             Rejected | NoRelaying | Blocked | BadReputation | RequirePtr | AuthFailure
             | SpamDetected | VirusDetected | PolicyViolation | ContentError | SecurityError
             | FailedStartTls | NotCompliantRfc | Feedback => Kind::Block,
-            RateLimited | SyntaxError | SystemError | NetworkError | MailerError | Undefined => {
-                Kind::Transient
-            }
+            RateLimited | Greylisted | SyntaxError | SystemError | NetworkError | MailerError
+            | Undefined => Kind::Transient,
             Delivered | Vacation => Kind::Success,
         }
     }

@@ -539,6 +539,7 @@ impl<'a> Reader<'a> {
             text,
             phase,
             sender_domain: "",
+            tenant: "",
             recipient_domain: &recipient_domain,
             mx_host: remote.as_deref().unwrap_or(""),
         };

@@ -41,7 +41,7 @@ pub struct RetryPolicy {
     pub max_age: Duration,
     /// Longest wait between two attempts, also the cap of backoff (default 30 hours).
     pub max_interval: Duration,
-    /// Shortest wait between two attempts (default 15 minutes; rate-limit backoff starts here).
+    /// Shortest wait between two attempts (default 5 minutes, greylisting's usual delay).
     pub min_interval: Duration,
     /// Factor applied per attempt to rate-limited retries (default 2).
     pub backoff_factor: u32,
@@ -52,7 +52,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             max_age: Duration::from_secs(72 * 3600),
             max_interval: Duration::from_secs(30 * 3600),
-            min_interval: Duration::from_secs(15 * 60),
+            min_interval: Duration::from_secs(5 * 60),
             backoff_factor: 2,
         }
     }
@@ -63,7 +63,10 @@ impl RetryPolicy {
     /// attempt), or `None` if the classification says not to retry.
     pub fn interval(&self, c: &Classification, attempt: u32) -> Option<Duration> {
         let base = c.action.retry_after()?;
-        let d = if c.throttle || c.reason == Reason::RateLimited {
+        // Rate limits and greylisting back off with each attempt: a greylisting server lets the
+        // second or third attempt through, and one that keeps deferring is not greylisting.
+        let grows = c.throttle || matches!(c.reason, Reason::RateLimited | Reason::Greylisted);
+        let d = if grows {
             let exp = attempt.saturating_sub(1).min(16);
             let factor = u64::from(self.backoff_factor.max(1)).saturating_pow(exp);
             Duration::from_secs(base.as_secs().saturating_mul(factor))

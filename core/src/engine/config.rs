@@ -43,8 +43,11 @@
 //! max_s = 14400               # ... doubling up to 4 hours ...
 //! jitter = 0.2                # ... each spread by up to ±20% ...
 //! max_age_s = 259200          # ... until the message is 72 hours old: then it expires
-//! min_interval_s = 900        # classified: per-reason intervals are kept between 15 minutes ...
-//! max_interval_s = 108000     # ... and 30 hours
+//! min_interval_s = 300        # classified: per-reason intervals are kept between 5 minutes ...
+//! max_interval_s = 108000     # ... and 30 hours (first_s and max_s belong to "exponential", the
+//!                             # interval bounds to "classified": the other policy's keys are refused)
+//! rules_file = ""             # classified: the bounce rules (core/src/bounce/default_rules.toml's
+//! rules = ""                  # format); inline `rules` wins; empty = the shipped rules
 //!
 //! [shaping]                   # traffic shaping (see core/src/shaping): limits per source and receiver
 //! rules_file = ""             # a TOML rule set; empty = the shipped provider defaults
@@ -319,6 +322,31 @@ pub struct RetrySection {
     pub min_interval_s: u64,
     /// Classified: the longest interval between attempts.
     pub max_interval_s: u64,
+    /// Classified: a bounce rule file; empty = the shipped rules.
+    pub rules_file: PathBuf,
+    /// Classified: inline bounce rules; win over `rules_file`.
+    pub rules: String,
+}
+
+impl RetrySection {
+    /// The bounce classifier the rules configure (the shipped one by default).
+    pub fn classifier(&self) -> Result<crate::bounce::Classifier, ConfigError> {
+        if !self.rules.trim().is_empty() {
+            return crate::bounce::Classifier::from_toml(&self.rules)
+                .map_err(|e| err("retry.rules", e.to_string()));
+        }
+        if self.rules_file.as_os_str().is_empty() {
+            return Ok(crate::bounce::Classifier::default_rules());
+        }
+        let text = std::fs::read_to_string(&self.rules_file).map_err(|e| {
+            err(
+                "retry.rules_file",
+                format!("{}: {e}", self.rules_file.display()),
+            )
+        })?;
+        crate::bounce::Classifier::from_toml(&text)
+            .map_err(|e| err("retry.rules_file", e.to_string()))
+    }
 }
 
 impl Default for RetrySection {
@@ -329,8 +357,10 @@ impl Default for RetrySection {
             max_s: 4 * 3600,
             jitter: 0.2,
             max_age_s: 72 * 3600,
-            min_interval_s: 15 * 60,
+            min_interval_s: 5 * 60,
             max_interval_s: 30 * 3600,
+            rules_file: PathBuf::new(),
+            rules: String::new(),
         }
     }
 }
@@ -753,6 +783,44 @@ impl EngineConfig {
         }
         if r.first_s == 0 || r.max_s < r.first_s {
             return Err(err("retry.max_s", "need 0 < retry.first_s <= retry.max_s"));
+        }
+        // Each policy has its own keys; the other's would be silently ignored, so they are refused.
+        let d = RetrySection::default();
+        match r.policy {
+            RetryKind::Classified => {
+                for (key, set) in [
+                    ("retry.first_s", r.first_s != d.first_s),
+                    ("retry.max_s", r.max_s != d.max_s),
+                ] {
+                    if set {
+                        return Err(err(
+                            key,
+                            "applies to policy = \"exponential\" only; with the per-reason \
+                             schedules bound the intervals with retry.min_interval_s and \
+                             retry.max_interval_s",
+                        ));
+                    }
+                }
+                r.classifier()?;
+            }
+            RetryKind::Exponential => {
+                for (key, set) in [
+                    ("retry.min_interval_s", r.min_interval_s != d.min_interval_s),
+                    ("retry.max_interval_s", r.max_interval_s != d.max_interval_s),
+                    (
+                        "retry.rules",
+                        !r.rules.is_empty() || !r.rules_file.as_os_str().is_empty(),
+                    ),
+                ] {
+                    if set {
+                        return Err(err(
+                            key,
+                            "applies to policy = \"classified\" only; the exponential schedule \
+                             is set by retry.first_s and retry.max_s",
+                        ));
+                    }
+                }
+            }
         }
         if !(0.0..=0.5).contains(&r.jitter) {
             return Err(err("retry.jitter", "must be between 0.0 and 0.5"));

@@ -476,6 +476,9 @@ impl Engine {
             config::RetryKind::Classified => {
                 let mut r =
                     retry::ClassifiedRetry::new(config.retry.max_age_s, config.retry.jitter);
+                r.classifier = crate::bounce::ClassifierHandle::new(
+                    config.retry.classifier().map_err(EngineError::Config)?,
+                );
                 r.policy.min_interval = Duration::from_secs(config.retry.min_interval_s);
                 r.policy.max_interval = Duration::from_secs(config.retry.max_interval_s);
                 Arc::new(r)
@@ -563,8 +566,15 @@ impl Engine {
         let epoch = Instant::now();
         let shaping =
             crate::shaping::ShapingShared::new(rules, resolved.shards, Now::system().unix());
+        // The rules configured for retries classify what the suppression list learns too (and
+        // inbound reports): one vocabulary for a reply wherever it is read.
         let classifier = Arc::new(crate::bounce::ClassifierHandle::new(
-            crate::bounce::Classifier::default_rules(),
+            match config.retry.policy {
+                config::RetryKind::Classified => {
+                    config.retry.classifier().map_err(EngineError::Config)?
+                }
+                config::RetryKind::Exponential => crate::bounce::Classifier::default_rules(),
+            },
         ));
         let suppression = match &resolved.suppression {
             None => None,

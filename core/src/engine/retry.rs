@@ -45,6 +45,10 @@ pub struct FailedAttempt<'a> {
     pub domain: &'a str,
     /// The MX host that answered, if any.
     pub mx: &'a str,
+    /// The envelope sender's domain (empty for the null sender).
+    pub sender_domain: &'a str,
+    /// The tenant the message was sent for.
+    pub tenant: &'a str,
     /// Attempts made so far, this one included.
     pub attempts: u16,
     /// When the message was submitted (Unix seconds).
@@ -57,6 +61,23 @@ pub struct FailedAttempt<'a> {
 pub trait RetryPolicy: Send + Sync + std::fmt::Debug {
     /// The decision for `attempt`; `rng` spreads delays.
     fn decide(&self, attempt: &FailedAttempt<'_>, rng: &mut StdRng) -> Decision;
+
+    /// What the failure means, when the policy classifies failures (`None` otherwise). The engine
+    /// classifies each distinct reply once ([`VerdictCache`]) and hands the result to
+    /// [`RetryPolicy::decide_classified`].
+    fn classify(&self, _attempt: &FailedAttempt<'_>) -> Option<crate::bounce::Classification> {
+        None
+    }
+
+    /// [`RetryPolicy::decide`] with the classification [`RetryPolicy::classify`] gave.
+    fn decide_classified(
+        &self,
+        attempt: &FailedAttempt<'_>,
+        _classification: Option<&crate::bounce::Classification>,
+        rng: &mut StdRng,
+    ) -> Decision {
+        self.decide(attempt, rng)
+    }
 
     /// The maximum age in seconds.
     fn max_age(&self) -> u64;
@@ -94,29 +115,50 @@ impl ClassifiedRetry {
         }
     }
 
-    fn classify(&self, a: &FailedAttempt<'_>) -> crate::bounce::Classification {
-        let d = crate::bounce::Diagnostic {
-            code: a.code,
-            enhanced: a.enhanced,
-            text: a.text,
-            phase: a.phase,
-            sender_domain: "",
-            recipient_domain: a.domain,
-            mx_host: a.mx,
-        };
-        self.classifier.classify(&d)
+    fn classification(&self, a: &FailedAttempt<'_>) -> crate::bounce::Classification {
+        self.classifier.classify(&diagnostic(a))
+    }
+}
+
+/// The classifier's view of a failed attempt.
+pub fn diagnostic<'a>(a: &FailedAttempt<'a>) -> crate::bounce::Diagnostic<'a> {
+    crate::bounce::Diagnostic {
+        code: a.code,
+        enhanced: a.enhanced,
+        text: a.text,
+        phase: a.phase,
+        sender_domain: a.sender_domain,
+        tenant: a.tenant,
+        recipient_domain: a.domain,
+        mx_host: a.mx,
     }
 }
 
 impl RetryPolicy for ClassifiedRetry {
     fn decide(&self, a: &FailedAttempt<'_>, rng: &mut StdRng) -> Decision {
+        self.decide_classified(a, None, rng)
+    }
+
+    fn classify(&self, a: &FailedAttempt<'_>) -> Option<crate::bounce::Classification> {
+        Some(self.classification(a))
+    }
+
+    fn decide_classified(
+        &self,
+        a: &FailedAttempt<'_>,
+        given: Option<&crate::bounce::Classification>,
+        rng: &mut StdRng,
+    ) -> Decision {
         use crate::bounce::RetryDecision;
         // A permanent failure without a server reply (NXDOMAIN, a null MX, a message the server's SIZE
         // or SMTPUTF8 support rules out) is final whatever its text.
         if a.permanent && a.code.is_none() {
             return Decision::Bounce;
         }
-        let c = self.classify(a);
+        let c = match given {
+            Some(c) => *c,
+            None => self.classification(a),
+        };
         // For a server's reply the classifier decides: a 5xx "mailbox full" or an unclear 554 is
         // retried, a 4xx "user unknown" is not.
         let now = Duration::from_secs(a.now);
@@ -144,7 +186,77 @@ impl RetryPolicy for ClassifiedRetry {
     }
 
     fn reason(&self, a: &FailedAttempt<'_>) -> Option<&'static str> {
-        Some(self.classify(a).reason.as_str())
+        Some(self.classification(a).reason.as_str())
+    }
+}
+
+/// The last classification a shard made, kept while the same reply comes back: the recipients of
+/// one failed transaction (or one refused connection) share their reply, so a transaction of N
+/// recipients failing alike costs one classification, not N. A reply naming its recipient is a
+/// distinct reply and classified on its own.
+#[derive(Debug, Default)]
+pub struct VerdictCache {
+    last: Option<(Key, Option<crate::bounce::Classification>)>,
+    /// Classifications made (misses), for tests and benchmarks.
+    pub classified: u64,
+}
+
+#[derive(Debug)]
+struct Key {
+    code: Option<u16>,
+    enhanced: Option<EnhancedCode>,
+    phase: Option<Phase>,
+    permanent: bool,
+    text: String,
+    domain: String,
+    mx: String,
+    sender_domain: String,
+    tenant: String,
+}
+
+impl Key {
+    fn is(&self, a: &FailedAttempt<'_>) -> bool {
+        self.code == a.code
+            && self.enhanced == a.enhanced
+            && self.phase == a.phase
+            && self.permanent == a.permanent
+            && self.text == a.text
+            && self.domain == a.domain
+            && self.mx == a.mx
+            && self.sender_domain == a.sender_domain
+            && self.tenant == a.tenant
+    }
+}
+
+impl VerdictCache {
+    /// What `policy` makes of `a`, classified only if the last attempt seen differed.
+    pub fn classify(
+        &mut self,
+        policy: &dyn RetryPolicy,
+        a: &FailedAttempt<'_>,
+    ) -> Option<crate::bounce::Classification> {
+        if let Some((k, c)) = &self.last
+            && k.is(a)
+        {
+            return *c;
+        }
+        let c = policy.classify(a);
+        self.classified += 1;
+        self.last = Some((
+            Key {
+                code: a.code,
+                enhanced: a.enhanced,
+                phase: a.phase,
+                permanent: a.permanent,
+                text: a.text.to_string(),
+                domain: a.domain.to_string(),
+                mx: a.mx.to_string(),
+                sender_domain: a.sender_domain.to_string(),
+                tenant: a.tenant.to_string(),
+            },
+            c,
+        ));
+        c
     }
 }
 
@@ -220,10 +332,38 @@ mod tests {
             phase: Some(Phase::Rcpt),
             domain: "example.test",
             mx: "mx.example.test",
+            sender_domain: "sender.test",
+            tenant: "t",
             attempts,
             submitted_at: 0,
             now,
         }
+    }
+
+    #[test]
+    fn the_verdict_cache_classifies_each_distinct_reply_once() {
+        let r = ClassifiedRetry::new(72 * 3600, 0.0);
+        let mut cache = VerdictCache::default();
+        let mut a = attempt(1, 1000);
+        a.text = "mailbox full";
+        a.code = Some(452);
+        for _ in 0..100 {
+            assert_eq!(
+                cache.classify(&r, &a).map(|c| c.reason),
+                Some(crate::bounce::Reason::MailboxFull)
+            );
+        }
+        assert_eq!(cache.classified, 1);
+        // Another reply, another tenant: classified again.
+        a.text = "user unknown";
+        a.code = Some(550);
+        cache.classify(&r, &a);
+        a.tenant = "other";
+        cache.classify(&r, &a);
+        assert_eq!(cache.classified, 3);
+        // The exponential policy does not classify.
+        let mut fresh = VerdictCache::default();
+        assert_eq!(fresh.classify(&ExponentialRetry::default(), &a), None);
     }
 
     #[test]

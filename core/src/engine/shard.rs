@@ -367,6 +367,8 @@ pub(crate) struct ShardCore {
     paused: bool,
     /// Destinations and tenants paused by an operator.
     holds: Arc<super::queues::Holds>,
+    /// The last failure's classification, reused while the same reply comes back.
+    verdicts: super::retry::VerdictCache,
     /// Final outcomes the spool could not record (a full disk), written again by
     /// [`ShardCore::maintain`].
     unrecorded: Vec<Unrecorded>,
@@ -486,6 +488,7 @@ impl ShardCore {
             paused: false,
             holds: Arc::default(),
             unrecorded: Vec::new(),
+            verdicts: super::retry::VerdictCache::default(),
             throttles: crate::FastMap::default(),
             observe: cfg
                 .suppression
@@ -1499,18 +1502,7 @@ impl ShardCore {
                 let reason = match reason.and_then(BounceReason::parse) {
                     Some(r) => r,
                     None => match &self.classifier {
-                        Some(c) => {
-                            c.classify(&crate::bounce::Diagnostic {
-                                code: attempt.code,
-                                enhanced: attempt.enhanced,
-                                text: attempt.text,
-                                phase: attempt.phase,
-                                sender_domain: "",
-                                recipient_domain: attempt.domain,
-                                mx_host: attempt.mx,
-                            })
-                            .reason
-                        }
+                        Some(c) => c.classify(&super::retry::diagnostic(attempt)).reason,
                         None => return,
                     },
                 };
@@ -1582,6 +1574,12 @@ impl ShardCore {
                 event.enhanced = *enhanced;
                 event.text = text.clone();
                 event.phase = Some(*phase);
+                let sender_domain = self
+                    .spool
+                    .message(rid.message)
+                    .map(|m| m.sender().rsplit_once('@').map_or("", |(_, d)| d))
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
                 let attempt = FailedAttempt {
                     permanent: *permanent,
                     code: (*code > 0).then_some(*code),
@@ -1590,12 +1588,22 @@ impl ShardCore {
                     phase: Some(*phase),
                     domain: &domain,
                     mx: via.map_or("", |(mx, _)| mx),
+                    sender_domain: &sender_domain,
+                    tenant: &event.tenant,
                     attempts,
                     submitted_at: event.submitted_at,
                     now: now.unix(),
                 };
-                let decision = self.retry.decide(&attempt, &mut self.rng);
-                let reason = self.retry.reason(&attempt);
+                // One classification per distinct reply: the recipients of a failed transaction
+                // share it.
+                let verdict = self.verdicts.classify(self.retry.as_ref(), &attempt);
+                let decision =
+                    self.retry
+                        .decide_classified(&attempt, verdict.as_ref(), &mut self.rng);
+                let reason = match &verdict {
+                    Some(c) => Some(c.reason.as_str()),
+                    None => self.retry.reason(&attempt),
+                };
                 event.reason = reason.unwrap_or_default().to_string();
                 if self.observe.is_some() {
                     self.observe_failure(&event.tenant, &event.recipient, &attempt, reason, *dns);
