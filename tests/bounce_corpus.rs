@@ -182,7 +182,7 @@ fn greylisting_replies_of_real_servers() {
     let grey = c.classify(&vmta::bounce::Diagnostic::from_line(
         "451 4.7.1 Greylisting in action, please come back in 00:05:00",
     ));
-    let policy = vmta::bounce::RetryPolicy::default();
+    let policy = vmta::bounce::RetrySchedule::default();
     let secs = |attempt| policy.interval(&grey, attempt).unwrap().as_secs();
     assert_eq!((secs(1), secs(2), secs(3)), (300, 600, 1200));
 }

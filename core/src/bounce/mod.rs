@@ -25,6 +25,6 @@ pub mod verp;
 pub use classify::{Classification, Classifier, ClassifierHandle, Diagnostic, RulesError};
 pub use reason::{Action, Kind, Reason};
 pub use report::{Report, ReportError, ReportKind, ReportRecipient};
-pub use retry::{RetryDecision, RetryPolicy};
+pub use retry::{RetryDecision, RetrySchedule};
 pub use suppression::{Recorded, Suppression, SuppressionPolicy, SuppressionStore};
 pub use verp::{Outcome, OutcomeEvent, Verp, VerpAddress, VerpError, apply_report};

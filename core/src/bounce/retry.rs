@@ -34,9 +34,11 @@ pub enum RetryDecision<T> {
     Done,
 }
 
-/// The retry policy the engine asks after each failed attempt.
+/// The per-reason schedule: intervals from a classification, backoff with the attempt number, the
+/// maximum age. The engine's one retry policy (`engine::retry::RetryPolicy`, implemented by
+/// `ClassifiedRetry` around this schedule and by `ExponentialRetry`) is what the shards ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub struct RetrySchedule {
     /// After this long since the first attempt, give up (default 72 hours).
     pub max_age: Duration,
     /// Longest wait between two attempts, also the cap of backoff (default 30 hours).
@@ -47,9 +49,9 @@ pub struct RetryPolicy {
     pub backoff_factor: u32,
 }
 
-impl Default for RetryPolicy {
+impl Default for RetrySchedule {
     fn default() -> Self {
-        RetryPolicy {
+        RetrySchedule {
             max_age: Duration::from_secs(72 * 3600),
             max_interval: Duration::from_secs(30 * 3600),
             min_interval: Duration::from_secs(5 * 60),
@@ -58,7 +60,7 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl RetrySchedule {
     /// The interval before the next attempt after failed attempt number `attempt` (1 for the first
     /// attempt), or `None` if the classification says not to retry.
     pub fn interval(&self, c: &Classification, attempt: u32) -> Option<Duration> {
@@ -119,7 +121,7 @@ mod tests {
         let c =
             Classifier::default_rules().classify(&Diagnostic::from_line("550 5.1.1 user unknown"));
         assert_eq!(
-            RetryPolicy::default().next(&c, 1, secs(0), secs(0)),
+            RetrySchedule::default().next(&c, 1, secs(0), secs(0)),
             RetryDecision::Bounce
         );
     }
@@ -128,7 +130,7 @@ mod tests {
     fn mailbox_full_retries_daily_then_expires() {
         let c =
             Classifier::default_rules().classify(&Diagnostic::from_line("552 5.2.2 mailbox full"));
-        let p = RetryPolicy::default();
+        let p = RetrySchedule::default();
         let (first, mut now, mut attempt) = (secs(1000), secs(1000), 1);
         let mut times = Vec::new();
         loop {
@@ -154,7 +156,7 @@ mod tests {
             "450 4.7.0 too many connections from your host, slow down",
         ));
         assert!(c.throttle);
-        let p = RetryPolicy::default();
+        let p = RetrySchedule::default();
         let steps: Vec<_> = (1..=10)
             .map(|a| p.interval(&c, a).unwrap().as_secs())
             .collect();
@@ -169,7 +171,7 @@ mod tests {
     fn last_attempt_lands_on_the_deadline() {
         let c = Classifier::default_rules()
             .classify(&Diagnostic::from_line("451 4.3.0 temporary failure"));
-        let p = RetryPolicy::default();
+        let p = RetrySchedule::default();
         let first = secs(0);
         assert_eq!(
             p.next(&c, 9, first, secs(72 * H - 60)),
@@ -185,7 +187,7 @@ mod tests {
     fn works_with_instants() {
         let c = Classifier::default_rules().classify(&Diagnostic::from_line("421 try later"));
         let t0 = std::time::Instant::now();
-        match RetryPolicy::default().next(&c, 1, t0, t0) {
+        match RetrySchedule::default().next(&c, 1, t0, t0) {
             RetryDecision::RetryAt(t) => assert_eq!(t - t0, secs(20 * 60)),
             d => panic!("{d:?}"),
         }

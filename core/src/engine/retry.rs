@@ -95,7 +95,7 @@ pub struct ClassifiedRetry {
     /// The classifier (reloadable).
     pub classifier: crate::bounce::ClassifierHandle,
     /// Intervals and maximum age.
-    pub policy: crate::bounce::RetryPolicy,
+    pub policy: crate::bounce::RetrySchedule,
     /// Random spread of each interval, 0.0–0.5.
     pub jitter: f64,
 }
@@ -107,9 +107,9 @@ impl ClassifiedRetry {
             classifier: crate::bounce::ClassifierHandle::new(
                 crate::bounce::Classifier::default_rules(),
             ),
-            policy: crate::bounce::RetryPolicy {
+            policy: crate::bounce::RetrySchedule {
                 max_age: Duration::from_secs(max_age),
-                ..crate::bounce::RetryPolicy::default()
+                ..crate::bounce::RetrySchedule::default()
             },
             jitter,
         }
