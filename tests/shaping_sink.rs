@@ -154,9 +154,7 @@ fn connection_caps_rates_and_messages_per_connection_hold_at_smtp_sink() {
                     shaper.on_reply(
                         &permit,
                         Phase::Greeting,
-                        greeting.0,
-                        None,
-                        greeting.1.as_bytes(),
+                        reply_signal(greeting.0, greeting.1.as_bytes()),
                         now(),
                     );
                     let ehlo = client
@@ -179,9 +177,7 @@ fn connection_caps_rates_and_messages_per_connection_hold_at_smtp_sink() {
                                 shaper.on_reply(
                                     &permit,
                                     Phase::EndOfData,
-                                    r.0,
-                                    None,
-                                    r.1.as_bytes(),
+                                    reply_signal(r.0, r.1.as_bytes()),
                                     now(),
                                 );
                                 if r.0 != 250 {
@@ -350,9 +346,7 @@ fn a_sink_that_answers_421_is_backed_off() {
                                     shaper.on_reply(
                                         &permit,
                                         Phase::Greeting,
-                                        greeting.0,
-                                        None,
-                                        greeting.1.as_bytes(),
+                                        reply_signal(greeting.0, greeting.1.as_bytes()),
                                         now(),
                                     );
                                     let _ = client.quit();
@@ -430,9 +424,7 @@ fn deliver(
         shaper.on_reply(
             &permit,
             Phase::Greeting,
-            greeting.0,
-            None,
-            greeting.1.as_bytes(),
+            reply_signal(greeting.0, greeting.1.as_bytes()),
             now(),
         );
         assert_eq!(
@@ -601,4 +593,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// What the engine tells the shaper of a reply: the shipped bounce rules' verdict.
+fn reply_signal(code: u16, text: &[u8]) -> vmta::shaping::ReplySignal {
+    static RULES: std::sync::OnceLock<vmta::bounce::Classifier> = std::sync::OnceLock::new();
+    let rules = RULES.get_or_init(vmta::bounce::Classifier::default_rules);
+    // The line as sent (an enhanced code, if any, leads the text).
+    let line = format!("{code} {}", String::from_utf8_lossy(text));
+    let c = rules.classify(&vmta::bounce::Diagnostic::from_line(&line));
+    vmta::shaping::signal(code, c.throttle)
 }

@@ -183,6 +183,58 @@ struct PolicyFile {
     min_retry: Option<String>,
     /// Longest allowed interval.
     max_retry: Option<String>,
+    /// Which temporary failures ask the sender to slow down (besides rules with `throttle`).
+    #[serde(default)]
+    throttle: ThrottleFile,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ThrottleFile {
+    #[serde(default)]
+    codes: Vec<String>,
+    #[serde(default)]
+    status: Vec<String>,
+    text: Option<String>,
+    #[serde(default)]
+    never: Vec<String>,
+}
+
+/// `[policy.throttle]` compiled: a 4xx reply whose code, enhanced code or text says so throttles,
+/// unless its reason is one waiting does not help.
+#[derive(Debug, Default, Clone)]
+struct Throttle {
+    codes: Vec<(u16, u16)>,
+    status: Vec<StatusPattern>,
+    text: Option<regex::Regex>,
+    never: Vec<Reason>,
+}
+
+impl Throttle {
+    fn says(&self, d: &Diagnostic<'_>, reason: Reason) -> bool {
+        if d.class() != Some(4) || self.never.contains(&reason) {
+            return false;
+        }
+        d.code
+            .is_some_and(|c| self.codes.iter().any(|&(lo, hi)| (lo..=hi).contains(&c)))
+            || d.enhanced
+                .is_some_and(|e| self.status.iter().any(|p| p.matches(e)))
+            || self
+                .text
+                .as_ref()
+                .is_some_and(|t| t.is_match(&d.text[..floor_char_boundary(d.text, MAX_TEXT)]))
+    }
+}
+
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    let mut i = at;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 #[derive(Debug, Deserialize)]
@@ -433,6 +485,7 @@ pub struct Classifier {
     rules: Vec<Rule>,
     set: regex::RegexSet,
     intervals: RetryIntervals,
+    throttle: Throttle,
 }
 
 fn rule_error(i: usize, name: &Option<String>, problem: impl Into<String>) -> RulesError {
@@ -543,10 +596,12 @@ impl Classifier {
             .build()
             .map_err(|e| RulesError::Regex(e.to_string()))?;
         let intervals = compile_policy(&file.policy)?;
+        let throttle = compile_throttle(&file.policy.throttle)?;
         Ok(Classifier {
             rules,
             set,
             intervals,
+            throttle,
         })
     }
 
@@ -648,10 +703,47 @@ impl Classifier {
             kind,
             action,
             throttle: throttle
-                || reason == Reason::RateLimited && matches!(action, Action::Retry(_)),
+                || matches!(action, Action::Retry(_)) && self.throttle.says(d, reason),
             rule,
         }
     }
+}
+
+fn compile_throttle(t: &ThrottleFile) -> Result<Throttle, RulesError> {
+    let err = |problem: String| RulesError::Rule {
+        rule: "policy.throttle".into(),
+        problem,
+    };
+    Ok(Throttle {
+        codes: t
+            .codes
+            .iter()
+            .map(|c| parse_code_pattern(c).ok_or_else(|| err(format!("bad code pattern {c:?}"))))
+            .collect::<Result<_, _>>()?,
+        status: t
+            .status
+            .iter()
+            .map(|c| {
+                StatusPattern::parse(c).ok_or_else(|| err(format!("bad status pattern {c:?}")))
+            })
+            .collect::<Result<_, _>>()?,
+        text: t
+            .text
+            .as_deref()
+            .map(|x| {
+                regex::RegexBuilder::new(x)
+                    .case_insensitive(true)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| err(e.to_string()))
+            })
+            .transpose()?,
+        never: t
+            .never
+            .iter()
+            .map(|r| Reason::parse(r).ok_or_else(|| err(format!("unknown reason {r:?}"))))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 fn compile_policy(p: &PolicyFile) -> Result<RetryIntervals, RulesError> {
@@ -696,7 +788,7 @@ fn compile_policy(p: &PolicyFile) -> Result<RetryIntervals, RulesError> {
         .as_deref()
         .map(|s| dur("min_retry", s))
         .transpose()?
-        .unwrap_or(Duration::from_secs(15 * 60));
+        .unwrap_or(Duration::from_secs(5 * 60));
     let max = p
         .max_retry
         .as_deref()
@@ -852,8 +944,30 @@ mod tests {
             &c,
             "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.",
         );
+        // One mailbox's rate: retried with backoff, but the destination does not ask the sender
+        // to slow down.
         assert_eq!(r.reason, Reason::RateLimited);
-        assert!(r.throttle);
+        assert!(!r.throttle);
+        let r = line(&c, "452 4.5.3 Too many recipients");
+        assert!(!r.throttle, "{r:?}");
+        // [policy.throttle]: any 421 but greylisting and the like, a 4.7.x, a rate-limit text.
+        for (reply, want) in [
+            (
+                "421 Service not available, closing transmission channel",
+                true,
+            ),
+            ("451 4.7.500 Server busy. Please try again later", true),
+            ("451 Too many messages from your IP, slow down", true),
+            ("421 4.7.0 Greylisted, please try again later", false),
+            ("450 4.7.1 SPF temporary error, try again later", false),
+            (
+                "451 4.7.0 Temporary authentication failure (DKIM lookup)",
+                false,
+            ),
+            ("452 4.3.1 Insufficient system storage", false),
+        ] {
+            assert_eq!(line(&c, reply).throttle, want, "{reply}");
+        }
     }
 
     #[test]

@@ -637,8 +637,8 @@ impl Engine {
             );
             core.set_holds(holds.clone());
             let tally = Arc::new(suppression::WriterTally::default());
+            core.set_classifier(classifier.clone());
             if let Some(s) = &suppression {
-                core.set_classifier(classifier.clone());
                 core.set_writer(s.soft_filter.clone(), tally.clone());
             }
             let poll = mio::Poll::new().map_err(|e| EngineError::Io(e.to_string()))?;

@@ -230,6 +230,17 @@ struct ClosedConn {
     _deadline: Instant,
 }
 
+/// The last reply the shaping step classified, and whether it throttles.
+#[derive(Debug)]
+struct ShapingVerdict {
+    code: u16,
+    enhanced: Option<EnhancedCode>,
+    phase: Phase,
+    mx: Arc<str>,
+    text: String,
+    throttle: bool,
+}
+
 /// A final outcome the spool could not record yet.
 #[derive(Debug)]
 struct Unrecorded {
@@ -369,6 +380,8 @@ pub(crate) struct ShardCore {
     holds: Arc<super::queues::Holds>,
     /// The last failure's classification, reused while the same reply comes back.
     verdicts: super::retry::VerdictCache,
+    /// The last reply the shaping step classified.
+    shaping_verdict: Option<ShapingVerdict>,
     /// Final outcomes the spool could not record (a full disk), written again by
     /// [`ShardCore::maintain`].
     unrecorded: Vec<Unrecorded>,
@@ -489,12 +502,17 @@ impl ShardCore {
             holds: Arc::default(),
             unrecorded: Vec::new(),
             verdicts: super::retry::VerdictCache::default(),
+            shaping_verdict: None,
             throttles: crate::FastMap::default(),
             observe: cfg
                 .suppression
                 .as_ref()
                 .map(|_| Arc::from(cfg.config.suppression.default_tenant.as_str())),
-            classifier: None,
+            // The shipped rules until the engine gives its own (`set_classifier`): every shard
+            // reads replies through the bounce rules, for shaping as for retries.
+            classifier: Some(Arc::new(ClassifierHandle::new(
+                crate::bounce::Classifier::default_rules(),
+            ))),
             observations: Vec::new(),
             writer: None,
             cfg,
@@ -1411,10 +1429,10 @@ impl ShardCore {
         text: &str,
     ) {
         let nanos = self.nanos(now);
+        let throttle = code / 100 == 4 && self.reply_throttles(conn, phase, code, enhanced, text);
+        let signal = crate::shaping::signal(code, throttle);
         if let Some(c) = self.conns.get(conn).and_then(|c| c.as_ref()) {
-            let signal =
-                self.shaper
-                    .on_reply(&c.permit, phase, code, enhanced, text.as_bytes(), nanos);
+            let signal = self.shaper.on_reply(&c.permit, phase, signal, nanos);
             if signal == crate::shaping::ReplySignal::Throttled {
                 let note = super::queues::SlowingReply {
                     mx: c.mx.to_string(),
@@ -1426,6 +1444,55 @@ impl ShardCore {
                 self.throttles.insert(c.mx.clone(), note);
             }
         }
+    }
+
+    /// Whether a 4xx reply asks this sender to slow down: the bounce verdict's `throttle`, from the
+    /// same rules the retry step reads, classified once per distinct reply.
+    fn reply_throttles(
+        &mut self,
+        conn: ConnId,
+        phase: Phase,
+        code: u16,
+        enhanced: Option<EnhancedCode>,
+        text: &str,
+    ) -> bool {
+        let Some(mx) = self
+            .conns
+            .get(conn)
+            .and_then(|c| c.as_ref())
+            .map(|c| c.mx.clone())
+        else {
+            return false;
+        };
+        if let Some(v) = &self.shaping_verdict
+            && v.code == code
+            && v.enhanced == enhanced
+            && v.phase == phase
+            && v.mx == mx
+            && v.text == text
+        {
+            return v.throttle;
+        }
+        let Some(classifier) = &self.classifier else {
+            return false;
+        };
+        let c = classifier.classify(&crate::bounce::Diagnostic {
+            code: Some(code),
+            enhanced,
+            text,
+            phase: Some(phase),
+            mx_host: &mx,
+            ..crate::bounce::Diagnostic::default()
+        });
+        self.shaping_verdict = Some(ShapingVerdict {
+            code,
+            enhanced,
+            phase,
+            mx,
+            text: text.to_string(),
+            throttle: c.throttle,
+        });
+        c.throttle
     }
 
     /// Records outcomes for the oldest transaction in flight: for one recipient (`Some(index)`) or

@@ -4,15 +4,11 @@
 //! exponentially; when the backoff ends, one probe connection goes first, and the others wait until
 //! it gets a greeting (or fails, or a minute passes).
 //!
-//! What counts as "slow down" ([`classify`]): any 421 (RFC 5321 §3.8: the receiver is closing the
-//! channel; receivers use it for "too many connections" and volume deferrals), and any other 4xx whose
-//! RFC 3463 code is `4.7.x` (security or policy status, which receivers use for rate limiting) or whose
-//! text names a rate or connection limit ("rate limit", "too many connections", "unusual rate",
-//! "temporarily deferred", "server busy", ...). A 4.7.x about authentication or transport policy (SPF,
-//! DKIM, DMARC, reverse DNS, STARTTLS required) is not throttling: slowing down would not help. Greylisting (text naming
-//! "greylist"/"graylist") is a 4xx but not throttling: it asks for a retry later, not a slower sender.
-//! A 4xx about one mailbox's rate (Gmail's 4.2.1 "receiving mail at a rate") is left to the retry
-//! schedule too: slowing the whole IP would not help.
+//! What counts as "slow down" is not decided here: the bounce rules classify each reply once, and
+//! their verdict's `throttle` (`[policy.throttle]` and the rules' own `throttle` in
+//! `core/src/bounce/default_rules.toml`: any 421, a 4.7.x, a text naming a rate or connection limit,
+//! but never greylisting or a TLS, authentication or reverse-DNS refusal) becomes the
+//! [`ReplySignal`] the shaper reads ([`signal`]).
 //!
 //! The lane state is one `AtomicU64`: the factor (per mille of the configured limits, 16 bits) and the
 //! time of the last decrease (milliseconds since the engine epoch, 48 bits). Recovery is computed when
@@ -21,7 +17,6 @@
 //! count once), and never below `floor`.
 
 use super::Nanos;
-use crate::smtp::EnhancedCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How lanes back off and recover, and how destinations back off.
@@ -72,80 +67,15 @@ pub enum ReplySignal {
     Permanent,
 }
 
-const THROTTLE_WORDS: &[&[u8]] = &[
-    b"rate limit",
-    b"ratelimit",
-    b"rate-limit",
-    b"too many connections",
-    b"too many concurrent",
-    b"too many sessions",
-    b"connection limit",
-    b"too many messages",
-    b"unusual rate",
-    b"temporarily deferred",
-    b"temporarily rate limited",
-    b"unexpected volume",
-    b"server busy",
-    b"throttl",
-    b"slow down",
-    b"exceeded the maximum",
-    b"try again later from",
-];
-
-const NOT_THROTTLE_WORDS: &[&[u8]] = &[b"greylist", b"graylist", b"grey-list", b"gray-list"];
-
-/// 4.7.x replies about authentication or transport policy: waiting helps none of them, slowing down
-/// neither (the retry schedule and bounce classification deal with them).
-const POLICY_WORDS: &[&[u8]] = &[
-    b"starttls",
-    b"tls required",
-    b"spf",
-    b"dkim",
-    b"dmarc",
-    b"reverse dns",
-    b"ptr record",
-    b"authentication",
-];
-
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.len() >= needle.len()
-        && hay
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
-/// Classifies a reply (code, RFC 3463 code if any, text) for shaping.
-pub fn classify(code: u16, enhanced: Option<EnhancedCode>, text: &[u8]) -> ReplySignal {
+/// What a reply means for shaping: its class, and for a 4xx whether the bounce verdict says the
+/// destination asks this sender to slow down.
+pub fn signal(code: u16, throttle: bool) -> ReplySignal {
     match code / 100 {
-        2 | 3 => return ReplySignal::Accepted,
-        5 => return ReplySignal::Permanent,
-        4 => {}
-        _ => return ReplySignal::Transient,
+        2 | 3 => ReplySignal::Accepted,
+        5 => ReplySignal::Permanent,
+        4 if throttle => ReplySignal::Throttled,
+        _ => ReplySignal::Transient,
     }
-    if NOT_THROTTLE_WORDS.iter().any(|w| contains_ci(text, w)) {
-        return ReplySignal::Transient;
-    }
-    if code == 421 {
-        return ReplySignal::Throttled;
-    }
-    if let Some(e) = enhanced {
-        if e.subject == 7 {
-            if POLICY_WORDS.iter().any(|w| contains_ci(text, w))
-                && !THROTTLE_WORDS.iter().any(|w| contains_ci(text, w))
-            {
-                return ReplySignal::Transient;
-            }
-            return ReplySignal::Throttled;
-        }
-        if e.subject == 2 && e.detail == 1 {
-            // 4.2.1: that mailbox is receiving too fast; not the sender's rate as a whole.
-            return ReplySignal::Transient;
-        }
-    }
-    if THROTTLE_WORDS.iter().any(|w| contains_ci(text, w)) {
-        return ReplySignal::Throttled;
-    }
-    ReplySignal::Transient
 }
 
 const MS: u64 = 1_000_000;
@@ -284,51 +214,63 @@ impl DestinationBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::EnhancedCode;
 
     const S: u64 = 1_000_000_000;
+
+    /// The shaper's reading of a reply through the shipped bounce rules' verdict.
+    fn shaped(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> ReplySignal {
+        let c = crate::bounce::Classifier::default_rules().classify(&crate::bounce::Diagnostic {
+            code: Some(code),
+            enhanced,
+            text,
+            ..crate::bounce::Diagnostic::default()
+        });
+        signal(code, c.throttle)
+    }
 
     #[test]
     fn replies_are_classified() {
         let e = EnhancedCode::parse;
-        assert_eq!(classify(250, None, b"ok"), ReplySignal::Accepted);
+        assert_eq!(shaped(250, None, "ok"), ReplySignal::Accepted);
         assert_eq!(
-            classify(550, e("5.1.1"), b"no such user"),
+            shaped(550, e("5.1.1"), "no such user"),
             ReplySignal::Permanent
         );
         assert_eq!(
-            classify(421, e("4.7.0"), b"Too many connections"),
+            shaped(421, e("4.7.0"), "Too many connections"),
             ReplySignal::Throttled
         );
         assert_eq!(
-            classify(421, None, b"Service not available"),
+            shaped(421, None, "Service not available"),
             ReplySignal::Throttled
         );
         assert_eq!(
-            classify(451, e("4.7.500"), b"Server busy. Please try again later"),
+            shaped(451, e("4.7.500"), "Server busy. Please try again later"),
             ReplySignal::Throttled
         );
         assert_eq!(
-            classify(450, None, b"4.7.1 rate limit exceeded"),
+            shaped(450, None, "4.7.1 rate limit exceeded"),
             ReplySignal::Throttled
         );
         assert_eq!(
-            classify(451, e("4.7.1"), b"Greylisted, please try again later"),
+            shaped(451, e("4.7.1"), "Greylisted, please try again later"),
             ReplySignal::Transient
         );
         assert_eq!(
-            classify(
+            shaped(
                 450,
                 e("4.2.1"),
-                b"The user you are trying to contact is receiving mail at a rate"
+                "The user you are trying to contact is receiving mail at a rate"
             ),
             ReplySignal::Transient
         );
         assert_eq!(
-            classify(452, e("4.3.1"), b"Insufficient system storage"),
+            shaped(452, e("4.3.1"), "Insufficient system storage"),
             ReplySignal::Transient
         );
         assert_eq!(
-            classify(451, None, b"Too many messages from your IP, slow down"),
+            shaped(451, None, "Too many messages from your IP, slow down"),
             ReplySignal::Throttled
         );
     }
@@ -407,11 +349,7 @@ mod tests {
             ),
         ];
         for (code, enh, text, want) in cases {
-            assert_eq!(
-                classify(*code, e(enh), text.as_bytes()),
-                *want,
-                "{code} {enh} {text}"
-            );
+            assert_eq!(shaped(*code, e(enh), text), *want, "{code} {enh} {text}");
         }
     }
 

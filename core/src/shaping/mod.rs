@@ -84,7 +84,7 @@ pub mod window;
 #[cfg(test)]
 mod sim;
 
-pub use backoff::{BackoffPolicy, ReplySignal, classify};
+pub use backoff::{BackoffPolicy, ReplySignal, signal};
 pub use bucket::{BucketParams, SharedTokenBucket, TokenBucket};
 pub use level::ThroughputLevel;
 pub use rules::{Limits, Rate, Rule, RuleKind, RuleSet, RulesError, Scope};

@@ -15,13 +15,13 @@
 //! the lane's throttle hold, the connection cap (after level and backoff) and the connection bucket.
 
 use super::Nanos;
-use super::backoff::{DestinationBackoff, LaneBackoff, ReplySignal, classify};
+use super::backoff::{DestinationBackoff, LaneBackoff, ReplySignal};
 use super::bucket::{BucketParams, SharedTokenBucket, TokenBucket};
 use super::level::{ThroughputLevel, scale_up};
 use super::rules::{Limits, RuleKind, RuleSet, Scope};
 use super::warmup::{DAY_NS, WarmupSchedule};
 use super::window::{SharedWindowCounter, WindowCounter, Windows};
-use crate::smtp::{EnhancedCode, Phase};
+use crate::smtp::Phase;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -714,20 +714,17 @@ impl Shaper {
         Ok(())
     }
 
-    /// Hook: a reply arrived on the connection `permit` holds, in `phase`. Throttling replies lower the
-    /// lane's rate and connection cap; failures while setting up the session (greeting, EHLO) mark the MX
-    /// host failing, and when all MX hosts of the destination are failing the destination is backed off.
-    /// Returns what the reply meant, for the engine's logs.
+    /// Hook: a reply arrived on the connection `permit` holds, in `phase`, meaning `signal` (the bounce
+    /// verdict's reading, [`super::signal`]). Throttling replies lower the lane's rate and connection
+    /// cap; failures while setting up the session (greeting, EHLO) mark the MX host failing, and when
+    /// all MX hosts of the destination are failing the destination is backed off. Returns `signal`.
     pub fn on_reply(
         &mut self,
         permit: &ConnectionPermit,
         phase: Phase,
-        code: u16,
-        enhanced: Option<EnhancedCode>,
-        text: &[u8],
+        signal: ReplySignal,
         now: Nanos,
     ) -> ReplySignal {
-        let signal = classify(code, enhanced, text);
         let r = &self.routes[permit.route.0 as usize];
         let (dest, mx) = (r.destination, r.mx);
         if signal == ReplySignal::Throttled {
@@ -1258,14 +1255,7 @@ mod tests {
         let full = s.source("192.0.2.1");
         let r = s.route(full, "example.com", "mx.example.com", Nanos(0));
         let p = s.may_connect(r, Nanos(0)).expect("permit");
-        let sig = s.on_reply(
-            &p,
-            Phase::Greeting,
-            421,
-            EnhancedCode::parse("4.7.0"),
-            b"too many connections",
-            Nanos(S),
-        );
+        let sig = s.on_reply(&p, Phase::Greeting, ReplySignal::Throttled, Nanos(S));
         assert_eq!(sig, ReplySignal::Throttled);
         // No new connection for the cooldown (10 s) ...
         assert_eq!(
@@ -1356,14 +1346,7 @@ mod tests {
         let ra = a.route(sa, "one.test", "mx.shared.test", Nanos(0));
         let rb = b.route(sb, "two.test", "mx.shared.test", Nanos(0));
         let p = a.may_connect(ra, Nanos(0)).expect("permit");
-        a.on_reply(
-            &p,
-            Phase::Mail,
-            451,
-            EnhancedCode::parse("4.7.1"),
-            b"rate limited",
-            Nanos(S),
-        );
+        a.on_reply(&p, Phase::Mail, ReplySignal::Throttled, Nanos(S));
         let live = b.snapshot(rb, Nanos(S)).live.expect("live");
         assert_eq!((live.backoff_permille, live.throttles), (500, 1));
         assert_eq!(

@@ -6,7 +6,9 @@
 
 use super::bucket::{BucketParams, TokenBucket};
 use super::rules::RuleSet;
-use super::{ConnectionPermit, Deferral, Nanos, Reason, RouteId, Shaper, ShapingShared};
+use super::{
+    ConnectionPermit, Deferral, Nanos, Reason, ReplySignal, RouteId, Shaper, ShapingShared,
+};
 use crate::smtp::{EnhancedCode, Phase};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -245,9 +247,11 @@ impl Sim {
             self.shapers[shard].on_reply(
                 &conn.permit,
                 Phase::Greeting,
-                421,
-                e,
-                b"Too many connections from your IP, try again later",
+                reply_signal(
+                    421,
+                    e,
+                    b"Too many connections from your IP, try again later",
+                ),
                 Nanos(now),
             );
             let conn = self.conns[c].take().expect("conn");
@@ -263,9 +267,7 @@ impl Sim {
         self.shapers[shard].on_reply(
             &conn.permit,
             Phase::Greeting,
-            220,
-            None,
-            b"ready",
+            reply_signal(220, None, b"ready"),
             Nanos(now),
         );
         self.at(now, Ev::SendNext(c));
@@ -355,9 +357,7 @@ impl Sim {
             self.shapers[shard].on_reply(
                 &conn.permit,
                 Phase::Mail,
-                451,
-                e,
-                b"Rate limited, slow down",
+                reply_signal(451, e, b"Rate limited, slow down"),
                 Nanos(now),
             );
         } else {
@@ -747,7 +747,12 @@ fn random_hook_sequences_keep_the_books_exact() {
                 } else {
                     Phase::Mail
                 };
-                shapers[*s].on_reply(p, phase, code, EnhancedCode::parse(e), text, Nanos(now));
+                shapers[*s].on_reply(
+                    p,
+                    phase,
+                    reply_signal(code, EnhancedCode::parse(e), text),
+                    Nanos(now),
+                );
             }
             7 if !held.is_empty() => {
                 let i = (rng.next() % held.len() as u64) as usize;
@@ -783,4 +788,19 @@ fn random_hook_sequences_keep_the_books_exact() {
     assert_conforms(&grants, BucketParams::new(20 * MS, 4), "grants");
     held.clear();
     assert_eq!(shapers[1].connections(routes[1]), 0);
+}
+
+/// What the shaper is told of a reply: the shipped bounce rules' verdict, as the engine gives it.
+fn reply_signal(code: u16, enhanced: Option<EnhancedCode>, text: &[u8]) -> ReplySignal {
+    use std::sync::OnceLock;
+    static RULES: OnceLock<crate::bounce::Classifier> = OnceLock::new();
+    let rules = RULES.get_or_init(crate::bounce::Classifier::default_rules);
+    let text = String::from_utf8_lossy(text);
+    let c = rules.classify(&crate::bounce::Diagnostic {
+        code: Some(code),
+        enhanced,
+        text: &text,
+        ..crate::bounce::Diagnostic::default()
+    });
+    super::signal(code, c.throttle)
 }
