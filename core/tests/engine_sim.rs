@@ -489,3 +489,38 @@ fn outcomes_are_observed_for_suppression_and_each_recipient_gets_its_verp_return
     assert!(plain.mail_from.values().all(|f| f == "sender@sim.test"));
     assert_eq!(plain.count(EventKind::Delivered), 20);
 }
+
+/// A host that defers every recipient at RCPT with the same reply: each failed transaction of ten
+/// recipients, on every retry until expiry, reads as the same verdict, classified once for the
+/// whole run (the shaping step and the retry step share it: a second classification would show).
+#[test]
+fn one_reply_is_classified_once_for_shaping_and_every_recipient() {
+    let dir = Dir::new("verdicts");
+    let world = World {
+        hosts: vec![HostBehaviour {
+            rcpt_4xx: 1.0,
+            ..Default::default()
+        }],
+        domains: vec![SimDomain {
+            name: "busy.sim.test".into(),
+            mx: vec![0],
+        }],
+        dns_latency: Duration::from_millis(2),
+    };
+    let mut cfg = config(3);
+    cfg.retry.max_age_s = 2 * 3600;
+    let retry = Arc::new(vmta::engine::retry::ClassifiedRetry::new(2 * 3600, 0.0));
+    let mut sim = Simulation::new(world, &cfg, retry, &dir.0, 7);
+    sim.submit_at(
+        Duration::ZERO,
+        (0..10).map(|r| format!("u{r}@busy.sim.test")).collect(),
+    );
+    let out = sim.run(4 * HOUR);
+    assert!(
+        out.count(EventKind::Deferred) >= 20,
+        "{}",
+        out.count(EventKind::Deferred)
+    );
+    assert_eq!(out.count(EventKind::Expired), 10);
+    assert_eq!(out.classifications, 1);
+}

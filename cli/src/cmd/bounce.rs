@@ -161,6 +161,7 @@ pub fn classify(args: ClassifyArgs) -> ExitCode {
         });
         if c.throttle {
             v["throttle"] = json!(true);
+            v["slow_down"] = json!(f64::from(c.slow_down) / 1000.0);
         }
         if args.explain {
             v["rule"] = json!(c.rule.and_then(|i| classifier.rule_name(i)));

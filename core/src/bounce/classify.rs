@@ -111,6 +111,9 @@ pub struct Classification {
     pub action: Action,
     /// Tell the traffic shaper to slow down towards this destination.
     pub throttle: bool,
+    /// How hard, when throttling: the share of its rate the destination's lane keeps, per mille
+    /// (500 halves it; `throttle_factor` of the rule or `[policy.throttle] factor`); 0 otherwise.
+    pub slow_down: u16,
     /// The index of the rule that matched, `None` for the built-in last resort.
     pub rule: Option<u32>,
 }
@@ -198,6 +201,7 @@ struct ThrottleFile {
     text: Option<String>,
     #[serde(default)]
     never: Vec<String>,
+    factor: Option<f64>,
 }
 
 /// `[policy.throttle]` compiled: a 4xx reply whose code, enhanced code or text says so throttles,
@@ -208,6 +212,8 @@ struct Throttle {
     status: Vec<StatusPattern>,
     text: Option<regex::Regex>,
     never: Vec<Reason>,
+    /// The share of the rate a throttled lane keeps, per mille.
+    factor: u16,
 }
 
 impl Throttle {
@@ -247,6 +253,7 @@ struct RuleToml {
     retry_after: Option<String>,
     #[serde(default)]
     throttle: bool,
+    throttle_factor: Option<f64>,
     text: Option<String>,
     #[serde(default)]
     code: Vec<String>,
@@ -367,6 +374,8 @@ struct Rule {
     action: RuleAction,
     retry_after: Option<Duration>,
     throttle: bool,
+    /// How hard this rule throttles (per mille kept), if it says.
+    throttle_factor: Option<u16>,
     /// Index into the regex set.
     text: Option<usize>,
     codes: Vec<(u16, u16)>,
@@ -577,6 +586,14 @@ impl Classifier {
                 action,
                 retry_after,
                 throttle: r.throttle,
+                throttle_factor: r
+                    .throttle_factor
+                    .map(|f| {
+                        factor_permille(f).ok_or_else(|| {
+                            err(format!("throttle_factor {f} is not between 0.05 and 0.95"))
+                        })
+                    })
+                    .transpose()?,
                 text,
                 codes,
                 no_code: r.no_code,
@@ -644,7 +661,7 @@ impl Classifier {
                     rule.kind,
                     &rule.action,
                     rule.retry_after,
-                    rule.throttle,
+                    (rule.throttle, rule.throttle_factor),
                     Some(i as u32),
                 );
             }
@@ -654,7 +671,15 @@ impl Classifier {
             Some(2) => Reason::Delivered,
             _ => Reason::Undefined,
         };
-        self.finish(d, reason, None, &RuleAction::Default, None, false, None)
+        self.finish(
+            d,
+            reason,
+            None,
+            &RuleAction::Default,
+            None,
+            (false, None),
+            None,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -665,7 +690,7 @@ impl Classifier {
         kind: Option<Kind>,
         action: &RuleAction,
         retry_after: Option<Duration>,
-        throttle: bool,
+        (throttle, factor): (bool, Option<u16>),
         rule: Option<u32>,
     ) -> Classification {
         let kind = kind.unwrap_or_else(|| reason.default_kind());
@@ -698,15 +723,28 @@ impl Classifier {
                 _ => Action::Bounce,
             },
         };
+        let throttle =
+            throttle || matches!(action, Action::Retry(_)) && self.throttle.says(d, reason);
         Classification {
             reason,
             kind,
             action,
-            throttle: throttle
-                || matches!(action, Action::Retry(_)) && self.throttle.says(d, reason),
+            throttle,
+            slow_down: if throttle {
+                factor.unwrap_or(self.throttle.factor)
+            } else {
+                0
+            },
             rule,
         }
     }
+}
+
+/// A throttle factor (0.05 to 0.95 of the rate kept) in per mille.
+fn factor_permille(f: f64) -> Option<u16> {
+    (0.05..=0.95)
+        .contains(&f)
+        .then(|| (f * 1000.0).round() as u16)
 }
 
 fn compile_throttle(t: &ThrottleFile) -> Result<Throttle, RulesError> {
@@ -743,6 +781,11 @@ fn compile_throttle(t: &ThrottleFile) -> Result<Throttle, RulesError> {
             .iter()
             .map(|r| Reason::parse(r).ok_or_else(|| err(format!("unknown reason {r:?}"))))
             .collect::<Result<_, _>>()?,
+        factor: match t.factor {
+            None => 500,
+            Some(f) => factor_permille(f)
+                .ok_or_else(|| err(format!("factor {f} is not between 0.05 and 0.95")))?,
+        },
     })
 }
 
@@ -967,6 +1010,34 @@ mod tests {
             ("452 4.3.1 Insufficient system storage", false),
         ] {
             assert_eq!(line(&c, reply).throttle, want, "{reply}");
+        }
+    }
+
+    #[test]
+    fn the_verdict_says_how_hard_to_slow_down() {
+        let c = Classifier::default_rules();
+        assert_eq!(line(&c, "421 4.7.0 Too many connections").slow_down, 500);
+        assert_eq!(
+            line(&c, "452 4.3.1 Insufficient system storage").slow_down,
+            0
+        );
+        let rules = Classifier::from_toml(
+            "[policy.throttle]\ncodes = [\"421\"]\nfactor = 0.75\n\
+             [[rule]]\nname = \"complaints\"\nreason = \"badreputation\"\nthrottle = true\n\
+             throttle_factor = 0.25\ntext = 'complaints'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            line(&rules, "421 4.7.0 deferred: user complaints").slow_down,
+            250
+        );
+        assert_eq!(
+            line(&rules, "421 4.7.0 Too many connections").slow_down,
+            750
+        );
+        for bad in ["factor = 1.5", "factor = 0.0"] {
+            let e = Classifier::from_toml(&format!("[policy.throttle]\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("between 0.05 and 0.95"), "{e}");
         }
     }
 

@@ -230,7 +230,7 @@ struct ClosedConn {
     _deadline: Instant,
 }
 
-/// The last reply the shaping step classified, and whether it throttles.
+/// The last reply the shaping step classified, and how hard it throttles.
 #[derive(Debug)]
 struct ShapingVerdict {
     code: u16,
@@ -238,7 +238,7 @@ struct ShapingVerdict {
     phase: Phase,
     mx: Arc<str>,
     text: String,
-    throttle: bool,
+    slow_down: u16,
 }
 
 /// A final outcome the spool could not record yet.
@@ -1429,10 +1429,16 @@ impl ShardCore {
         text: &str,
     ) {
         let nanos = self.nanos(now);
-        let throttle = code / 100 == 4 && self.reply_throttles(conn, phase, code, enhanced, text);
-        let signal = crate::shaping::signal(code, throttle);
+        let slow_down = if code / 100 == 4 {
+            self.reply_slow_down(conn, phase, code, enhanced, text)
+        } else {
+            0
+        };
+        let signal = crate::shaping::signal(code, slow_down > 0);
         if let Some(c) = self.conns.get(conn).and_then(|c| c.as_ref()) {
-            let signal = self.shaper.on_reply(&c.permit, phase, signal, nanos);
+            let signal =
+                self.shaper
+                    .on_reply_with(&c.permit, phase, signal, u32::from(slow_down), nanos);
             if signal == crate::shaping::ReplySignal::Throttled {
                 let note = super::queues::SlowingReply {
                     mx: c.mx.to_string(),
@@ -1446,24 +1452,63 @@ impl ShardCore {
         }
     }
 
-    /// Whether a 4xx reply asks this sender to slow down: the bounce verdict's `throttle`, from the
-    /// same rules the retry step reads, classified once per distinct reply.
-    fn reply_throttles(
+    /// How hard a 4xx reply asks this sender to slow down (the share of the rate kept, per mille;
+    /// 0: it does not): the bounce verdict's `slow_down`, from the same rules the retry step reads,
+    /// classified once per distinct reply.
+    fn reply_slow_down(
         &mut self,
         conn: ConnId,
         phase: Phase,
         code: u16,
         enhanced: Option<EnhancedCode>,
         text: &str,
-    ) -> bool {
+    ) -> u16 {
         let Some(mx) = self
             .conns
             .get(conn)
             .and_then(|c| c.as_ref())
             .map(|c| c.mx.clone())
         else {
-            return false;
+            return 0;
         };
+        // With a transaction in flight, the verdict is the one its recipients' retry step reads:
+        // classified here with their message's sender and tenant, found in the cache there.
+        let first = self.conns[conn]
+            .as_ref()
+            .and_then(|c| c.txns.front())
+            .and_then(|t| t.rcpts.iter().find(|(_, settled)| !settled))
+            .map(|(rid, _)| *rid);
+        if let Some(rid) = first
+            && let (Ok(m), Ok(st)) = (
+                self.spool.message(rid.message),
+                self.spool.recipient_status(rid),
+            )
+        {
+            let sender_domain = m
+                .sender()
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_ascii_lowercase();
+            let (tenant, domain) = (m.tenant().to_string(), st.domain.to_string());
+            let text = text.replace('\n', " ");
+            let attempt = FailedAttempt {
+                permanent: code >= 500,
+                code: Some(code),
+                enhanced,
+                text: &text,
+                phase: Some(phase),
+                domain: &domain,
+                mx: &mx,
+                sender_domain: &sender_domain,
+                tenant: &tenant,
+                attempts: 0,
+                submitted_at: 0,
+                now: 0,
+            };
+            if let Some(c) = self.verdicts.classify(self.retry.as_ref(), &attempt) {
+                return c.slow_down;
+            }
+        }
         if let Some(v) = &self.shaping_verdict
             && v.code == code
             && v.enhanced == enhanced
@@ -1471,10 +1516,10 @@ impl ShardCore {
             && v.mx == mx
             && v.text == text
         {
-            return v.throttle;
+            return v.slow_down;
         }
         let Some(classifier) = &self.classifier else {
-            return false;
+            return 0;
         };
         let c = classifier.classify(&crate::bounce::Diagnostic {
             code: Some(code),
@@ -1490,9 +1535,9 @@ impl ShardCore {
             phase,
             mx,
             text: text.to_string(),
-            throttle: c.throttle,
+            slow_down: c.slow_down,
         });
-        c.throttle
+        c.slow_down
     }
 
     /// Records outcomes for the oldest transaction in flight: for one recipient (`Some(index)`) or
@@ -2206,6 +2251,11 @@ impl ShardCore {
             }
         }
         self.unrecorded = kept;
+    }
+
+    /// Failures classified so far (the verdict cache's misses).
+    pub(crate) fn classifications(&self) -> u64 {
+        self.verdicts.classified
     }
 
     /// Whether final outcomes wait for room in the spool (maintenance is then due sooner).

@@ -103,6 +103,8 @@ pub struct Outcome {
     /// The most transactions (MAIL commands) a server received in one delivery of bytes: above 1
     /// only with transactions in flight.
     pub max_transactions_per_read: usize,
+    /// Failures the shard classified (each distinct reply once, shaping and retries together).
+    pub classifications: u64,
 }
 
 impl Outcome {
@@ -285,6 +287,7 @@ impl Simulation {
         }
         self.out.elapsed = self.now;
         self.out.cancellable = self.core.cancellable();
+        self.out.classifications = self.core.classifications();
         self.out
     }
 

@@ -118,6 +118,12 @@ impl LaneBackoff {
 
     /// A throttling reply arrived at `now`: lower the factor (once per cooldown). Returns the new factor.
     pub fn throttled(&self, p: &BackoffPolicy, now: Nanos) -> u32 {
+        self.throttled_by(p, p.decrease_permille, now)
+    }
+
+    /// [`LaneBackoff::throttled`] multiplying the factor by `decrease_permille` (how hard the reply
+    /// asked: the bounce verdict's `slow_down`) instead of the policy's.
+    pub fn throttled_by(&self, p: &BackoffPolicy, decrease_permille: u32, now: Nanos) -> u32 {
         let now_ms = now.0 / MS;
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
@@ -126,7 +132,7 @@ impl LaneBackoff {
             if f < 1000 && now_ms.saturating_sub(at).saturating_mul(MS) < p.cooldown_ns {
                 return f_now;
             }
-            let lowered = (u64::from(f_now) * u64::from(p.decrease_permille) / 1000) as u32;
+            let lowered = (u64::from(f_now) * u64::from(decrease_permille.min(1000)) / 1000) as u32;
             let lowered = lowered.max(p.floor_permille.clamp(1, 1000));
             match self.0.compare_exchange_weak(
                 cur,
@@ -351,6 +357,15 @@ mod tests {
         for (code, enh, text, want) in cases {
             assert_eq!(shaped(*code, e(enh), text), *want, "{code} {enh} {text}");
         }
+    }
+
+    #[test]
+    fn a_harder_throttle_lowers_the_factor_more() {
+        let p = BackoffPolicy::default();
+        let (gentle, hard) = (LaneBackoff::default(), LaneBackoff::default());
+        assert_eq!(gentle.throttled_by(&p, 750, Nanos(S)), 750);
+        assert_eq!(hard.throttled_by(&p, 250, Nanos(S)), 250);
+        assert_eq!(LaneBackoff::default().throttled(&p, Nanos(S)), 500);
     }
 
     #[test]

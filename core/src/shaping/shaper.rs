@@ -725,10 +725,27 @@ impl Shaper {
         signal: ReplySignal,
         now: Nanos,
     ) -> ReplySignal {
+        let d = self.rules.backoff.decrease_permille;
+        self.on_reply_with(permit, phase, signal, d, now)
+    }
+
+    /// [`Shaper::on_reply`] with how hard a throttling reply lowers the lane's rate: the share kept,
+    /// per mille (the bounce verdict's `slow_down`).
+    pub fn on_reply_with(
+        &mut self,
+        permit: &ConnectionPermit,
+        phase: Phase,
+        signal: ReplySignal,
+        decrease_permille: u32,
+        now: Nanos,
+    ) -> ReplySignal {
         let r = &self.routes[permit.route.0 as usize];
         let (dest, mx) = (r.destination, r.mx);
         if signal == ReplySignal::Throttled {
-            permit.shared.backoff.throttled(&self.rules.backoff, now);
+            permit
+                .shared
+                .backoff
+                .throttled_by(&self.rules.backoff, decrease_permille, now);
             permit.shared.throttles.fetch_add(1, Ordering::Relaxed);
             // Connections already open carry on at the lowered rate; new ones wait out the cooldown, so
             // "too many connections" is not answered by reconnecting at once.
