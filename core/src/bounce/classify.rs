@@ -100,7 +100,11 @@ impl<'a> Diagnostic<'a> {
     }
 }
 
-/// The classifier's answer.
+/// The verdict on a reply: what the retry schedule, the traffic shaper, the suppression list and the
+/// events all read (see `default_rules.toml`'s header). [`Classification`] by its older name.
+pub type Verdict = Classification;
+
+/// The classifier's answer: the [`Verdict`] on one reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Classification {
     /// Why.

@@ -22,7 +22,7 @@ pub mod retry;
 pub mod suppression;
 pub mod verp;
 
-pub use classify::{Classification, Classifier, ClassifierHandle, Diagnostic, RulesError};
+pub use classify::{Classification, Classifier, ClassifierHandle, Diagnostic, RulesError, Verdict};
 pub use reason::{Action, Kind, Reason};
 pub use report::{Report, ReportError, ReportKind, ReportRecipient};
 pub use retry::{RetryDecision, RetrySchedule};
