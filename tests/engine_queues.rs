@@ -314,3 +314,98 @@ fn retry_keys_of_the_other_policy_are_refused() {
     let e = Engine::start(&cfg).unwrap_err().to_string();
     assert!(e.contains("retry.rules"), "{e}");
 }
+
+/// A reload applies new bounce rules to the very next reply and new shaping rules to the next
+/// decision, refuses a broken configuration with its key while delivery goes on, and names what
+/// needs a restart without applying it.
+#[test]
+fn reload_applies_rules_refuses_a_broken_config_and_names_restart_keys() {
+    let port = common_port(&["127.0.52.30"]);
+    let _sink = sink_at(
+        "127.0.52.30",
+        port,
+        &["-f", "RCPT", "-B", "550 5.7.1 Refused by site policy XQ17"],
+    );
+    let spool = TempDir::new("engine-reload");
+    let mut cfg = config(&spool, &format!("127.0.52.30:{port}"));
+    cfg.retry.policy = vmta::engine::config::RetryKind::Classified;
+    let e = Engine::start(&cfg).unwrap();
+    let send = |to: &str| {
+        e.submit(&Submission {
+            sender: "news@sender.test".into(),
+            recipients: vec![to.into()],
+            tenant: "t".into(),
+            body: format!("From: news@sender.test\r\nTo: {to}\r\nSubject: s\r\n\r\nb\r\n")
+                .into_bytes(),
+            ..Submission::default()
+        })
+        .unwrap()
+    };
+    let first = send("a@dest.test");
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        ev.iter().any(|x| x.message_id == first)
+    });
+    let ev = events.iter().find(|x| x.message_id == first).unwrap();
+    assert_eq!(ev.kind, EventKind::Bounced, "{ev:?}");
+
+    // New bounce rules: that site's policy refusal is a temporary hold.
+    let mut next = cfg.clone();
+    next.retry.rules = format!(
+        "[[rule]]\nname = \"xq17-is-temporary\"\nreason = \"onhold\"\naction = \"retry\"\ntext = 'XQ17'\n\n{}",
+        vmta::bounce::classify::DEFAULT_RULES
+    );
+    next.shaping.rules = "[defaults]\nmax_connections = 3\nmessage_rate = \"7/s\"\n".into();
+    let report = e.reload(&next).unwrap();
+    assert_eq!(report.applied, ["shaping", "bounce rules"], "{report:?}");
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    let second = send("b@dest.test");
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        ev.iter().any(|x| x.message_id == second)
+    });
+    let ev = events.iter().find(|x| x.message_id == second).unwrap();
+    assert_eq!(
+        (ev.kind, ev.reason.as_str()),
+        (EventKind::Deferred, "onhold"),
+        "{ev:?}"
+    );
+    let d = e.destination("dest.test").unwrap();
+    assert!(
+        d.routes
+            .iter()
+            .all(|r| r.effective.max_connections == Some(3)),
+        "{:?}",
+        d.routes
+    );
+
+    // A broken configuration is refused with its key; the running one stays whole.
+    let mut broken = next.clone();
+    broken.shaping.rules = "[defaults]\nmessage_rate = \"fast\"\n".into();
+    let err = e.reload(&broken).unwrap_err().to_string();
+    assert!(err.contains("shaping.rules"), "{err}");
+    let mut broken = next.clone();
+    broken.retry.rules = "[[rule]]\nname = \"x\"\nreason = \"nonsense\"\n".into();
+    assert!(
+        e.reload(&broken)
+            .unwrap_err()
+            .to_string()
+            .contains("retry.rules")
+    );
+    let third = send("c@dest.test");
+    let events = collect(&e, Duration::from_secs(20), |ev| {
+        ev.iter().any(|x| x.message_id == third)
+    });
+    let ev = events.iter().find(|x| x.message_id == third).unwrap();
+    assert_eq!(
+        ev.reason, "onhold",
+        "the reloaded rules are still in force: {ev:?}"
+    );
+
+    // What cannot change while running is named and left alone.
+    let mut restart = next.clone();
+    restart.engine.shards = 3;
+    restart.dns.timeout_ms += 1;
+    let report = e.reload(&restart).unwrap();
+    assert_eq!(report.needs_restart, ["engine", "dns"], "{report:?}");
+    assert_eq!(e.metrics().shards.len(), 2);
+    e.shutdown(Duration::from_secs(5));
+}

@@ -838,7 +838,7 @@ fn http_answers_as_its_openapi_document_says() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "schemathesis: {text}");
-    assert!(text.contains("Tested: 12"), "{text}");
+    assert!(text.contains("Tested: 13"), "{text}");
 }
 
 struct Tmpfs(PathBuf);
@@ -936,4 +936,81 @@ fn http_answers_503_on_a_full_spool_and_keeps_what_it_took() {
     });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.received(), taken + 1, "nothing delivered twice");
+}
+
+/// The configuration file read again by `POST /api/v1/reload` and by SIGHUP: new shaping rules are
+/// applied, a broken file is refused with its reason while mail keeps flowing, and a listener
+/// change is named as needing a restart. (`cargo test reload` runs this.)
+#[test]
+fn http_and_sighup_reload_the_configuration() {
+    let dir = TempDir::new("http-reload");
+    let sink = SmtpSink::start("127.0.99.8", &[]);
+    let api = start(dir.path(), "127.0.99.8", sink.addr, "");
+    let path = dir.path().join("vmta.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let reload = || api.post(Some(ADMIN), "/api/v1/reload", "");
+
+    // New shaping rules: applied.
+    let shaped = original.replace(
+        "[shaping]\nrules = '''\n",
+        "[shaping]\nrules = '''\n[[domain]]\ndomains = [\"dest.test\"]\nmax_connections = 2\n",
+    );
+    assert_ne!(shaped, original);
+    std::fs::write(&path, &shaped).unwrap();
+    let (code, body) = reload();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["applied"], serde_json::json!(["shaping"]), "{body}");
+    assert_eq!(body["needs_restart"], serde_json::json!([]), "{body}");
+
+    // A broken file: refused with its reason, nothing changes, mail still flows.
+    std::fs::write(
+        &path,
+        shaped.replace("max_connections = 2", "max_connections = \"many\""),
+    )
+    .unwrap();
+    let (code, body) = reload();
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shaping"),
+        "{body}"
+    );
+    let msg = r#"{"sender":"app@client.test","recipients":["r@dest.test"],"raw":"From: app@client.test\nSubject: s\n\nb\n"}"#;
+    assert_eq!(api.post(Some(ADMIN), "/api/v1/messages", msg).0, 202);
+    wait_for("the message delivered", Duration::from_secs(30), || {
+        sink.received() >= 1
+    });
+
+    // SIGHUP with a listener change: named as needing a restart, logged.
+    std::fs::write(
+        &path,
+        shaped.replace(
+            "role = \"relay\"\n",
+            "role = \"relay\"\nmax_connections = 7\n",
+        ),
+    )
+    .unwrap();
+    let pid = api._daemon.pid() as i32;
+    // SAFETY: kill(2) with a live child's pid and a signal number has no memory effects.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let log = dir.path().join("events.jsonl");
+    wait_for("the reload logged", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("\"event\":\"reload\"") && l.contains("\"listener\""))
+    });
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains("\"event\":\"reload-refused\"")),
+        "{lines}"
+    );
+    assert_eq!(
+        api.curl(Some(DEMO), &["-X", "POST"], "/api/v1/reload").0,
+        403
+    );
 }

@@ -339,6 +339,8 @@ pub struct ServeConfig {
     pub http: Option<Http>,
     /// Everything else: the engine's configuration.
     pub engine: EngineConfig,
+    /// The file it was read from (what a reload reads again).
+    pub path: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -359,6 +361,7 @@ impl ServeConfig {
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         let mut c = ServeConfig::from_toml(&text)?;
         c.engine.base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        c.path = Some(path.to_path_buf());
         Ok(c)
     }
 
@@ -585,6 +588,7 @@ impl ServeConfig {
             users,
             http,
             engine,
+            path: None,
         })
     }
 }

@@ -20,7 +20,8 @@
 //!
 //! Signals: SIGTERM and SIGINT stop accepting, let transactions in progress finish within
 //! `[serve] shutdown_grace_s` (sessions between commands are answered `421 4.3.2`), shut the engine
-//! down (everything acknowledged stays in the spool) and return; SIGHUP reopens the event log.
+//! down (everything acknowledged stays in the spool) and return; SIGHUP reopens the event log and
+//! reloads the configuration file ([`Reloader`]; also `POST /api/v1/reload`).
 //!
 //! Listeners offer STARTTLS or implicit TLS with a certificate; the `submission` role takes logins
 //! ([`users`]: argon2 hashes, checked on a thread of their own, failed logins slowed then refused
@@ -53,6 +54,62 @@ impl std::fmt::Display for ServeError {
 }
 
 impl std::error::Error for ServeError {}
+
+/// Reloads the configuration file into the running daemon: SIGHUP and `POST /api/v1/reload`.
+#[derive(Debug)]
+pub struct Reloader {
+    engine: Arc<Engine>,
+    log: Arc<log::EventLog>,
+    running: std::sync::Mutex<ServeConfig>,
+}
+
+impl Reloader {
+    /// Reads the file again and applies what a running engine can take (`Engine::reload`: shaping
+    /// rules, bounce rules, tenants); what needs a restart (the engine's other sections, and here
+    /// `[serve]`, listeners, users and the HTTP API) is named and left as it is. A file that does
+    /// not parse or check is refused with its reason and nothing changes. Logs a `reload` (or
+    /// `reload-refused`) line and returns it.
+    pub fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let refused = |error: String| {
+            let v = serde_json::json!({"event": "reload-refused", "error": error});
+            self.log.write_lines([v.to_string().as_str()]);
+            self.log.flush();
+            v
+        };
+        let Some(path) = running.path.clone() else {
+            return Err(refused("the configuration was not read from a file".into()));
+        };
+        let new = ServeConfig::from_file(&path).map_err(|e| refused(e.to_string()))?;
+        let report = self
+            .engine
+            .reload(&new.engine)
+            .map_err(|e| refused(e.to_string()))?;
+        let mut needs_restart = report.needs_restart;
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        for (name, changed) in [
+            ("serve", differs(&running.serve, &new.serve)),
+            ("listener", differs(&running.listeners, &new.listeners)),
+            ("user", differs(&running.users, &new.users)),
+            ("http", differs(&running.http, &new.http)),
+        ] {
+            if changed {
+                needs_restart.push(name.to_string());
+            }
+        }
+        running.engine = new.engine;
+        let v = serde_json::json!({
+            "event": "reload",
+            "file": path.display().to_string(),
+            "applied": report.applied,
+            "needs_restart": needs_restart,
+        });
+        self.log.write_lines([v.to_string().as_str()]);
+        self.log.flush();
+        Ok(v)
+    }
+}
 
 /// Signals as flags: set by the signal handlers (or a test), read by [`run`].
 #[derive(Debug, Default, Clone)]
@@ -213,18 +270,24 @@ pub fn run(
         );
     }
     drop(jobs_rx);
+    let reloader = Arc::new(Reloader {
+        engine: engine.clone(),
+        log: log.clone(),
+        running: std::sync::Mutex::new(config.clone()),
+    });
     let events_stop = Arc::new(AtomicBool::new(false));
     let events_thread = {
-        let (e, lg, stop, hup, st) = (
+        let (e, lg, stop, hup, st, rl) = (
             engine.clone(),
             log.clone(),
             events_stop.clone(),
             signals.hup.clone(),
             stats.clone(),
+            reloader.clone(),
         );
         std::thread::Builder::new()
             .name("vmta-events".into())
-            .spawn(move || events_loop(&e, &lg, &st, &stop, &hup))
+            .spawn(move || events_loop(&e, &lg, &st, &rl, &stop, &hup))
             .map_err(|e| ServeError(format!("thread: {e}")))?
     };
     let mut listeners_threads = Vec::new();
@@ -253,14 +316,16 @@ pub fn run(
                 .map(|l| l.name.clone())
                 .zip(connections.iter().cloned())
                 .collect();
-            let api = Arc::new(http::Api::new(
+            let mut api = http::Api::new(
                 engine.clone(),
                 stats.clone(),
                 log.clone(),
                 h,
                 config.engine.engine.spool_dir.clone(),
                 names,
-            ));
+            );
+            api.reloader = Some(reloader.clone());
+            let api = Arc::new(api);
             Some(http::HttpServer::start(api, socket, tls)?)
         }
         _ => None,
@@ -341,6 +406,7 @@ fn events_loop(
     engine: &Engine,
     log: &log::EventLog,
     stats: &stats::Stats,
+    reloader: &Reloader,
     stop: &AtomicBool,
     hup: &AtomicBool,
 ) {
@@ -358,10 +424,15 @@ fn events_loop(
             log.write_lines(lines.iter().map(String::as_str));
             lines.clear();
         }
-        if hup.swap(false, Ordering::AcqRel)
-            && let Err(e) = log.reopen()
-        {
-            eprintln!("vmta serve: {e}");
+        if hup.swap(false, Ordering::AcqRel) {
+            // SIGHUP: a new log file (after rotation), then the configuration read again.
+            if let Err(e) = log.reopen() {
+                eprintln!("vmta serve: {e}");
+            }
+            match reloader.reload() {
+                Ok(v) => eprintln!("vmta serve: reloaded: {v}"),
+                Err(v) => eprintln!("vmta serve: reload refused: {v}"),
+            }
         }
         log.flush();
         if stopping && events.is_empty() {

@@ -872,6 +872,8 @@ fn compile_policy(p: &PolicyFile) -> Result<RetryIntervals, RulesError> {
 #[derive(Debug)]
 pub struct ClassifierHandle {
     current: arc_swap::ArcSwap<Classifier>,
+    /// Bumped by every reload: caches of verdicts compare it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl ClassifierHandle {
@@ -879,7 +881,13 @@ impl ClassifierHandle {
     pub fn new(c: Classifier) -> ClassifierHandle {
         ClassifierHandle {
             current: arc_swap::ArcSwap::from_pointee(c),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many times the rules were replaced: a verdict cached under another generation is stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The rules in force now.
@@ -895,13 +903,15 @@ impl ClassifierHandle {
     /// Compiles `src` and, if it compiles, makes it the rules in force.
     pub fn reload(&self, src: &str) -> Result<(), RulesError> {
         let c = Classifier::from_toml(src)?;
-        self.current.store(Arc::new(c));
+        self.store(c);
         Ok(())
     }
 
     /// Replaces the rules with an already compiled set.
     pub fn store(&self, c: Classifier) {
         self.current.store(Arc::new(c));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

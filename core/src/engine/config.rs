@@ -1,5 +1,11 @@
 //! Engine configuration: a TOML file or string (serde), or a Rust builder ([`EngineConfig::builder`]).
 //!
+//! A running engine takes a changed configuration with `Engine::reload` (`vmta serve`: SIGHUP or
+//! `POST /api/v1/reload`): `[shaping]` (the next token taken), `[retry] rules`/`rules_file` (the
+//! next reply classified) and the `[[tenant]]` tables (the next message admitted) apply at once;
+//! every other section needs a restart, is named in the reload's report and stays as it was, and so
+//! does turning tenants on or off. A configuration that does not check is refused whole.
+//!
 //! Every option, its default and its meaning:
 //!
 //! ```toml

@@ -425,6 +425,10 @@ pub struct Engine {
     recovery: crate::spool::RecoveryReport,
     /// Destinations and tenants paused by an operator.
     holds: Arc<queues::Holds>,
+    /// The shaping state shared by the shards (its rules reload).
+    shaping: Arc<crate::shaping::ShapingShared>,
+    /// The configuration running now ([`Engine::reload`] compares with it).
+    running: Mutex<EngineConfig>,
 }
 
 impl fmt::Debug for Engine {
@@ -433,6 +437,24 @@ impl fmt::Debug for Engine {
             .field("shards", &self.shards.len())
             .finish()
     }
+}
+
+/// The bounce rules a configuration gives: `[retry] rules`/`rules_file` under the classified
+/// policy, the shipped rules otherwise.
+fn classifier_of(config: &EngineConfig) -> Result<crate::bounce::Classifier, EngineError> {
+    match config.retry.policy {
+        config::RetryKind::Classified => config.retry.classifier().map_err(EngineError::Config),
+        config::RetryKind::Exponential => Ok(crate::bounce::Classifier::default_rules()),
+    }
+}
+
+/// What [`Engine::reload`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// What changed and is in force now: `shaping`, `bounce rules`, `tenants`.
+    pub applied: Vec<String>,
+    /// Sections that changed but need a restart; left as they were.
+    pub needs_restart: Vec<String>,
 }
 
 /// The shard owning a domain: FNV-1a of the lower-case domain, stable across restarts.
@@ -472,26 +494,34 @@ impl Engine {
     /// Validates the configuration, opens each shard's spool (recovering what it holds) and starts the
     /// shard threads.
     pub fn start(config: &EngineConfig) -> Result<Engine, EngineError> {
+        let handle = Arc::new(crate::bounce::ClassifierHandle::new(classifier_of(config)?));
         let retry: Arc<dyn retry::RetryPolicy> = match config.retry.policy {
             config::RetryKind::Classified => {
                 let mut r =
                     retry::ClassifiedRetry::new(config.retry.max_age_s, config.retry.jitter);
-                r.classifier = crate::bounce::ClassifierHandle::new(
-                    config.retry.classifier().map_err(EngineError::Config)?,
-                );
+                // One set of rules for retries, shaping and suppression, which a reload replaces.
+                r.classifier = handle.clone();
                 r.policy.min_interval = Duration::from_secs(config.retry.min_interval_s);
                 r.policy.max_interval = Duration::from_secs(config.retry.max_interval_s);
                 Arc::new(r)
             }
             config::RetryKind::Exponential => Arc::new(retry_from(config)),
         };
-        Engine::start_with(config, retry)
+        Engine::start_inner(config, retry, Some(handle))
     }
 
     /// Like [`Engine::start`] with another retry policy.
     pub fn start_with(
         config: &EngineConfig,
         retry: Arc<dyn retry::RetryPolicy>,
+    ) -> Result<Engine, EngineError> {
+        Engine::start_inner(config, retry, None)
+    }
+
+    fn start_inner(
+        config: &EngineConfig,
+        retry: Arc<dyn retry::RetryPolicy>,
+        handle: Option<Arc<crate::bounce::ClassifierHandle>>,
     ) -> Result<Engine, EngineError> {
         let resolved = Arc::new(config.resolve().map_err(EngineError::Config)?);
         let e = &config.engine;
@@ -568,14 +598,10 @@ impl Engine {
             crate::shaping::ShapingShared::new(rules, resolved.shards, Now::system().unix());
         // The rules configured for retries classify what the suppression list learns too (and
         // inbound reports): one vocabulary for a reply wherever it is read.
-        let classifier = Arc::new(crate::bounce::ClassifierHandle::new(
-            match config.retry.policy {
-                config::RetryKind::Classified => {
-                    config.retry.classifier().map_err(EngineError::Config)?
-                }
-                config::RetryKind::Exponential => crate::bounce::Classifier::default_rules(),
-            },
-        ));
+        let classifier = match handle {
+            Some(h) => h,
+            None => Arc::new(crate::bounce::ClassifierHandle::new(classifier_of(config)?)),
+        };
         let suppression = match &resolved.suppression {
             None => None,
             Some(policy) => {
@@ -733,6 +759,8 @@ impl Engine {
             trust_unsigned: config.verp.as_ref().is_some_and(|v| v.trust_unsigned),
             recovery,
             holds,
+            shaping,
+            running: Mutex::new(config.clone()),
         })
     }
 
@@ -1107,6 +1135,96 @@ impl Engine {
     /// damaged stretches and segments, messages and recipients recovered.
     pub fn recovery(&self) -> &crate::spool::RecoveryReport {
         &self.recovery
+    }
+
+    /// Applies a changed configuration to the running engine, all or nothing: the shaping rules
+    /// (the next token taken), the bounce rules (the next reply classified, for retries, shaping and
+    /// suppression alike) and the tenants (approved senders, DKIM keys, locks: the next message
+    /// admitted). Everything is checked before anything changes; a configuration that does not
+    /// check is refused with its key and the running one stays whole. Sections that cannot change
+    /// while running (spool, shards, DNS, delivery, sources and pools, smarthost, suppression,
+    /// VERP, the retry schedule's other keys, turning tenants on or off) are named in
+    /// [`ReloadReport::needs_restart`] and left as they were.
+    pub fn reload(&self, new: &EngineConfig) -> Result<ReloadReport, EngineError> {
+        new.resolve().map_err(EngineError::Config)?;
+        let rules = new.shaping.rule_set().map_err(EngineError::Config)?;
+        let classifier = classifier_of(new)?;
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let old = running.clone();
+        let mut report = ReloadReport::default();
+        let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        // Tenants: checked (keys read, names unique) before anything is applied.
+        let tenants_changed = differs(&old.tenants, &new.tenants);
+        let policy = crate::policy::PolicyConfig {
+            tenants: new.tenants.clone(),
+        };
+        let mut apply_tenants = false;
+        if tenants_changed {
+            match (&self.tenants, new.tenants.is_empty()) {
+                (Some(_), false) => {
+                    crate::policy::TenantRegistry::from_config(&policy, &new.base_dir).map_err(
+                        |err| {
+                            EngineError::Config(ConfigError {
+                                key: "tenant".into(),
+                                message: err.to_string(),
+                            })
+                        },
+                    )?;
+                    apply_tenants = true;
+                }
+                _ => report
+                    .needs_restart
+                    .push("tenant (turning the sender policy on or off)".into()),
+            }
+        }
+        let blank_rules = |c: &EngineConfig| {
+            let mut r = c.retry.clone();
+            r.rules.clear();
+            r.rules_file = Default::default();
+            r
+        };
+        for (name, changed) in [
+            ("engine", differs(&old.engine, &new.engine)),
+            ("dns", differs(&old.dns, &new.dns)),
+            ("delivery", differs(&old.delivery, &new.delivery)),
+            ("retry", differs(&blank_rules(&old), &blank_rules(new))),
+            ("sources", differs(&old.sources, &new.sources)),
+            ("pools", differs(&old.pools, &new.pools)),
+            ("routing", differs(&old.routing, &new.routing)),
+            ("smarthost", differs(&old.smarthost, &new.smarthost)),
+            ("suppression", differs(&old.suppression, &new.suppression)),
+            ("verp", differs(&old.verp, &new.verp)),
+        ] {
+            if changed {
+                report.needs_restart.push(name.into());
+            }
+        }
+        // Everything checked: apply.
+        if differs(&old.shaping, &new.shaping) {
+            self.shaping.reload(rules);
+            running.shaping = new.shaping.clone();
+            report.applied.push("shaping".into());
+        }
+        let rules_changed = old.retry.rules != new.retry.rules
+            || old.retry.rules_file != new.retry.rules_file
+            || !new.retry.rules_file.as_os_str().is_empty();
+        if rules_changed && old.retry.policy == new.retry.policy {
+            self.classifier.store(classifier);
+            running.retry.rules = new.retry.rules.clone();
+            running.retry.rules_file = new.retry.rules_file.clone();
+            report.applied.push("bounce rules".into());
+        }
+        if apply_tenants && let Some(t) = &self.tenants {
+            t.replace_all(&policy, &new.base_dir).map_err(|err| {
+                EngineError::Config(ConfigError {
+                    key: "tenant".into(),
+                    message: err.to_string(),
+                })
+            })?;
+            running.tenants = new.tenants.clone();
+            report.applied.push("tenants".into());
+        }
+        Ok(report)
     }
 
     /// The tenant registry, to lock, unlock, add or change tenants while the engine runs (`None` when

@@ -69,6 +69,12 @@ pub trait RetryPolicy: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Which set of rules [`RetryPolicy::classify`] uses: a verdict cached under another is stale
+    /// (the rules were reloaded).
+    fn rules_generation(&self) -> u64 {
+        0
+    }
+
     /// [`RetryPolicy::decide`] with the classification [`RetryPolicy::classify`] gave.
     fn decide_classified(
         &self,
@@ -93,7 +99,7 @@ pub trait RetryPolicy: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct ClassifiedRetry {
     /// The classifier (reloadable).
-    pub classifier: crate::bounce::ClassifierHandle,
+    pub classifier: std::sync::Arc<crate::bounce::ClassifierHandle>,
     /// Intervals and maximum age.
     pub policy: crate::bounce::RetrySchedule,
     /// Random spread of each interval, 0.0–0.5.
@@ -104,9 +110,9 @@ impl ClassifiedRetry {
     /// The shipped rules with a maximum age in seconds.
     pub fn new(max_age: u64, jitter: f64) -> ClassifiedRetry {
         ClassifiedRetry {
-            classifier: crate::bounce::ClassifierHandle::new(
+            classifier: std::sync::Arc::new(crate::bounce::ClassifierHandle::new(
                 crate::bounce::Classifier::default_rules(),
-            ),
+            )),
             policy: crate::bounce::RetrySchedule {
                 max_age: Duration::from_secs(max_age),
                 ..crate::bounce::RetrySchedule::default()
@@ -141,6 +147,10 @@ impl RetryPolicy for ClassifiedRetry {
 
     fn classify(&self, a: &FailedAttempt<'_>) -> Option<crate::bounce::Classification> {
         Some(self.classification(a))
+    }
+
+    fn rules_generation(&self) -> u64 {
+        self.classifier.generation()
     }
 
     fn decide_classified(
@@ -203,6 +213,7 @@ pub struct VerdictCache {
 
 #[derive(Debug)]
 struct Key {
+    generation: u64,
     code: Option<u16>,
     enhanced: Option<EnhancedCode>,
     phase: Option<Phase>,
@@ -215,8 +226,9 @@ struct Key {
 }
 
 impl Key {
-    fn is(&self, a: &FailedAttempt<'_>) -> bool {
-        self.code == a.code
+    fn is(&self, generation: u64, a: &FailedAttempt<'_>) -> bool {
+        self.generation == generation
+            && self.code == a.code
             && self.enhanced == a.enhanced
             && self.phase == a.phase
             && self.permanent == a.permanent
@@ -235,8 +247,9 @@ impl VerdictCache {
         policy: &dyn RetryPolicy,
         a: &FailedAttempt<'_>,
     ) -> Option<crate::bounce::Classification> {
+        let generation = policy.rules_generation();
         if let Some((k, c)) = &self.last
-            && k.is(a)
+            && k.is(generation, a)
         {
             return *c;
         }
@@ -244,6 +257,7 @@ impl VerdictCache {
         self.classified += 1;
         self.last = Some((
             Key {
+                generation,
                 code: a.code,
                 enhanced: a.enhanced,
                 phase: a.phase,

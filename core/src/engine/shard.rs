@@ -233,6 +233,7 @@ struct ClosedConn {
 /// The last reply the shaping step classified, and how hard it throttles.
 #[derive(Debug)]
 struct ShapingVerdict {
+    generation: u64,
     code: u16,
     enhanced: Option<EnhancedCode>,
     phase: Phase,
@@ -1509,7 +1510,9 @@ impl ShardCore {
                 return c.slow_down;
             }
         }
+        let generation = self.classifier.as_ref().map_or(0, |c| c.generation());
         if let Some(v) = &self.shaping_verdict
+            && v.generation == generation
             && v.code == code
             && v.enhanced == enhanced
             && v.phase == phase
@@ -1530,6 +1533,7 @@ impl ShardCore {
             ..crate::bounce::Diagnostic::default()
         });
         self.shaping_verdict = Some(ShapingVerdict {
+            generation,
             code,
             enhanced,
             phase,

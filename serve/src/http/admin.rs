@@ -60,6 +60,20 @@ pub fn answer(
             paused(param, e.pause_tenant(param, false), false, e.paused())
         }
         ("/api/v1/bounce", _) => bounce(api, body),
+        ("/api/v1/reload", _) => match &api.reloader {
+            None => error(
+                StatusCode::NOT_FOUND,
+                None,
+                "no configuration file to reload",
+            ),
+            Some(r) => match r.reload() {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(v) => {
+                    let message = v["error"].as_str().unwrap_or("refused").to_string();
+                    error(StatusCode::BAD_REQUEST, None, &message)
+                }
+            },
+        },
         _ => error(StatusCode::NOT_FOUND, None, "no such endpoint"),
     }
 }

@@ -12,6 +12,7 @@
 //! | `POST /api/v1/destinations/{domain}/pause`, `/resume` | admin    | hold or release its mail      |
 //! | `POST /api/v1/tenants/{tenant}/pause`, `/resume` | admin         | hold or release its mail      |
 //! | `POST /api/v1/bounce`                            | admin         | cancel a destination's, tenant's or campaign's queued mail |
+//! | `POST /api/v1/reload`                            | admin         | read the configuration file again (as SIGHUP) |
 //!
 //! `docs/openapi.yaml` describes every request and answer (checked against the running server by
 //! schemathesis in the tests). Callers present `Authorization: Bearer
@@ -94,6 +95,8 @@ pub struct Api {
     pub listeners: Vec<(String, Arc<std::sync::atomic::AtomicUsize>)>,
     /// Whether tenants are configured (a tenant must then be one of them).
     pub tenants: bool,
+    /// Reloads the configuration file (`POST /api/v1/reload`).
+    pub reloader: Option<Arc<crate::Reloader>>,
 }
 
 impl Api {
@@ -134,6 +137,7 @@ impl Api {
             spool_dir,
             listeners,
             tenants,
+            reloader: None,
         }
     }
 
@@ -258,7 +262,7 @@ async fn handle(api: Arc<Api>, peer: SocketAddr, req: Request<Incoming>) -> Resp
 
 /// The routes: a path pattern (`{name}` takes one segment) and the methods it takes. The pattern
 /// is also the `route` label of `vmta_http_requests_total`.
-const ROUTES: [(&str, &[&str]); 10] = [
+const ROUTES: [(&str, &[&str]); 11] = [
     ("/metrics", &["GET"]),
     ("/api/v1/messages", &["POST"]),
     ("/api/v1/suppressions", &["GET", "POST", "DELETE"]),
@@ -269,6 +273,7 @@ const ROUTES: [(&str, &[&str]); 10] = [
     ("/api/v1/tenants/{tenant}/pause", &["POST"]),
     ("/api/v1/tenants/{tenant}/resume", &["POST"]),
     ("/api/v1/bounce", &["POST"]),
+    ("/api/v1/reload", &["POST"]),
 ];
 
 /// The route `path` matches and the segment its `{name}` took (percent-decoded), if any.
