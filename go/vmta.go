@@ -597,6 +597,58 @@ type RecoveryReport struct {
 	Elapsed                                         time.Duration
 }
 
+// ReloadReport is what Reload did: what is in force now ("shaping", "bounce rules", "tenants") and
+// what changed but needs a restart ("engine", "dns", "delivery", "retry", ...), left as it was.
+type ReloadReport struct {
+	Applied      []string
+	NeedsRestart []string
+}
+
+var reloadApplied = []struct {
+	bit  C.uint32_t
+	name string
+}{{C.VMTA_RELOAD_SHAPING, "shaping"}, {C.VMTA_RELOAD_BOUNCE_RULES, "bounce rules"}, {C.VMTA_RELOAD_TENANTS, "tenants"}}
+
+var reloadRestart = []struct {
+	bit  C.uint32_t
+	name string
+}{
+	{C.VMTA_RESTART_ENGINE, "engine"}, {C.VMTA_RESTART_DNS, "dns"}, {C.VMTA_RESTART_DELIVERY, "delivery"},
+	{C.VMTA_RESTART_RETRY, "retry"}, {C.VMTA_RESTART_SOURCES, "sources"}, {C.VMTA_RESTART_POOLS, "pools"},
+	{C.VMTA_RESTART_ROUTING, "routing"}, {C.VMTA_RESTART_SMARTHOST, "smarthost"},
+	{C.VMTA_RESTART_SUPPRESSION, "suppression"}, {C.VMTA_RESTART_VERP, "verp"},
+	{C.VMTA_RESTART_TENANTS, "tenants on or off"},
+}
+
+// Reload applies a changed configuration to the running engine, all or nothing: shaping rules,
+// bounce rules and tenants take effect for the next decision; what needs a restart is named in
+// the report and left as it was. A configuration that does not check is an *Error matching
+// ConfigInvalid (its Key names the field) and nothing changes. Safe from any goroutine.
+func (e *Engine) Reload(o Options) (ReloadReport, error) {
+	c, err := configure(&o)
+	if err != nil {
+		return ReloadReport{}, err
+	}
+	defer C.vmta_config_free(c)
+	var r C.vmta_reload_report
+	var cerr *C.vmta_error
+	if err := check(C.vmta_engine_reload(e.h, c, &r, &cerr), cerr); err != nil {
+		return ReloadReport{}, err
+	}
+	var out ReloadReport
+	for _, a := range reloadApplied {
+		if r.applied&a.bit != 0 {
+			out.Applied = append(out.Applied, a.name)
+		}
+	}
+	for _, a := range reloadRestart {
+		if r.needs_restart&a.bit != 0 {
+			out.NeedsRestart = append(out.NeedsRestart, a.name)
+		}
+	}
+	return out, nil
+}
+
 // Recovery reads what opening the spool found.
 func (e *Engine) Recovery() (RecoveryReport, error) {
 	var r C.vmta_recovery_report

@@ -446,3 +446,35 @@ func TestContextsBoundTheBlockingCalls(t *testing.T) {
 		t.Fatalf("SubmitContext after shutdown: %v", err)
 	}
 }
+
+func TestReloadAppliesRulesAndRefusesABrokenConfig(t *testing.T) {
+	cfg := config(t, "")
+	e, err := New(Options{TOML: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	// The world's configuration has its [shaping] rules: a domain rule goes in front of them.
+	withRule := func(rule string) string {
+		return strings.Replace(cfg, "rules = '''\n", "rules = '''\n[[domain]]\ndomains = [\"ok.ffi.test\"]\n"+rule+"\n", 1)
+	}
+	r, err := e.Reload(Options{TOML: withRule("max_connections = 2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Applied) != 1 || r.Applied[0] != "shaping" || len(r.NeedsRestart) != 0 {
+		t.Fatalf("report %+v", r)
+	}
+	_, err = e.Reload(Options{TOML: withRule("message_rate = \"fast\"")})
+	var ve *Error
+	if !errors.Is(err, ConfigInvalid) || !errors.As(err, &ve) || ve.Key != "shaping.rules" {
+		t.Fatalf("broken reload: %v", err)
+	}
+	r, err = e.Reload(Options{TOML: strings.Replace(cfg, "shards = 2", "shards = 3", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.NeedsRestart) != 1 || r.NeedsRestart[0] != "engine" {
+		t.Fatalf("report %+v", r)
+	}
+}

@@ -183,6 +183,48 @@
 // suppressed for every stream of the tenant.
 #define VMTA_EVENT_COMPLAINT 9
 
+// `vmta_reload_report.applied`: the shaping rules were replaced.
+#define VMTA_RELOAD_SHAPING 1
+
+// `vmta_reload_report.applied`: the bounce rules were replaced.
+#define VMTA_RELOAD_BOUNCE_RULES 2
+
+// `vmta_reload_report.applied`: the tenants were replaced.
+#define VMTA_RELOAD_TENANTS 4
+
+// `vmta_reload_report.needs_restart`: `[engine]` changed.
+#define VMTA_RESTART_ENGINE 1
+
+// `vmta_reload_report.needs_restart`: `[dns]` changed.
+#define VMTA_RESTART_DNS 2
+
+// `vmta_reload_report.needs_restart`: `[delivery]` changed.
+#define VMTA_RESTART_DELIVERY 4
+
+// `vmta_reload_report.needs_restart`: `[retry]` (other than its rules) changed.
+#define VMTA_RESTART_RETRY 8
+
+// `vmta_reload_report.needs_restart`: the sources changed.
+#define VMTA_RESTART_SOURCES 16
+
+// `vmta_reload_report.needs_restart`: the pools changed.
+#define VMTA_RESTART_POOLS 32
+
+// `vmta_reload_report.needs_restart`: `[routing]` changed.
+#define VMTA_RESTART_ROUTING 64
+
+// `vmta_reload_report.needs_restart`: `[smarthost]` changed.
+#define VMTA_RESTART_SMARTHOST 128
+
+// `vmta_reload_report.needs_restart`: `[suppression]` changed.
+#define VMTA_RESTART_SUPPRESSION 256
+
+// `vmta_reload_report.needs_restart`: `[verp]` changed.
+#define VMTA_RESTART_VERP 512
+
+// `vmta_reload_report.needs_restart`: tenants turned on or off.
+#define VMTA_RESTART_TENANTS 1024
+
 // Bytes owned by vmta until `vmta_buffer_free`.
 typedef struct vmta_buffer vmta_buffer;
 
@@ -417,6 +459,15 @@ typedef struct {
   // Recipients left out at submission because they were suppressed.
   uint64_t suppressed;
 } vmta_stats;
+
+// What `vmta_engine_reload` did: `VMTA_RELOAD_*` bits of what is in force now, `VMTA_RESTART_*`
+// bits of what changed but needs a restart (left as it was).
+typedef struct {
+  // `VMTA_RELOAD_*` bits.
+  uint32_t applied;
+  // `VMTA_RESTART_*` bits.
+  uint32_t needs_restart;
+} vmta_reload_report;
 
 // Success.
 #define VMTA_OK 0
@@ -891,6 +942,19 @@ vmta_result vmta_engine_stats(const vmta_engine *engine, vmta_stats *stats_out);
 // # Safety
 // `text_out` writable.
 vmta_result vmta_engine_prometheus(const vmta_engine *engine, vmta_buffer **text_out);
+
+// Applies a changed configuration (copied; the caller may free it at once) to the running engine,
+// all or nothing: shaping rules, bounce rules and tenants take effect for the next decision; what
+// needs a restart is reported in `report_out` (if not NULL) and left as it was. A configuration
+// that does not check is refused with `VMTA_CONFIG` (the `vmta_error` names the key) and nothing
+// changes. Safe from any thread.
+//
+// # Safety
+// `report_out` NULL or writable; `err_out` NULL or writable.
+vmta_result vmta_engine_reload(const vmta_engine *engine,
+                               const vmta_config *config,
+                               vmta_reload_report *report_out,
+                               vmta_error **err_out);
 
 // Locks (`locked` true) or unlocks a tenant configured with `[[tenant]]`: a locked tenant's
 // submissions are refused with `VMTA_ACCOUNT_LOCKED` and its queued mail is held. `VMTA_UNKNOWN_TENANT`

@@ -162,6 +162,25 @@ static vmta_engine *start(const char *spool) {
     fprintf(stderr, "engine: %s\n", vmta_error_message(err));
     vmta_error_free(err);
   }
+  /* Reload: the same configuration changes nothing; a changed spool layout is named as needing a
+     restart; broken rules are refused with their key; bad handles and NULLs are refused. */
+  vmta_reload_report rep = {99, 99};
+  CHECK_EQ(vmta_engine_reload(e, c, &rep, NULL), VMTA_OK);
+  CHECK_EQ(rep.applied, 0);
+  CHECK_EQ(rep.needs_restart, 0);
+  CHECK_EQ(vmta_engine_reload(e, c, NULL, NULL), VMTA_OK);
+  CHECK_EQ(vmta_engine_reload(NULL, c, &rep, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_reload(e, NULL, &rep, NULL), VMTA_NULL_PARAMETER);
+  int other = 7;
+  CHECK_EQ(vmta_engine_reload((vmta_engine *)&other, c, &rep, NULL), VMTA_INVALID_HANDLE);
+  CHECK_EQ(vmta_config_set_shards(c, 3), VMTA_OK);
+  CHECK_EQ(vmta_engine_reload(e, c, &rep, NULL), VMTA_OK);
+  CHECK_EQ(rep.needs_restart, VMTA_RESTART_ENGINE);
+  CHECK_EQ(vmta_config_set_shaping_rules(c, BYTES("[defaults]\nmessage_rate = \"fast\"\n")), VMTA_OK);
+  vmta_error *rerr = NULL;
+  CHECK_EQ(vmta_engine_reload(e, c, &rep, &rerr), VMTA_CONFIG);
+  CHECK(rerr != NULL && strcmp(vmta_error_key(rerr), "shaping.rules") == 0);
+  vmta_error_free(rerr);
   vmta_config_free(c);
   return e;
 }

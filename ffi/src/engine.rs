@@ -177,6 +177,46 @@ pub struct vmta_event {
     pub tags_len: usize,
 }
 
+/// `vmta_reload_report.applied`: the shaping rules were replaced.
+pub const VMTA_RELOAD_SHAPING: u32 = 1;
+/// `vmta_reload_report.applied`: the bounce rules were replaced.
+pub const VMTA_RELOAD_BOUNCE_RULES: u32 = 2;
+/// `vmta_reload_report.applied`: the tenants were replaced.
+pub const VMTA_RELOAD_TENANTS: u32 = 4;
+/// `vmta_reload_report.needs_restart`: `[engine]` changed.
+pub const VMTA_RESTART_ENGINE: u32 = 1;
+/// `vmta_reload_report.needs_restart`: `[dns]` changed.
+pub const VMTA_RESTART_DNS: u32 = 2;
+/// `vmta_reload_report.needs_restart`: `[delivery]` changed.
+pub const VMTA_RESTART_DELIVERY: u32 = 4;
+/// `vmta_reload_report.needs_restart`: `[retry]` (other than its rules) changed.
+pub const VMTA_RESTART_RETRY: u32 = 8;
+/// `vmta_reload_report.needs_restart`: the sources changed.
+pub const VMTA_RESTART_SOURCES: u32 = 16;
+/// `vmta_reload_report.needs_restart`: the pools changed.
+pub const VMTA_RESTART_POOLS: u32 = 32;
+/// `vmta_reload_report.needs_restart`: `[routing]` changed.
+pub const VMTA_RESTART_ROUTING: u32 = 64;
+/// `vmta_reload_report.needs_restart`: `[smarthost]` changed.
+pub const VMTA_RESTART_SMARTHOST: u32 = 128;
+/// `vmta_reload_report.needs_restart`: `[suppression]` changed.
+pub const VMTA_RESTART_SUPPRESSION: u32 = 256;
+/// `vmta_reload_report.needs_restart`: `[verp]` changed.
+pub const VMTA_RESTART_VERP: u32 = 512;
+/// `vmta_reload_report.needs_restart`: tenants turned on or off.
+pub const VMTA_RESTART_TENANTS: u32 = 1024;
+
+/// What `vmta_engine_reload` did: `VMTA_RELOAD_*` bits of what is in force now, `VMTA_RESTART_*`
+/// bits of what changed but needs a restart (left as it was).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct vmta_reload_report {
+    /// `VMTA_RELOAD_*` bits.
+    pub applied: u32,
+    /// `VMTA_RESTART_*` bits.
+    pub needs_restart: u32,
+}
+
 /// What opening the engine's spool found (recovery after a restart or a crash), summed over shards.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -690,6 +730,82 @@ pub unsafe extern "C" fn vmta_engine_prometheus(
         // SAFETY: checked non-NULL; the caller promises it is writable.
         unsafe { write(text_out, buf) };
         Ok(())
+    })
+}
+
+/// Applies a changed configuration (copied; the caller may free it at once) to the running engine,
+/// all or nothing: shaping rules, bounce rules and tenants take effect for the next decision; what
+/// needs a restart is reported in `report_out` (if not NULL) and left as it was. A configuration
+/// that does not check is refused with `VMTA_CONFIG` (the `vmta_error` names the key) and nothing
+/// changes. Safe from any thread.
+///
+/// # Safety
+/// `report_out` NULL or writable; `err_out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmta_engine_reload(
+    engine: *const vmta_engine,
+    config: *const vmta_config,
+    report_out: *mut vmta_reload_report,
+    err_out: *mut *mut vmta_error,
+) -> vmta_result {
+    guard_result(|| {
+        let h = ENGINES.get(engine)?;
+        let config = snapshot(config)?;
+        match h.engine.reload(&config) {
+            Ok(r) => {
+                let bit = |names: &[String], table: &[(&str, u32)]| {
+                    names
+                        .iter()
+                        .filter_map(|n| {
+                            table
+                                .iter()
+                                .find(|(k, _)| n.starts_with(k))
+                                .map(|(_, b)| *b)
+                        })
+                        .fold(0, |a, b| a | b)
+                };
+                let report = vmta_reload_report {
+                    applied: bit(
+                        &r.applied,
+                        &[
+                            ("shaping", VMTA_RELOAD_SHAPING),
+                            ("bounce rules", VMTA_RELOAD_BOUNCE_RULES),
+                            ("tenants", VMTA_RELOAD_TENANTS),
+                        ],
+                    ),
+                    needs_restart: bit(
+                        &r.needs_restart,
+                        &[
+                            ("engine", VMTA_RESTART_ENGINE),
+                            ("dns", VMTA_RESTART_DNS),
+                            ("delivery", VMTA_RESTART_DELIVERY),
+                            ("retry", VMTA_RESTART_RETRY),
+                            ("sources", VMTA_RESTART_SOURCES),
+                            ("pools", VMTA_RESTART_POOLS),
+                            ("routing", VMTA_RESTART_ROUTING),
+                            ("smarthost", VMTA_RESTART_SMARTHOST),
+                            ("suppression", VMTA_RESTART_SUPPRESSION),
+                            ("verp", VMTA_RESTART_VERP),
+                            ("tenant", VMTA_RESTART_TENANTS),
+                        ],
+                    ),
+                };
+                if !report_out.is_null() {
+                    // SAFETY: checked non-NULL; the caller promises it is writable.
+                    unsafe { write(report_out, report) };
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let (code, key) = match &e {
+                    EngineError::Config(c) => (VMTA_CONFIG, c.key.as_str()),
+                    EngineError::Spool { .. } | EngineError::Io(_) => (VMTA_IO, ""),
+                };
+                // SAFETY: the caller promises err_out is NULL or writable.
+                unsafe { report(err_out, code, key, &e.to_string()) };
+                Err(code)
+            }
+        }
     })
 }
 

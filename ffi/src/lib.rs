@@ -20,7 +20,8 @@
 //! Exported: version, configuration, engine (start, submit, cancel, events, statistics, Prometheus
 //! text, tenant locks, its suppression list and inbound reports, shutdown), reply classification,
 //! stand-alone suppression lists, VERP, inbound reports.
-//! Not exported yet: changing the configuration of a running engine, per-recipient DSN parameters,
+//! Reloading a running engine's shaping rules, bounce rules and tenants (`vmta_engine_reload`).
+//! Not exported yet: other configuration changes to a running engine, per-recipient DSN parameters,
 //! the shaping and queue inspection tools.
 
 #![allow(non_camel_case_types)]

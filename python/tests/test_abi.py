@@ -18,6 +18,7 @@ STRUCTS = {
     "vmta_event": _lib.Event,
     "vmta_stats": _lib.Stats,
     "vmta_recovery_report": _lib.RecoveryReport,
+    "vmta_reload_report": _lib.ReloadReport,
     "vmta_classification": _lib.Classification,
     "vmta_suppression_info": _lib.SuppressionInfo,
     "vmta_suppression_entry": _lib.SuppressionEntry,

@@ -264,3 +264,25 @@ def test_the_example_program_runs_with_the_installed_package(world, config, tmp_
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("delivered ") and "py-example@ok.ffi.test 250" in out.stdout, out.stdout
+
+
+def test_reload_applies_new_rules_and_refuses_a_broken_config(world, config):
+    """Engine.reload: new shaping rules apply, a broken configuration raises ConfigError with its
+    key and changes nothing, a changed spool is named as needing a restart."""
+    with vmta.Engine(toml=config) as engine:
+        report = engine.reload(toml=config, shaping_rules='[defaults]\nmax_connections = 2\n')
+        assert report.applied == ["shaping"], report
+        assert report.needs_restart == [], report
+        with pytest.raises(vmta.ConfigError) as e:
+            engine.reload(toml=config, shaping_rules='[defaults]\nmessage_rate = "fast"\n')
+        assert e.value.key == "shaping.rules"
+        report = engine.reload(toml=config.replace("shards = 2", "shards = 3"))
+        assert report.needs_restart == ["engine"], report
+        assert "shaping" in report.applied  # back to the configuration's own rules
+        mid = engine.submit("sender@vmta.test", ["reload@ok.ffi.test"], b"From: sender@vmta.test\r\nSubject: r\r\n\r\nx\r\n")
+        for event in engine.events(timeout=30):
+            if event.message_id == mid and event.final:
+                assert event.kind == "delivered", event
+                break
+        else:
+            pytest.fail("no final event")

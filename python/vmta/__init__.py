@@ -29,6 +29,7 @@ __all__ = [
     "Stats",
     "Classification",
     "SuppressionList",
+    "ReloadReport",
     "Suppression",
     "Verp",
     "ReportOutcome",
@@ -286,6 +287,30 @@ class RecoveryReport:
     elapsed_ms: int
 
 
+@dataclass
+class ReloadReport:
+    """What `Engine.reload` did: what is in force now, and what changed but needs a restart."""
+
+    applied: List[str]  # "shaping", "bounce rules", "tenants"
+    needs_restart: List[str]  # "engine", "dns", "delivery", "retry", ...
+
+
+_RELOAD_APPLIED = [(1, "shaping"), (2, "bounce rules"), (4, "tenants")]
+_RELOAD_RESTART = [
+    (1, "engine"),
+    (2, "dns"),
+    (4, "delivery"),
+    (8, "retry"),
+    (16, "sources"),
+    (32, "pools"),
+    (64, "routing"),
+    (128, "smarthost"),
+    (256, "suppression"),
+    (512, "verp"),
+    (1024, "tenants on or off"),
+]
+
+
 class Engine:
     """A running delivery engine.
 
@@ -471,6 +496,32 @@ class Engine:
         s = _lib.Stats()
         _check(lib.vmta_engine_stats(self._handle, ctypes.byref(s)))
         return Stats(**{f[0]: getattr(s, f[0]) for f in _lib.Stats._fields_})
+
+    def reload(self, toml: Optional[str] = None, *, path: Optional[str] = None, **options: Any) -> "ReloadReport":
+        """Applies a changed configuration (as for the constructor) to the running engine, all or
+        nothing: shaping rules, bounce rules and tenants take effect for the next decision; what
+        needs a restart is named in the report and left as it was. A configuration that does not
+        check raises `ConfigError` (with its `key`) and nothing changes."""
+        config = ctypes.c_void_p()
+        err = ctypes.c_void_p()
+        if toml is not None and path is not None:
+            raise ValueError("give toml or path, not both")
+        if path is not None:
+            _check(lib.vmta_config_from_file(*_lib.data(_b(path)), ctypes.byref(config), ctypes.byref(err)), err)
+        elif toml is not None:
+            _check(lib.vmta_config_from_toml(*_lib.data(_b(toml)), ctypes.byref(config), ctypes.byref(err)), err)
+        else:
+            _check(lib.vmta_config_new(ctypes.byref(config)))
+        try:
+            self._configure(config, options)
+            r = _lib.ReloadReport()
+            _check(lib.vmta_engine_reload(self._handle, config, ctypes.byref(r), ctypes.byref(err)), err)
+        finally:
+            lib.vmta_config_free(config)
+        return ReloadReport(
+            applied=[n for b, n in _RELOAD_APPLIED if r.applied & b],
+            needs_restart=[n for b, n in _RELOAD_RESTART if r.needs_restart & b],
+        )
 
     def recovery(self) -> RecoveryReport:
         """What opening the spool found: all zero for a new spool."""

@@ -103,6 +103,10 @@ class Stats(Structure):
     ]
 
 
+class ReloadReport(Structure):
+    _fields_ = [("applied", c_uint32), ("needs_restart", c_uint32)]
+
+
 class RecoveryReport(Structure):
     _fields_ = [
         (name, c_uint64)
@@ -237,6 +241,7 @@ _PROTOTYPES = {
     "vmta_engine_wakeup": (result, [vp]),
     "vmta_engine_stats": (result, [vp, POINTER(Stats)]),
     "vmta_engine_recovery": (result, [vp, POINTER(RecoveryReport)]),
+    "vmta_engine_reload": (result, [vp, vp, POINTER(ReloadReport), pvp]),
     "vmta_engine_prometheus": (result, [vp, pvp]),
     "vmta_engine_set_tenant_locked": (result, [vp, b, c_size_t, c_bool]),
     "vmta_engine_suppression_check": (
