@@ -60,6 +60,8 @@ enum Command {
     Token(cmd::token::TokenArgs),
     /// Relay mail from existing mailers over SMTP: listeners in front of the engine, until SIGTERM.
     Serve(cmd::serve::ServeArgs),
+    /// Ask the running `vmta serve` to read its configuration file again (as SIGHUP).
+    Reload(cmd::reload::ReloadArgs),
     /// Run the built-in test world in the foreground, for measuring other clients against it.
     World(cmd::world::WorldArgs),
 }
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Suppress(a) => cmd::bounce::suppress(a),
         Command::World(a) => cmd::world::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Reload(a) => cmd::reload::run(a),
         Command::Passwd(a) => cmd::passwd::run(a),
         Command::Token(a) => cmd::token::run(a),
     }

@@ -1014,3 +1014,57 @@ fn http_and_sighup_reload_the_configuration() {
         403
     );
 }
+
+/// `vmta reload --config FILE` reaches the running daemon through its control socket: exit 0 with
+/// what was applied, 1 with the reason for a broken file, 2 once no daemon runs. (`cargo test
+/// reload` runs this.)
+#[test]
+fn vmta_reload_reaches_the_running_daemon() {
+    let dir = TempDir::new("cli-reload");
+    let sink = SmtpSink::start("127.0.99.9", &[]);
+    let api = start(dir.path(), "127.0.99.9", sink.addr, "");
+    let path = dir.path().join("vmta.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let reload = || {
+        Command::new(env!("CARGO_BIN_EXE_vmta"))
+            .args(["reload", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let shaped = original.replace(
+        "[shaping]\nrules = '''\n",
+        "[shaping]\nrules = '''\n[[domain]]\ndomains = [\"dest.test\"]\nmax_connections = 2\n",
+    );
+    std::fs::write(&path, &shaped).unwrap();
+    let out = reload();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\"applied\":[\"shaping\"]"), "{text}");
+    std::fs::write(
+        &path,
+        shaped.replace("max_connections = 2", "max_connections = -1"),
+    )
+    .unwrap();
+    let out = reload();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("reload-refused") && text.contains("shaping"),
+        "{text}"
+    );
+    drop(api);
+    std::fs::write(&path, &shaped).unwrap();
+    let out = reload();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no running vmta serve"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

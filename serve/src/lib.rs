@@ -30,6 +30,7 @@
 //! the listeners.
 
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod intake;
 pub mod listener;
@@ -275,6 +276,18 @@ pub fn run(
         log: log.clone(),
         running: std::sync::Mutex::new(config.clone()),
     });
+    // Without the control socket (a path over the 108 bytes a Unix socket takes, say) the daemon
+    // still runs: SIGHUP and the HTTP API reload it.
+    let control = match control::Control::start(
+        control::socket_path(&config.engine.engine.spool_dir),
+        reloader.clone(),
+    ) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("vmta serve: {e} (`vmta reload` will not reach this daemon; SIGHUP does)");
+            None
+        }
+    };
     let events_stop = Arc::new(AtomicBool::new(false));
     let events_thread = {
         let (e, lg, stop, hup, st, rl) = (
@@ -360,6 +373,7 @@ pub fn run(
     if let Some(v) = verifier {
         let _ = v.join();
     }
+    drop(control);
     engine.shutdown(Duration::from_secs(5));
     events_stop.store(true, Ordering::Release);
     let _ = events_thread.join();

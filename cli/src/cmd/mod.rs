@@ -14,6 +14,7 @@ pub mod passwd;
 pub mod policy;
 pub mod preflight;
 pub mod queue;
+pub mod reload;
 pub mod send;
 pub mod serve;
 pub mod token;
