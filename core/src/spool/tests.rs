@@ -277,6 +277,31 @@ fn lock_stops_a_second_engine_and_a_reader() {
     assert!(e.to_string().contains("in use by another process"), "{e}");
 }
 
+/// A spool closed and reopened by a process whose other threads spawn children is not refused: a
+/// child forked between our close and its `exec` shares the lock for a moment (found in CI).
+#[test]
+fn reopening_while_another_thread_spawns_children_is_not_refused() {
+    let d = Dir::new("lock-fork");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::process::Command::new("true").status().unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..300 {
+        let (s, _) = Spool::open(&d.0, opts(SyncPolicy::None)).unwrap();
+        drop(s);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(spawner.join().unwrap() > 0);
+}
+
 #[test]
 fn read_only_open_reads_and_refuses_writes() {
     let d = Dir::new("ro");
