@@ -563,7 +563,8 @@ vmta_result vmta_classify_reply(const uint8_t *reply,
 
 // Opens (or creates) the suppression log at `path` (UTF-8) with the default policy (hard bounces at
 // once, soft ones at the third, complaints always) and replays it. `VMTA_IO` with a `vmta_error` when
-// the file cannot be opened.
+// the file cannot be opened, or when another open list (in this process or another, a running
+// engine's included) holds its lock, `<path>.lock`: the message names the holder's pid.
 //
 // # Safety
 // `path` readable for `path_len` bytes; `store_out` writable; `err_out` NULL or writable.

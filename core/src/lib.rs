@@ -30,6 +30,7 @@ pub mod client;
 pub mod dkim;
 pub mod dns;
 pub mod engine;
+pub mod lockfile;
 pub mod policy;
 pub mod preflight;
 pub mod shaping;

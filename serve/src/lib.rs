@@ -281,6 +281,7 @@ pub fn run(
     let control = match control::Control::start(
         control::socket_path(&config.engine.engine.spool_dir),
         reloader.clone(),
+        engine.clone(),
     ) {
         Ok(c) => Some(c),
         Err(e) => {

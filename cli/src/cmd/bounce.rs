@@ -43,11 +43,19 @@ pub enum BounceCommand {
 }
 
 /// `vmta suppress ...`: the suppression store.
+///
+/// With `--config`, the change goes through the `vmta serve` running with that configuration (its
+/// control socket), or, when none runs, to the log the configuration names. With `--store`, the
+/// log is opened directly; a log that a running engine holds is refused with its pid.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["store", "config"])))]
 pub struct SuppressArgs {
     /// The suppression log file (created if missing).
     #[arg(long, short = 's')]
-    store: PathBuf,
+    store: Option<PathBuf>,
+    /// The `vmta serve` configuration: edit through the running daemon, or its log when none runs.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: SuppressCommand,
 }
@@ -249,10 +257,36 @@ fn report_json(file: &str, r: &report::Report) -> Value {
 
 /// `vmta suppress ...`.
 pub fn suppress(args: SuppressArgs) -> ExitCode {
-    let mut store = match SuppressionStore::open(&args.store, SuppressionPolicy::default()) {
+    let path = match (&args.store, &args.config) {
+        (Some(p), _) => p.clone(),
+        (None, Some(config)) => {
+            let config = match vmta_serve::config::ServeConfig::from_file(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("vmta suppress: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let spool = &config.engine.engine.spool_dir;
+            let socket = vmta_serve::control::socket_path(spool);
+            if let Some(code) = suppress_through_daemon(&socket, &args.command) {
+                return code;
+            }
+            config.engine.suppression.log_path(spool)
+        }
+        (None, None) => unreachable!("clap requires --store or --config"),
+    };
+    let mut store = match SuppressionStore::open(&path, SuppressionPolicy::default()) {
         Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
+            eprintln!(
+                "vmta suppress: {e}; give --config with the running vmta serve's configuration \
+                 to edit through it"
+            );
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
-            eprintln!("vmta suppress: {}: {e}", args.store.display());
+            eprintln!("vmta suppress: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
@@ -336,4 +370,82 @@ pub fn suppress(args: SuppressArgs) -> ExitCode {
         eprintln!("vmta suppress: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// Sends the command to the daemon behind `socket`; `None` when no daemon answers there (nothing
+/// listens: the caller opens the log itself, and its lock tells whether that is safe).
+fn suppress_through_daemon(
+    socket: &std::path::Path,
+    command: &SuppressCommand,
+) -> Option<ExitCode> {
+    if std::os::unix::net::UnixStream::connect(socket).is_err() {
+        return None;
+    }
+    let request = match command {
+        SuppressCommand::List { tenant } => json!({"command": "suppress-list", "tenant": tenant}),
+        SuppressCommand::Check {
+            tenant,
+            stream,
+            address,
+        } => {
+            json!({"command": "suppress-check", "tenant": tenant, "stream": stream, "address": address})
+        }
+        SuppressCommand::Add {
+            tenant,
+            stream,
+            reason,
+            days,
+            address,
+        } => json!({
+            "command": "suppress-add", "tenant": tenant, "stream": stream, "reason": reason,
+            "address": address, "expires": days.map(|d| now() + d * 86400),
+        }),
+        SuppressCommand::Remove {
+            tenant,
+            stream,
+            address,
+        } => {
+            json!({"command": "suppress-remove", "tenant": tenant, "stream": stream, "address": address})
+        }
+        SuppressCommand::Compact => json!({"command": "suppress-compact"}),
+    };
+    let answer = match vmta_serve::control::send(socket, &request.to_string()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("vmta suppress: {e}");
+            return Some(ExitCode::FAILURE);
+        }
+    };
+    if let Some(e) = answer.get("error") {
+        eprintln!("vmta suppress: {}", e.as_str().unwrap_or_default());
+        return Some(ExitCode::FAILURE);
+    }
+    match command {
+        SuppressCommand::List { .. } => {
+            for s in answer["suppressions"].as_array().into_iter().flatten() {
+                println!("{s}");
+            }
+            Some(ExitCode::SUCCESS)
+        }
+        SuppressCommand::Check { .. } => {
+            println!("{answer}");
+            Some(if answer["suppressed"] == false {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        SuppressCommand::Remove { .. } => {
+            println!("{answer}");
+            Some(if answer["removed"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        SuppressCommand::Add { .. } | SuppressCommand::Compact => {
+            println!("{answer}");
+            Some(ExitCode::SUCCESS)
+        }
+    }
 }

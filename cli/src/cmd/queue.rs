@@ -4,10 +4,15 @@
 //! oldest message, disk use, what recovery found). `--list` prints one line per queued message;
 //! `--remove ID` cancels every live recipient of a message and frees its space. The summary and the
 //! list open the spool read-only and refuse to run while an engine has it open (the lock says so).
+//!
+//! While a `vmta serve` holds the spool, `--remove` goes through the daemon instead (its control
+//! socket, `vmta.sock` in the spool directory or its parent): the engine cancels the message, with
+//! a `cancelled` event per recipient. ID is then the queue id of the `250` reply and the events
+//! (the engine's id); without a daemon it is the spool's id, as `--list` prints it.
 
 use std::path::Path;
 use std::process::ExitCode;
-use vmta::spool::{MessageId, Options, RecipientId, RecipientState, Spool, SyncPolicy};
+use vmta::spool::{MessageId, Options, RecipientId, RecipientState, Spool, SpoolError, SyncPolicy};
 
 /// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
 fn utc(t: u64) -> String {
@@ -48,16 +53,23 @@ fn run_inner(
     remove: Option<&str>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(id) = remove {
+        let text = id;
         let id: MessageId = id
             .parse()
             .map_err(|_| format!("{id:?} is not a message id (16 hex digits)"))?;
-        let (mut spool, _) = Spool::open(
+        let opened = Spool::open(
             dir,
             Options {
                 policy: SyncPolicy::Sync,
                 ..Options::default()
             },
-        )?;
+        );
+        let (mut spool, _) = match opened {
+            Err(SpoolError::Locked { holder, .. }) => {
+                return cancel_through_daemon(dir, text, holder);
+            }
+            other => other?,
+        };
         let t = spool.remove(id)?;
         spool.commit(t)?;
         let m = spool.maintain()?;
@@ -148,6 +160,40 @@ fn run_inner(
             println!("  ... and {} more domain(s)", domains.len() - 25);
         }
     }
+    Ok(())
+}
+
+/// `--remove` while an engine holds the spool: asks the daemon beside it to cancel the message.
+fn cancel_through_daemon(
+    dir: &Path,
+    id: &str,
+    holder: Option<u32>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let socket = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(vmta_serve::control::socket_path)
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            format!(
+                "{} is in use by {} and no vmta serve control socket is beside it; \
+                 cancel through that engine",
+                dir.display(),
+                holder.map_or("another process".to_string(), |p| format!("process {p}"))
+            )
+        })?;
+    let answer = vmta_serve::control::send(
+        &socket,
+        &serde_json::json!({"command": "cancel", "id": id}).to_string(),
+    )?;
+    if let Some(e) = answer.get("error") {
+        return Err(e.as_str().unwrap_or_default().into());
+    }
+    let n = answer["cancelled"].as_u64().unwrap_or(0);
+    if n == 0 {
+        return Err(format!("the running engine has no live recipient of queue id {id}").into());
+    }
+    println!("cancelled {n} recipient(s) of {id} through the running engine");
     Ok(())
 }
 

@@ -227,6 +227,16 @@ pub struct SuppressionStore {
     recovery: Recovery,
     /// Every (tenant, address) that has had a soft-bounce counter since the store was opened.
     soft_filter: Arc<SoftCounterFilter>,
+    /// The exclusive lock on `<path>.lock`, held while the store is open.
+    _lock: crate::lockfile::PidLock,
+}
+
+/// The lock file beside a suppression log: `<path>.lock` (it outlives compaction, which replaces
+/// the log itself).
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
 }
 
 /// A lock-free answer to "can this address have soft-bounce counters?", so that a delivery needs
@@ -311,9 +321,26 @@ fn check_field(what: &str, s: &str) -> io::Result<()> {
 }
 
 impl SuppressionStore {
-    /// Opens (or creates) the log at `path` and replays it.
+    /// Opens (or creates) the log at `path` and replays it. The store holds an exclusive lock on
+    /// `<path>.lock` while it is open: a second writer (another engine, `vmta suppress` beside a
+    /// running engine) gets an error of kind [`io::ErrorKind::ResourceBusy`] naming the holder's
+    /// pid, never a silent race.
     pub fn open(path: impl AsRef<Path>, policy: SuppressionPolicy) -> io::Result<SuppressionStore> {
         let path = path.as_ref().to_path_buf();
+        let lock = match crate::lockfile::PidLock::take(&lock_path(&path), true) {
+            Ok(l) => l,
+            Err(crate::lockfile::LockError::Held(pid)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!(
+                        "{} is in use by {} (a running engine: make the change through it)",
+                        path.display(),
+                        pid.map_or("another process".to_string(), |p| format!("process {p}"))
+                    ),
+                ));
+            }
+            Err(crate::lockfile::LockError::Io(e)) => return Err(e),
+        };
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -343,6 +370,7 @@ impl SuppressionStore {
             sync: true,
             recovery: Recovery::default(),
             soft_filter: Arc::new(SoftCounterFilter::new()),
+            _lock: lock,
         };
         let mut pos = 0usize;
         while pos < data.len() {
@@ -760,6 +788,33 @@ mod tests {
         (dir, log)
     }
 
+    /// A second writer of the same log is refused with the holder named, and writes after a
+    /// compaction still go to the log the next opener reads (the lock file is not the log).
+    #[test]
+    fn concurrent_edit_a_second_writer_is_refused_until_the_first_closes() {
+        let (_dir, p) = tmp("second-writer");
+        let mut first = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+        let e = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ResourceBusy, "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("in use by process {}", std::process::id())),
+            "{e}"
+        );
+        first
+            .add("t", "a@x.example", None, Reason::Suppressed, 1, None)
+            .unwrap();
+        first.compact(2).unwrap();
+        first
+            .add("t", "b@x.example", None, Reason::Suppressed, 3, None)
+            .unwrap();
+        assert!(SuppressionStore::open(&p, SuppressionPolicy::default()).is_err());
+        drop(first);
+        let again = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
+        assert_eq!(again.list(None).len(), 2);
+        assert!(lock_path(&p).exists());
+    }
+
     #[test]
     fn crc_matches_zlib() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
@@ -913,6 +968,7 @@ mod tests {
         let s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s.recovery().records, 3);
+        drop(s);
         // Corrupt one byte of the first record's payload and append a torn record.
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[10] ^= 0xff;
@@ -932,6 +988,7 @@ mod tests {
             Recorded::Suppressed(_)
         ));
         s.compact(3).unwrap();
+        drop(s);
         let s = SuppressionStore::open(&p, SuppressionPolicy::default()).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s.recovery().corrupt, 0);

@@ -445,6 +445,15 @@ fn reason_key(key: String, name: &str) -> Result<crate::bounce::Reason, ConfigEr
 }
 
 impl SuppressionSection {
+    /// The log file: `path`, or `suppression.log` in `spool_dir` when `path` is empty.
+    pub fn log_path(&self, spool_dir: &std::path::Path) -> PathBuf {
+        if self.path.as_os_str().is_empty() {
+            spool_dir.join("suppression.log")
+        } else {
+            self.path.clone()
+        }
+    }
+
     /// The policy this section describes (the defaults of [`crate::bounce::SuppressionPolicy`] with
     /// the section's changes). Reputation reasons cannot be given a threshold: they never suppress.
     pub fn policy(&self) -> Result<crate::bounce::SuppressionPolicy, ConfigError> {

@@ -606,11 +606,7 @@ impl Engine {
             None => None,
             Some(policy) => {
                 let s = &config.suppression;
-                let path = if s.path.as_os_str().is_empty() {
-                    e.spool_dir.join("suppression.log")
-                } else {
-                    s.path.clone()
-                };
+                let path = s.log_path(&e.spool_dir);
                 let opened = path
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
@@ -1288,6 +1284,16 @@ impl Engine {
             .as_ref()
             .ok_or(SuppressionError::Disabled)?
             .list(tenant))
+    }
+
+    /// Rewrites the suppression log with only the entries in force now (expired ones and replaced
+    /// records dropped; soft-bounce counters kept), while the engine delivers; returns how many
+    /// expired entries were dropped.
+    pub fn compact_suppressions(&self) -> Result<usize, SuppressionError> {
+        self.suppression
+            .as_ref()
+            .ok_or(SuppressionError::Disabled)?
+            .compact(Now::system().unix())
     }
 
     /// Recipients refused at submission because they were suppressed, and changes the suppression

@@ -26,11 +26,16 @@
 //!   hex followed by `-<tenant>` when the tenant name fits VERP's character set (so a signed report
 //!   names its tenant too).
 //!
-//! Not done here: sharing a list between engine processes (one writer per file), stream-level
-//! suppression from bounces (bounces and complaints suppress every stream; a stream is chosen at
-//! submission by the tag `stream` and only manual entries name one), compaction (the engine never
-//! calls [`SuppressionStore::compact`]; the log grows by one record per counted bounce), and
-//! cancelling mail already queued for an address that becomes suppressed (it keeps its retries).
+//! - One writer per log: the store holds `<log>.lock` while the engine runs, so `vmta suppress` or
+//!   a second engine on the same file is refused with the holder's pid; edits beside a running
+//!   engine go through it ([`crate::engine::Engine::suppress`], its control socket or HTTP API).
+//!   Compaction ([`crate::engine::Engine::compact_suppressions`]) runs under the store's mutex.
+//!
+//! Not done here: sharing a list between engine processes, stream-level suppression from bounces
+//! (bounces and complaints suppress every stream; a stream is chosen at submission by the tag
+//! `stream` and only manual entries name one), compaction on a schedule (only when asked; the log
+//! grows by one record per counted bounce), and cancelling mail already queued for an address that
+//! becomes suppressed (it keeps its retries).
 
 use super::event::{DeliveryEvent, EventKind};
 use super::{EventQueue, Now};
@@ -679,6 +684,25 @@ impl SuppressionService {
             .into_iter()
             .cloned()
             .collect()
+    }
+
+    /// Rewrites the log with only what is in force at `now` (under the store's mutex, so the
+    /// writer thread and host calls wait for it); expired entries leave the index too. Returns the
+    /// entries dropped.
+    pub fn compact(&self, now: u64) -> Result<usize, SuppressionError> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let expired: Vec<Suppression> = store
+            .list(None)
+            .into_iter()
+            .filter(|s| !s.is_active(now))
+            .cloned()
+            .collect();
+        store.compact(now).map_err(io_err)?;
+        for s in &expired {
+            self.index
+                .remove(&s.tenant, &s.address, s.stream.as_deref());
+        }
+        Ok(expired.len())
     }
 
     fn commit(&self, store: &mut SuppressionStore) -> Result<(), SuppressionError> {

@@ -98,12 +98,13 @@ pub use commit::{Durability, Ticket};
 pub use record::{MessageFlags, Priority, RecipientState};
 pub use segment::SharedBody;
 
+use crate::lockfile::{LockError, PidLock};
 use index::{Index, MessageSlot, RcptSlot, SlotRef};
 use record::{
     FormatError, Kind, MessageHead, MessageRecord, RECORD_HEADER_LEN, RecipientRecord,
     SEGMENT_HEADER_LEN, SegmentHeader, StateRecord,
 };
-use segment::{DirLock, LockError, Segment};
+use segment::Segment;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -552,7 +553,7 @@ pub struct RecipientView<'a> {
 pub struct Spool {
     dir: PathBuf,
     opts: Options,
-    _lock: DirLock,
+    _lock: PidLock,
     segments: BTreeMap<u32, Segment>,
     active: Option<u32>,
     index: Index,
@@ -602,7 +603,7 @@ impl Spool {
         if !opts.read_only {
             fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
         }
-        let lock = match DirLock::take(&dir, !opts.read_only) {
+        let lock = match PidLock::take(&dir.join("LOCK"), !opts.read_only) {
             Ok(l) => l,
             Err(LockError::Held(holder)) => return Err(SpoolError::Locked { dir, holder }),
             Err(LockError::Io(e)) => return Err(io_err("lock", &dir.join("LOCK"), e)),

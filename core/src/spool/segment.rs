@@ -6,7 +6,7 @@ use super::record::{SEGMENT_HEADER_LEN, SegmentHeader};
 use memmap2::{Mmap, MmapOptions};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -346,104 +346,5 @@ impl Segment {
             self.map = map(&self.file, self.used as usize)?.map(Arc::new);
         }
         Ok(())
-    }
-}
-
-/// The exclusive (engine) or shared (read-only inspection) `flock` on `DIR/LOCK`.
-#[derive(Debug)]
-pub struct DirLock {
-    _file: Option<File>,
-    /// The lock file's (device, inode) while this process holds it exclusively.
-    held: Option<(u64, u64)>,
-}
-
-/// Lock files this process holds exclusively, by (device, inode). A lock that reads as held by our
-/// own pid but is not in this set was released by us a moment ago and lives on in a child process
-/// forked by another thread between its `fork` and `exec` (a close-on-exec descriptor is still
-/// shared in that window); it goes away by itself, so `take` waits briefly for it.
-static HELD_HERE: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
-
-/// How long `take` waits for a lock our own process released but a forking child still shares.
-const INHERITED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn held_here() -> std::sync::MutexGuard<'static, Vec<(u64, u64)>> {
-    HELD_HERE.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        if let Some(key) = self.held.take() {
-            held_here().retain(|k| *k != key);
-        }
-    }
-}
-
-/// Why the lock was not taken.
-#[derive(Debug)]
-pub enum LockError {
-    /// Another process holds it; the pid it wrote, if readable.
-    Held(Option<u32>),
-    /// The lock file could not be opened or locked.
-    Io(io::Error),
-}
-
-impl DirLock {
-    /// Takes the lock without waiting. A writer takes it exclusively and writes its pid into the file.
-    pub fn take(dir: &Path, exclusive: bool) -> Result<DirLock, LockError> {
-        let path = dir.join("LOCK");
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(exclusive)
-            .create(exclusive)
-            .truncate(false)
-            .open(&path)
-        {
-            Ok(f) => f,
-            // No engine ever opened this directory for writing: nothing to share a lock with.
-            Err(e) if !exclusive && e.kind() == io::ErrorKind::NotFound => {
-                return Ok(DirLock {
-                    _file: None,
-                    held: None,
-                });
-            }
-            Err(e) => return Err(LockError::Io(e)),
-        };
-        let meta = file.metadata().map_err(LockError::Io)?;
-        let key = (meta.dev(), meta.ino());
-        let op = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        } | libc::LOCK_NB;
-        let started = std::time::Instant::now();
-        loop {
-            // SAFETY: `flock` takes a descriptor and an integer; `file` outlives the call.
-            let r = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if r == 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(LockError::Io(e));
-            }
-            let pid: Option<u32> = fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            let inherited = pid == Some(std::process::id()) && !held_here().contains(&key);
-            if !inherited || started.elapsed() >= INHERITED_LOCK_WAIT {
-                return Err(LockError::Held(pid));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        if exclusive {
-            file.set_len(0).map_err(LockError::Io)?;
-            file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
-                .map_err(LockError::Io)?;
-            held_here().push(key);
-        }
-        Ok(DirLock {
-            _file: Some(file),
-            held: exclusive.then_some(key),
-        })
     }
 }
