@@ -283,3 +283,89 @@ fn concurrent_edit_of_suppressions_and_queue_under_load() {
     listed_sorted.sort();
     assert_eq!(listed_sorted, kept_sorted);
 }
+
+/// Under load, `vmta reload` lowers a destination's message rate and the sink sees the new rate
+/// within a second; a broken file sent next is refused while delivery goes on; raising the rate
+/// again lets the backlog through, every acknowledged message exactly once.
+#[test]
+fn reload_lowers_a_destination_rate_under_load_within_a_second() {
+    let dir = TempDir::new("serve-reload-rate");
+    let sink = SmtpSink::start("127.0.88.2", &[]);
+    let listen = free_tcp_addr("127.0.88.2");
+    let rule =
+        |rate: &str| format!("[[domain]]\ndomains = [\"dest.test\"]\nmessage_rate = \"{rate}\"\n");
+    let config = write_config(dir.path(), listen, sink.addr, &rule("100/s"));
+    let daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_vmta")), &config);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let load: Vec<_> = (0..4)
+        .map(|c| {
+            let acked = acked.clone();
+            std::thread::spawn(move || client(listen, &format!("r{c}"), "dest.test", 200, &acked))
+        })
+        .collect();
+    let count = || tokens(&sink).len();
+    wait_for("100 deliveries", Duration::from_secs(30), || count() >= 100);
+    let (c0, t0) = (count(), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let before = (count() - c0) as f64 / t0.elapsed().as_secs_f64();
+    assert!(before >= 50.0, "{before:.0} msg/s at 100/s");
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&rule("100/s"), &rule("10/s"))).unwrap();
+    let o = vmta(&["reload"], &config);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        show(&o).contains("\"applied\":[\"shaping\"]"),
+        "{}",
+        show(&o)
+    );
+    // Within a second the old rate's tokens are spent; from then on the sink counts the new one.
+    std::thread::sleep(Duration::from_secs(1));
+    let (c1, t1) = (count(), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let after = (count() - c1) as f64 / t1.elapsed().as_secs_f64();
+    eprintln!(
+        "sink rate: {before:.0} msg/s at 100/s, {after:.1} msg/s from 1 s after the reload to 10/s"
+    );
+    assert!(
+        (3.0..=15.0).contains(&after),
+        "{after:.1} msg/s after the reload to 10/s (before: {before:.0})"
+    );
+
+    // A broken file is refused with its key; the running rules stay and mail keeps flowing.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&rule("10/s"), &rule("fast"))).unwrap();
+    let c2 = count();
+    let o = vmta(&["reload"], &config);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        show(&o).contains("reload-refused") && show(&o).contains("shaping"),
+        "{}",
+        show(&o)
+    );
+    wait_for(
+        "deliveries after the refused reload",
+        Duration::from_secs(5),
+        || count() >= c2 + 5,
+    );
+
+    std::fs::write(&config, text.replace(&rule("10/s"), "")).unwrap();
+    let o = vmta(&["reload"], &config);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    for t in load {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 800);
+    wait_for("the backlog at the sink", Duration::from_secs(60), || {
+        count() >= acked.len()
+    });
+    stop(daemon);
+    let mut got = tokens(&sink);
+    got.sort();
+    let mut want: Vec<String> = acked.into_iter().map(|(t, _)| t).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(events(&config, "reload"), 2);
+    assert_eq!(events(&config, "reload-refused"), 1);
+}
