@@ -1046,6 +1046,22 @@ fn vmta_reload_reaches_the_running_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("\"applied\":[\"shaping\"]"), "{text}");
+    // A new API token and a revoked one: in force for the next request.
+    const NEW: &str = "vmta_test-new-token-0123456789abcdef01";
+    assert_eq!(api.curl(Some(NEW), &[], "/api/v1/queues").0, 401);
+    assert_eq!(api.curl(Some(DEMO), &[], "/api/v1/suppressions").0, 200);
+    let rotated = shaped.replace(&hash(DEMO), &hash(NEW));
+    std::fs::write(&path, &rotated).unwrap();
+    let out = reload();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("\"applied\":[\"api_token\"]") && text.contains("\"needs_restart\":[]"),
+        "{text}"
+    );
+    assert_eq!(api.curl(Some(NEW), &[], "/api/v1/suppressions").0, 200);
+    assert_eq!(api.curl(Some(DEMO), &[], "/api/v1/suppressions").0, 401);
+    let shaped = rotated;
     std::fs::write(
         &path,
         shaped.replace("max_connections = 2", "max_connections = -1"),

@@ -342,3 +342,111 @@ s.quit()
         "{log}"
     );
 }
+
+/// One STARTTLS session: prints the server certificate's SHA-256 and the outcome of a login as
+/// argv[3] with password argv[4] (the certificate is not verified: it is the one under test).
+const LOGIN: &str = r#"
+import hashlib, smtplib, ssl, sys
+host, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP(host, port, local_hostname="app.client.test", timeout=20)
+s.starttls(context=ctx)
+print("cert", hashlib.sha256(s.sock.getpeercert(binary_form=True)).hexdigest())
+s.ehlo()
+try:
+    s.login(user, password)
+    print("login ok")
+except smtplib.SMTPAuthenticationError as e:
+    print("login refused", e.smtp_code)
+s.quit()
+"#;
+
+/// `vmta reload` puts a changed `[[user]]` list and renewed certificate files in force for the
+/// next login and the next handshake, without a restart; a key that does not load is refused and
+/// the certificate in force stays.
+#[test]
+fn reload_puts_new_users_and_a_new_certificate_in_force() {
+    let w = start();
+    let login = |user: &str, password: &str| {
+        python_ok(
+            LOGIN,
+            &[
+                w.starttls.ip().to_string(),
+                w.starttls.port().to_string(),
+                user.into(),
+                password.into(),
+            ],
+        )
+    };
+    let cert_of = |out: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("cert "))
+            .unwrap()
+            .to_string()
+    };
+    let before = login("demo", "demo-password");
+    assert!(before.contains("login ok"), "{before}");
+    assert!(login("second", "second-password").contains("login refused 535"));
+
+    // A renewed certificate (as certbot would write it) and a changed user list.
+    let renewed = TempDir::new("serve-renewed-cert");
+    make_cert(renewed.path());
+    for f in ["localhost.crt", "localhost.key"] {
+        std::fs::copy(renewed.path().join(f), w.dir.path().join(f)).unwrap();
+    }
+    let config = w.dir.path().join("vmta.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let old_hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("password = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let text = text.replace(&old_hash, &hash("demo-password-2")).replacen(
+        "[[listener]]",
+        &format!(
+            "[[user]]\nname = \"second\"\npassword = \"{}\"\ntenant = \"demo\"\n[[listener]]",
+            hash("second-password")
+        ),
+        1,
+    );
+    std::fs::write(&config, &text).unwrap();
+    let reload = || {
+        Command::new(vmta())
+            .args(["reload", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let o = reload();
+    let answer = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{answer}");
+    assert!(
+        answer.contains("\"user\"") && answer.contains("\"certificate\""),
+        "{answer}"
+    );
+    assert!(answer.contains("\"needs_restart\":[]"), "{answer}");
+
+    let after = login("demo", "demo-password-2");
+    assert!(after.contains("login ok"), "{after}");
+    assert_ne!(
+        cert_of(&before),
+        cert_of(&after),
+        "the old certificate is still served"
+    );
+    assert!(login("demo", "demo-password").contains("login refused 535"));
+    assert!(login("second", "second-password").contains("login ok"));
+
+    // A key file that does not load: refused, naming the listener; the renewed certificate stays.
+    std::fs::write(w.dir.path().join("localhost.key"), "not a key\n").unwrap();
+    let o = reload();
+    let answer = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{answer}");
+    assert!(
+        answer.contains("reload-refused") && answer.contains("listener 127.0.98.2"),
+        "{answer}"
+    );
+    let still = login("second", "second-password");
+    assert_eq!(cert_of(&still), cert_of(&after));
+    assert!(still.contains("login ok"), "{still}");
+}

@@ -26,8 +26,10 @@
 //! Listeners offer STARTTLS or implicit TLS with a certificate; the `submission` role takes logins
 //! ([`users`]: argon2 hashes, checked on a thread of their own, failed logins slowed then refused
 //! per address) and submits under the login's tenant. An `[http]` table adds the HTTP API ([`http`]:
-//! injection, Prometheus metrics, suppressions) on threads of its own. Not here yet: live reload of
-//! the listeners.
+//! injection, Prometheus metrics, suppressions) on threads of its own. The control socket
+//! ([`control`]) takes reloads, suppression edits and cancellations from `vmta reload`,
+//! `vmta suppress --config` and `vmta queue --remove`. Not here yet: reloading a listener's
+//! address or limits (named as needing a restart).
 
 pub mod config;
 pub mod control;
@@ -62,14 +64,23 @@ pub struct Reloader {
     engine: Arc<Engine>,
     log: Arc<log::EventLog>,
     running: std::sync::Mutex<ServeConfig>,
+    /// The `[[user]]` logins are checked against.
+    users: Arc<users::Users>,
+    /// The listeners' and the HTTP API's certificates.
+    certs: Vec<CertSlot>,
+    /// The HTTP API, for its `[[api_token]]`.
+    api: std::sync::OnceLock<Arc<http::Api>>,
 }
 
 impl Reloader {
-    /// Reads the file again and applies what a running engine can take (`Engine::reload`: shaping
-    /// rules, bounce rules, tenants); what needs a restart (the engine's other sections, and here
-    /// `[serve]`, listeners, users and the HTTP API) is named and left as it is. A file that does
-    /// not parse or check is refused with its reason and nothing changes. Logs a `reload` (or
-    /// `reload-refused`) line and returns it.
+    /// Reads the file again and applies what a running daemon can take: through `Engine::reload`
+    /// shaping rules, bounce rules and tenants; here `[[user]]` (the next login), `[[api_token]]`
+    /// (the next request) and the certificates of listeners and the HTTP API, read again from
+    /// their files (the next handshake). What needs a restart (the engine's other sections,
+    /// `[serve]`, listeners' other settings, `[http]`'s other settings) is named and left as it
+    /// is. A file that does not parse or check, or a certificate that does not load, is refused
+    /// with its reason and nothing changes. Logs a `reload` (or `reload-refused`) line and
+    /// returns it.
     pub fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let refused = |error: String| {
@@ -82,28 +93,72 @@ impl Reloader {
             return Err(refused("the configuration was not read from a file".into()));
         };
         let new = ServeConfig::from_file(&path).map_err(|e| refused(e.to_string()))?;
+        // Check everything this daemon applies before the engine applies its part: all or nothing.
+        let users = if format!("{:?}", running.users) != format!("{:?}", new.users) {
+            Some(users::UserTable::new(new.users.clone()).map_err(refused)?)
+        } else {
+            None
+        };
+        let mut certs = Vec::new();
+        for slot in &self.certs {
+            let (cert, key) = read_pair(&slot.cert, &slot.key)
+                .map_err(|e| refused(format!("{}: {e}", slot.what)))?;
+            let loaded = slot.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            if (&cert, &key) != (&loaded.0, &loaded.1) {
+                let parsed = vmta::smtp::tls::ServerCert::parse(&cert, &key)
+                    .map_err(|e| refused(format!("{}: {e}", slot.what)))?;
+                certs.push((slot, parsed, cert, key));
+            }
+        }
         let report = self
             .engine
             .reload(&new.engine)
             .map_err(|e| refused(e.to_string()))?;
+        let mut applied = report.applied;
         let mut needs_restart = report.needs_restart;
+        if let Some(users) = users {
+            self.users.replace(users);
+            applied.push("user".into());
+        }
+        let tokens = |c: &ServeConfig| c.http.as_ref().map(|h| format!("{:?}", h.tokens));
+        if tokens(&running) != tokens(&new)
+            && let (Some(api), Some(h)) = (self.api.get(), &new.http)
+        {
+            api.replace_tokens(&h.tokens);
+            applied.push("api_token".into());
+        }
+        if !certs.is_empty() {
+            for (slot, parsed, cert, key) in certs {
+                slot.store.replace(parsed);
+                *slot.loaded.lock().unwrap_or_else(|e| e.into_inner()) = (cert, key);
+            }
+            applied.push("certificate".into());
+        }
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let http_rest = |c: &ServeConfig| {
+            c.http
+                .as_ref()
+                .map(|h| format!("{:?} {:?} {:?}", h.section, h.address, h.tls_files))
+        };
         for (name, changed) in [
             ("serve", differs(&running.serve, &new.serve)),
             ("listener", differs(&running.listeners, &new.listeners)),
-            ("user", differs(&running.users, &new.users)),
-            ("http", differs(&running.http, &new.http)),
+            ("http", http_rest(&running) != http_rest(&new)),
         ] {
             if changed {
                 needs_restart.push(name.to_string());
             }
         }
         running.engine = new.engine;
+        running.users = new.users;
+        if let (Some(r), Some(n)) = (running.http.as_mut(), new.http) {
+            r.tokens = n.tokens;
+        }
         let v = serde_json::json!({
             "event": "reload",
             "file": path.display().to_string(),
-            "applied": report.applied,
+            "applied": applied,
             "needs_restart": needs_restart,
         });
         self.log.write_lines([v.to_string().as_str()]);
@@ -151,6 +206,7 @@ pub fn run(
             .map_err(|e| ServeError(format!("cannot listen on {}: {e}", l.address)))?;
         std_listeners.push(s);
     }
+    let mut certs = Vec::new();
     let http_listener = match &config.http {
         None => None,
         Some(h) => {
@@ -158,7 +214,7 @@ pub fn run(
                 .map_err(|e| ServeError(format!("cannot listen on {} (http): {e}", h.address)))?;
             let tls = match &h.tls_files {
                 None => None,
-                Some((cert, key)) => Some(tls_config(config, cert, key, "http")?),
+                Some((cert, key)) => Some(tls_config(config, cert, key, "http", &mut certs)?),
             };
             Some((s, tls))
         }
@@ -185,6 +241,7 @@ pub fn run(
                 cert,
                 key,
                 &format!("listener {}", l.address),
+                &mut certs,
             )?),
         });
     }
@@ -275,6 +332,9 @@ pub fn run(
         engine: engine.clone(),
         log: log.clone(),
         running: std::sync::Mutex::new(config.clone()),
+        users: users.clone(),
+        certs,
+        api: std::sync::OnceLock::new(),
     });
     // Without the control socket (a path over the 108 bytes a Unix socket takes, say) the daemon
     // still runs: SIGHUP and the HTTP API reload it.
@@ -340,6 +400,7 @@ pub fn run(
             );
             api.reloader = Some(reloader.clone());
             let api = Arc::new(api);
+            let _ = reloader.api.set(api.clone());
             Some(http::HttpServer::start(api, socket, tls)?)
         }
         _ => None,
@@ -400,20 +461,46 @@ fn listen(addr: std::net::SocketAddr, backlog: i32) -> std::io::Result<std::net:
     Ok(s.into())
 }
 
-/// The rustls configuration from a certificate chain and key named in the configuration.
+/// The rustls configuration from a certificate chain and key named in the configuration, and the
+/// slot through which a reload replaces them.
 fn tls_config(
     config: &ServeConfig,
     cert: &std::path::Path,
     key: &std::path::Path,
     what: &str,
+    slots: &mut Vec<CertSlot>,
 ) -> Result<Arc<rustls::ServerConfig>, ServeError> {
     let (cert, key) = (config.path(cert), config.path(key));
+    let (cert_pem, key_pem) =
+        read_pair(&cert, &key).map_err(|e| ServeError(format!("{what}: {e}")))?;
+    let (server, store) = vmta::smtp::tls::reloadable_server_config(&cert_pem, &key_pem)
+        .map_err(|e| ServeError(format!("{what}: {e}")))?;
+    slots.push(CertSlot {
+        what: what.to_string(),
+        cert,
+        key,
+        loaded: std::sync::Mutex::new((cert_pem, key_pem)),
+        store,
+    });
+    Ok(server)
+}
+
+fn read_pair(cert: &std::path::Path, key: &std::path::Path) -> Result<(Vec<u8>, Vec<u8>), String> {
     let read = |p: &std::path::Path| {
-        std::fs::read(p)
-            .map_err(|e| ServeError(format!("{what}: cannot read {}: {e}", p.display())))
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
-    vmta::smtp::tls::server_config(&read(&cert)?, &read(&key)?)
-        .map_err(|e| ServeError(format!("{what}: {e}")))
+    Ok((read(cert)?, read(key)?))
+}
+
+/// A listener's (or the HTTP API's) certificate: the files it came from, their contents when
+/// last loaded, and where a new one is put in force.
+#[derive(Debug)]
+struct CertSlot {
+    what: String,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    loaded: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+    store: Arc<vmta::smtp::tls::ServerCert>,
 }
 
 /// Copies the engine's events to the log until `stop`, then drains what is left.

@@ -40,36 +40,67 @@ pub struct UserConfig {
     pub tenant: String,
 }
 
-/// The users, by name.
+/// The users, by name; replaced whole by a reload ([`Users::replace`]), logins under way finish
+/// against the table they started with.
 #[derive(Debug, Default)]
 pub struct Users {
-    by_name: HashMap<String, UserConfig>,
+    by_name: std::sync::RwLock<Arc<HashMap<String, UserConfig>>>,
     /// Checked for unknown names, so they cost what a wrong password costs.
     dummy: String,
+}
+
+/// Checks every hash's format; a name may appear once.
+fn table(users: Vec<UserConfig>) -> Result<HashMap<String, UserConfig>, String> {
+    let mut by_name = HashMap::new();
+    for (i, u) in users.into_iter().enumerate() {
+        if u.name.is_empty() || u.tenant.is_empty() {
+            return Err(format!("user[{i}]: name and tenant must not be empty"));
+        }
+        PasswordHash::new(&u.password).map_err(|e| {
+            format!("user[{i}].password: not a password hash from `vmta passwd` ({e})")
+        })?;
+        if by_name.insert(u.name.clone(), u).is_some() {
+            return Err(format!("user[{i}].name: a second user of that name"));
+        }
+    }
+    Ok(by_name)
+}
+
+/// A checked set of users, ready to put in force with [`Users::replace`].
+#[derive(Debug)]
+pub struct UserTable(HashMap<String, UserConfig>);
+
+impl UserTable {
+    /// Checks every hash's format; a name may appear once.
+    pub fn new(users: Vec<UserConfig>) -> Result<UserTable, String> {
+        table(users).map(UserTable)
+    }
 }
 
 impl Users {
     /// Checks every hash's format; a name may appear once.
     pub fn new(users: Vec<UserConfig>) -> Result<Users, String> {
-        let mut by_name = HashMap::new();
-        for (i, u) in users.into_iter().enumerate() {
-            if u.name.is_empty() || u.tenant.is_empty() {
-                return Err(format!("user[{i}]: name and tenant must not be empty"));
-            }
-            PasswordHash::new(&u.password).map_err(|e| {
-                format!("user[{i}].password: not a password hash from `vmta passwd` ({e})")
-            })?;
-            if by_name.insert(u.name.clone(), u).is_some() {
-                return Err(format!("user[{i}].name: a second user of that name"));
-            }
-        }
+        let by_name = table(users)?;
         let dummy = hash_password("not a password anybody has").map_err(|e| e.to_string())?;
-        Ok(Users { by_name, dummy })
+        Ok(Users {
+            by_name: std::sync::RwLock::new(Arc::new(by_name)),
+            dummy,
+        })
+    }
+
+    /// Puts a new set of users in force for the next login.
+    pub fn replace(&self, users: UserTable) {
+        *self.by_name.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users.0);
     }
 
     /// The tenant of `name` if `password` is its password.
     pub fn verify(&self, name: &str, password: &str) -> Option<String> {
-        let (phc, user) = match self.by_name.get(name) {
+        let by_name = self
+            .by_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (phc, user) = match by_name.get(name) {
             Some(u) => (u.password.as_str(), Some(u)),
             None => (self.dummy.as_str(), None),
         };

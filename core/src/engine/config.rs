@@ -1,10 +1,20 @@
 //! Engine configuration: a TOML file or string (serde), or a Rust builder ([`EngineConfig::builder`]).
 //!
-//! A running engine takes a changed configuration with `Engine::reload` (`vmta serve`: SIGHUP or
-//! `POST /api/v1/reload`): `[shaping]` (the next token taken), `[retry] rules`/`rules_file` (the
-//! next reply classified) and the `[[tenant]]` tables (the next message admitted) apply at once;
-//! every other section needs a restart, is named in the reload's report and stays as it was, and so
-//! does turning tenants on or off. A configuration that does not check is refused whole.
+//! A running engine takes a changed configuration with `Engine::reload` (C: `vmta_engine_reload`;
+//! `vmta serve`: SIGHUP, `vmta reload` or `POST /api/v1/reload`):
+//!
+//! | reloads at once | applies to |
+//! |---|---|
+//! | `[shaping]` (`rules`, `rules_file`) | the next token taken, connection opened, cap counted |
+//! | `[retry]` `rules` / `rules_file` (bounce rules) | the next reply classified |
+//! | `[[tenant]]` (approved senders, DKIM keys, limits, locks) | the next message admitted |
+//! | `vmta serve`: `[[user]]`, `[[api_token]]`, certificate files | the next login, request, handshake |
+//!
+//! Every other section needs a restart (`[engine]` with the spool and shard count, `[dns]`, `[tls]`,
+//! `[suppression]`, `[verp]`, `[smarthost]`, ...; in `vmta serve` also `[serve]`, the listeners'
+//! addresses and limits, and `[http]` but for its tokens): it is named in the reload's report and
+//! stays as it was, and so does turning tenants on or off. A configuration that does not check is
+//! refused whole, with the key at fault, and nothing changes.
 //!
 //! Every option, its default and its meaning:
 //!

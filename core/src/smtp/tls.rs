@@ -166,6 +166,72 @@ impl std::fmt::Display for TlsError {
     }
 }
 
+/// A server certificate that can be replaced while connections are served: each handshake takes
+/// the one in force when it starts (handshakes under way and open connections keep theirs).
+#[derive(Debug)]
+pub struct ServerCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ServerCert {
+    /// Checks a certificate chain and private key in PEM (the key must be the first certificate's).
+    pub fn parse(
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, TlsSettingsError> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_chain_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsSettingsError(format!("bad certificate PEM: {e}")))?;
+        if chain.is_empty() {
+            return Err(TlsSettingsError(
+                "no certificate in the certificate file".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| TlsSettingsError(format!("bad private key PEM: {e}")))?;
+        rustls::sign::CertifiedKey::from_der(chain, key, &provider())
+            .map(Arc::new)
+            .map_err(|e| TlsSettingsError(format!("certificate and key: {e}")))
+    }
+
+    /// Puts `key` (from [`ServerCert::parse`]) in force for the next handshake.
+    pub fn replace(&self, key: Arc<rustls::sign::CertifiedKey>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// [`server_config`] whose certificate can be replaced later through the [`ServerCert`] returned.
+pub fn reloadable_server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Arc<rustls::ServerConfig>, Arc<ServerCert>), TlsSettingsError> {
+    let cert = Arc::new(ServerCert {
+        current: std::sync::RwLock::new(ServerCert::parse(cert_chain_pem, key_pem)?),
+    });
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSettingsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
+    Ok((Arc::new(config), cert))
+}
+
 /// A rustls server configuration for SMTP: the certificate chain and private key from PEM text, the
 /// safe default protocol versions (TLS 1.2 and 1.3), no client certificates asked for.
 pub fn server_config(

@@ -83,8 +83,8 @@ pub struct Api {
     pub stats: Arc<Stats>,
     /// The event log (received and refused lines).
     pub log: Arc<EventLog>,
-    /// Tokens by SHA-256.
-    tokens: HashMap<[u8; 32], Caller>,
+    /// Tokens by SHA-256; replaced whole by a reload.
+    tokens: std::sync::RwLock<Arc<HashMap<[u8; 32], Caller>>>,
     /// `[http]`.
     pub config: crate::config::HttpSection,
     /// Whether the listener speaks TLS (the Received field's protocol).
@@ -109,23 +109,7 @@ impl Api {
         spool_dir: PathBuf,
         listeners: Vec<(String, Arc<std::sync::atomic::AtomicUsize>)>,
     ) -> Api {
-        let tokens = http
-            .tokens
-            .iter()
-            .filter_map(|t: &ApiToken| {
-                let mut h = [0u8; 32];
-                for (i, b) in h.iter_mut().enumerate() {
-                    *b = u8::from_str_radix(t.sha256.get(2 * i..2 * i + 2)?, 16).ok()?;
-                }
-                Some((
-                    h,
-                    Caller {
-                        name: t.name.clone(),
-                        tenant: (!t.tenant.is_empty()).then(|| t.tenant.clone()),
-                    },
-                ))
-            })
-            .collect();
+        let tokens = std::sync::RwLock::new(Arc::new(token_table(&http.tokens)));
         let tenants = engine.tenants().is_some();
         Api {
             engine,
@@ -139,6 +123,11 @@ impl Api {
             tenants,
             reloader: None,
         }
+    }
+
+    /// Puts a new set of `[[api_token]]` in force for the next request.
+    pub fn replace_tokens(&self, tokens: &[ApiToken]) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(token_table(tokens));
     }
 
     /// The caller a request's `Authorization` header names, or the answer refusing it.
@@ -158,10 +147,32 @@ impl Api {
             .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(&digest)
             .cloned()
             .ok_or_else(|| unauthorized("unknown token"))
     }
+}
+
+/// Tokens by SHA-256 (the configuration checked their form: 64 hex digits).
+fn token_table(tokens: &[ApiToken]) -> HashMap<[u8; 32], Caller> {
+    tokens
+        .iter()
+        .filter_map(|t: &ApiToken| {
+            let mut h = [0u8; 32];
+            for (i, b) in h.iter_mut().enumerate() {
+                *b = u8::from_str_radix(t.sha256.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some((
+                h,
+                Caller {
+                    name: t.name.clone(),
+                    tenant: (!t.tenant.is_empty()).then(|| t.tenant.clone()),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// A JSON answer.
