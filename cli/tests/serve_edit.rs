@@ -338,8 +338,10 @@ fn reload_lowers_a_destination_rate_under_load_within_a_second() {
     let c2 = count();
     let o = vmta(&["reload"], &config);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    // Named by file, line and key: `rules = '''` is the file's twelfth line.
     assert!(
-        show(&o).contains("reload-refused") && show(&o).contains("shaping"),
+        show(&o).contains("reload-refused")
+            && show(&o).contains("vmta.toml:12: configuration key `shaping.rules`"),
         "{}",
         show(&o)
     );

@@ -78,6 +78,89 @@ use vmta::smtp::server::{ServerConfig, ServerTimeouts};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 
+/// `message` about the configuration file `path` (whose text is `text`) as `FILE:LINE: message`:
+/// the line is the one of the key the message names (`engine.shards`, `tenant[1].pool`,
+/// `listener[0].address`), when it can be found, or the one a syntax error gave (`line N: `).
+pub fn locate(path: &Path, text: &str, message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("line ")
+        && let Some((n, msg)) = rest.split_once(": ")
+        && n.parse::<usize>().is_ok()
+    {
+        return format!("{}:{n}: {msg}", path.display());
+    }
+    match named_key(message).and_then(|k| key_line(text, &k)) {
+        Some(n) => format!("{}:{n}: {message}", path.display()),
+        None => format!("{}: {message}", path.display()),
+    }
+}
+
+/// The key a message names: the first `` `a.b` `` in it, or its `a[n].b: ` prefix.
+fn named_key(message: &str) -> Option<String> {
+    let is_key = |k: &str| {
+        !k.is_empty()
+            && k.contains(['.', '['])
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b))
+    };
+    let mut parts = message.split('`');
+    parts.next();
+    if let Some(k) = parts.step_by(2).find(|k| is_key(k)) {
+        return Some(k.to_string());
+    }
+    let head = message.split(": ").next()?;
+    is_key(head).then(|| head.to_string())
+}
+
+/// The 1-based line of `key` (`table.field`, `table[n].field`, `table`, `table[n]`) in `text`.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let (table, field) = match key.split_once('.') {
+        Some((t, f)) => (t, Some(f.split(['.', '[']).next().unwrap_or(f))),
+        None => (key, None),
+    };
+    let (name, index) = match table.split_once('[') {
+        Some((n, i)) => (n, Some(i.trim_end_matches(']').parse::<usize>().ok()?)),
+        None => (table, None),
+    };
+    let header = match index {
+        Some(_) => format!("[[{name}]]"),
+        None => format!("[{name}]"),
+    };
+    let mut seen = 0usize;
+    let mut inside = false;
+    let mut in_string = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        // Skip the inside of multi-line strings (rules written inline).
+        if t.matches("\'\'\'").count() % 2 == 1 || t.matches("\"\"\"").count() % 2 == 1 {
+            in_string = !in_string;
+            if !in_string {
+                continue;
+            }
+        } else if in_string {
+            continue;
+        }
+        if t.starts_with('[') {
+            inside = t == header
+                && index.is_none_or(|n| {
+                    seen += 1;
+                    seen == n + 1
+                });
+            if inside && field.is_none() {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        if inside
+            && let Some(f) = field
+            && t.strip_prefix(f)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -359,7 +442,8 @@ impl ServeConfig {
     pub fn from_file(path: &Path) -> Result<ServeConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        let mut c = ServeConfig::from_toml(&text)?;
+        let mut c =
+            ServeConfig::from_toml(&text).map_err(|e| ConfigError(locate(path, &text, &e.0)))?;
         c.engine.base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
         c.path = Some(path.to_path_buf());
         Ok(c)
@@ -367,9 +451,15 @@ impl ServeConfig {
 
     /// Parses configuration text.
     pub fn from_toml(text: &str) -> Result<ServeConfig, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError(format!("configuration: {}", e.message())))?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            ConfigError(match line {
+                Some(l) => format!("line {l}: {}", e.message().trim_end()),
+                None => format!("configuration: {}", e.message().trim_end()),
+            })
+        })?;
         let serve: ServeSection = match table.remove("serve") {
             Some(v) => v
                 .try_into()
@@ -738,6 +828,33 @@ allowed_networks = ["127.0.0.0/8", "::1"]
             users.verify("demo", "demo-password").as_deref(),
             Some("demo")
         );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_line_of_their_key() {
+        let text = "[engine]\nspool_dir = \"s\"\n[shaping]\nrules = \'\'\'\n[engine]\nshards = 1\n\'\'\'\n\
+                    [engine2]\n[[tenant]]\nname = \"a\"\n[[tenant]]\nname = \"b\"\npool = \"x\"\n\
+                    [engine]\nshards = \"x\"\n";
+        let p = Path::new("/etc/vmta.toml");
+        assert_eq!(
+            locate(p, text, "configuration key `engine.shards`: invalid"),
+            "/etc/vmta.toml:15: configuration key `engine.shards`: invalid"
+        );
+        assert_eq!(
+            locate(p, text, "tenant[1].pool: unknown pool"),
+            "/etc/vmta.toml:13: tenant[1].pool: unknown pool"
+        );
+        assert_eq!(
+            locate(p, text, "x `shaping.rules`: bad"),
+            "/etc/vmta.toml:4: x `shaping.rules`: bad"
+        );
+        assert_eq!(locate(p, text, "line 7: oops"), "/etc/vmta.toml:7: oops");
+        assert_eq!(
+            locate(p, text, "no key here"),
+            "/etc/vmta.toml: no key here"
+        );
+        let e = ServeConfig::from_toml("[serve]\nx = [\n").unwrap_err();
+        assert!(e.0.starts_with("line "), "{e}");
     }
 
     #[test]

@@ -110,10 +110,10 @@ impl Reloader {
                 certs.push((slot, parsed, cert, key));
             }
         }
-        let report = self
-            .engine
-            .reload(&new.engine)
-            .map_err(|e| refused(e.to_string()))?;
+        let report = self.engine.reload(&new.engine).map_err(|e| {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            refused(config::locate(&path, &text, &e.to_string()))
+        })?;
         let mut applied = report.applied;
         let mut needs_restart = report.needs_restart;
         if let Some(users) = users {
@@ -245,8 +245,16 @@ pub fn run(
             )?),
         });
     }
-    let engine =
-        Arc::new(Engine::start(&config.engine).map_err(|e| ServeError(format!("engine: {e}")))?);
+    let engine = Arc::new(Engine::start(&config.engine).map_err(|e| {
+        ServeError(match &config.path {
+            Some(p) => config::locate(
+                p,
+                &std::fs::read_to_string(p).unwrap_or_default(),
+                &format!("engine: {e}"),
+            ),
+            None => format!("engine: {e}"),
+        })
+    })?);
     let threads = config.serve.listener_threads;
     let mut polls = Vec::with_capacity(threads);
     let mut mailboxes = Vec::with_capacity(threads);
