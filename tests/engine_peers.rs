@@ -390,12 +390,22 @@ fn refuses_bad_submissions_with_named_errors() {
     e.shutdown(Duration::from_secs(1));
     s.body = body(1);
     assert_eq!(e.submit(&s), Err(vmta::engine::SubmitError::ShuttingDown));
-    // A second engine on a spool in use is refused.
+    // A second engine on a spool in use is refused: its suppression log, opened first, is locked
+    // (with the suppression list off, the spool's lock refuses it).
     let e1 = Engine::start(&cfg).unwrap();
     let e2 = Engine::start(&cfg);
+    let text = format!("{e2:?}");
     assert!(
-        matches!(e2, Err(vmta::engine::EngineError::Spool { .. })),
-        "{e2:?}"
+        matches!(e2, Err(vmta::engine::EngineError::Config(ref c)) if c.key == "suppression.path")
+            && text.contains(&format!("in use by process {}", std::process::id())),
+        "{text}"
+    );
+    let mut unlisted = cfg.clone();
+    unlisted.suppression.enabled = false;
+    let e3 = Engine::start(&unlisted);
+    assert!(
+        matches!(e3, Err(vmta::engine::EngineError::Spool { .. })),
+        "{e3:?}"
     );
     drop(e1);
 }

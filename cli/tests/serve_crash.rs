@@ -1,8 +1,11 @@
-//! Nothing acknowledged is lost: `vmta serve` is killed with SIGKILL while clients relay through it,
-//! again and again (`VMTA_SERVE_KILLS`, 20 by default; `benches/serve-kill.sh` runs 200), restarted on
-//! the same spool each time, and at the end every message that got its `250` must have reached the
-//! `smtp-sink` behind it. A message delivered again after a kill (the sink's 250 came, the spool had
-//! not yet recorded it) is a duplicate: allowed, counted and printed. Addresses 127.0.93.0/24.
+//! Nothing acknowledged is lost, and the engine's account of it is whole: `vmta serve` is killed
+//! with SIGKILL while clients relay through it, again and again (`VMTA_SERVE_KILLS`, 20 by default;
+//! `benches/serve-kill.sh` runs 200), restarted on the same spool each time, and at the end every
+//! message that got its `250` must have reached the `smtp-sink` behind it, and the engine's event
+//! log (`[engine] event_log`, kept across the kills) must hold exactly one final line for every
+//! message that reached it. A message delivered again after a kill (the sink's 250 came, neither
+//! the log nor the spool had it yet) is a duplicate at the sink: allowed, counted and printed.
+//! Addresses 127.0.93.0/24.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -15,8 +18,8 @@ use vmta_tests::smtp::SmtpSink;
 use vmta_tests::{TempDir, free_tcp_addr};
 
 /// Sends messages over one connection until an error; each token whose data got a 250 goes into
-/// `acked`.
-fn client(addr: SocketAddr, tag: String, acked: Arc<Mutex<Vec<String>>>) {
+/// `acked` with its queue id.
+fn client(addr: SocketAddr, tag: String, acked: Arc<Mutex<Vec<(String, String)>>>) {
     let Ok(s) = TcpStream::connect(addr) else {
         return;
     };
@@ -56,8 +59,9 @@ fn client(addr: SocketAddr, tag: String, acked: Arc<Mutex<Vec<String>>>) {
             return;
         }
         match reply() {
-            Some(l) if l.starts_with("250 2.0.0 Ok: queued as") => {
-                acked.lock().unwrap().push(token);
+            Some(l) if l.starts_with("250 2.0.0 Ok: queued as ") => {
+                let id = l.trim_end()["250 2.0.0 Ok: queued as ".len()..].to_string();
+                acked.lock().unwrap().push((token, id));
             }
             _ => return,
         }
@@ -65,7 +69,7 @@ fn client(addr: SocketAddr, tag: String, acked: Arc<Mutex<Vec<String>>>) {
 }
 
 #[test]
-fn every_acknowledged_message_survives_sigkill() {
+fn event_log_exactly_once_and_every_acknowledged_message_survives_sigkill() {
     let kills: usize = std::env::var("VMTA_SERVE_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -77,13 +81,14 @@ fn every_acknowledged_message_survives_sigkill() {
     std::fs::write(
         &config,
         format!(
-            "[engine]\nspool_dir = \"{spool}\"\nshards = 2\nspool_segment_mb = 4\n\
+            "[engine]\nspool_dir = \"{spool}\"\nshards = 2\nspool_segment_mb = 4\nevent_log = \"{log}\"\n\
              [serve]\nevent_log = \"\"\n\
              [smarthost]\naddress = \"{sink}\"\ntls = \"disabled\"\n[shaping]\nrules = '''\n{unshaped}'''\n\
              [[listener]]\naddress = \"{addr}\"\nrole = \"relay\"\n\
              allowed_networks = [\"127.0.0.0/8\"]\n",
             unshaped = vmta_testworld::world::UNSHAPED,
             spool = dir.path().join("spool").display(),
+            log = dir.path().join("engine-events.jsonl").display(),
             sink = sink.addr,
         ),
     )
@@ -118,7 +123,8 @@ fn every_acknowledged_message_survives_sigkill() {
     }
     // The last start delivers what is left.
     let daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_vmta")), &config);
-    let acked: Vec<String> = acked.lock().unwrap().clone();
+    let acked_ids: Vec<(String, String)> = acked.lock().unwrap().clone();
+    let acked: Vec<String> = acked_ids.iter().map(|(t, _)| t.clone()).collect();
     assert!(
         acked.len() >= kills,
         "only {} messages acknowledged in {kills} rounds",
@@ -143,7 +149,70 @@ fn every_acknowledged_message_survives_sigkill() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Every final outcome in the engine's log exactly once: each line's (message, recipient) once,
+    // and every acknowledged message's delivery there.
+    let log_path = dir.path().join("engine-events.jsonl");
+    let finals = || -> HashMap<(String, u64), usize> {
+        let mut n = HashMap::new();
+        for line in std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+        {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if matches!(
+                v["event"].as_str(),
+                Some("delivered" | "bounced" | "expired" | "cancelled")
+            ) {
+                let key = (
+                    v["message_id"].as_str().unwrap_or_default().to_string(),
+                    v["recipient_index"].as_u64().unwrap_or(99),
+                );
+                *n.entry(key).or_default() += 1;
+            }
+        }
+        n
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logged = loop {
+        let logged = finals();
+        if acked_ids
+            .iter()
+            .all(|(_, id)| logged.contains_key(&(id.clone(), 0)))
+            || Instant::now() > deadline
+        {
+            break logged;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     daemon.kill();
+    let unlogged: Vec<&String> = acked_ids
+        .iter()
+        .filter(|(_, id)| !logged.contains_key(&(id.clone(), 0)))
+        .map(|(t, _)| t)
+        .collect();
+    let twice: Vec<_> = logged.iter().filter(|(_, n)| **n > 1).collect();
+    let torn = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+        .count();
+    eprintln!(
+        "engine log: {} final lines for {} recipients, {} acknowledged without a line, {} logged \
+         twice, {torn} lines cut short by a kill",
+        logged.values().sum::<usize>(),
+        logged.len(),
+        unlogged.len(),
+        twice.len()
+    );
+    assert!(
+        unlogged.is_empty(),
+        "{} acknowledged messages have no final line, the first: {:?}",
+        unlogged.len(),
+        &unlogged[..unlogged.len().min(20)]
+    );
+    assert!(twice.is_empty(), "final outcomes logged twice: {twice:?}");
     let acked_set: HashSet<&String> = acked.iter().collect();
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     let unacked_delivered = seen.keys().filter(|t| !acked_set.contains(t)).count();

@@ -227,8 +227,9 @@ pub struct SuppressionStore {
     recovery: Recovery,
     /// Every (tenant, address) that has had a soft-bounce counter since the store was opened.
     soft_filter: Arc<SoftCounterFilter>,
-    /// The exclusive lock on `<path>.lock`, held while the store is open.
-    _lock: crate::lockfile::PidLock,
+    /// The exclusive lock on `<path>.lock`, held while the store is open ([`SuppressionStore::close`]
+    /// lets it go).
+    lock: Option<crate::lockfile::PidLock>,
 }
 
 /// The lock file beside a suppression log: `<path>.lock` (it outlives compaction, which replaces
@@ -370,7 +371,7 @@ impl SuppressionStore {
             sync: true,
             recovery: Recovery::default(),
             soft_filter: Arc::new(SoftCounterFilter::new()),
-            _lock: lock,
+            lock: Some(lock),
         };
         let mut pos = 0usize;
         while pos < data.len() {
@@ -477,7 +478,19 @@ impl SuppressionStore {
         }
     }
 
+    /// Lets go of the log: the lock is released (another writer may open it) and every later
+    /// change fails; what is in memory can still be read.
+    pub fn close(&mut self) {
+        self.lock = None;
+    }
+
     fn append(&mut self, payload: &str) -> io::Result<()> {
+        if self.lock.is_none() {
+            return Err(io::Error::other(format!(
+                "{} is closed (its engine has shut down)",
+                self.path.display()
+            )));
+        }
         let mut rec = Vec::with_capacity(8 + payload.len());
         rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         rec.extend_from_slice(&crc32(payload.as_bytes()).to_le_bytes());
@@ -728,6 +741,12 @@ impl SuppressionStore {
 
     /// Rewrites the log with only the live state (entries active at `now` and pending counters).
     pub fn compact(&mut self, now: u64) -> io::Result<()> {
+        if self.lock.is_none() {
+            return Err(io::Error::other(format!(
+                "{} is closed (its engine has shut down)",
+                self.path.display()
+            )));
+        }
         let tmp = self.path.with_extension("compact");
         {
             let mut out = File::create(&tmp)?;

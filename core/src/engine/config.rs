@@ -31,7 +31,10 @@
 //! helo_name = "localhost"     # EHLO name when a source has none
 //! max_recipients_per_transaction = 100
 //! active_recipients = 100000  # per shard: recipients held in memory ready to send; the rest wait in the spool
-//! event_log = ""              # path of a JSON-lines event log; empty = none
+//! event_log = ""              # path of a JSON-lines event log; empty = none. Each line is written
+//!                             # ahead of its spool record: every final outcome in it exactly once,
+//!                             # across kill -9 too (see engine::eventlog); `<shard dir>/events.mark`
+//!                             # says where each shard's last lines went
 //!
 //! [dns]
 //! nameservers = []            # "host:port" list; empty = /etc/resolv.conf
@@ -211,7 +214,8 @@ pub struct EngineSection {
     /// memory stays flat however deep the queue. Deferred recipients waiting for their retry are not
     /// counted.
     pub active_recipients: usize,
-    /// JSON-lines event log path; empty for none.
+    /// JSON-lines event log path; empty for none. Lines are written ahead of their spool records,
+    /// so every final outcome is in it exactly once, across crashes too.
     pub event_log: PathBuf,
 }
 

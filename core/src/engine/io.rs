@@ -345,6 +345,11 @@ impl ShardThread {
         if o.events.is_empty() && o.observations.is_empty() {
             return;
         }
+        // Lines no spool write has flushed yet (outcomes whose record waits for room) go out
+        // before their events.
+        if let Some(log) = self.core.log() {
+            log.flush();
+        }
         // With nothing to record and none of this shard's batches still at the writer, the
         // events go out directly, still after every event of the shard before them.
         let at_writer = || {
@@ -367,13 +372,13 @@ impl ShardThread {
                     // The writer is gone (never during normal operation): the events still go out.
                     self.sent_to_writer -= 1;
                     let mut events = b.events;
-                    self.events.push(&mut events);
+                    self.events.push_logged(&mut events);
                 }
             }
             _ => {
                 let mut events = o.events;
                 if !events.is_empty() {
-                    self.events.push(&mut events);
+                    self.events.push_logged(&mut events);
                 }
             }
         }

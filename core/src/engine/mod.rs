@@ -35,6 +35,7 @@
 
 pub mod config;
 pub mod event;
+mod eventlog;
 mod io;
 pub mod metrics;
 pub mod queues;
@@ -316,7 +317,7 @@ pub(crate) struct EventQueue {
     signalled: AtomicBool,
     pipe_tx: mio::unix::pipe::Sender,
     pipe_rx: mio::unix::pipe::Receiver,
-    log: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    log: Option<Arc<eventlog::EventLog>>,
 }
 
 impl fmt::Debug for EventQueue {
@@ -326,7 +327,7 @@ impl fmt::Debug for EventQueue {
 }
 
 impl EventQueue {
-    fn new(log: Option<std::fs::File>) -> std::io::Result<EventQueue> {
+    fn new(log: Option<Arc<eventlog::EventLog>>) -> std::io::Result<EventQueue> {
         let (pipe_tx, pipe_rx) = mio::unix::pipe::new()?;
         Ok(EventQueue {
             queue: Mutex::new(VecDeque::new()),
@@ -334,19 +335,22 @@ impl EventQueue {
             signalled: AtomicBool::new(false),
             pipe_tx,
             pipe_rx,
-            log: log.map(|f| Mutex::new(std::io::BufWriter::new(f))),
+            log,
         })
     }
 
+    /// Hands events made outside the shards (no spool record behind them) to the host, writing
+    /// them to the event log first.
     pub(crate) fn push(&self, batch: &mut Vec<DeliveryEvent>) {
-        if let Some(log) = &self.log
-            && let Ok(mut w) = log.lock()
-        {
-            for e in batch.iter() {
-                let _ = writeln!(w, "{}", e.to_json());
-            }
-            let _ = w.flush();
+        if let Some(log) = &self.log {
+            log.write_events(batch);
         }
+        self.push_logged(batch);
+    }
+
+    /// Hands a shard's events to the host; their lines are in the log already (written ahead of
+    /// their spool records, [`eventlog`]).
+    pub(crate) fn push_logged(&self, batch: &mut Vec<DeliveryEvent>) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.extend(batch.drain(..));
         drop(q);
@@ -556,20 +560,17 @@ impl Engine {
         let log = if e.event_log.as_os_str().is_empty() {
             None
         } else {
-            Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&e.event_log)
-                    .map_err(|err| {
-                        EngineError::Config(ConfigError {
-                            key: "engine.event_log".into(),
-                            message: err.to_string(),
-                        })
-                    })?,
-            )
+            Some(Arc::new(eventlog::EventLog::open(&e.event_log).map_err(
+                |err| {
+                    EngineError::Config(ConfigError {
+                        key: "engine.event_log".into(),
+                        message: format!("{}: {err}", e.event_log.display()),
+                    })
+                },
+            )?))
         };
-        let events = Arc::new(EventQueue::new(log).map_err(|e| EngineError::Io(e.to_string()))?);
+        let events =
+            Arc::new(EventQueue::new(log.clone()).map_err(|e| EngineError::Io(e.to_string()))?);
         let policy = match e.durability {
             config::Durability::Sync => SyncPolicy::Sync,
             config::Durability::Interval => {
@@ -658,6 +659,18 @@ impl Engine {
                 now,
             );
             core.set_holds(holds.clone());
+            if let Some(log) = &log {
+                // Outcomes logged just before a crash whose records did not reach the spool.
+                let logged = eventlog::unconfirmed(log.path(), &dir);
+                core.reconcile_log(&logged);
+                let shard_log = Arc::new(
+                    eventlog::ShardLog::new(log.clone(), &dir)
+                        .map_err(|e| EngineError::Io(format!("{}: {e}", dir.display())))?,
+                );
+                core.set_log(shard_log.clone());
+                core.spool_mut()
+                    .set_before_write(Box::new(move || shard_log.flush()));
+            }
             let tally = Arc::new(suppression::WriterTally::default());
             core.set_classifier(classifier.clone());
             if let Some(s) = &suppression {
@@ -1411,9 +1424,11 @@ impl Engine {
                 let _ = t.join();
             }
         }
-        // The shards are gone: the writer records and releases what they sent, then stops.
+        // The shards are gone: the writer records and releases what they sent, then stops, and
+        // the log's lock goes with it (a new engine may open it while this one is not dropped).
         if let Some(s) = &self.suppression {
             s.stop();
+            s.close();
         }
         self.events.wake();
     }

@@ -358,6 +358,8 @@ pub(crate) struct ShardCore {
     /// Connections that may have output.
     dirty: Vec<ConnId>,
     events: Vec<DeliveryEvent>,
+    /// The event log's shard side: each outcome's line is rendered before its spool record.
+    log: Option<Arc<super::eventlog::ShardLog>>,
     commit: Option<Ticket>,
     /// The last reply's text as the spool records it, reused from one outcome to the next.
     reply_scratch: String,
@@ -487,6 +489,7 @@ impl ShardCore {
             actions: VecDeque::new(),
             dirty: Vec::new(),
             events: Vec::new(),
+            log: None,
             commit: None,
             reply_scratch: String::new(),
             metrics,
@@ -568,6 +571,70 @@ impl ShardCore {
 
     /// The classifier used for the suppression list when the retry policy gives no reason.
     /// Shares the engine's paused destinations and tenants.
+    /// Writes each outcome's event-log line ahead of its spool record (see
+    /// [`super::eventlog`]); the spool's before-write hook must flush `log`.
+    pub(crate) fn set_log(&mut self, log: Arc<super::eventlog::ShardLog>) {
+        self.log = Some(log);
+    }
+
+    /// The event log's shard side, if there is a log.
+    pub(crate) fn log(&self) -> Option<&Arc<super::eventlog::ShardLog>> {
+        self.log.as_ref()
+    }
+
+    /// Applies outcomes the event log has but the spool may not (the last log write before a
+    /// crash: [`super::eventlog::unconfirmed`]) to recipients the spool still has as queued or
+    /// deferred: they happened and are logged, so they are recorded and not attempted again.
+    /// Returns how many were applied. Call before [`ShardCore::count_recovered`].
+    pub(crate) fn reconcile_log(&mut self, logged: &[super::eventlog::Logged]) -> usize {
+        if logged.is_empty() {
+            return 0;
+        }
+        self.remember_ids();
+        let mut applied = 0;
+        for l in logged {
+            let Some(m) = self.message_of(l.message_id) else {
+                continue;
+            };
+            let rid = RecipientId {
+                message: m,
+                index: l.recipient_index,
+            };
+            let Ok(r) = self.spool.recipient_status(rid) else {
+                continue;
+            };
+            let state = match l.kind.as_str() {
+                "delivered" => RecipientState::Delivered,
+                "bounced" => RecipientState::Bounced,
+                "expired" => RecipientState::Expired,
+                "cancelled" => RecipientState::Cancelled,
+                _ => RecipientState::Deferred,
+            };
+            let behind = match r.state {
+                RecipientState::Queued => true,
+                // A deferral is behind when the log has a later attempt of it.
+                RecipientState::Deferred => state.is_final() || l.attempts > r.attempts,
+                _ => false,
+            };
+            if !behind {
+                continue;
+            }
+            let change = StateChange {
+                state,
+                attempts: l.attempts,
+                next_attempt: if state.is_final() { 0 } else { l.next_attempt },
+                reply: &l.reply,
+            };
+            if self.spool.record_state(rid, &change).is_ok() {
+                applied += 1;
+            }
+        }
+        if applied > 0 {
+            let _ = self.spool.flush();
+        }
+        applied
+    }
+
     pub(crate) fn set_holds(&mut self, holds: Arc<super::queues::Holds>) {
         self.holds = holds;
     }
@@ -801,9 +868,18 @@ impl ShardCore {
                 e
             })
             .collect();
+        let rendered = self
+            .log
+            .as_ref()
+            .map(|log| (log, events.iter().map(|e| log.render(e)).min()));
         match self.spool.remove(m) {
             Ok(t) => self.commit = Some(t),
-            Err(_) => return 0,
+            Err(_) => {
+                if let Some((log, Some(len))) = rendered {
+                    log.unrender(len);
+                }
+                return 0;
+            }
         }
         self.events.extend(events);
         self.metrics
@@ -1752,6 +1828,11 @@ impl ShardCore {
             next_attempt: next,
             reply: &reply_text,
         };
+        // The line first: no record reaches the spool's file before its line is in the log. A
+        // final outcome that cannot be recorded now is recorded later (below), so its line stays.
+        if let Some(log) = &self.log {
+            log.render(&event);
+        }
         match self.spool.record_state(rid, &change) {
             Ok(t) => self.commit = Some(t),
             Err(_) => {
@@ -2548,23 +2629,27 @@ impl ShardCore {
             // The event is built while the message is still readable (the last recipient's
             // change may remove it).
             let mut event = self.event_base(rid, now);
+            event.kind = EventKind::Cancelled;
+            event.attempts = attempts;
+            event.text = text.clone();
+            event.reason = "cancelled".into();
             let change = StateChange {
                 state: RecipientState::Cancelled,
                 attempts,
                 next_attempt: 0,
                 reply: &text,
             };
+            let rendered = self.log.as_ref().map(|log| (log, log.render(&event)));
             match self.spool.record_state(rid, &change) {
                 Ok(t) => self.commit = Some(t),
                 Err(_) => {
+                    if let Some((log, len)) = rendered {
+                        log.unrender(len);
+                    }
                     self.metrics.spool_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
             }
-            event.kind = EventKind::Cancelled;
-            event.attempts = attempts;
-            event.text = text.clone();
-            event.reason = "cancelled".into();
             self.events.push(event);
             report.cancelled += 1;
         }

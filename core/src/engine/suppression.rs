@@ -512,12 +512,18 @@ impl SuppressionService {
     }
 
     /// Stops the writer once it has handled everything sent before (call after the shards stopped).
+    /// Stops the writer once it has recorded what it was sent.
     pub fn stop(&self) {
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             let _ = self.tx.send(WriterMessage::Stop);
             let _ = h.join();
         }
+    }
+
+    /// Closes the log: its lock is released for the next engine, later changes fail.
+    pub fn close(&self) {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).close();
     }
 
     /// The tenant suppression uses for a submission's tenant.
@@ -553,7 +559,8 @@ impl SuppressionService {
                 out.append(&mut b.events);
             }
             if !out.is_empty() {
-                events.push(&mut out);
+                // The shards' events: logged ahead of their spool records.
+                events.push_logged(&mut out);
             }
             for b in &batches {
                 b.tally.batches.fetch_add(1, Ordering::Release);

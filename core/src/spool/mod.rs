@@ -572,6 +572,18 @@ pub struct Spool {
     held_tickets: Option<(u64, u64)>,
     salt_counter: u64,
     orphans: u64,
+    /// Called before held records are written ([`Spool::set_before_write`]).
+    before_write: BeforeWrite,
+}
+
+/// What the owner wants done before held records reach the file.
+#[derive(Default)]
+struct BeforeWrite(Option<Box<dyn FnMut() + Send>>);
+
+impl std::fmt::Debug for BeforeWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 fn secs32(t: u64) -> u32 {
@@ -632,6 +644,7 @@ impl Spool {
             held_tickets: None,
             salt_counter: 0,
             orphans: 0,
+            before_write: BeforeWrite::default(),
         };
         let mut report = spool.recover()?;
         if !spool.opts.read_only {
@@ -1123,12 +1136,22 @@ impl Spool {
         Ok(())
     }
 
+    /// Has `f` called every time held records are about to be written to the file, before the
+    /// `pwrite` (a write-ahead hook: the engine writes the event-log lines of those records there,
+    /// so no record reaches the file before its line).
+    pub fn set_before_write(&mut self, f: Box<dyn FnMut() + Send>) {
+        self.before_write = BeforeWrite(Some(f));
+    }
+
     /// Writes the held records (one `pwrite`). On failure they are lost to the file: their tickets
     /// fail in group commit, the segment is retired, and the error is returned.
     pub fn write_held(&mut self) -> Result<(), SpoolError> {
         let Some((first, last)) = self.held_tickets.take() else {
             return Ok(());
         };
+        if let Some(f) = &mut self.before_write.0 {
+            f();
+        }
         let Some(seg) = self.active.and_then(|a| self.segments.get_mut(&a)) else {
             // Unreachable: retiring the active segment writes what it holds first.
             self.durability.fail(first, last, io::ErrorKind::Other);
