@@ -253,6 +253,9 @@ const (
 	LateDeferral EventKind = C.VMTA_EVENT_LATE_DEFERRAL
 	// Complaint: a spam complaint (ARF); the address is suppressed for every stream of the tenant.
 	Complaint EventKind = C.VMTA_EVENT_COMPLAINT
+	// Recovered: the engine opened a spool that held mail or damage (once per start; MessageID 0,
+	// Text a summary, Tags the counts, as Engine.Recovery reports them).
+	Recovered EventKind = C.VMTA_EVENT_RECOVERED
 )
 
 func (k EventKind) String() string {
@@ -275,6 +278,8 @@ func (k EventKind) String() string {
 		return "late-deferral"
 	case Complaint:
 		return "complaint"
+	case Recovered:
+		return "recovered"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint32(k))
 }

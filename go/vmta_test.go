@@ -222,6 +222,13 @@ func TestRecoveryReportsWhatARestartFound(t *testing.T) {
 	if err != nil || r.Messages != 4 || r.Recipients != 4 || r.Records < 4 || r.CorruptRecords != 0 {
 		t.Fatalf("after a restart: %+v %v", r, err)
 	}
+	// The first event says so too.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, err := e.NextEvent(ctx)
+	if err != nil || ev.Kind != Recovered || ev.MessageID != 0 || ev.Tags["messages"] != "4" {
+		t.Fatalf("first event after a restart: %+v %v", ev, err)
+	}
 }
 
 func TestRefusalsAreTypedErrors(t *testing.T) {

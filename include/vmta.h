@@ -183,6 +183,12 @@
 // suppressed for every stream of the tenant.
 #define VMTA_EVENT_COMPLAINT 9
 
+// The engine opened a spool that held mail or damage (once per start, before any delivery event):
+// `message_id` 0, `text` a summary, tags `messages`, `recipients`, `records`, `corrupt_records`,
+// `truncated_bytes`, `damaged_segments`, `removed_segments`, `reconciled`; the same counts as
+// `vmta_engine_recovery`.
+#define VMTA_EVENT_RECOVERED 10
+
 // `vmta_reload_report.applied`: the shaping rules were replaced.
 #define VMTA_RELOAD_SHAPING 1
 

@@ -350,9 +350,26 @@ fn recovered_backlog_is_in_the_metrics_from_the_first_call() {
     assert_eq!(e.metrics().total().queued, n as u64);
     e.shutdown(Duration::from_secs(2));
     drop(e);
-    // Reopened: the backlog is counted before `start` returns, not once the shards get to it.
+    // Reopened: the backlog is counted before `start` returns, not once the shards get to it, and
+    // the first event says what recovery found, with the same counts as `Engine::recovery`.
     let e = Engine::start(&cfg).unwrap();
     assert_eq!(e.metrics().total().queued, n as u64);
+    let mut events = Vec::new();
+    e.poll_events(&mut events, 1);
+    let r = events.first().expect("a recovered event at once");
+    assert_eq!(r.kind, EventKind::Recovered, "{r:?}");
+    assert_eq!(r.message_id, 0);
+    let tag = |k: &str| r.tags.iter().find(|(t, _)| t == k).map(|(_, v)| v.clone());
+    assert_eq!(tag("messages"), Some(n.to_string()));
+    assert_eq!(tag("recipients"), Some(n.to_string()));
+    assert_eq!(tag("records"), Some(e.recovery().records.to_string()));
+    assert_eq!(tag("corrupt_records").as_deref(), Some("0"));
+    assert!(
+        r.text.starts_with(&format!("recovered {n} messages")),
+        "{}",
+        r.text
+    );
+    assert!(r.to_json().contains("\"event\":\"recovered\""));
     e.shutdown(Duration::from_secs(2));
 }
 

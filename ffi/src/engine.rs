@@ -125,6 +125,11 @@ pub const VMTA_EVENT_LATE_DEFERRAL: u32 = 8;
 /// A spam complaint (an ARF report given to `vmta_engine_apply_report`); the address is now
 /// suppressed for every stream of the tenant.
 pub const VMTA_EVENT_COMPLAINT: u32 = 9;
+/// The engine opened a spool that held mail or damage (once per start, before any delivery event):
+/// `message_id` 0, `text` a summary, tags `messages`, `recipients`, `records`, `corrupt_records`,
+/// `truncated_bytes`, `damaged_segments`, `removed_segments`, `reconciled`; the same counts as
+/// `vmta_engine_recovery`.
+pub const VMTA_EVENT_RECOVERED: u32 = 10;
 
 /// One recipient's outcome of one attempt. The `vmta_str` fields and `tags` are borrowed from the
 /// engine: valid until the next `vmta_engine_poll_events` on the same engine or `vmta_engine_free`.
@@ -510,6 +515,7 @@ fn kind_code(k: EventKind) -> u32 {
         EventKind::LateBounce => VMTA_EVENT_LATE_BOUNCE,
         EventKind::LateDeferral => VMTA_EVENT_LATE_DEFERRAL,
         EventKind::Complaint => VMTA_EVENT_COMPLAINT,
+        EventKind::Recovered => VMTA_EVENT_RECOVERED,
     }
 }
 

@@ -185,6 +185,11 @@ def test_recovery_reports_what_a_restart_found(world, config):
         r = engine.recovery()
         assert r.messages == 5 and r.recipients == 5, r
         assert r.records >= 5 and r.segments >= 1 and r.corrupt_records == 0, r
+        # The first event says so too.
+        first = next(engine.events(timeout=5))
+        assert first.kind == "recovered" and first.message_id == 0, first
+        assert first.tags["messages"] == "5", first
+        assert first.text.startswith("recovered 5 messages"), first
 
 
 def test_asyncio_reads_events_through_add_reader(world, config):

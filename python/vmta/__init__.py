@@ -84,6 +84,7 @@ _KINDS = {
     7: "late-bounce",
     8: "late-deferral",
     9: "complaint",
+    10: "recovered",
 }
 _FINAL = {"delivered", "bounced", "expired", "cancelled", "suppressed"}
 _DURABILITY = {"sync": 0, "interval": 1, "none": 2}
@@ -195,7 +196,7 @@ class Event:
     """One recipient's outcome of one delivery attempt (copied out of the engine)."""
 
     # delivered, deferred, bounced, expired, cancelled, suppressed, late-bounce, late-deferral,
-    # complaint
+    # complaint, recovered (once per start whose spool held mail: message_id 0, counts in tags)
     kind: str
     message_id: int
     recipient_index: int

@@ -75,6 +75,10 @@ impl Stats {
         }
         let mut m = lock(&self.outcomes);
         for e in events {
+            // Not a recipient's outcome.
+            if e.kind == vmta::engine::EventKind::Recovered {
+                continue;
+            }
             let kind = e.kind.as_str();
             if let Some(c) = m.get_mut(&(kind, e.reason.clone())) {
                 *c += 1;

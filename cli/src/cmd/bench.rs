@@ -601,7 +601,10 @@ fn measure_vmta(
                     finals += 1;
                 }
                 EventKind::Deferred => deferrals += 1,
-                EventKind::LateBounce | EventKind::LateDeferral | EventKind::Complaint => {}
+                EventKind::LateBounce
+                | EventKind::LateDeferral
+                | EventKind::Complaint
+                | EventKind::Recovered => {}
             }
         }
         if !events.is_empty() {

@@ -284,7 +284,10 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
                     suppressed += 1;
                     finals += 1;
                 }
-                EventKind::LateBounce | EventKind::LateDeferral | EventKind::Complaint => {}
+                EventKind::LateBounce
+                | EventKind::LateDeferral
+                | EventKind::Complaint
+                | EventKind::Recovered => {}
             }
         }
         if !events.is_empty() {

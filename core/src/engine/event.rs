@@ -30,6 +30,12 @@ pub enum EventKind {
     /// A spam complaint (ARF feedback report); the address is suppressed for every stream of the
     /// tenant.
     Complaint,
+    /// The engine opened a spool that held mail or damage: once per start, before any delivery
+    /// event. `message_id` is 0; `text` summarises the recovery and `tags` carry its counts
+    /// (`messages`, `recipients`, `records`, `corrupt_records`, `truncated_bytes`,
+    /// `damaged_segments`, `removed_segments`, `reconciled`: outcomes the event log had and the
+    /// spool did not, recorded at open).
+    Recovered,
 }
 
 impl EventKind {
@@ -45,6 +51,7 @@ impl EventKind {
             EventKind::LateBounce => "late-bounce",
             EventKind::LateDeferral => "late-deferral",
             EventKind::Complaint => "complaint",
+            EventKind::Recovered => "recovered",
         }
     }
 }

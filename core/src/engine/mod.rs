@@ -310,6 +310,62 @@ pub(crate) enum Control {
     HoldsChanged,
 }
 
+/// The `recovered` event of a start whose spool held mail or damage (`None` for a clean, empty one).
+fn recovered_event(
+    r: &crate::spool::RecoveryReport,
+    reconciled: usize,
+) -> Option<Vec<DeliveryEvent>> {
+    let damage = r.corrupt_records + r.truncated_bytes + r.damaged_segments as u64;
+    if r.messages == 0 && damage == 0 && reconciled == 0 {
+        return None;
+    }
+    let counts = [
+        ("messages", r.messages),
+        ("recipients", r.recipients),
+        ("records", r.records),
+        ("corrupt_records", r.corrupt_records),
+        ("truncated_bytes", r.truncated_bytes),
+        ("damaged_segments", r.damaged_segments as u64),
+        ("removed_segments", r.removed_segments as u64),
+        ("reconciled", reconciled as u64),
+    ];
+    let now = Now::system();
+    Some(vec![DeliveryEvent {
+        kind: EventKind::Recovered,
+        message_id: 0,
+        recipient_index: 0,
+        recipient: String::new(),
+        tenant: String::new(),
+        code: 0,
+        enhanced: None,
+        text: format!(
+            "recovered {} messages ({} recipients) from {} records in {} ms; {} damaged \
+             stretches, {} torn bytes cut, {} damaged segments; {} outcomes from the event log",
+            r.messages,
+            r.recipients,
+            r.records,
+            r.elapsed.as_millis(),
+            r.corrupt_records,
+            r.truncated_bytes,
+            r.damaged_segments,
+            reconciled
+        ),
+        phase: None,
+        reason: String::new(),
+        mx: String::new(),
+        ip: None,
+        source: String::new(),
+        attempts: 0,
+        next_attempt: 0,
+        submitted_at: 0,
+        at_ms: now.unix_ms,
+        tags: counts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }])
+}
+
 /// Events waiting for the host, with a pipe that is readable while any wait.
 pub(crate) struct EventQueue {
     queue: Mutex<VecDeque<DeliveryEvent>>,
@@ -632,6 +688,7 @@ impl Engine {
         let mut threads = Vec::new();
         let mut recovery = crate::spool::RecoveryReport::default();
         let holds = Arc::new(queues::Holds::default());
+        let mut reconciled = 0usize;
         for i in 0..resolved.shards {
             let dir = e.spool_dir.join(format!("shard-{i}"));
             let opts = crate::spool::Options {
@@ -662,7 +719,7 @@ impl Engine {
             if let Some(log) = &log {
                 // Outcomes logged just before a crash whose records did not reach the spool.
                 let logged = eventlog::unconfirmed(log.path(), &dir);
-                core.reconcile_log(&logged);
+                reconciled += core.reconcile_log(&logged);
                 let shard_log = Arc::new(
                     eventlog::ShardLog::new(log.clone(), &dir)
                         .map_err(|e| EngineError::Io(format!("{}: {e}", dir.display())))?,
@@ -728,6 +785,9 @@ impl Engine {
                 thread: Mutex::new(None),
             });
             metrics.push(m);
+        }
+        if let Some(mut e) = recovered_event(&recovery, reconciled) {
+            events.push(&mut e);
         }
         if let Some(s) = &suppression {
             s.start(events.clone())

@@ -1874,7 +1874,8 @@ impl ShardCore {
             | EventKind::Suppressed
             | EventKind::LateBounce
             | EventKind::LateDeferral
-            | EventKind::Complaint => {}
+            | EventKind::Complaint
+            | EventKind::Recovered => {}
         }
         if state.is_final() {
             m.queued.fetch_sub(1, Ordering::Relaxed);
