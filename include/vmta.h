@@ -185,8 +185,9 @@
 
 // The engine opened a spool that held mail or damage (once per start, before any delivery event):
 // `message_id` 0, `text` a summary, tags `messages`, `recipients`, `records`, `corrupt_records`,
-// `truncated_bytes`, `damaged_segments`, `removed_segments`, `reconciled`; the same counts as
-// `vmta_engine_recovery`.
+// `truncated_bytes`, `damaged_segments`, `removed_segments`, `reconciled` (outcomes taken from the
+// event log), `interrupted_attempts` (attempts under way at the last stop, counted); the spool's
+// counts are `vmta_engine_recovery`'s.
 #define VMTA_EVENT_RECOVERED 10
 
 // `vmta_reload_report.applied`: the shaping rules were replaced.

@@ -4,7 +4,8 @@
 //! message that got its `250` must have reached the `smtp-sink` behind it, and the engine's event
 //! log (`[engine] event_log`, kept across the kills) must hold exactly one final line for every
 //! message that reached it. A message delivered again after a kill (the sink's 250 came, neither
-//! the log nor the spool had it yet) is a duplicate at the sink: allowed, counted and printed.
+//! the log nor the spool had it yet) is a duplicate at the sink: allowed, counted and printed, and
+//! its line counts the attempt the kill cut short.
 //! Addresses 127.0.93.0/24.
 
 use std::collections::{HashMap, HashSet};
@@ -213,6 +214,40 @@ fn event_log_exactly_once_and_every_acknowledged_message_survives_sigkill() {
         &unlogged[..unlogged.len().min(20)]
     );
     assert!(twice.is_empty(), "final outcomes logged twice: {twice:?}");
+    // A message the sink got twice was attempted twice: the attempt a kill cut short counts (the
+    // attempt journal), so its one `delivered` line says so.
+    let attempts: HashMap<String, u64> = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "delivered")
+        .map(|v| {
+            (
+                v["message_id"].as_str().unwrap_or_default().to_string(),
+                v["attempts"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let undercounted: Vec<(String, usize, u64)> = acked_ids
+        .iter()
+        .filter_map(|(t, id)| {
+            let at_sink = *seen.get(t)?;
+            let logged = *attempts.get(id)?;
+            (logged < at_sink as u64).then(|| (t.clone(), at_sink, logged))
+        })
+        .collect();
+    eprintln!(
+        "{} acknowledged messages at the sink twice or more, {} of them logged with fewer attempts",
+        acked_ids
+            .iter()
+            .filter(|(t, _)| seen.get(t).is_some_and(|n| *n > 1))
+            .count(),
+        undercounted.len()
+    );
+    assert!(
+        undercounted.is_empty(),
+        "(token, deliveries at the sink, attempts logged): {undercounted:?}"
+    );
     let acked_set: HashSet<&String> = acked.iter().collect();
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     let unacked_delivered = seen.keys().filter(|t| !acked_set.contains(t)).count();

@@ -127,8 +127,9 @@ pub const VMTA_EVENT_LATE_DEFERRAL: u32 = 8;
 pub const VMTA_EVENT_COMPLAINT: u32 = 9;
 /// The engine opened a spool that held mail or damage (once per start, before any delivery event):
 /// `message_id` 0, `text` a summary, tags `messages`, `recipients`, `records`, `corrupt_records`,
-/// `truncated_bytes`, `damaged_segments`, `removed_segments`, `reconciled`; the same counts as
-/// `vmta_engine_recovery`.
+/// `truncated_bytes`, `damaged_segments`, `removed_segments`, `reconciled` (outcomes taken from the
+/// event log), `interrupted_attempts` (attempts under way at the last stop, counted); the spool's
+/// counts are `vmta_engine_recovery`'s.
 pub const VMTA_EVENT_RECOVERED: u32 = 10;
 
 /// One recipient's outcome of one attempt. The `vmta_str` fields and `tags` are borrowed from the

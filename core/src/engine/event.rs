@@ -34,7 +34,8 @@ pub enum EventKind {
     /// event. `message_id` is 0; `text` summarises the recovery and `tags` carry its counts
     /// (`messages`, `recipients`, `records`, `corrupt_records`, `truncated_bytes`,
     /// `damaged_segments`, `removed_segments`, `reconciled`: outcomes the event log had and the
-    /// spool did not, recorded at open).
+    /// spool did not, recorded at open; `interrupted_attempts`: attempts under way at the last
+    /// stop, counted).
     Recovered,
 }
 

@@ -284,6 +284,7 @@ impl ShardThread {
             // covers them, or at once when nothing is left to commit.
             commit.note(self.core.take_commit());
             self.commit_if_due(now, &mut commit, &mut appended, deadline.is_some());
+            self.core.settle_attempts();
             if commit.uncommitted.is_none() {
                 let mut outcomes = self.take_outcomes(&mut batch);
                 match commit.flights.back_mut() {
@@ -346,8 +347,11 @@ impl ShardThread {
             return;
         }
         // Lines no spool write has flushed yet (outcomes whose record waits for room) go out
-        // before their events.
-        if let Some(log) = self.core.log() {
+        // before their events; but never ahead of records still held, or the mark would stop
+        // naming the lines those records lack (the spool's next write flushes them first).
+        if let Some(log) = self.core.log()
+            && !self.core.spool_holds_records()
+        {
             log.flush();
         }
         // With nothing to record and none of this shard's batches still at the writer, the

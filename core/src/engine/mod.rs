@@ -33,6 +33,7 @@
 //! split over shards or some of its recipients are suppressed (the index is then the recipient's
 //! position in its shard's part).
 
+mod attempts;
 pub mod config;
 pub mod event;
 mod eventlog;
@@ -314,6 +315,7 @@ pub(crate) enum Control {
 fn recovered_event(
     r: &crate::spool::RecoveryReport,
     reconciled: usize,
+    interrupted: usize,
 ) -> Option<Vec<DeliveryEvent>> {
     let damage = r.corrupt_records + r.truncated_bytes + r.damaged_segments as u64;
     if r.messages == 0 && damage == 0 && reconciled == 0 {
@@ -328,6 +330,7 @@ fn recovered_event(
         ("damaged_segments", r.damaged_segments as u64),
         ("removed_segments", r.removed_segments as u64),
         ("reconciled", reconciled as u64),
+        ("interrupted_attempts", interrupted as u64),
     ];
     let now = Now::system();
     Some(vec![DeliveryEvent {
@@ -340,7 +343,8 @@ fn recovered_event(
         enhanced: None,
         text: format!(
             "recovered {} messages ({} recipients) from {} records in {} ms; {} damaged \
-             stretches, {} torn bytes cut, {} damaged segments; {} outcomes from the event log",
+             stretches, {} torn bytes cut, {} damaged segments; {} outcomes from the event log, \
+             {} interrupted attempts counted",
             r.messages,
             r.recipients,
             r.records,
@@ -348,7 +352,8 @@ fn recovered_event(
             r.corrupt_records,
             r.truncated_bytes,
             r.damaged_segments,
-            reconciled
+            reconciled,
+            interrupted
         ),
         phase: None,
         reason: String::new(),
@@ -689,6 +694,7 @@ impl Engine {
         let mut recovery = crate::spool::RecoveryReport::default();
         let holds = Arc::new(queues::Holds::default());
         let mut reconciled = 0usize;
+        let mut interrupted = 0usize;
         for i in 0..resolved.shards {
             let dir = e.spool_dir.join(format!("shard-{i}"));
             let opts = crate::spool::Options {
@@ -728,6 +734,11 @@ impl Engine {
                 core.spool_mut()
                     .set_before_write(Box::new(move || shard_log.flush()));
             }
+            // Attempts under way at the last stop count (after the log's outcomes are in).
+            let (journal, cut) = attempts::AttemptJournal::open(&dir)
+                .map_err(|e| EngineError::Io(format!("{}: {e}", dir.display())))?;
+            interrupted += core.reconcile_attempts(&cut);
+            core.set_attempt_journal(journal);
             let tally = Arc::new(suppression::WriterTally::default());
             core.set_classifier(classifier.clone());
             if let Some(s) = &suppression {
@@ -786,7 +797,7 @@ impl Engine {
             });
             metrics.push(m);
         }
-        if let Some(mut e) = recovered_event(&recovery, reconciled) {
+        if let Some(mut e) = recovered_event(&recovery, reconciled, interrupted) {
             events.push(&mut e);
         }
         if let Some(s) = &suppression {

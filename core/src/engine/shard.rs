@@ -360,6 +360,8 @@ pub(crate) struct ShardCore {
     events: Vec<DeliveryEvent>,
     /// The event log's shard side: each outcome's line is rendered before its spool record.
     log: Option<Arc<super::eventlog::ShardLog>>,
+    /// Recipients in a transaction now, kept across a crash ([`super::attempts`]).
+    journal: Option<super::attempts::AttemptJournal>,
     commit: Option<Ticket>,
     /// The last reply's text as the spool records it, reused from one outcome to the next.
     reply_scratch: String,
@@ -490,6 +492,7 @@ impl ShardCore {
             dirty: Vec::new(),
             events: Vec::new(),
             log: None,
+            journal: None,
             commit: None,
             reply_scratch: String::new(),
             metrics,
@@ -575,6 +578,69 @@ impl ShardCore {
     /// [`super::eventlog`]); the spool's before-write hook must flush `log`.
     pub(crate) fn set_log(&mut self, log: Arc<super::eventlog::ShardLog>) {
         self.log = Some(log);
+    }
+
+    /// Journals each attempt while it is under way ([`super::attempts`]).
+    pub(crate) fn set_attempt_journal(&mut self, journal: super::attempts::AttemptJournal) {
+        self.journal = Some(journal);
+    }
+
+    /// Counts attempts that were under way when the engine last stopped: a recipient the spool
+    /// still has as queued or deferred with fewer attempts gets the interrupted attempt's number
+    /// (its state and next attempt unchanged). Returns how many were raised. Call after
+    /// [`ShardCore::reconcile_log`] and before [`ShardCore::count_recovered`].
+    pub(crate) fn reconcile_attempts(
+        &mut self,
+        interrupted: &[super::attempts::Interrupted],
+    ) -> usize {
+        if interrupted.is_empty() {
+            return 0;
+        }
+        self.remember_ids();
+        let mut raised = 0;
+        for a in interrupted {
+            let Some(m) = self.message_of(a.message_id) else {
+                continue;
+            };
+            let rid = RecipientId {
+                message: m,
+                index: a.index,
+            };
+            let Ok(r) = self.spool.recipient_status(rid) else {
+                continue;
+            };
+            if r.state.is_final() || r.state == RecipientState::Held || r.attempts >= a.attempts {
+                continue;
+            }
+            let change = StateChange {
+                state: r.state,
+                attempts: a.attempts,
+                next_attempt: r.next_attempt,
+                reply: "attempt interrupted by a restart",
+            };
+            if self.spool.record_state(rid, &change).is_ok() {
+                raised += 1;
+            }
+        }
+        if raised > 0 {
+            let _ = self.spool.flush();
+        }
+        raised
+    }
+
+    /// Clears the journal entries of attempts whose outcome records are all written to the
+    /// spool's file (nothing while records are still held).
+    pub(crate) fn settle_attempts(&mut self) {
+        if let Some(j) = &mut self.journal
+            && !self.spool.holds_records()
+        {
+            j.settle();
+        }
+    }
+
+    /// Whether the spool holds appended records in memory, not yet written to its file.
+    pub(crate) fn spool_holds_records(&self) -> bool {
+        self.spool.holds_records()
     }
 
     /// The event log's shard side, if there is a log.
@@ -1726,6 +1792,9 @@ impl ShardCore {
         via: Option<(&str, IpAddr)>,
         source: u16,
     ) {
+        if let Some(j) = &mut self.journal {
+            j.end(rid);
+        }
         let Ok(view) = self.spool.recipient_status(rid) else {
             return;
         };
@@ -2042,6 +2111,19 @@ impl ShardCore {
             self.metrics
                 .in_flight
                 .fetch_add(inflight.rcpts.len() as u64, Ordering::Relaxed);
+            // Journalled before the session can send a byte; `finish` ends each entry.
+            if self.journal.is_some() {
+                for (rid, _) in &inflight.rcpts {
+                    let attempts = self
+                        .spool
+                        .recipient_status(*rid)
+                        .map_or(1, |r| r.attempts.saturating_add(1));
+                    let id = self.engine_id(rid.message);
+                    if let Some(j) = &mut self.journal {
+                        j.start(*rid, id, attempts);
+                    }
+                }
+            }
             let c = self.conns[conn].as_mut().expect("live connection");
             let sent = c.session.as_mut().map(|s| s.send(now.mono, transaction));
             match sent {

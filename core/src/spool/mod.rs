@@ -1136,6 +1136,11 @@ impl Spool {
         Ok(())
     }
 
+    /// Whether appended records are held in memory, not yet written to the file.
+    pub fn holds_records(&self) -> bool {
+        self.held_tickets.is_some()
+    }
+
     /// Has `f` called every time held records are about to be written to the file, before the
     /// `pwrite` (a write-ahead hook: the engine writes the event-log lines of those records there,
     /// so no record reaches the file before its line).
