@@ -311,6 +311,19 @@ pub(crate) enum Control {
     HoldsChanged,
 }
 
+/// Reads a shard directory's crash files as a start does (the lines of `log` that the shard's
+/// `events.mark` names, and the attempt journal `attempts`) and returns how many outcomes and
+/// interrupted attempts they hold. For the fuzz target `crash_files`; not an API.
+#[doc(hidden)]
+pub fn read_crash_files(
+    shard_dir: &std::path::Path,
+    log: &std::path::Path,
+) -> std::io::Result<(usize, usize)> {
+    let logged = eventlog::unconfirmed(log, shard_dir);
+    let (_journal, interrupted) = attempts::AttemptJournal::open(shard_dir)?;
+    Ok((logged.len(), interrupted.len()))
+}
+
 /// The `recovered` event of a start whose spool held mail or damage (`None` for a clean, empty one).
 fn recovered_event(
     r: &crate::spool::RecoveryReport,
