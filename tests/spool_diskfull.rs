@@ -11,6 +11,12 @@ use vmta_tests::TempDir;
 
 struct Tmpfs(PathBuf);
 
+/// Held by each test for its whole run: a test's `mount`/`umount` children, forked while the other
+/// test's spool is open, share its descriptors until they `exec`, so a segment that spool deletes
+/// keeps its blocks for that moment and a full 1 MiB file system looks full a little longer (a
+/// submission right after maintenance freed room failed in CI that way).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Tmpfs {
         let st = Command::new("mount")
@@ -49,6 +55,7 @@ fn body(n: usize) -> Vec<u8> {
 
 #[test]
 fn a_full_disk_refuses_submissions_loses_nothing_and_recovers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = TempDir::new("spool-full");
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -136,6 +143,7 @@ fn a_full_disk_refuses_submissions_loses_nothing_and_recovers() {
 /// maintenance frees as whole segments finish), and submissions work again.
 #[test]
 fn deferrals_on_a_full_disk_leave_room_for_final_outcomes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = TempDir::new("spool-full-retries");
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
