@@ -69,9 +69,24 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
 }
 
-/// A message file of its own for each caller: tests run in parallel, and rewriting a shared file
-/// while another test's `vmta send` reads it made that one read an empty message.
-fn message_file() -> std::path::PathBuf {
+/// A message file of its own for each caller (removed when dropped): tests run in parallel, and
+/// rewriting a shared file while another test's `vmta send` reads it made that one read an empty
+/// message.
+struct MessageFile(std::path::PathBuf);
+
+impl AsRef<std::ffi::OsStr> for MessageFile {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for MessageFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn message_file() -> MessageFile {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("vmta-cli-test-{}-{n}.eml", std::process::id()));
@@ -80,7 +95,7 @@ fn message_file() -> std::path::PathBuf {
         b"From: a@x.example\r\nTo: b@y.example\r\nSubject: t\r\n\r\nhello\r\n",
     )
     .unwrap();
-    path
+    MessageFile(path)
 }
 
 #[test]
