@@ -11,14 +11,10 @@ is left out (no round trip to count).
 import argparse
 import json
 import os
+import sys
 
-
-def last_json_line(path):
-    with open(path) as f:
-        lines = [l for l in f.read().splitlines() if l.strip().startswith("{")]
-    if not lines:
-        raise ValueError(f"no JSON line in {path}")
-    return json.loads(lines[-1])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import last_json_line  # noqa: E402  (the reader compare.sh's table uses)
 
 
 def main():

@@ -207,8 +207,19 @@ fn command(line: &str, reloader: &Reloader, engine: &Engine) -> Result<Value, St
 
 /// Sends `command` to the daemon whose control socket is `path`; its JSON answer.
 pub fn send(path: &Path, command: &str) -> Result<serde_json::Value, String> {
-    let mut s = UnixStream::connect(path)
+    let s = UnixStream::connect(path)
         .map_err(|e| format!("no running vmta serve answers on {} ({e})", path.display()))?;
+    exchange(s, command)
+}
+
+/// [`send`], or `None` when nothing listens on `path` (no daemon: the caller may open the files
+/// itself, and their locks tell whether that is safe).
+pub fn try_send(path: &Path, command: &str) -> Option<Result<serde_json::Value, String>> {
+    let s = UnixStream::connect(path).ok()?;
+    Some(exchange(s, command))
+}
+
+fn exchange(mut s: UnixStream, command: &str) -> Result<serde_json::Value, String> {
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
     writeln!(s, "{command}").map_err(|e| e.to_string())?;

@@ -378,9 +378,6 @@ fn suppress_through_daemon(
     socket: &std::path::Path,
     command: &SuppressCommand,
 ) -> Option<ExitCode> {
-    if std::os::unix::net::UnixStream::connect(socket).is_err() {
-        return None;
-    }
     let request = match command {
         SuppressCommand::List { tenant } => json!({"command": "suppress-list", "tenant": tenant}),
         SuppressCommand::Check {
@@ -409,7 +406,7 @@ fn suppress_through_daemon(
         }
         SuppressCommand::Compact => json!({"command": "suppress-compact"}),
     };
-    let answer = match vmta_serve::control::send(socket, &request.to_string()) {
+    let answer = match vmta_serve::control::try_send(socket, &request.to_string())? {
         Ok(v) => v,
         Err(e) => {
             eprintln!("vmta suppress: {e}");

@@ -599,14 +599,7 @@ impl ShardCore {
         self.remember_ids();
         let mut raised = 0;
         for a in interrupted {
-            let Some(m) = self.message_of(a.message_id) else {
-                continue;
-            };
-            let rid = RecipientId {
-                message: m,
-                index: a.index,
-            };
-            let Ok(r) = self.spool.recipient_status(rid) else {
+            let Some((rid, r)) = self.recovered_recipient(a.message_id, a.index) else {
                 continue;
             };
             if r.state.is_final() || r.state == RecipientState::Held || r.attempts >= a.attempts {
@@ -659,14 +652,7 @@ impl ShardCore {
         self.remember_ids();
         let mut applied = 0;
         for l in logged {
-            let Some(m) = self.message_of(l.message_id) else {
-                continue;
-            };
-            let rid = RecipientId {
-                message: m,
-                index: l.recipient_index,
-            };
-            let Ok(r) = self.spool.recipient_status(rid) else {
+            let Some((rid, r)) = self.recovered_recipient(l.message_id, l.recipient_index) else {
                 continue;
             };
             let state = match l.kind.as_str() {
@@ -699,6 +685,20 @@ impl ShardCore {
             let _ = self.spool.flush();
         }
         applied
+    }
+
+    /// Recipient `index` of the message of engine id `id`, with its status, as a reopened spool
+    /// holds it (after [`ShardCore::remember_ids`]).
+    fn recovered_recipient(
+        &self,
+        id: u64,
+        index: u16,
+    ) -> Option<(RecipientId, crate::spool::RecipientStatus<'_>)> {
+        let rid = RecipientId {
+            message: self.message_of(id)?,
+            index,
+        };
+        Some((rid, self.spool.recipient_status(rid).ok()?))
     }
 
     pub(crate) fn set_holds(&mut self, holds: Arc<super::queues::Holds>) {
@@ -2111,14 +2111,17 @@ impl ShardCore {
             self.metrics
                 .in_flight
                 .fetch_add(inflight.rcpts.len() as u64, Ordering::Relaxed);
-            // Journalled before the session can send a byte; `finish` ends each entry.
-            if self.journal.is_some() {
+            // Journalled before the session can send a byte; `finish` ends each entry. A
+            // transaction's recipients are all of one message: its engine id is read once.
+            if self.journal.is_some()
+                && let Some(&(first, _)) = inflight.rcpts.first()
+            {
+                let id = self.engine_id(first.message);
                 for (rid, _) in &inflight.rcpts {
                     let attempts = self
                         .spool
                         .recipient_status(*rid)
                         .map_or(1, |r| r.attempts.saturating_add(1));
-                    let id = self.engine_id(rid.message);
                     if let Some(j) = &mut self.journal {
                         j.start(*rid, id, attempts);
                     }

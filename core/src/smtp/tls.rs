@@ -238,25 +238,7 @@ pub fn server_config(
     cert_chain_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, TlsSettingsError> {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_chain_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsSettingsError(format!("bad certificate PEM: {e}")))?;
-    if chain.is_empty() {
-        return Err(TlsSettingsError(
-            "no certificate in the certificate file".into(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| TlsSettingsError(format!("bad private key PEM: {e}")))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsSettingsError(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsSettingsError(format!("certificate and key: {e}")))?;
-    Ok(Arc::new(config))
+    reloadable_server_config(cert_chain_pem, key_pem).map(|(config, _)| config)
 }
 
 /// One TLS connection, client or server side, driven without I/O.
