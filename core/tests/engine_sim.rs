@@ -127,9 +127,11 @@ fn run_mixed_with(seed: u64, messages: usize, config: EngineConfig) -> Outcome {
 fn every_recipient_reaches_exactly_one_final_state_over_three_days() {
     let messages = 1500;
     let out = run_mixed(42, messages);
-    assert_eq!(
-        out.max_transactions_per_read, 1,
-        "one transaction in flight by default"
+    // By default a connection's window grows from one transaction to eight.
+    assert!(
+        (1..=8).contains(&out.max_transactions_per_read),
+        "{} transactions in one read",
+        out.max_transactions_per_read
     );
     exactly_once(messages, out);
 }

@@ -11,7 +11,14 @@
 //! E: ready                          (an event expected, in order)
 //! time +300                         (advance the clock by seconds and handle timeouts)
 //! eof | quit | abort                (server closes / client quits / client aborts)
+//! window 2                          (transactions allowed in flight now)
+//! not-ready                         (the session takes no message now)
+//! pipelining-failed yes|no          (whether the session fell back to one transaction at a time)
 //! ```
+//!
+//! `transactions=N` sets both the most transactions in flight and the window a session starts with
+//! (the wire format of pipelined transactions from the first message); `initial=N` after it sets the
+//! starting window alone, to show the window growing.
 //!
 //! Each transcript is replayed once whole and once for every byte position of every server read, with
 //! that read split in two at that position: the client output and the events must be the same.
@@ -37,6 +44,9 @@ enum Step {
     Eof,
     Quit,
     Abort,
+    Window(usize),
+    NotReady,
+    PipeliningFailed(bool),
 }
 
 /// Splits `key=value key="quoted value" flag` words.
@@ -103,7 +113,11 @@ fn parse_config(line: &str, cfg: &mut SessionConfig) {
             }
             "plaintext-auth" => cfg.allow_plaintext_auth = v == "on",
             "idle" => cfg.timeouts.idle = Duration::from_secs(v.parse().unwrap()),
-            "transactions" => cfg.transactions_in_flight = v.parse().unwrap(),
+            "transactions" => {
+                cfg.transactions_in_flight = v.parse().unwrap();
+                cfg.initial_in_flight = cfg.transactions_in_flight;
+            }
+            "initial" => cfg.initial_in_flight = v.parse().unwrap(),
             other => panic!("unknown config key {other}"),
         }
     }
@@ -192,6 +206,12 @@ fn parse(text: &str) -> (SessionConfig, Vec<Step>) {
             steps.push(Step::Quit);
         } else if line.trim() == "abort" {
             steps.push(Step::Abort);
+        } else if let Some(rest) = line.strip_prefix("window ") {
+            steps.push(Step::Window(rest.trim().parse().unwrap()));
+        } else if line.trim() == "not-ready" {
+            steps.push(Step::NotReady);
+        } else if let Some(rest) = line.strip_prefix("pipelining-failed ") {
+            steps.push(Step::PipeliningFailed(rest.trim() == "yes"));
         } else {
             panic!("cannot read transcript line {line:?}");
         }
@@ -293,6 +313,18 @@ fn run(name: &str, cfg: &SessionConfig, steps: &[Step], split: Option<(usize, us
             Step::Eof => s.handle_eof(now),
             Step::Quit => s.quit(now),
             Step::Abort => s.abort(now),
+            Step::Window(n) => {
+                drain(&mut s, now, &mut out, &mut events);
+                assert_eq!(s.in_flight_window(), *n, "{}", ctx("window"));
+            }
+            Step::NotReady => {
+                drain(&mut s, now, &mut out, &mut events);
+                assert!(!s.is_ready(), "{}", ctx("session ready"));
+            }
+            Step::PipeliningFailed(want) => {
+                drain(&mut s, now, &mut out, &mut events);
+                assert_eq!(s.pipelining_failed(), *want, "{}", ctx("pipelining failed"));
+            }
         }
     }
     drain(&mut s, now, &mut out, &mut events);

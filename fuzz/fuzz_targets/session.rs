@@ -17,6 +17,8 @@ fuzz_target!(|data: &[u8]| {
     cfg.pipelining = flags & 1 != 0;
     cfg.chunking = flags & 2 != 0;
     cfg.transactions_in_flight = 1 + ((flags >> 5) & 3) as usize;
+    // Half the inputs start with the window open, half grow it from one.
+    cfg.initial_in_flight = if flags & 128 != 0 { cfg.transactions_in_flight } else { 1 };
     if flags & 4 != 0 {
         cfg.auth = Some(Credentials { username: "u".into(), password: "p".into() });
         cfg.allow_plaintext_auth = flags & 8 != 0;

@@ -11,8 +11,9 @@
 //! `full` with `552 5.2.2` (mailbox full). Behaviours per address ([`Behaviour`]): reply latency, a slow
 //! greeting, a share of dropped connections, shares of 4xx and 5xx replies at RCPT and at the end of
 //! data, greylisting (the first attempt of a sender and recipient pair gets `450 4.2.0` until a delay
-//! has passed), a connection limit (`421 4.7.0` beyond it) and a message rate (`421 4.7.28` and close
-//! beyond it, like large receivers do).
+//! has passed), a connection limit (`421 4.7.0` beyond it), a message rate (`421 4.7.28` and close
+//! beyond it, like large receivers do), and a connection dropped when transactions arrive pipelined
+//! behind each other.
 //!
 //! Not a mail server: it stores nothing, does not check syntax beyond what it needs, and is not
 //! hardened for the open Internet (input buffers grow with what a client pipelines).
@@ -56,6 +57,11 @@ pub struct Behaviour {
     pub max_messages_per_second: u32,
     /// Offer STARTTLS.
     pub tls: bool,
+    /// A receiver that mishandles pipelined transactions: when a read holds a second `MAIL` (a
+    /// transaction sent behind another's end of data before its reply), the connection is closed at
+    /// once, the replies of that read unsent (the first transaction of the read was taken, as a
+    /// server that crashes after its queue file is written would).
+    pub drop_pipelined: bool,
 }
 
 /// Seconds of per-second history kept.
@@ -887,6 +893,14 @@ impl Worker {
             }
             b"MAIL" => {
                 c.mails_this_read += 1;
+                if host.behaviour.drop_pipelined && c.mails_this_read > 1 {
+                    host.counters
+                        .dropped_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    c.replies.clear();
+                    c.closing = true;
+                    return false;
+                }
                 if !host.take_message(now) {
                     host.counters.throttled.fetch_add(1, Ordering::Relaxed);
                     c.replies.extend_from_slice(b"421 4.7.28 sink.vmta.test Our system has detected an unusual rate of mail from your IP address; try again later\r\n");

@@ -34,6 +34,11 @@ use vmta_testworld::sink::Behaviour;
 use vmta_testworld::world::World;
 use vmta_workload::message;
 
+/// The engine's default of the most transactions in flight per connection.
+fn default_in_flight() -> usize {
+    vmta::engine::config::DeliverySection::default().transactions_in_flight
+}
+
 /// Arguments of `vmta bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -65,10 +70,11 @@ pub struct BenchArgs {
     /// Connections per MX host and shard.
     #[arg(long, default_value_t = 4)]
     connections_per_host: usize,
-    /// Transactions in flight per connection (`delivery.transactions_in_flight`; the blast replays
-    /// the same).
-    #[arg(long, default_value_t = 1)]
-    transactions_in_flight: usize,
+    /// The most transactions in flight per connection (`delivery.transactions_in_flight`; default:
+    /// the engine's, 8, each connection starting at 1 and growing). The blast replays this many when
+    /// given, and one at a time (what common clients send) when not.
+    #[arg(long)]
+    transactions_in_flight: Option<usize>,
     /// Engine shards (default: one per CPU).
     #[arg(long)]
     shards: Option<usize>,
@@ -300,7 +306,10 @@ pub fn run(args: BenchArgs) -> ExitCode {
             shards(&args),
             args.connections_per_host,
             args.domains,
-            args.transactions_in_flight
+            args.transactions_in_flight.map_or_else(
+                || format!("up to {} (default)", default_in_flight()),
+                |n| n.to_string()
+            )
         );
         println!("{}", header());
     }
@@ -471,7 +480,10 @@ fn run_vmta(args: &BenchArgs, w: &Workload) -> Result<Outcome, String> {
         .tls(TlsPolicy::Disabled)
         .max_connections_per_host(args.connections_per_host)
         .max_messages_per_connection(10_000)
-        .transactions_in_flight(args.transactions_in_flight)
+        .transactions_in_flight(
+            args.transactions_in_flight
+                .unwrap_or_else(default_in_flight),
+        )
         .shaping_rules(vmta_testworld::world::UNSHAPED)
         .with(|c| {
             c.engine.submission_queue = 16_384;
@@ -708,7 +720,7 @@ fn run_blast(args: &BenchArgs, w: &Workload) -> Result<Outcome, String> {
         }),
         sender: "bounces@sender.vmta.test".into(),
         limit: Duration::from_secs(args.timeout),
-        in_flight: args.transactions_in_flight,
+        in_flight: args.transactions_in_flight.unwrap_or(1),
     };
     reset_peak_rss();
     let world_cpu_0 = world_cpu();

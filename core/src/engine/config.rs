@@ -286,8 +286,12 @@ pub struct DeliverySection {
     pub max_connections_per_host: usize,
     /// Messages per connection before it is closed.
     pub max_messages_per_connection: u32,
-    /// Transactions in flight on one connection (see
-    /// [`crate::smtp::SessionConfig::transactions_in_flight`]); 1 waits for each end-of-data reply.
+    /// The most transactions in flight on one connection (see
+    /// [`crate::smtp::SessionConfig::transactions_in_flight`]; default 8); 1 waits for each
+    /// end-of-data reply. Each connection starts at 1 and doubles with each accepted message while
+    /// the server offers PIPELINING and CHUNKING and answers in order; where pipelined transactions
+    /// go wrong (a connection lost or a reply out of sequence with several in flight), the MX
+    /// address gets one at a time for an hour.
     pub transactions_in_flight: usize,
     /// STARTTLS policy.
     pub tls: TlsPolicy,
@@ -305,7 +309,7 @@ impl Default for DeliverySection {
             idle_timeout_s: 5,
             max_connections_per_host: 20,
             max_messages_per_connection: 1000,
-            transactions_in_flight: 1,
+            transactions_in_flight: 8,
             tls: TlsPolicy::Opportunistic,
             ca_file: PathBuf::new(),
             host_down_s: 60,

@@ -392,6 +392,9 @@ pub(crate) struct ShardCore {
     unrecorded: Vec<Unrecorded>,
     /// The last throttling reply per MX host, for [`ShardCore::destination_state`].
     throttles: crate::FastMap<Arc<str>, super::queues::SlowingReply>,
+    /// MX addresses where pipelining transactions went wrong ([`Session::pipelining_failed`]), and
+    /// until when their sessions send one transaction at a time.
+    pipelining_off: crate::FastMap<SocketAddr, Instant>,
     /// With a suppression list: the default tenant's name (outcomes are observed for the list).
     observe: Option<Arc<str>>,
     /// Reasons for failures the retry policy does not classify (for the suppression list).
@@ -414,6 +417,10 @@ struct WriterLink {
 
 /// How soon a queue whose shaping lane is full with other shards' connections looks again.
 const LANE_BUSY_RECHECK: Duration = Duration::from_millis(200);
+
+/// How long an MX address whose server mishandled pipelined transactions gets one transaction at a
+/// time on every connection (its sessions still pipeline the commands of one transaction).
+pub(crate) const PIPELINING_FALLBACK: Duration = Duration::from_secs(3600);
 
 impl ShardCore {
     /// A shard over an opened spool. Call [`ShardCore::recover`] next.
@@ -511,6 +518,7 @@ impl ShardCore {
             verdicts: super::retry::VerdictCache::default(),
             shaping_verdict: None,
             throttles: crate::FastMap::default(),
+            pipelining_off: crate::FastMap::default(),
             observe: cfg
                 .suppression
                 .as_ref()
@@ -1345,7 +1353,15 @@ impl ShardCore {
         } else {
             self.mx_configs[c.key.source as usize].clone()
         };
-        c.session = Some(Session::new(cfg, &c.mx, now.mono));
+        let mut session = Session::new(cfg, &c.mx, now.mono);
+        if let Some(&until) = self.pipelining_off.get(&c.key.addr) {
+            if until > now.mono {
+                session.limit_in_flight(1);
+            } else {
+                self.pipelining_off.remove(&c.key.addr);
+            }
+        }
+        c.session = Some(session);
         self.metrics
             .connections_open
             .fetch_add(1, Ordering::Relaxed);
@@ -1546,6 +1562,12 @@ impl ShardCore {
                 SessionEvent::Closed(cause) => {
                     if let CloseCause::Refused(phase, r) = &cause {
                         self.shaping_reply(now, conn, *phase, r.code, r.enhanced, &r.text);
+                    }
+                    if let Some(c) = self.conns[conn].as_ref()
+                        && c.session.as_ref().is_some_and(Session::pipelining_failed)
+                    {
+                        self.pipelining_off
+                            .insert(c.key.addr, now.mono + PIPELINING_FALLBACK);
                     }
                     let ready = self.conns[conn].as_ref().is_some_and(|c| c.ready);
                     let failure = (!ready && cause != CloseCause::Quit).then(|| {

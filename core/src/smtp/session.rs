@@ -31,6 +31,12 @@
 //! and its one message event, transaction after transaction. A closed connection fails every
 //! transaction in flight, in order.
 //!
+//! The window is adaptive: a session starts at [`SessionConfig::initial_in_flight`] (1 by default)
+//! and doubles it with each accepted message, up to the maximum. When pipelined transactions go
+//! wrong (the connection lost, a reply that no command waited for, a `503`-style refusal while
+//! several are in flight) the window drops to 1 for the rest of the session and
+//! [`Session::pipelining_failed`] tells the driver, which remembers the server for a while.
+//!
 //! # Driving a session
 //!
 //! The session never touches a socket or the clock. The driver:
@@ -194,12 +200,17 @@ pub struct SessionConfig {
     pub pipelining: bool,
     /// Use CHUNKING (BDAT) when offered.
     pub chunking: bool,
-    /// Transactions in flight on one connection. Above 1, when the server offers PIPELINING and
-    /// CHUNKING, the next message's `RSET`, `MAIL`, `RCPT`s and `BDAT n LAST` with its body leave
-    /// behind the previous message's end of data, before its reply is in (RFC 2920 §3.1 allows RSET,
-    /// MAIL and RCPT anywhere in a group; RFC 3030's BDAT carries its length, so nothing waits on a
-    /// reply). 1 (the default) waits for each end-of-data reply, as common clients do.
+    /// The most transactions in flight on one connection. Above 1, when the server offers
+    /// PIPELINING and CHUNKING, the next message's `RSET`, `MAIL`, `RCPT`s and `BDAT n LAST` with
+    /// its body leave behind the previous message's end of data, before its reply is in (RFC 2920
+    /// §3.1 allows RSET, MAIL and RCPT anywhere in a group; RFC 3030's BDAT carries its length, so
+    /// nothing waits on a reply). 1 (the default) waits for each end-of-data reply, as common
+    /// clients do. The session starts at [`SessionConfig::initial_in_flight`] and doubles its window
+    /// with each accepted message up to this; see [`Session::pipelining_failed`] for the fall-back.
     pub transactions_in_flight: usize,
+    /// The window a session starts with (1 by default: the first message waits for its reply, so a
+    /// server is seen answering in order before anything is sent behind an end of data).
+    pub initial_in_flight: usize,
     /// Timeouts per phase.
     pub timeouts: Timeouts,
     /// Reply parser limits.
@@ -217,6 +228,7 @@ impl SessionConfig {
             pipelining: true,
             chunking: true,
             transactions_in_flight: 1,
+            initial_in_flight: 1,
             timeouts: Timeouts::default(),
             reply_limits: ReplyLimits::default(),
         }
@@ -566,6 +578,8 @@ struct Txn {
     /// A refusal known without a round trip, for a transaction queued behind others: reported when
     /// its turn comes, so events stay in the order of the transactions.
     early: Option<(Phase, MessageFailure)>,
+    /// Sent behind another transaction's end of data, before its reply.
+    behind: bool,
 }
 
 /// How the body is being written out.
@@ -626,6 +640,12 @@ pub struct Session {
     /// `Closed` was queued (the state may be a placeholder during a transition).
     closed: bool,
     messages: u32,
+    /// Transactions allowed in flight now (see [`SessionConfig::transactions_in_flight`]).
+    window: usize,
+    /// The most the window may grow to on this session.
+    window_cap: usize,
+    /// Pipelining went wrong on this session: the window is 1 for good.
+    pipelining_failed: bool,
 }
 
 impl Session {
@@ -652,6 +672,11 @@ impl Session {
             quit_requested: false,
             closed: false,
             messages: 0,
+            window: config
+                .initial_in_flight
+                .clamp(1, config.transactions_in_flight.max(1)),
+            window_cap: config.transactions_in_flight.max(1),
+            pipelining_failed: false,
             config,
         };
         s.arm(now, Phase::Greeting);
@@ -686,6 +711,30 @@ impl Session {
             State::Transaction(_) => 1 + self.queued.len(),
             _ => 0,
         }
+    }
+
+    /// Transactions this session lets into flight now: it starts at
+    /// [`SessionConfig::initial_in_flight`] and doubles with each accepted message up to
+    /// [`SessionConfig::transactions_in_flight`] (or [`Session::limit_in_flight`]'s limit).
+    pub fn in_flight_window(&self) -> usize {
+        self.window
+    }
+
+    /// Caps the window of this session (a driver that saw pipelining fail with this server gives
+    /// 1 for a while). Transactions already in flight stay.
+    pub fn limit_in_flight(&mut self, n: usize) {
+        self.window_cap = n.clamp(1, self.window_cap);
+        self.window = self.window.min(self.window_cap);
+    }
+
+    /// Did pipelining transactions go wrong on this session? With more than one transaction in
+    /// flight: the connection closed (end of stream, I/O error, timeout, 421) without a QUIT, a
+    /// reply came that no command waited for or of the wrong kind, or a reply said the commands
+    /// were out of sequence or not understood (500–504, or an enhanced status `x.5.x`, the
+    /// protocol class of RFC 3463 §3.6). The window then drops to 1 for the rest of the session;
+    /// the driver should remember the server for a while (see [`Session::limit_in_flight`]).
+    pub fn pipelining_failed(&self) -> bool {
+        self.pipelining_failed
     }
 
     /// Has the session ended (the [`Event::Closed`] event is queued or was taken)?
@@ -741,6 +790,7 @@ impl Session {
                     answered: 0,
                     smtputf8,
                     early: Some((phase, failure)),
+                    behind: true,
                 }));
             } else {
                 self.events
@@ -772,6 +822,7 @@ impl Session {
             answered: 0,
             smtputf8,
             early: None,
+            behind,
         });
         self.needs_rset = false;
         if behind {
@@ -966,6 +1017,14 @@ impl Session {
     fn close(&mut self, cause: CloseCause) {
         if self.closed {
             return;
+        }
+        let mid_pipeline =
+            !self.queued.is_empty() || matches!(&self.state, State::Transaction(t) if t.behind);
+        match &cause {
+            CloseCause::Quit | CloseCause::Aborted => {}
+            CloseCause::Protocol(..) if self.window > 1 => self.pipelining_trouble(),
+            _ if mid_pipeline => self.pipelining_trouble(),
+            _ => {}
         }
         self.closed = true;
         self.fail_in_flight(&cause);
@@ -1326,13 +1385,28 @@ impl Session {
         first_phase
     }
 
+    /// An accepted message: the server answered in order, so one more may follow behind the next
+    /// (the window doubles, up to its cap).
+    fn grow_window(&mut self) {
+        if !self.pipelining_failed {
+            self.window = (self.window * 2).min(self.window_cap);
+        }
+    }
+
+    /// Pipelining went wrong: one transaction at a time from now on.
+    fn pipelining_trouble(&mut self) {
+        self.pipelining_failed = true;
+        self.window = 1;
+        self.window_cap = 1;
+    }
+
     /// May another transaction leave behind the ones in flight?
     fn may_pipeline(&self) -> bool {
         let State::Transaction(head) = &self.state else {
             return false;
         };
         let last = self.queued.back().unwrap_or(head);
-        self.queued.len() + 1 < self.config.transactions_in_flight
+        self.queued.len() + 1 < self.window
             && self.config.pipelining
             && self.caps.pipelining
             && self.config.chunking
@@ -1370,6 +1444,24 @@ impl Session {
             return;
         };
         let code = r.code();
+        if (txn.behind || !self.queued.is_empty()) && !r.is_positive() {
+            // Out of sequence or not understood while transactions were pipelined. A refused RCPT
+            // is about its recipient, and the end of data of a transaction without an accepted
+            // recipient is refused by design ("554 5.5.1 no valid recipients").
+            let sequence =
+                (500..=504).contains(&code) || r.enhanced().is_some_and(|e| e.subject == 5);
+            let trouble = match expect {
+                Expect::Rset => true,
+                Expect::Mail => sequence,
+                Expect::Rcpt(_) => false,
+                Expect::Data | Expect::Bdat | Expect::DataEnd { .. } => {
+                    sequence && txn.mail_failed.is_none() && txn.accepted > 0
+                }
+            };
+            if trouble {
+                self.pipelining_trouble();
+            }
+        }
         match expect {
             Expect::Rset => {
                 if !r.is_positive() {
@@ -1437,6 +1529,7 @@ impl Session {
                     self.events.push_back(Event::MessageAccepted {
                         reply: r.to_reply(),
                     });
+                    self.grow_window();
                     self.end_transaction(now, txn, None, false);
                 } else {
                     let failure = self.failure_of(&mut txn, Phase::EndOfData, r.to_reply());
@@ -1452,6 +1545,7 @@ impl Session {
                     self.events.push_back(Event::MessageAccepted {
                         reply: r.to_reply(),
                     });
+                    self.grow_window();
                     self.end_transaction(now, txn, None, false);
                 } else {
                     let failure = Some((Phase::EndOfData, MessageFailure::Reply(r.to_reply())));
@@ -1775,6 +1869,7 @@ mod tests {
         let now = Instant::now();
         let mut cfg = SessionConfig::new("client.example");
         cfg.transactions_in_flight = in_flight;
+        cfg.initial_in_flight = in_flight;
         let mut s = Session::new(Arc::new(cfg), "mx.example", now);
         s.handle_input(now, b"220 mx.example ESMTP\r\n");
         let mut out = Vec::new();
