@@ -195,6 +195,52 @@ func TestConcurrentSubmitters(t *testing.T) {
 	}
 }
 
+func TestSubmitNowaitFromManyGoroutinesThenFlush(t *testing.T) {
+	e, err := New(Options{TOML: config(t, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	const goroutines, each = 8, 25
+	ids := make(chan uint64, goroutines*each)
+	var wg sync.WaitGroup
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				rcpt := fmt.Sprintf("nowait%d-%d@ok.ffi.test", g, i)
+				id, err := e.SubmitNowait(Message{Sender: "sender@vmta.test", Recipients: []string{rcpt}, Body: body("go nowait", rcpt)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ids <- id
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(ids)
+	if err := e.Flush(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint64]int{}
+	for id := range ids {
+		want[id] = 1
+	}
+	if len(want) != goroutines*each {
+		t.Fatalf("%d distinct ids", len(want))
+	}
+	for _, ev := range finals(t, e, want) {
+		if ev.Kind != Delivered {
+			t.Fatalf("%+v", ev)
+		}
+	}
+	if _, err := e.SubmitNowait(Message{Sender: "sender@vmta.test", Body: body("x", "x@ok.ffi.test")}); !errors.Is(err, InvalidMessage) {
+		t.Fatalf("no recipients: %v", err)
+	}
+}
+
 func TestRecoveryReportsWhatARestartFound(t *testing.T) {
 	toml := config(t, "")
 	e, err := New(Options{TOML: toml})

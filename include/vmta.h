@@ -190,6 +190,10 @@
 // counts are `vmta_engine_recovery`'s.
 #define VMTA_EVENT_RECOVERED 10
 
+// A message queued with `vmta_engine_submit_nowait` that the spool could not take after its id was
+// returned (a full disk, a write error): nothing is queued for this recipient; `text` says why.
+#define VMTA_EVENT_REFUSED 11
+
 // `vmta_reload_report.applied`: the shaping rules were replaced.
 #define VMTA_RELOAD_SHAPING 1
 
@@ -552,6 +556,9 @@ typedef struct {
 // The configuration turned the feature off (`[suppression] enabled = false`).
 #define VMTA_DISABLED 23
 
+// The wait ended before what it waited for (`vmta_engine_flush`).
+#define VMTA_TIMEOUT 24
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -892,6 +899,27 @@ vmta_result vmta_engine_submit(const vmta_engine *engine,
                                const vmta_message *message,
                                uint64_t *id_out,
                                vmta_error **err_out);
+
+// Queues a message without waiting for the disk: writes its id to `*id_out` once the message is
+// checked and handed to the engine, before it is durable. The engine's group commit makes it durable
+// before any delivery, sharing one disk flush among everything submitted meanwhile, so one message per
+// call is as fast as a batch. Refusals known at once are returned as by `vmta_engine_submit` (nothing
+// queued); a refusal of the spool after the id was written (a full disk, a write error) comes as one
+// `VMTA_EVENT_REFUSED` event per recipient instead, and nothing is queued. When the engine's
+// submission queue is full this waits for room (up to 30 s, then `VMTA_BUSY`).
+// `vmta_engine_flush` waits until everything submitted this way is durable.
+//
+// # Safety
+// As `vmta_engine_submit`.
+vmta_result vmta_engine_submit_nowait(const vmta_engine *engine,
+                                      const vmta_message *message,
+                                      uint64_t *id_out,
+                                      vmta_error **err_out);
+
+// Waits until every message queued with `vmta_engine_submit_nowait` (by any thread) is durable or
+// refused (its `VMTA_EVENT_REFUSED` events queued): `VMTA_OK`, or `VMTA_TIMEOUT` when `timeout_ms`
+// passed first.
+vmta_result vmta_engine_flush(const vmta_engine *engine, uint32_t timeout_ms);
 
 // Cancels every recipient of a message not yet delivered; a `VMTA_EVENT_CANCELLED` event follows for
 // each. Writes how many were cancelled to `*cancelled_out` when it is not NULL (0 for an unknown id or

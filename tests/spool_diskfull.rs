@@ -226,3 +226,79 @@ fn deferrals_on_a_full_disk_leave_room_for_final_outcomes() {
     );
     assert_eq!(s.body(more).unwrap(), &body(9999)[..]);
 }
+
+/// `Engine::submit_nowait` on a disk that fills: ids keep coming back at once, the spool's refusals
+/// come as `refused` events, and every id returned is either refused that way or in the spool when
+/// the engine starts again (nothing accepted is lost, nothing refused is queued).
+#[test]
+fn submissions_that_do_not_wait_are_refused_by_event_when_the_disk_fills() {
+    use std::time::Duration;
+    use vmta::engine::{DeliveryEvent, Engine, EventKind, Submission};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = TempDir::new("engine-nowait-full");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _fs = Tmpfs::mount(&mnt, "6m");
+    let config = vmta::engine::EngineConfig::builder()
+        .shards(1)
+        .pin_shards(false)
+        .spool_dir(mnt.join("spool"))
+        .spool_segment_mb(1)
+        .nameservers(&["127.0.0.1:9"])
+        .port(9)
+        .durability(vmta::engine::config::Durability::Sync)
+        .build();
+    let e = Engine::start(&config).unwrap();
+    // Nothing leaves: the queue only fills the disk.
+    e.pause();
+    let mut ids = Vec::new();
+    let mut events: Vec<DeliveryEvent> = Vec::new();
+    for n in 0..4000 {
+        let s = Submission {
+            sender: "s@x.example".into(),
+            recipients: vec![format!("r{n}@y.example")],
+            tenant: "t".into(),
+            body: {
+                let mut b = format!("From: s@x.example\r\nSubject: {n}\r\n\r\n").into_bytes();
+                for _ in 0..50 {
+                    b.extend_from_slice(&[b'a'; 78]);
+                    b.extend_from_slice(b"\r\n");
+                }
+                b
+            },
+            ..Submission::default()
+        };
+        match e.submit_nowait(&s) {
+            Ok(id) => ids.push(id),
+            Err(err) => panic!("refused at once, not by event: {err}"),
+        }
+        e.poll_events(&mut events, 100_000);
+        if events.iter().any(|ev| ev.kind == EventKind::Refused) && ids.len() % 100 == 0 {
+            break;
+        }
+    }
+    assert!(e.flush(Duration::from_secs(30)), "flush timed out");
+    e.poll_events(&mut events, 100_000);
+    let refused: std::collections::HashSet<u64> = events
+        .iter()
+        .filter(|ev| ev.kind == EventKind::Refused)
+        .map(|ev| {
+            assert!(ev.text.starts_with("not queued: "), "{ev:?}");
+            assert!(ev.text.contains("no space"), "{ev:?}");
+            ev.message_id
+        })
+        .collect();
+    assert!(!refused.is_empty(), "the 6 MiB disk never filled");
+    assert!(refused.len() < ids.len(), "nothing was accepted");
+    assert!(refused.iter().all(|id| ids.contains(id)));
+    e.shutdown(Duration::from_secs(5));
+    drop(e);
+    let e = Engine::start(&config).unwrap();
+    e.pause();
+    assert_eq!(
+        e.recovery().messages as usize,
+        ids.len() - refused.len(),
+        "every id returned and not refused is in the spool"
+    );
+    e.shutdown(Duration::from_secs(5));
+}

@@ -194,6 +194,11 @@ static void submissions(vmta_engine *e) {
   CHECK_EQ(vmta_engine_submit(NULL, &good, &id, NULL), VMTA_NULL_PARAMETER);
   CHECK_EQ(vmta_engine_submit(e, NULL, &id, NULL), VMTA_NULL_PARAMETER);
   CHECK_EQ(vmta_engine_submit(e, &good, NULL, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_submit_nowait(NULL, &good, &id, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_submit_nowait(e, NULL, &id, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_submit_nowait(e, &good, NULL, NULL), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_flush(NULL, 0), VMTA_NULL_PARAMETER);
+  CHECK_EQ(vmta_engine_flush(e, 10000), VMTA_OK);
 
   vmta_message m = good;
   m.recipients = NULL;

@@ -4,7 +4,8 @@
 # `pkg-config --cflags --libs vmta`, -Wall -Wextra -Werror; a static link too) and runs
 # them against a real loopback mail world (examples/peers/mailworld.py: dnsmasq and Postfix
 # smtp-sink on 127.0.70.20-23):
-#   - send, linked with the shared library: natively, under AddressSanitizer (+UBSan) and under
+#   - send, linked with the shared library: natively, under AddressSanitizer (+UBSan), under ASan
+#     handing each message over without waiting (vmta_engine_submit_nowait, vmta_engine_flush) and under
 #     valgrind; it must report a delivered, a bounced and an expired recipient, and the accepting
 #     sink must have received the message; then a DSN applied after the delivery must give a late
 #     bounce matched to the message, after which the recipient is refused (VMTA_SUPPRESSED);
@@ -106,6 +107,9 @@ EOF
 run_send native "$work/send"
 run_send asan "$work/send-asan"
 run_send valgrind "${valgrind[@]}" "$work/send"
+# The same conversation with each message handed over without waiting for the disk.
+VMTA_SEND_NOWAIT=1 run_send nowait "$work/send-asan"
+grep -q "^flushed ok$" "$work/nowait.out"
 
 for variant in misuse-static misuse-asan; do
   echo "c: $variant"

@@ -38,6 +38,7 @@ static const char *kind_name(uint32_t kind) {
   case VMTA_EVENT_BOUNCED: return "bounced";
   case VMTA_EVENT_EXPIRED: return "expired";
   case VMTA_EVENT_CANCELLED: return "cancelled";
+  case VMTA_EVENT_REFUSED: return "refused";
   case VMTA_EVENT_SUPPRESSED: return "suppressed";
   case VMTA_EVENT_LATE_BOUNCE: return "late-bounce";
   case VMTA_EVENT_LATE_DEFERRAL: return "late-deferral";
@@ -73,7 +74,9 @@ static double now_s(void) {
   return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-/* Submits one message to one recipient. */
+/* Submits one message to one recipient: waiting until it is durable (vmta_engine_submit), or with
+ * VMTA_SEND_NOWAIT=1 in the environment, handing it over at once (vmta_engine_submit_nowait; the
+ * first round is then followed by vmta_engine_flush). */
 static vmta_result submit(vmta_engine *engine, const char *sender, const char *recipient,
                           uint64_t *id, vmta_error **err) {
   char body[1024];
@@ -91,6 +94,9 @@ static vmta_result submit(vmta_engine *engine, const char *sender, const char *r
       .body = str(body),
       .priority = VMTA_PRIORITY_TRANSACTIONAL,
   };
+  const char *nowait = getenv("VMTA_SEND_NOWAIT");
+  if (nowait != NULL && strcmp(nowait, "1") == 0)
+    return vmta_engine_submit_nowait(engine, &m, id, err);
   return vmta_engine_submit(engine, &m, id, err);
 }
 
@@ -193,6 +199,11 @@ int main(int argc, char **argv) {
       continue;
     }
     remaining++;
+  }
+  const char *nowait = getenv("VMTA_SEND_NOWAIT");
+  if (nowait != NULL && strcmp(nowait, "1") == 0) {
+    r = vmta_engine_flush(engine, 30000);
+    printf("flushed %s\n", vmta_result_str(r));
   }
 
   int fd = vmta_engine_event_fd(engine);

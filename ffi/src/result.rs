@@ -58,6 +58,8 @@ pub const VMTA_NOT_FOUND: vmta_result = 21;
 pub const VMTA_FORGED_REPORT: vmta_result = 22;
 /// The configuration turned the feature off (`[suppression] enabled = false`).
 pub const VMTA_DISABLED: vmta_result = 23;
+/// The wait ended before what it waited for (`vmta_engine_flush`).
+pub const VMTA_TIMEOUT: vmta_result = 24;
 
 /// Every code with its name, in number order.
 pub(crate) const NAMES: &[(vmta_result, &std::ffi::CStr)] = &[
@@ -88,6 +90,7 @@ pub(crate) const NAMES: &[(vmta_result, &std::ffi::CStr)] = &[
         c"forged report: VERP signature does not verify",
     ),
     (VMTA_DISABLED, c"disabled by the configuration"),
+    (VMTA_TIMEOUT, c"timed out"),
 ];
 
 /// A static, NUL-terminated description of a result code (never NULL; "unknown result code" for a
@@ -129,5 +132,6 @@ mod tests {
         assert_eq!(VMTA_NOT_FOUND, 21);
         assert_eq!(VMTA_FORGED_REPORT, 22);
         assert_eq!(VMTA_DISABLED, 23);
+        assert_eq!(VMTA_TIMEOUT, 24);
     }
 }

@@ -29,7 +29,7 @@ use vmta_ffi::error::*;
 use vmta_ffi::result::*;
 
 /// The highest result code defined.
-const MAX_RESULT: vmta_result = VMTA_NOT_FOUND;
+const MAX_RESULT: vmta_result = VMTA_TIMEOUT;
 
 struct Input<'a>(&'a [u8]);
 
@@ -286,11 +286,24 @@ fn step(pool: &mut Pool, i: &mut Input<'_>) {
                     priority: u32::from(i.byte() % 3),
                 };
                 let (mut id, mut err) = (0u64, null_mut());
-                if ok(vmta_engine_submit(e, &m, &mut id, &mut err)) == VMTA_OK {
+                let how = i.byte();
+                let r = if how & 1 == 0 {
+                    ok(vmta_engine_submit(e, &m, &mut id, &mut err))
+                } else {
+                    ok(vmta_engine_submit_nowait(e, &m, &mut id, &mut err))
+                };
+                if r == VMTA_OK {
                     pool.ids.push(id);
                 } else {
                     assert_eq!(id, 0, "output written on failure");
                     err_slot(pool, err);
+                }
+                if how & 2 != 0 {
+                    let r = ok(vmta_engine_flush(e, u32::from(how >> 4)));
+                    assert!(
+                        matches!(r, VMTA_OK | VMTA_TIMEOUT | VMTA_NULL_PARAMETER | VMTA_INVALID_HANDLE),
+                        "flush: {r}"
+                    );
                 }
             }
             6 => {

@@ -68,6 +68,25 @@ def test_delivered_bounced_and_expired_events_from_a_real_sink(world, config):
     assert received(world, "Subject: python delivered")
 
 
+def test_submit_nowait_one_message_per_call_then_flush(world, config):
+    # Each call hands one message over without waiting for the disk; flush() returns once all are
+    # durable, and each is delivered or bounced as with submit().
+    with vmta.Engine(toml=config) as engine:
+        ids = {}
+        for n in range(20):
+            to = f"py-nowait{n}@ok.ffi.test" if n % 5 else f"py-nowait{n}@bad.ffi.test"
+            ids[engine.submit_nowait("sender@vmta.test", [to], message(f"python nowait {n}", to))] = 1
+        assert len(ids) == 20
+        assert engine.flush(timeout=30)
+        events = [e for e in final_events(engine, ids) if e.final]
+        kinds = sorted(e.kind for e in events)
+        assert kinds == ["bounced"] * 4 + ["delivered"] * 16, kinds
+        with pytest.raises(vmta.InvalidMessage):
+            engine.submit_nowait("sender@vmta.test", [], message("x"))
+        assert engine.flush(timeout=0)
+    assert received(world, "Subject: python nowait 1")
+
+
 def test_one_message_to_several_recipients(world, config):
     with vmta.Engine(toml=config, shards=3) as engine:
         rcpts = ["a@ok.ffi.test", "unknown@bad.ffi.test", "b@ok.ffi.test"]

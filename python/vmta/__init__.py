@@ -73,6 +73,7 @@ IO = 20
 NOT_FOUND = 21
 FORGED_REPORT = 22
 DISABLED = 23
+TIMEOUT = 24
 
 _KINDS = {
     1: "delivered",
@@ -85,8 +86,9 @@ _KINDS = {
     8: "late-deferral",
     9: "complaint",
     10: "recovered",
+    11: "refused",
 }
-_FINAL = {"delivered", "bounced", "expired", "cancelled", "suppressed"}
+_FINAL = {"delivered", "bounced", "expired", "cancelled", "suppressed", "refused"}
 _DURABILITY = {"sync": 0, "interval": 1, "none": 2}
 _TLS = {"disabled": 0, "opportunistic": 1, "required": 2}
 _PRIORITY = {"transactional": 0, "bulk": 1}
@@ -391,6 +393,45 @@ class Engine:
         priority: str = "transactional",
     ) -> int:
         """Queues a message; returns its id once durable. Raises a `Refused` subclass otherwise."""
+        return self._submit(lib.vmta_engine_submit, sender, recipients, message, tenant, tags, priority)
+
+    def submit_nowait(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: Union[bytes, str],
+        *,
+        tenant: str = "",
+        tags: Optional[Dict[str, str]] = None,
+        priority: str = "transactional",
+    ) -> int:
+        """Queues a message without waiting for the disk: returns its id once it is handed to the
+        engine, whose group commit makes it durable before delivery (one message per call is as
+        fast as a batch). Refusals known at once raise as `submit` does; a refusal of the spool
+        afterwards (a full disk) comes as a "refused" event per recipient. `flush()` waits until
+        every such message is durable."""
+        return self._submit(lib.vmta_engine_submit_nowait, sender, recipients, message, tenant, tags, priority)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Blocks (without the GIL) until every message queued with `submit_nowait` (by any
+        thread) is durable or refused: True; False when `timeout` seconds passed first."""
+        ms = 0xFFFFFFFF if timeout is None else max(0, min(int(timeout * 1000), 0xFFFFFFFF))
+        r = lib.vmta_engine_flush(self._handle, ms)
+        if r == TIMEOUT:
+            return False
+        _check(r)
+        return True
+
+    def _submit(
+        self,
+        call: Any,
+        sender: str,
+        recipients: Sequence[str],
+        message: Union[bytes, str],
+        tenant: str,
+        tags: Optional[Dict[str, str]],
+        priority: str,
+    ) -> int:
         keep: List[object] = []
         rcpts = (_lib.Str * max(len(recipients), 1))(*[_lib.as_str(_b(r), keep) for r in recipients])
         tag_list = list((tags or {}).items())
@@ -409,7 +450,7 @@ class Engine:
         )
         mid = ctypes.c_uint64()
         err = ctypes.c_void_p()
-        _check(lib.vmta_engine_submit(self._handle, ctypes.byref(m), ctypes.byref(mid), ctypes.byref(err)), err)
+        _check(call(self._handle, ctypes.byref(m), ctypes.byref(mid), ctypes.byref(err)), err)
         return mid.value
 
     def cancel(self, message_id: int) -> int:

@@ -234,6 +234,8 @@ _PROTOTYPES = {
     "vmta_config_set_smarthost": (result, [vp, b, c_size_t, c_uint32]),
     "vmta_engine_new": (result, [vp, pvp, pvp]),
     "vmta_engine_submit": (result, [vp, POINTER(Message), POINTER(c_uint64), pvp]),
+    "vmta_engine_submit_nowait": (result, [vp, POINTER(Message), POINTER(c_uint64), pvp]),
+    "vmta_engine_flush": (result, [vp, c_uint32]),
     "vmta_engine_cancel": (result, [vp, c_uint64, POINTER(c_size_t)]),
     "vmta_engine_poll_events": (result, [vp, POINTER(Event), c_size_t, POINTER(c_size_t)]),
     "vmta_engine_event_fd": (c_int, [vp]),

@@ -85,6 +85,11 @@ pub struct BenchArgs {
     /// are on disk, so a submitter has one batch per group commit in flight.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Submit one message per call with `Engine::submit_nowait` (returns once the message is handed
+    /// to its shard; the shard's group commit makes it durable before delivery) instead of
+    /// `submit_batch`, which returns once its messages are on disk. `--batch` is then unused.
+    #[arg(long)]
+    nowait: bool,
     /// Give up on a workload after this many seconds.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
@@ -522,8 +527,31 @@ fn measure_vmta(
             let submitted = submitted.clone();
             let step = args.submitters.max(1);
             let per_batch = args.batch.max(1);
+            let nowait = args.nowait;
             std::thread::spawn(move || -> Result<Vec<(u64, Instant)>, String> {
                 let mut times = Vec::with_capacity(total / step / LATENCY_SAMPLE + 1);
+                if nowait {
+                    for i in (t..total).step_by(step) {
+                        let rcpts = recipients_of(i, &wl, domains);
+                        let body = content(i, &rcpts[0], wl.size);
+                        let s = Submission {
+                            sender: "bounces@sender.vmta.test".into(),
+                            recipients: rcpts,
+                            tenant: "bench".into(),
+                            body,
+                            ..Submission::default()
+                        };
+                        let id = engine.submit_nowait(&s).map_err(|e| e.to_string())?;
+                        if sampled(id) {
+                            times.push((id, Instant::now()));
+                        }
+                        submitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if !engine.flush(Duration::from_secs(300)) {
+                        return Err("the submissions were not durable within 300 s".into());
+                    }
+                    return Ok(times);
+                }
                 // This thread's messages, t, t + step, ..., `per_batch` to a batch.
                 for first in (t..total).step_by(step * per_batch) {
                     let chunk = (first..total.min(first + step * per_batch)).step_by(step);
@@ -608,7 +636,8 @@ fn measure_vmta(
                 EventKind::Bounced
                 | EventKind::Expired
                 | EventKind::Cancelled
-                | EventKind::Suppressed => {
+                | EventKind::Suppressed
+                | EventKind::Refused => {
                     bounced += 1;
                     finals += 1;
                 }

@@ -279,7 +279,7 @@ fn run_campaign(args: &DemoArgs, world: &World, config: &EngineConfig) -> Result
                     was_deferred.insert((e.message_id, e.recipient_index));
                     *deferred_by.entry(why()).or_default() += 1;
                 }
-                EventKind::Cancelled => finals += 1,
+                EventKind::Cancelled | EventKind::Refused => finals += 1,
                 EventKind::Suppressed => {
                     suppressed += 1;
                     finals += 1;

@@ -37,6 +37,10 @@ pub enum EventKind {
     /// spool did not, recorded at open; `interrupted_attempts`: attempts under way at the last
     /// stop, counted).
     Recovered,
+    /// A submission made with `Engine::submit_nowait` that the spool could not take after its id
+    /// was returned (a full disk, a write error): nothing is queued for this recipient; `text`
+    /// says why. Submissions that wait for their answer never see it.
+    Refused,
 }
 
 impl EventKind {
@@ -53,6 +57,7 @@ impl EventKind {
             EventKind::LateDeferral => "late-deferral",
             EventKind::Complaint => "complaint",
             EventKind::Recovered => "recovered",
+            EventKind::Refused => "refused",
         }
     }
 }

@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Submissions taken from the ring per loop pass.
@@ -48,6 +49,8 @@ pub(crate) struct ShardThread {
     pub poll: Poll,
     pub dns: dns::Driver,
     pub ring: Arc<ArrayQueue<SubmitPart>>,
+    /// Set while the thread is about to sleep in its poll (see `ShardHandle::wake_for_ring`).
+    pub parked: Arc<std::sync::atomic::AtomicBool>,
     pub control: crossbeam::channel::Receiver<Control>,
     pub events: Arc<EventQueue>,
     /// With a suppression list: its writer, which records the pass's observations and then releases
@@ -107,10 +110,16 @@ impl ShardThread {
             if let Some(t) = self.dns.poll_timeout() {
                 wait = wait.min(t.saturating_duration_since(now.mono));
             }
+            // Parked before the look at the ring: a submitter that pushes after the look sees the
+            // flag and wakes the poll (`ShardHandle::wake_for_ring`).
+            self.parked.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
             if !self.ring.is_empty() {
                 wait = Duration::ZERO;
             }
-            if let Err(e) = self.poll.poll(&mut mio_events, Some(wait))
+            let polled = self.poll.poll(&mut mio_events, Some(wait));
+            self.parked.store(false, Ordering::Relaxed);
+            if let Err(e) = polled
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 break;
@@ -452,7 +461,7 @@ impl ShardThread {
                 break;
             };
             if part.ack.is_abandoned() {
-                part.ack.done(part.slot, Ok(()));
+                part.answer(Ok(()));
                 continue;
             }
             let mut hex = [0u8; 16];
@@ -479,7 +488,7 @@ impl ShardThread {
                     last = Some(ticket);
                     appended.push((part, id));
                 }
-                Err(e) => part.ack.done(part.slot, Err(SubmitError::from_spool(e))),
+                Err(e) => part.answer(Err(SubmitError::from_spool(e))),
             }
         }
         last
@@ -497,7 +506,7 @@ impl ShardThread {
             Ok(()) => {
                 for (part, id) in appended.drain(..) {
                     self.core.enqueue(part.id, id);
-                    part.ack.done(part.slot, Ok(()));
+                    part.answer(Ok(()));
                 }
                 self.core.dispatch_pending(now);
             }
@@ -506,7 +515,7 @@ impl ShardThread {
                 for (part, id) in appended.drain(..) {
                     // Not acknowledged: take it back so it is never delivered behind the host's back.
                     let _ = self.core.spool_mut().remove(id);
-                    part.ack.done(part.slot, Err(e.clone()));
+                    part.answer(Err(e.clone()));
                 }
             }
         }

@@ -179,6 +179,47 @@ impl std::error::Error for EngineError {}
 pub(crate) struct Ack {
     state: Mutex<AckState>,
     cv: Condvar,
+    /// For a submission nobody waits for ([`Engine::submit_nowait`]): where its answer goes.
+    unwaited: Option<Arc<Unwaited>>,
+}
+
+/// The answers of submissions nobody waits for ([`Engine::submit_nowait`]): how many of their
+/// parts are not yet durable (for [`Engine::flush`]), and the event queue that reports a part the
+/// spool refused (`refused` events).
+pub(crate) struct Unwaited {
+    outstanding: Mutex<u64>,
+    cv: Condvar,
+    events: Arc<EventQueue>,
+}
+
+impl fmt::Debug for Unwaited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unwaited").finish_non_exhaustive()
+    }
+}
+
+impl Unwaited {
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.outstanding.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until no part is outstanding; false on timeout.
+    fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut n = self.lock();
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            n = self
+                .cv
+                .wait_timeout(n, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -202,6 +243,21 @@ impl Ack {
                 waiting: false,
             }),
             cv: Condvar::new(),
+            unwaited: None,
+        })
+    }
+
+    /// The answer slot of one submission nobody waits for.
+    fn unwaited(to: &Arc<Unwaited>) -> Arc<Ack> {
+        Arc::new(Ack {
+            state: Mutex::new(AckState {
+                remaining: 0,
+                errors: Vec::new(),
+                abandoned: false,
+                waiting: false,
+            }),
+            cv: Condvar::new(),
+            unwaited: Some(to.clone()),
         })
     }
 
@@ -211,11 +267,23 @@ impl Ack {
 
     /// One more part to wait for (counted before it is handed to its shard).
     fn expect(&self) {
+        if let Some(u) = &self.unwaited {
+            *u.lock() += 1;
+            return;
+        }
         self.lock().remaining += 1;
     }
 
     /// The answer for a part of submission `slot`.
     pub(crate) fn done(&self, slot: u32, result: Result<(), SubmitError>) {
+        if let Some(u) = &self.unwaited {
+            let mut n = u.lock();
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                u.cv.notify_all();
+            }
+            return;
+        }
         let mut s = self.lock();
         s.remaining = s.remaining.saturating_sub(1);
         if let Err(e) = result
@@ -276,6 +344,43 @@ pub(crate) struct SubmitPart {
     pub ack: Arc<Ack>,
     /// The submission's position in its batch (its answer slot in `ack`).
     pub slot: u32,
+}
+
+impl SubmitPart {
+    /// Answers this part: to the submitter waiting for it, or, for a submission nobody waits for
+    /// ([`Engine::submit_nowait`]), a `refused` event per recipient when the spool did not take it.
+    pub(crate) fn answer(&self, result: Result<(), SubmitError>) {
+        if let (Err(e), Some(u)) = (&result, &self.ack.unwaited) {
+            let now = Now::system();
+            let mut events: Vec<DeliveryEvent> = self
+                .recipients
+                .iter()
+                .enumerate()
+                .map(|(i, r)| DeliveryEvent {
+                    kind: EventKind::Refused,
+                    message_id: self.id,
+                    recipient_index: u16::try_from(i).unwrap_or(u16::MAX),
+                    recipient: r.clone(),
+                    tenant: self.tenant.clone(),
+                    code: 0,
+                    enhanced: None,
+                    text: format!("not queued: {e}"),
+                    phase: None,
+                    reason: String::new(),
+                    mx: String::new(),
+                    ip: None,
+                    source: String::new(),
+                    attempts: 0,
+                    next_attempt: 0,
+                    submitted_at: now.unix(),
+                    at_ms: now.unix_ms,
+                    tags: self.tags.clone(),
+                })
+                .collect();
+            u.events.push(&mut events);
+        }
+        self.ack.done(self.slot, result);
+    }
 }
 
 /// A submission handed to its shards, not yet acknowledged.
@@ -480,7 +585,22 @@ struct ShardHandle {
     ring: Arc<ArrayQueue<SubmitPart>>,
     control: crossbeam::channel::Sender<Control>,
     waker: Arc<mio::Waker>,
+    /// The shard is (about to be) asleep in its poll: only then does a submission wake it (a wake
+    /// is a system call; a shard awake finds its ring non-empty before it sleeps).
+    parked: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ShardHandle {
+    /// Wakes the shard for what was just pushed to its ring, unless it is awake anyway. Pairs with
+    /// the shard's store of `parked` and its look at the ring before it sleeps (both sides fence,
+    /// so one of them sees the other).
+    fn wake_for_ring(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
 }
 
 /// A running engine. Every method takes `&self` and is safe from any thread.
@@ -507,6 +627,8 @@ pub struct Engine {
     shaping: Arc<crate::shaping::ShapingShared>,
     /// The configuration running now ([`Engine::reload`] compares with it).
     running: Mutex<EngineConfig>,
+    /// Answers of [`Engine::submit_nowait`]'s submissions.
+    unwaited: Arc<Unwaited>,
 }
 
 impl fmt::Debug for Engine {
@@ -782,12 +904,14 @@ impl Engine {
             })?;
             let driver = crate::dns::Driver::new(resolver, io::DNS_BASE);
             let ring = Arc::new(ArrayQueue::new(e.submission_queue));
+            let parked = Arc::new(AtomicBool::new(false));
             let (ctl_tx, ctl_rx) = crossbeam::channel::unbounded();
             let thread = io::ShardThread {
                 core,
                 poll,
                 dns: driver,
                 ring: ring.clone(),
+                parked: parked.clone(),
                 control: ctl_rx,
                 events: events.clone(),
                 outcomes: suppression.as_ref().map(|s| s.sender()),
@@ -806,6 +930,7 @@ impl Engine {
                 ring,
                 control: ctl_tx,
                 waker,
+                parked,
                 thread: Mutex::new(None),
             });
             metrics.push(m);
@@ -833,6 +958,11 @@ impl Engine {
             *shards[i].thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         }
         let seed = Now::system().unix_ms << 16;
+        let unwaited = Arc::new(Unwaited {
+            outstanding: Mutex::new(0),
+            cv: Condvar::new(),
+            events: events.clone(),
+        });
         Ok(Engine {
             shards,
             events,
@@ -854,6 +984,7 @@ impl Engine {
             holds,
             shaping,
             running: Mutex::new(config.clone()),
+            unwaited,
         })
     }
 
@@ -873,14 +1004,14 @@ impl Engine {
         let pending: Vec<Result<Pending, SubmitError>> = batch
             .iter()
             .enumerate()
-            .map(|(slot, s)| self.push_parts(s, &ack, slot as u32))
+            .map(|(slot, s)| self.push_parts(s, &ack, slot as u32, false))
             .collect();
         let mut woken = vec![false; self.shards.len()];
         for p in pending.iter().flatten() {
             for &shard in &p.shards {
                 if !woken[shard] {
                     woken[shard] = true;
-                    let _ = self.shards[shard].waker.wake();
+                    self.shards[shard].wake_for_ring();
                 }
             }
         }
@@ -892,13 +1023,45 @@ impl Engine {
             .collect()
     }
 
+    /// Queues a message without waiting for the disk: returns its id once it is checked and handed
+    /// to its shard, which writes it with the next group commit (one `fdatasync` covers whatever
+    /// arrived meanwhile, however the host submits). It is delivered only once durable, as with
+    /// [`Engine::submit`]. Refusals known at once (an invalid message, an unknown tenant, every
+    /// recipient suppressed, shutting down) come back here; a refusal of the spool after the id was
+    /// returned (a full disk, a write error) comes as a `refused` event per recipient, and nothing
+    /// is queued. When a shard's submission ring is full this waits for room (up to 30 s, then
+    /// [`SubmitError::Busy`]). [`Engine::flush`] waits until all of them are durable.
+    pub fn submit_nowait(&self, s: &Submission) -> Result<u64, SubmitError> {
+        let ack = Ack::unwaited(&self.unwaited);
+        let mut p = self.push_parts(s, &ack, 0, true)?;
+        for &shard in &p.shards {
+            self.shards[shard].wake_for_ring();
+        }
+        if p.busy {
+            return self.finish(p, Err(SubmitError::Busy));
+        }
+        if !p.suppressed.is_empty() {
+            self.events.push(&mut p.suppressed);
+        }
+        Ok(p.id)
+    }
+
+    /// Waits until every message handed over with [`Engine::submit_nowait`] is durable (or
+    /// refused, with its `refused` events queued). True when none is left; false when `timeout`
+    /// passed first (other threads submitting meanwhile count too).
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.unwaited.wait_idle(timeout)
+    }
+
     /// Checks a submission and pushes its parts to their shards' rings (without waking them), each
-    /// answering in `ack` at `slot`.
+    /// answering in `ack` at `slot`. With `wait_for_room`, a full ring is waited on (the shard woken,
+    /// up to 30 s) instead of refusing at once.
     fn push_parts(
         &self,
         s: &Submission,
         ack: &Arc<Ack>,
         slot: u32,
+        wait_for_room: bool,
     ) -> Result<Pending, SubmitError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
@@ -957,7 +1120,7 @@ impl Engine {
                 slot,
             };
             ack.expect();
-            if self.shards[shard].ring.push(part).is_err() {
+            if !self.push_to_ring(shard, part, wait_for_room) {
                 // The parts not pushed are refused; the ones pushed are written, then cancelled.
                 ack.done(slot, Err(SubmitError::Busy));
                 busy = true;
@@ -971,6 +1134,29 @@ impl Engine {
             busy,
             suppressed,
         })
+    }
+
+    /// Pushes a part to its shard's ring; with `wait_for_room`, waits (waking the shard) while the
+    /// ring is full, up to 30 s. False when it was not pushed (the part is dropped).
+    fn push_to_ring(&self, shard: usize, part: SubmitPart, wait_for_room: bool) -> bool {
+        let handle = &self.shards[shard];
+        let mut part = match handle.ring.push(part) {
+            Ok(()) => return true,
+            Err(part) if wait_for_room => part,
+            Err(_) => return false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let _ = handle.waker.wake();
+            std::thread::sleep(Duration::from_micros(50));
+            part = match handle.ring.push(part) {
+                Ok(()) => return true,
+                Err(part) => part,
+            };
+            if Instant::now() >= deadline || !self.accepting.load(Ordering::Acquire) {
+                return false;
+            }
+        }
     }
 
     /// The answer to a pushed submission once its batch is acknowledged: its id, or why it was

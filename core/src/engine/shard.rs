@@ -1966,7 +1966,8 @@ impl ShardCore {
             | EventKind::LateBounce
             | EventKind::LateDeferral
             | EventKind::Complaint
-            | EventKind::Recovered => {}
+            | EventKind::Recovered
+            | EventKind::Refused => {}
         }
         if state.is_final() {
             m.queued.fetch_sub(1, Ordering::Relaxed);
