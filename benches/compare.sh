@@ -10,7 +10,8 @@
 # from the first accepted connection to the COUNT-th message, and connections opened):
 #   vmta     vmta bench --workload a --messages N --dns .. --port .. --hosts .. --json
 #   blast    the same with --blast (the ceiling: pipelined bytes, no queue)
-#   (both with --transactions-in-flight T, default 1: messages sent behind each other per connection)
+#   (both with --transactions-in-flight T when given; by default vmta runs at the engine's default,
+#   up to 8 behind each other per connection and adaptive, and the blast sends one at a time)
 #   lettre   benches/peers/lettre (pooled SmtpTransport, C connections per host)
 #   postfix  benches/peers/postfix.sh (private Postfix relay, C connections per host, fed by smtp-feed)
 # Client CPU: the `vmta bench` process, the lettre process, the Postfix instance's daemons (the
@@ -23,7 +24,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-messages=200000 postfix_messages=20000 per_host="" only="vmta,blast,lettre,postfix" in_flight=1
+messages=200000 postfix_messages=20000 per_host="" only="vmta,blast,lettre,postfix" in_flight=""
 out=$root/target/compare timeout=600 build=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-for n in "$messages" "$postfix_messages" "$timeout" "$in_flight" ${per_host:+"$per_host"}; do
+for n in "$messages" "$postfix_messages" "$timeout" ${in_flight:+"$in_flight"} ${per_host:+"$per_host"}; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: counts, timeouts and connections must be positive integers, not '$n'" >&2; exit 2; }
 done
 wants() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -142,7 +143,7 @@ for system in vmta blast; do
         echo "== $system: skipped, this vmta has no 'bench' command" >&2
         continue
     fi
-    extra=(--transactions-in-flight "$in_flight")
+    extra=(${in_flight:+--transactions-in-flight "$in_flight"})
     [ $system = blast ] && extra+=(--blast)
     if run $system "$messages" "$vmta" bench --workload a --messages "$messages" \
         --dns @DNS@ --port @PORT@ --hosts @HOSTS@ --json "${extra[@]}"; then rows+=($system); else failed=1; fi
