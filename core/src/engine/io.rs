@@ -51,6 +51,8 @@ pub(crate) struct ShardThread {
     pub ring: Arc<ArrayQueue<SubmitPart>>,
     /// Set while the thread is about to sleep in its poll (see `ShardHandle::wake_for_ring`).
     pub parked: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the thread takes no more submissions (see `ShardHandle::push_to_ring`).
+    pub closed: Arc<std::sync::atomic::AtomicBool>,
     pub control: crossbeam::channel::Receiver<Control>,
     pub events: Arc<EventQueue>,
     /// With a suppression list: its writer, which records the pass's observations and then releases
@@ -334,6 +336,14 @@ impl ShardThread {
         self.land(now, &mut commit);
         let outcomes = self.take_outcomes(&mut batch);
         self.release(outcomes);
+        // Submissions pushed after the last pass are answered, not dropped: a waiting submitter
+        // gets `ShuttingDown`, one that did not wait a `refused` event per recipient. A submitter
+        // that pushes after this drain sees `closed` and drains the ring itself.
+        self.closed.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        while let Some(part) = self.ring.pop() {
+            part.answer(Err(SubmitError::ShuttingDown));
+        }
     }
 
     /// Takes the events and observations the core produced so far.

@@ -588,10 +588,24 @@ struct ShardHandle {
     /// The shard is (about to be) asleep in its poll: only then does a submission wake it (a wake
     /// is a system call; a shard awake finds its ring non-empty before it sleeps).
     parked: Arc<AtomicBool>,
+    /// The shard thread takes no more submissions: what is left in the ring is refused.
+    closed: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ShardHandle {
+    /// After a push: when the shard thread has stopped taking submissions (its last drain may
+    /// have missed this push), what is in the ring is refused here (both sides fence, so the part is
+    /// answered by one of them).
+    fn refuse_if_closed(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            while let Some(part) = self.ring.pop() {
+                part.answer(Err(SubmitError::ShuttingDown));
+            }
+        }
+    }
+
     /// Wakes the shard for what was just pushed to its ring, unless it is awake anyway. Pairs with
     /// the shard's store of `parked` and its look at the ring before it sleeps (both sides fence,
     /// so one of them sees the other).
@@ -905,6 +919,7 @@ impl Engine {
             let driver = crate::dns::Driver::new(resolver, io::DNS_BASE);
             let ring = Arc::new(ArrayQueue::new(e.submission_queue));
             let parked = Arc::new(AtomicBool::new(false));
+            let closed = Arc::new(AtomicBool::new(false));
             let (ctl_tx, ctl_rx) = crossbeam::channel::unbounded();
             let thread = io::ShardThread {
                 core,
@@ -912,6 +927,7 @@ impl Engine {
                 dns: driver,
                 ring: ring.clone(),
                 parked: parked.clone(),
+                closed: closed.clone(),
                 control: ctl_rx,
                 events: events.clone(),
                 outcomes: suppression.as_ref().map(|s| s.sender()),
@@ -931,6 +947,7 @@ impl Engine {
                 control: ctl_tx,
                 waker,
                 parked,
+                closed,
                 thread: Mutex::new(None),
             });
             metrics.push(m);
@@ -1141,7 +1158,10 @@ impl Engine {
     fn push_to_ring(&self, shard: usize, part: SubmitPart, wait_for_room: bool) -> bool {
         let handle = &self.shards[shard];
         let mut part = match handle.ring.push(part) {
-            Ok(()) => return true,
+            Ok(()) => {
+                handle.refuse_if_closed();
+                return true;
+            }
             Err(part) if wait_for_room => part,
             Err(_) => return false,
         };
@@ -1150,7 +1170,10 @@ impl Engine {
             let _ = handle.waker.wake();
             std::thread::sleep(Duration::from_micros(50));
             part = match handle.ring.push(part) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    handle.refuse_if_closed();
+                    return true;
+                }
                 Err(part) => part,
             };
             if Instant::now() >= deadline || !self.accepting.load(Ordering::Acquire) {
