@@ -52,6 +52,15 @@ fn classification(c: &mut Criterion) {
     g.bench_function("random_4k_text", |b| {
         b.iter(|| classifier.classify(black_box(&hostile)).reason as u32)
     });
+    // A reply with non-ASCII text (servers answer in their own language), where a Unicode word
+    // boundary would make the lazy DFA give up.
+    let utf8 = Diagnostic::reply(
+        550,
+        "5.1.1 <jürgen@beispiel.de>: Empfängeradresse unbekannt, Zustellung nicht möglich",
+    );
+    g.bench_function("non_ascii_reply", |b| {
+        b.iter(|| classifier.classify(black_box(&utf8)).reason as u32)
+    });
     g.finish();
 }
 

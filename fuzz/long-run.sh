@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Fuzzes every cargo-fuzz target for SECONDS each (default 3600) and prints one table: inputs run,
-# inputs per second, coverage (edges), features, corpus size and crashes per target.
+# Fuzzes every cargo-fuzz target for SECONDS each (default 3600; FUZZ_RUNS ends a target earlier once it
+# has run that many inputs) and prints one table: inputs run, seconds, inputs per second, coverage
+# (edges), features, corpus size and crashes per target.
 #
 #   fuzz/long-run.sh [SECONDS] [TARGET...]      # e.g. fuzz/long-run.sh 600 bounce_parse reply
+#   FUZZ_RUNS=10000000 fuzz/long-run.sh 3600    # each target until 10 million inputs or an hour
+#   FUZZ_JOBS=2 fuzz/long-run.sh 600            # two targets at a time (one per core)
 #
 # The committed corpora (fuzz/corpus/TARGET) are read, not written: new inputs go to a scratch
 # directory (to keep some, `cargo fuzz cmin TARGET` after copying them in). A crash's input is kept in
@@ -17,38 +20,59 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
+runs="${FUZZ_RUNS:-}"
+jobs="${FUZZ_JOBS:-1}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^vmta-fuzz$')
 fi
-rows=()
-crashed=0
-for t in "${targets[@]}"; do
+rows_dir=$(mktemp -d)
+# One target: fuzzes it and writes its table row to $rows_dir/TARGET (status in $rows_dir/TARGET.rc).
+one() {
+  local t="$1" scratch status=0
   mkdir -p "corpus/$t" "artifacts/$t"
   scratch=$(mktemp -d)
   mkdir -p "$scratch/tmp" "$scratch/inputs"
-  echo "long-run: $t for ${seconds}s" >&2
-  status=0
+  echo "long-run: $t for ${seconds}s${runs:+ or $runs inputs}" >&2
   TMPDIR="$scratch/tmp" RUST_BACKTRACE=0 cargo fuzz run "$t" "$scratch/inputs" "corpus/$t" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
+    -max_total_time="$seconds" ${runs:+-runs="$runs"} -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="artifacts/$t/" >"$scratch/log" 2>&1 || status=$?
-  runs=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 \2/p' "$scratch/log" | tail -1)
+  local ran n s rate final cov ft corp crash="no"
+  ran=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 \2/p' "$scratch/log" | tail -1)
   final=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)' "$scratch/log" | tail -1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$final")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$final")
   corp=$(sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p' <<<"$final")
-  n=${runs% *}; s=${runs#* }
+  n=${ran% *}; s=${ran#* }
   rate=$([ -n "$n" ] && [ "${s:-0}" -gt 0 ] && echo $((n / s)) || echo "")
-  crash="no"
   if [ "$status" -ne 0 ]; then
     crash="YES (exit $status)"
-    crashed=1
     grep -E 'panicked at|SUMMARY' "$scratch/log" | head -5 >&2 || true
   fi
-  rows+=("| $t | ${n:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | $crash |")
+  echo "| $t | ${n:-?} | ${s:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | $crash |" >"$rows_dir/$t"
+  echo "$status" >"$rows_dir/$t.rc"
   rm -rf "$scratch"
+}
+# The first build of each target happens before the timed runs, one at a time.
+for t in "${targets[@]}"; do
+  cargo fuzz build "$t" >/dev/null 2>&1 || true
 done
-echo "| target | inputs | inputs/s | coverage | features | corpus | crash |"
-echo "|---|---|---|---|---|---|---|"
-printf '%s\n' "${rows[@]}"
+running=0
+for t in "${targets[@]}"; do
+  one "$t" &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+done
+wait
+echo "| target | inputs | seconds | inputs/s | coverage | features | corpus | crash |"
+echo "|---|---|---|---|---|---|---|---|"
+crashed=0
+for t in "${targets[@]}"; do
+  cat "$rows_dir/$t"
+  [ "$(cat "$rows_dir/$t.rc")" = 0 ] || crashed=1
+done
+rm -rf "$rows_dir"
 exit $crashed

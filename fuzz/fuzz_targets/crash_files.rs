@@ -7,6 +7,8 @@
 //! journal.
 #![no_main]
 
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use std::os::unix::fs::MetadataExt;
 
@@ -18,12 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let start = u64::from_le_bytes(data[2..10].try_into().unwrap());
     let len = u64::from_le_bytes(data[10..18].try_into().unwrap());
     let (log, journal) = data[18..].split_at(log_len);
-    let base = if std::path::Path::new("/dev/shm").is_dir() {
-        std::path::PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!("vmta-fuzz-crash-{}", std::process::id()));
+    let dir = common::scratch_dir("vmta-fuzz-crash");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let log_path = dir.join("events.jsonl");

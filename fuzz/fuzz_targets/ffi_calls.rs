@@ -18,6 +18,8 @@
 #[allow(dead_code, unused_imports)]
 mod vmta_ffi;
 
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use std::ffi::CStr;
 use std::ptr::{null, null_mut};
@@ -110,7 +112,7 @@ fn pick(v: &[usize], i: &mut Input<'_>) -> usize {
 }
 
 fn scratch() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("vmta-fuzz-ffi-{}", std::process::id()))
+    common::scratch_dir("vmta-fuzz-ffi")
 }
 
 /// Forces the settings that keep an engine on this machine and cheap; false if `c` is not a live
@@ -157,6 +159,8 @@ fn shared_engine() -> usize {
     }
     vmta_engine_free(e);
     shared.1 += 1;
+    // Made once per process and left when it exits: on the temporary directory the fuzzing scripts
+    // remove (not on /dev/shm, where nothing would).
     let dir = std::env::temp_dir().join(format!("vmta-fuzz-ffi-shared-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut c = null_mut();

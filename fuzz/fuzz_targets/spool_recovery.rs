@@ -6,6 +6,8 @@
 //! Odd: the rest is the whole file, header included.
 #![no_main]
 
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use vmta::spool::record::SegmentHeader;
 use vmta::spool::{Options, RecipientId, Spool, SyncPolicy};
@@ -34,14 +36,8 @@ fuzz_target!(|data: &[u8]| {
         file.extend_from_slice(&SegmentHeader { id: 1, salt: FUZZ_SALT, next_message_id: 1 }.encode());
     }
     file.extend_from_slice(rest);
-    // A memory file system when there is one: three opens per input are mostly file system calls
-    // (about six times as many inputs a second on /dev/shm as on a disk-backed /tmp).
-    let base = if std::path::Path::new("/dev/shm").is_dir() {
-        std::path::PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!("vmta-fuzz-spool-{}", std::process::id()));
+    // Three opens per input: on a memory file system when there is one.
+    let dir = common::scratch_dir("vmta-fuzz-spool");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("00000001.seg"), &file).unwrap();

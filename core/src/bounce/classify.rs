@@ -14,6 +14,11 @@
 //! immutable; [`ClassifierHandle`] swaps in a newly compiled one (`arc-swap`), so reloading never takes a
 //! lock on the classifying path.
 //!
+//! `\b` and `\B` in a rule's text are ASCII word boundaries (`(?-u:\b)`): with Unicode ones the lazy
+//! DFA gives up on any non-ASCII text and the set falls back to an engine a thousand times slower
+//! (about 600 µs instead of 0.6 for a German reply, `cargo bench --bench bounce non_ascii_reply`). A
+//! letter like `é` next to a boundary therefore counts as a non-word character.
+//!
 //! What it does not do: it does not look at the message body (see [`super::report`] for DSNs), and it
 //! keeps no history: counting repeated soft failures is [`super::suppression`]'s job, giving up at the
 //! maximum age is [`super::retry`]'s.
@@ -508,6 +513,38 @@ fn rule_error(i: usize, name: &Option<String>, problem: impl Into<String>) -> Ru
     }
 }
 
+/// `pattern` with each `\b` and `\B` made an ASCII word boundary (see the module documentation);
+/// escaped backslashes, character classes and the `\b{start}` family are left as they are.
+fn ascii_word_boundaries(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars().peekable();
+    let mut class = 0usize;
+    while let Some(c) = chars.next() {
+        match c {
+            '[' => class += 1,
+            ']' => class = class.saturating_sub(1),
+            _ => {}
+        }
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some(b @ ('b' | 'B')) if class == 0 && chars.peek() != Some(&'{') => {
+                out.push_str("(?-u:\\");
+                out.push(b);
+                out.push(')');
+            }
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 impl Classifier {
     /// The default rule set (compiled once per process, then cloned: the compiled patterns are
     /// shared).
@@ -552,11 +589,12 @@ impl Classifier {
             let text = match &r.text {
                 None => None,
                 Some(t) => {
-                    regex::RegexBuilder::new(t)
+                    let t = ascii_word_boundaries(t);
+                    regex::RegexBuilder::new(&t)
                         .case_insensitive(true)
                         .build()
                         .map_err(|e| err(format!("regex: {e}")))?;
-                    patterns.push(t.clone());
+                    patterns.push(t);
                     Some(patterns.len() - 1)
                 }
             };
@@ -921,6 +959,32 @@ mod tests {
 
     fn line(c: &Classifier, s: &str) -> Classification {
         c.classify(&Diagnostic::from_line(s))
+    }
+
+    #[test]
+    fn word_boundaries_become_ascii() {
+        assert_eq!(
+            ascii_word_boundaries(r"try again in \d+ ?(s|min)\b"),
+            r"try again in \d+ ?(s|min)(?-u:\b)"
+        );
+        assert_eq!(
+            ascii_word_boundaries(r"\Bx\\b[\b]\b{start}"),
+            r"(?-u:\B)x\\b[\b]\b{start}"
+        );
+        assert_eq!(ascii_word_boundaries("plain"), "plain");
+        // Replies with non-ASCII text are classified (by the lazy DFA, not the slow fall-back) and
+        // boundaries still hold next to ASCII letters.
+        let c = Classifier::default_rules();
+        let german = line(
+            &c,
+            "550 5.1.1 <jürgen@beispiel.de>: Empfängeradresse unbekannt, user unknown",
+        );
+        assert_eq!(german.reason, Reason::UserUnknown, "{german:?}");
+        let custom =
+            Classifier::from_toml("[[rule]]\ntext = '''\\bblöd\\b'''\nreason = \"blocked\"\n")
+                .unwrap();
+        assert_eq!(line(&custom, "550 ganz blöd hier").reason, Reason::Blocked);
+        assert_ne!(line(&custom, "550 ganzblöd hier").reason, Reason::Blocked);
     }
 
     #[test]
