@@ -456,6 +456,21 @@ pub unsafe extern "C" fn vmta_engine_submit(
     id_out: *mut u64,
     err_out: *mut *mut vmta_error,
 ) -> vmta_result {
+    // SAFETY: the caller's promises are this function's.
+    unsafe { submit_with(engine, message, id_out, err_out, Engine::submit) }
+}
+
+/// Reads a message and queues it with `submit` (waiting or not), writing the id or the refusal.
+///
+/// # Safety
+/// As `vmta_engine_submit`.
+unsafe fn submit_with(
+    engine: *const vmta_engine,
+    message: *const vmta_message,
+    id_out: *mut u64,
+    err_out: *mut *mut vmta_error,
+    submit: fn(&Engine, &Submission) -> Result<u64, SubmitError>,
+) -> vmta_result {
     guard_result(|| {
         let h = ENGINES.get(engine)?;
         let id_out = out(id_out)?;
@@ -466,7 +481,7 @@ pub unsafe extern "C" fn vmta_engine_submit(
         let m = unsafe { &*message };
         // SAFETY: the caller promises the pointers inside are valid.
         let submission = unsafe { read_message(m) }?;
-        match h.engine.submit(&submission) {
+        match submit(&h.engine, &submission) {
             Ok(id) => {
                 // SAFETY: checked non-NULL; the caller promises it is writable.
                 unsafe { write(id_out, id) };
@@ -500,30 +515,8 @@ pub unsafe extern "C" fn vmta_engine_submit_nowait(
     id_out: *mut u64,
     err_out: *mut *mut vmta_error,
 ) -> vmta_result {
-    guard_result(|| {
-        let h = ENGINES.get(engine)?;
-        let id_out = out(id_out)?;
-        if message.is_null() {
-            return Err(VMTA_NULL_PARAMETER);
-        }
-        // SAFETY: not NULL; the caller promises a valid, aligned vmta_message.
-        let m = unsafe { &*message };
-        // SAFETY: the caller promises the pointers inside are valid.
-        let submission = unsafe { read_message(m) }?;
-        match h.engine.submit_nowait(&submission) {
-            Ok(id) => {
-                // SAFETY: checked non-NULL; the caller promises it is writable.
-                unsafe { write(id_out, id) };
-                Ok(())
-            }
-            Err(e) => {
-                let code = refusal(&e);
-                // SAFETY: the caller promises err_out is NULL or writable.
-                unsafe { report(err_out, code, "", &e.to_string()) };
-                Err(code)
-            }
-        }
-    })
+    // SAFETY: the caller's promises are this function's.
+    unsafe { submit_with(engine, message, id_out, err_out, Engine::submit_nowait) }
 }
 
 /// Waits until every message queued with `vmta_engine_submit_nowait` (by any thread) is durable or

@@ -105,6 +105,32 @@ pub struct DeliveryEvent {
 }
 
 impl DeliveryEvent {
+    /// An event no delivery attempt made (a suppressed or refused recipient, a recovery, a deferral
+    /// noted without a connection): no reply, no host, no attempts, stamped `at_ms`; the caller fills
+    /// in the rest with struct update syntax.
+    pub(crate) fn unattempted(kind: EventKind, message_id: u64, at_ms: u64) -> DeliveryEvent {
+        DeliveryEvent {
+            kind,
+            message_id,
+            recipient_index: 0,
+            recipient: String::new(),
+            tenant: String::new(),
+            code: 0,
+            enhanced: None,
+            text: String::new(),
+            phase: None,
+            reason: String::new(),
+            mx: String::new(),
+            ip: None,
+            source: String::new(),
+            attempts: 0,
+            next_attempt: 0,
+            submitted_at: 0,
+            at_ms,
+            tags: Vec::new(),
+        }
+    }
+
     /// The event as one line of JSON (no trailing newline).
     pub fn to_json(&self) -> String {
         let mut s = String::with_capacity(256);

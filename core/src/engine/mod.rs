@@ -357,24 +357,13 @@ impl SubmitPart {
                 .iter()
                 .enumerate()
                 .map(|(i, r)| DeliveryEvent {
-                    kind: EventKind::Refused,
-                    message_id: self.id,
                     recipient_index: u16::try_from(i).unwrap_or(u16::MAX),
                     recipient: r.clone(),
                     tenant: self.tenant.clone(),
-                    code: 0,
-                    enhanced: None,
                     text: format!("not queued: {e}"),
-                    phase: None,
-                    reason: String::new(),
-                    mx: String::new(),
-                    ip: None,
-                    source: String::new(),
-                    attempts: 0,
-                    next_attempt: 0,
                     submitted_at: now.unix(),
-                    at_ms: now.unix_ms,
                     tags: self.tags.clone(),
+                    ..DeliveryEvent::unattempted(EventKind::Refused, self.id, now.unix_ms)
                 })
                 .collect();
             u.events.push(&mut events);
@@ -452,13 +441,6 @@ fn recovered_event(
     ];
     let now = Now::system();
     Some(vec![DeliveryEvent {
-        kind: EventKind::Recovered,
-        message_id: 0,
-        recipient_index: 0,
-        recipient: String::new(),
-        tenant: String::new(),
-        code: 0,
-        enhanced: None,
         text: format!(
             "recovered {} messages ({} recipients) from {} records in {} ms; {} damaged \
              stretches, {} torn bytes cut, {} damaged segments; {} outcomes from the event log, \
@@ -473,19 +455,11 @@ fn recovered_event(
             reconciled,
             interrupted
         ),
-        phase: None,
-        reason: String::new(),
-        mx: String::new(),
-        ip: None,
-        source: String::new(),
-        attempts: 0,
-        next_attempt: 0,
-        submitted_at: 0,
-        at_ms: now.unix_ms,
         tags: counts
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        ..DeliveryEvent::unattempted(EventKind::Recovered, 0, now.unix_ms)
     }])
 }
 
@@ -1267,13 +1241,9 @@ impl Engine {
         let now = Now::system();
         hits.into_iter()
             .map(|(i, h)| DeliveryEvent {
-                kind: EventKind::Suppressed,
-                message_id: id,
                 recipient_index: u16::try_from(i).unwrap_or(u16::MAX),
                 recipient: s.recipients[i].clone(),
                 tenant: s.tenant.clone(),
-                code: 0,
-                enhanced: None,
                 text: match h.expires {
                     Some(until) => format!(
                         "suppressed: {} ({}) since {}, until {until}",
@@ -1288,16 +1258,10 @@ impl Engine {
                         h.created
                     ),
                 },
-                phase: None,
                 reason: h.reason.as_str().to_string(),
-                mx: String::new(),
-                ip: None,
-                source: String::new(),
-                attempts: 0,
-                next_attempt: 0,
                 submitted_at: now.unix(),
-                at_ms: now.unix_ms,
                 tags: s.tags.clone(),
+                ..DeliveryEvent::unattempted(EventKind::Suppressed, id, now.unix_ms)
             })
             .collect()
     }

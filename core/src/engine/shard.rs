@@ -2015,24 +2015,12 @@ impl ShardCore {
                 Err(_) => (rid.message.0, String::new(), String::new(), Vec::new(), 0),
             };
         DeliveryEvent {
-            kind: EventKind::Deferred,
-            message_id,
             recipient_index: rid.index,
             recipient,
             tenant,
-            code: 0,
-            enhanced: None,
-            text: String::new(),
-            phase: None,
-            reason: String::new(),
-            mx: String::new(),
-            ip: None,
-            source: String::new(),
-            attempts: 0,
-            next_attempt: 0,
             submitted_at,
-            at_ms: now.unix_ms,
             tags,
+            ..DeliveryEvent::unattempted(EventKind::Deferred, message_id, now.unix_ms)
         }
     }
 
