@@ -728,7 +728,8 @@ impl Session {
     }
 
     /// Did pipelining transactions go wrong on this session? With more than one transaction in
-    /// flight: the connection closed (end of stream, I/O error, timeout, 421) without a QUIT, a
+    /// flight: the connection closed (end of stream, I/O error, timeout; not a 421, which closes in
+    /// good order) without a QUIT, a
     /// reply came that no command waited for or of the wrong kind, or a reply said the commands
     /// were out of sequence or not understood (500–504, or an enhanced status `x.5.x`, the
     /// protocol class of RFC 3463 §3.6). The window then drops to 1 for the rest of the session;
@@ -1021,7 +1022,9 @@ impl Session {
         let mid_pipeline =
             !self.queued.is_empty() || matches!(&self.state, State::Transaction(t) if t.behind);
         match &cause {
-            CloseCause::Quit | CloseCause::Aborted => {}
+            // A 421 is the server closing in good order (throttling, shutting down): its reply
+            // came in sequence, so it says nothing about pipelining.
+            CloseCause::Quit | CloseCause::Aborted | CloseCause::Refused(..) => {}
             CloseCause::Protocol(..) if self.window > 1 => self.pipelining_trouble(),
             _ if mid_pipeline => self.pipelining_trouble(),
             _ => {}
