@@ -19,6 +19,8 @@ fn every_id_returned_before_a_shutdown_is_queued_or_refused() {
         .nameservers(&["127.0.0.1:9"])
         .port(9)
         .durability(vmta::engine::config::Durability::Sync)
+        // A small ring: submitters often wait for room, so shutdowns also land in that wait.
+        .with(|c| c.engine.submission_queue = 16)
         .build();
     for round in 0..3 {
         let e = Arc::new(Engine::start(&config).unwrap());

@@ -1029,7 +1029,13 @@ impl Engine {
             self.shards[shard].wake_for_ring();
         }
         if p.busy {
-            return self.finish(p, Err(SubmitError::Busy));
+            // The wait for room ends early when the engine starts shutting down: say so.
+            let shutting_down = !self.accepting.load(Ordering::Acquire);
+            let answer = self.finish(p, Err(SubmitError::Busy));
+            return match answer {
+                Err(SubmitError::Busy) if shutting_down => Err(SubmitError::ShuttingDown),
+                other => other,
+            };
         }
         if !p.suppressed.is_empty() {
             self.events.push(&mut p.suppressed);
