@@ -466,9 +466,15 @@ fn domain_match(pattern: &str, domain: &str) -> bool {
 }
 
 impl RuleSet {
-    /// The shipped rules (`default.toml`).
+    /// The shipped rules (`default.toml`), parsed once per process: every engine start and reload
+    /// without a rule file of its own asks for them.
     pub fn shipped() -> RuleSet {
-        RuleSet::from_toml(DEFAULT_RULES).expect("the shipped default.toml is valid")
+        static SHIPPED: std::sync::OnceLock<RuleSet> = std::sync::OnceLock::new();
+        SHIPPED
+            .get_or_init(|| {
+                RuleSet::from_toml(DEFAULT_RULES).expect("the shipped default.toml is valid")
+            })
+            .clone()
     }
 
     /// Reads a rule set from TOML text.
