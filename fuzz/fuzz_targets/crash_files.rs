@@ -34,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(dir.join("events.mark"), &mark).unwrap();
     std::fs::write(dir.join("attempts"), journal).unwrap();
     let (lines, attempts) = vmta::engine::read_crash_files(&dir, &log_path).unwrap();
-    assert!(lines <= log.len() / 20 + 1, "{lines} outcomes from {} bytes", log.len());
+    assert!(
+        lines <= log.len() / 20 + 1,
+        "{lines} outcomes from {} bytes",
+        log.len()
+    );
     // A journal that is not whole slots is not trusted; whole slots hold at most one attempt each.
     if journal.len() % 16 == 0 && !journal.is_empty() {
         assert!(attempts <= journal.len() / 16);
@@ -42,6 +46,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(attempts, 0);
     }
     // Read once: the journal is cleared.
-    assert_eq!(vmta::engine::read_crash_files(&dir, &log_path).unwrap().1, 0);
+    assert_eq!(
+        vmta::engine::read_crash_files(&dir, &log_path).unwrap().1,
+        0
+    );
     let _ = std::fs::remove_dir_all(&dir);
 });

@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let config = Config {
-        nameservers: vec!["127.0.10.1:53".parse().unwrap(), "127.0.10.2:53".parse().unwrap()],
+        nameservers: vec![
+            "127.0.10.1:53".parse().unwrap(),
+            "127.0.10.2:53".parse().unwrap(),
+        ],
         max_in_flight: 8,
         max_mx_hosts: 8,
         ..Config::default()
@@ -34,7 +37,12 @@ fuzz_target!(|data: &[u8]| {
         while let Some(t) = r.poll_transmit() {
             match t {
                 Transmit::Close { exchange } => assert!(open.remove(&exchange)),
-                Transmit::Send { exchange, server, transport, payload } => {
+                Transmit::Send {
+                    exchange,
+                    server,
+                    transport,
+                    payload,
+                } => {
                     assert!(open.insert(exchange));
                     let id_at = if transport == Transport::Tcp { 2 } else { 0 };
                     let mut reply = answer.to_vec();

@@ -34,26 +34,41 @@ impl DnsLookup for Echo {
 fn signer() -> &'static Signer {
     static S: OnceLock<Signer> = OnceLock::new();
     S.get_or_init(|| {
-        Signer::new(SigningKey::ed25519_from_seed(&[7; 32]), SignerConfig::new("example.com", "s"))
-            .expect("signer")
+        Signer::new(
+            SigningKey::ed25519_from_seed(&[7; 32]),
+            SignerConfig::new("example.com", "s"),
+        )
+        .expect("signer")
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let stamp = Stamp { now: 1_790_000_000, unique_id: "fuzz", trace: None };
+    let stamp = Stamp {
+        now: 1_790_000_000,
+        unique_id: "fuzz",
+        trace: None,
+    };
     if let Ok(m) = validate(data, &ValidationOptions::default(), &stamp) {
         for line in m.bytes.split(|&b| b == b'\n') {
             assert!(line.len() <= 999);
             assert!(!line[..line.len().saturating_sub(1)].contains(&b'\r'));
         }
-        signer().sign(&m.bytes, 0).expect("a validated message has a From field");
+        signer()
+            .sign(&m.bytes, 0)
+            .expect("a validated message has a From field");
     }
     // Raw bytes too: the signer must not panic on anything.
     let _ = signer().sign(data, 0);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = vmta::policy::address::mailbox_addresses(text);
         let record = format!("v=spf1 {text}");
-        let _ = spf::check_host(&Echo(record), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), "example.com", "a@example.com", "h");
+        let _ = spf::check_host(
+            &Echo(record),
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            "example.com",
+            "a@example.com",
+            "h",
+        );
         let _ = vmta::preflight::dmarc::DmarcRecord::parse(text);
         let _ = vmta::dkim::KeyRecord::parse(text);
     }

@@ -6,7 +6,11 @@ use libfuzzer_sys::fuzz_target;
 use vmta::smtp::reply::{Parse, ReplyLimits, ReplyParser};
 
 fn run(chunks: &[&[u8]]) -> Vec<Result<(u16, usize), vmta::smtp::ReplyError>> {
-    let limits = ReplyLimits { max_line: 64, max_lines: 8, max_bytes: 256 };
+    let limits = ReplyLimits {
+        max_line: 64,
+        max_lines: 8,
+        max_bytes: 256,
+    };
     let mut p = ReplyParser::new(limits);
     let mut buf = Vec::new();
     let mut out = Vec::new();

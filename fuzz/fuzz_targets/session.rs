@@ -18,9 +18,16 @@ fuzz_target!(|data: &[u8]| {
     cfg.chunking = flags & 2 != 0;
     cfg.transactions_in_flight = 1 + ((flags >> 5) & 3) as usize;
     // Half the inputs start with the window open, half grow it from one.
-    cfg.initial_in_flight = if flags & 128 != 0 { cfg.transactions_in_flight } else { 1 };
+    cfg.initial_in_flight = if flags & 128 != 0 {
+        cfg.transactions_in_flight
+    } else {
+        1
+    };
     if flags & 4 != 0 {
-        cfg.auth = Some(Credentials { username: "u".into(), password: "p".into() });
+        cfg.auth = Some(Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        });
         cfg.allow_plaintext_auth = flags & 8 != 0;
     }
     let mut now = Instant::now();
@@ -40,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
     let mut sent = 0;
     let mut outcomes = 0;
     let mut count = |e: Event| {
-        if matches!(e, Event::MessageAccepted { .. } | Event::MessageFailed { .. }) {
+        if matches!(
+            e,
+            Event::MessageAccepted { .. } | Event::MessageFailed { .. }
+        ) {
             outcomes += 1;
         }
     };

@@ -12,9 +12,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(rules) = RuleSet::from_toml(text) else {
         return;
     };
-    for (domain, mx) in [("gmail.com", "aspmx.l.google.com"), ("example.com", "mx.example.com"), ("", "")] {
+    for (domain, mx) in [
+        ("gmail.com", "aspmx.l.google.com"),
+        ("example.com", "mx.example.com"),
+        ("", ""),
+    ] {
         let _ = rules.resolve(domain, mx);
-        let _ = Snapshot::configured(&rules, domain, Some(mx), Some("192.0.2.1"), 1_800_000_000).to_string();
+        let _ = Snapshot::configured(&rules, domain, Some(mx), Some("192.0.2.1"), 1_800_000_000)
+            .to_string();
     }
     let names: Vec<String> = rules.sources.iter().map(|s| s.name.clone()).collect();
     let mut shaper = Shaper::new(ShapingShared::new(rules, 2, 1_800_000_000));

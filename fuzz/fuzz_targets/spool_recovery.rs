@@ -20,7 +20,12 @@ fn summary(s: &Spool) -> Vec<(u64, Vec<(u8, u16)>, usize)> {
             let m = s.message(id).expect("indexed message readable");
             let states = (0..m.recipient_count())
                 .map(|i| {
-                    let r = s.recipient(RecipientId { message: id, index: i }).expect("recipient");
+                    let r = s
+                        .recipient(RecipientId {
+                            message: id,
+                            index: i,
+                        })
+                        .expect("recipient");
                     (r.state as u8, r.attempts)
                 })
                 .collect();
@@ -30,10 +35,19 @@ fn summary(s: &Spool) -> Vec<(u64, Vec<(u8, u16)>, usize)> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let mut file = Vec::new();
     if mode % 2 == 0 {
-        file.extend_from_slice(&SegmentHeader { id: 1, salt: FUZZ_SALT, next_message_id: 1 }.encode());
+        file.extend_from_slice(
+            &SegmentHeader {
+                id: 1,
+                salt: FUZZ_SALT,
+                next_message_id: 1,
+            }
+            .encode(),
+        );
     }
     file.extend_from_slice(rest);
     // Three opens per input: on a memory file system when there is one.

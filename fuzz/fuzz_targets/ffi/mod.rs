@@ -316,7 +316,10 @@ fn step(pool: &mut Pool, i: &mut Input<'_>) {
                 if how & 2 != 0 {
                     let r = ok(vmta_engine_flush(e, u32::from(how >> 4)));
                     assert!(
-                        matches!(r, VMTA_OK | VMTA_TIMEOUT | VMTA_NULL_PARAMETER | VMTA_INVALID_HANDLE),
+                        matches!(
+                            r,
+                            VMTA_OK | VMTA_TIMEOUT | VMTA_NULL_PARAMETER | VMTA_INVALID_HANDLE
+                        ),
                         "flush: {r}"
                     );
                 }
