@@ -187,7 +187,12 @@ pub(crate) struct Ack {
 /// parts are not yet durable (for [`Engine::flush`]), and the event queue that reports a part the
 /// spool refused (`refused` events).
 pub(crate) struct Unwaited {
-    outstanding: Mutex<u64>,
+    /// Parts handed to shards and not yet answered: counted without a lock, since every nowait
+    /// submission passes here twice.
+    outstanding: AtomicU64,
+    /// Held by [`Engine::flush`] while it checks `outstanding` and by the last answer while it
+    /// wakes it, so the wake-up cannot fall between the check and the wait.
+    idle: Mutex<()>,
     cv: Condvar,
     events: Arc<EventQueue>,
 }
@@ -199,22 +204,41 @@ impl fmt::Debug for Unwaited {
 }
 
 impl Unwaited {
-    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.outstanding.lock().unwrap_or_else(|e| e.into_inner())
+    fn new(events: Arc<EventQueue>) -> Unwaited {
+        Unwaited {
+            outstanding: AtomicU64::new(0),
+            idle: Mutex::new(()),
+            cv: Condvar::new(),
+            events,
+        }
+    }
+
+    /// One part answered; the last one outstanding wakes [`Unwaited::wait_idle`].
+    fn answered(&self) {
+        let before = self
+            .outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        if before == 1 {
+            let _idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            self.cv.notify_all();
+        }
     }
 
     /// Waits until no part is outstanding; false on timeout.
     fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        let mut n = self.lock();
-        while *n > 0 {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while self.outstanding.load(Ordering::Acquire) > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            n = self
+            idle = self
                 .cv
-                .wait_timeout(n, left)
+                .wait_timeout(idle, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -247,7 +271,8 @@ impl Ack {
         })
     }
 
-    /// The answer slot of one submission nobody waits for.
+    /// The answer slot shared by every submission nobody waits for (it keeps no state of theirs:
+    /// their parts are counted in `to`).
     fn unwaited(to: &Arc<Unwaited>) -> Arc<Ack> {
         Arc::new(Ack {
             state: Mutex::new(AckState {
@@ -268,7 +293,7 @@ impl Ack {
     /// One more part to wait for (counted before it is handed to its shard).
     fn expect(&self) {
         if let Some(u) = &self.unwaited {
-            *u.lock() += 1;
+            u.outstanding.fetch_add(1, Ordering::AcqRel);
             return;
         }
         self.lock().remaining += 1;
@@ -277,11 +302,7 @@ impl Ack {
     /// The answer for a part of submission `slot`.
     pub(crate) fn done(&self, slot: u32, result: Result<(), SubmitError>) {
         if let Some(u) = &self.unwaited {
-            let mut n = u.lock();
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                u.cv.notify_all();
-            }
+            u.answered();
             return;
         }
         let mut s = self.lock();
@@ -297,7 +318,8 @@ impl Ack {
     }
 
     pub(crate) fn is_abandoned(&self) -> bool {
-        self.lock().abandoned
+        // Nobody waits for a nowait submission, so nobody gives up on it.
+        self.unwaited.is_none() && self.lock().abandoned
     }
 
     /// Waits for every part; then the answers by position. On timeout every submission gets the
@@ -617,6 +639,8 @@ pub struct Engine {
     running: Mutex<EngineConfig>,
     /// Answers of [`Engine::submit_nowait`]'s submissions.
     unwaited: Arc<Unwaited>,
+    /// The answer slot their parts carry.
+    unwaited_ack: Arc<Ack>,
 }
 
 impl fmt::Debug for Engine {
@@ -949,11 +973,8 @@ impl Engine {
             *shards[i].thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         }
         let seed = Now::system().unix_ms << 16;
-        let unwaited = Arc::new(Unwaited {
-            outstanding: Mutex::new(0),
-            cv: Condvar::new(),
-            events: events.clone(),
-        });
+        let unwaited = Arc::new(Unwaited::new(events.clone()));
+        let unwaited_ack = Ack::unwaited(&unwaited);
         Ok(Engine {
             shards,
             events,
@@ -976,6 +997,7 @@ impl Engine {
             shaping,
             running: Mutex::new(config.clone()),
             unwaited,
+            unwaited_ack,
         })
     }
 
@@ -1023,8 +1045,7 @@ impl Engine {
     /// is queued. When a shard's submission ring is full this waits for room (up to 30 s, then
     /// [`SubmitError::Busy`]). [`Engine::flush`] waits until all of them are durable.
     pub fn submit_nowait(&self, s: &Submission) -> Result<u64, SubmitError> {
-        let ack = Ack::unwaited(&self.unwaited);
-        let mut p = self.push_parts(s, &ack, 0, true)?;
+        let mut p = self.push_parts(s, &self.unwaited_ack, 0, true)?;
         for &shard in &p.shards {
             self.shards[shard].wake_for_ring();
         }
