@@ -499,6 +499,16 @@ async fn accept_loop(
     }
 }
 
+/// Serves one HTTP/1.1 connection over any byte stream, as a TCP connection from `peer` is served,
+/// until the client closes it: what the `http_request` fuzz target feeds raw bytes through.
+pub async fn serve_stream<S>(api: Arc<Api>, peer: SocketAddr, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (_open, closing) = tokio::sync::watch::channel(false);
+    serve_connection(api, peer, stream, closing).await;
+}
+
 async fn serve_connection<S>(
     api: Arc<Api>,
     peer: SocketAddr,
