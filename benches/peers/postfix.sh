@@ -15,7 +15,7 @@
 #   before feeding starts and again when the world process (--world-pid, which exits at its N-th
 #   message) is gone, or when the queue is empty if no world pid is given.
 # - Prints one JSON line: {"system":"postfix","messages","postfix_cpu_s","postfix_cpu_us_per_msg",
-#   "feed_seconds","feed_cpu_s","feed_msg_per_s","queue_left","cpu_s_by_process"} where the last is
+#   "seconds" (from the start of feeding to the world's exit or an empty queue), "feed_seconds","feed_cpu_s","feed_msg_per_s","queue_left","cpu_s_by_process"} where the last is
 #   the CPU of the daemons alive at the end, per program, since they started. Stops the instance and removes the
 #   directory on every exit path (trap). Exit 1 if feeding failed or the wait timed out.
 set -euo pipefail
@@ -217,6 +217,7 @@ EOF
 }
 
 cpu0=$(instance_cpu)
+t0=$(python3 -c 'import time; print(time.monotonic())')
 feed_out=$dir/feed.json
 feed_rc=0
 "$feeder" --server "$addr:$port" --routes "$routes" --messages "$messages" \
@@ -244,6 +245,7 @@ else
         sleep 0.02
     done
 fi
+t1=$(python3 -c 'import time; print(time.monotonic())')
 cpu1=$(instance_cpu)
 instance_cpu --by-process >"$dir/by_process.json"
 left=$(queue_files)
@@ -252,9 +254,9 @@ if [ $waited -ne 0 ]; then
     grep -E "status=(deferred|bounced)" "$dir/maillog" | tail -5 >&2 || true
 fi
 
-python3 - "$messages" "$cpu0" "$cpu1" "$feed_out" "$left" "$per_host" "$dir/by_process.json" <<'EOF'
+python3 - "$messages" "$cpu0" "$cpu1" "$feed_out" "$left" "$per_host" "$dir/by_process.json" "$t0" "$t1" <<'EOF'
 import json, sys
-n, c0, c1, feed, left, per_host, by_process = sys.argv[1:8]
+n, c0, c1, feed, left, per_host, by_process, t0, t1 = sys.argv[1:10]
 n = int(n)
 f = json.load(open(feed))
 cpu = float(c1) - float(c0)
@@ -264,6 +266,7 @@ print(json.dumps({
     "connections_per_host": int(per_host),
     "postfix_cpu_s": round(cpu, 3),
     "postfix_cpu_us_per_msg": round(cpu * 1e6 / n, 1),
+    "seconds": round(float(t1) - float(t0), 3),
     "feed_seconds": f["seconds"],
     "feed_msg_per_s": f["msg_per_s"],
     "feed_cpu_s": f["cpu_s"],
