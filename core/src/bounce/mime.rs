@@ -501,8 +501,9 @@ pub fn decode_encoded_words(value: &str) -> String {
                 "Q" | "q" => decode_quoted_printable(payload.replace('_', " ").as_bytes()),
                 _ => return None,
             };
-            let charset = charset.split('*').next().unwrap_or(charset);
+            // `=?` charset (with any RFC 2231 `*language`) `?` enc `?` payload `?=`.
             let used = charset.len() + enc.len() + end + 2 + 2 + 2;
+            let charset = charset.split('*').next().unwrap_or(charset);
             Some((decode_charset(&bytes, charset), used))
         })();
         match decoded {
@@ -629,6 +630,22 @@ mod tests {
             "Re: café x"
         );
         assert_eq!(decode_encoded_words("=?broken"), "=?broken");
+    }
+
+    /// An RFC 2231 language tag (`charset*lang`) is part of the encoded word: what follows the word
+    /// starts after its `?=`, not as many bytes earlier as the tag is long (the fuzzer found the
+    /// earlier cut landing inside a multi-byte character, a panic; the seed
+    /// `fuzz/corpus/bounce_parse/rfc2231-language-tag` is its input).
+    #[test]
+    fn encoded_words_with_a_language_tag() {
+        assert_eq!(
+            decode_encoded_words("=?utf-8*ja?B?5pel5pys?= tail"),
+            "日本 tail"
+        );
+        for n in 1..12 {
+            let word = format!("=?x*{}?Q?éé?=é", "a".repeat(n));
+            assert_eq!(decode_encoded_words(&word), "ééé", "{word}");
+        }
     }
 
     #[test]
