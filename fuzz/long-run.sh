@@ -39,15 +39,18 @@ one() {
     -artifact_prefix="artifacts/$t/" >"$scratch/log" 2>&1 || status=$?
   local ran n s rate final cov ft corp crash="no"
   ran=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 \2/p' "$scratch/log" | tail -1)
-  final=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)' "$scratch/log" | tail -1 || true)
+  # -a: a log quotes inputs, so it may hold any byte.
+  final=$(grep -a -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)' "$scratch/log" | tail -1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$final")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$final")
   corp=$(sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p' <<<"$final")
   n=${ran% *}; s=${ran#* }
+  # A crash ends the run without its "Done" line: the last status line has the count.
+  [ -n "$n" ] || n=$(sed -n 's/^#\([0-9]*\).*/\1/p' <<<"$final")
   rate=$([ -n "$n" ] && [ "${s:-0}" -gt 0 ] && echo $((n / s)) || echo "")
   if [ "$status" -ne 0 ]; then
     crash="YES (exit $status)"
-    grep -E 'panicked at|SUMMARY' "$scratch/log" | head -5 >&2 || true
+    grep -a -E 'panicked at|SUMMARY' "$scratch/log" | head -5 >&2 || true
   fi
   echo "| $t | ${n:-?} | ${s:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | $crash |" >"$rows_dir/$t"
   echo "$status" >"$rows_dir/$t.rc"
@@ -67,6 +70,9 @@ for t in "${targets[@]}"; do
   fi
 done
 wait
+echo "fuzz/long-run.sh $seconds ${targets[*]}: commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), \
+$(date -u '+%Y-%m-%d %H:%M') UTC, $(nproc) cores, $jobs at a time${runs:+, at most $runs inputs each}"
+echo
 echo "| target | inputs | seconds | inputs/s | coverage | features | corpus | crash |"
 echo "|---|---|---|---|---|---|---|---|"
 crashed=0
