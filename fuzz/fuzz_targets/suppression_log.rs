@@ -14,7 +14,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use vmta::bounce::suppression::crc32;
+use vmta::bounce::suppression::frame_record;
 use vmta::bounce::{Reason, Suppression, SuppressionPolicy, SuppressionStore};
 
 const NOW: u64 = 1_800_000_000;
@@ -25,16 +25,12 @@ fn log_bytes(data: &[u8]) -> Vec<u8> {
         match chunk.first() {
             Some(b'!') => out.extend_from_slice(&chunk[1..]),
             Some(b'~') => {
-                let payload = &chunk[1..];
-                out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                out.extend_from_slice(&(crc32(payload) ^ 1).to_le_bytes());
-                out.extend_from_slice(payload);
+                // The checksum's lowest bit flipped.
+                let crc_at = out.len() + 4;
+                frame_record(&chunk[1..], &mut out);
+                out[crc_at] ^= 1;
             }
-            _ => {
-                out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-                out.extend_from_slice(&crc32(chunk).to_le_bytes());
-                out.extend_from_slice(chunk);
-            }
+            _ => frame_record(chunk, &mut out),
         }
     }
     out

@@ -30,35 +30,18 @@ use std::time::Duration;
 /// Largest record payload accepted when reading the log.
 const MAX_RECORD: u32 = 4096;
 
-const fn crc_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-}
-
-static CRC_TABLE: [u32; 256] = crc_table();
-
 /// CRC-32 (IEEE 802.3, as zlib).
 pub fn crc32(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(data)
+}
+
+/// Appends one log record framing `payload` to `out`: `length (u32 LE) | CRC-32 (u32 LE) | payload`,
+/// the format [`SuppressionStore::open`] reads back. The reader takes a record longer than 4,096 bytes
+/// for a torn tail; the store's own stay far below (each field is at most 512 bytes).
+pub fn frame_record(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32(payload).to_le_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// Where a suppression came from.
@@ -492,9 +475,7 @@ impl SuppressionStore {
             )));
         }
         let mut rec = Vec::with_capacity(8 + payload.len());
-        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&crc32(payload.as_bytes()).to_le_bytes());
-        rec.extend_from_slice(payload.as_bytes());
+        frame_record(payload.as_bytes(), &mut rec);
         self.file.write_all(&rec)?;
         if self.sync {
             self.file.sync_data()?;
@@ -751,11 +732,7 @@ impl SuppressionStore {
         {
             let mut out = File::create(&tmp)?;
             let mut buf = Vec::new();
-            let mut push = |payload: String| {
-                buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                buf.extend_from_slice(&crc32(payload.as_bytes()).to_le_bytes());
-                buf.extend_from_slice(payload.as_bytes());
-            };
+            let mut push = |payload: String| frame_record(payload.as_bytes(), &mut buf);
             for s in self.list(None) {
                 if !s.is_active(now) {
                     continue;
