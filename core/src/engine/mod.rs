@@ -172,15 +172,16 @@ impl fmt::Display for EngineError {
 
 impl std::error::Error for EngineError {}
 
-/// Completion of a batch of submissions split over shards: one count of the parts not yet answered
-/// and one answer slot per submission, so the submitter sleeps (and is woken) once per batch rather
-/// than once per message.
+/// Where the answers of submissions go once their parts are durable (or refused).
 #[derive(Debug)]
-pub(crate) struct Ack {
-    state: Mutex<AckState>,
-    cv: Condvar,
-    /// For a submission nobody waits for ([`Engine::submit_nowait`]): where its answer goes.
-    unwaited: Option<Arc<Unwaited>>,
+pub(crate) enum Ack {
+    /// A batch split over shards that its submitter waits for: one count of the parts not yet
+    /// answered and one answer slot per submission, so the submitter sleeps (and is woken) once per
+    /// batch rather than once per message.
+    Waited { state: Mutex<AckState>, cv: Condvar },
+    /// Shared by every submission nobody waits for ([`Engine::submit_nowait`]): it keeps no state
+    /// of theirs, their parts are counted in [`Unwaited`].
+    Unwaited(Arc<Unwaited>),
 }
 
 /// The answers of submissions nobody waits for ([`Engine::submit_nowait`]): how many of their
@@ -247,7 +248,7 @@ impl Unwaited {
 }
 
 #[derive(Debug)]
-struct AckState {
+pub(crate) struct AckState {
     remaining: usize,
     /// The first refusal of each submission of the batch, by its position.
     errors: Vec<Option<SubmitError>>,
@@ -259,7 +260,7 @@ struct AckState {
 
 impl Ack {
     fn new(submissions: usize) -> Arc<Ack> {
-        Arc::new(Ack {
+        Arc::new(Ack::Waited {
             state: Mutex::new(AckState {
                 remaining: 0,
                 errors: vec![None; submissions],
@@ -267,45 +268,26 @@ impl Ack {
                 waiting: false,
             }),
             cv: Condvar::new(),
-            unwaited: None,
         })
-    }
-
-    /// The answer slot shared by every submission nobody waits for (it keeps no state of theirs:
-    /// their parts are counted in `to`).
-    fn unwaited(to: &Arc<Unwaited>) -> Arc<Ack> {
-        Arc::new(Ack {
-            state: Mutex::new(AckState {
-                remaining: 0,
-                errors: Vec::new(),
-                abandoned: false,
-                waiting: false,
-            }),
-            cv: Condvar::new(),
-            unwaited: Some(to.clone()),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One more part to wait for (counted before it is handed to its shard).
     fn expect(&self) {
-        if let Some(u) = &self.unwaited {
-            u.outstanding.fetch_add(1, Ordering::AcqRel);
-            return;
+        match self {
+            Ack::Waited { state, .. } => lock(state).remaining += 1,
+            Ack::Unwaited(u) => {
+                u.outstanding.fetch_add(1, Ordering::AcqRel);
+            }
         }
-        self.lock().remaining += 1;
     }
 
     /// The answer for a part of submission `slot`.
     pub(crate) fn done(&self, slot: u32, result: Result<(), SubmitError>) {
-        if let Some(u) = &self.unwaited {
-            u.answered();
-            return;
-        }
-        let mut s = self.lock();
+        let (state, cv) = match self {
+            Ack::Waited { state, cv } => (state, cv),
+            Ack::Unwaited(u) => return u.answered(),
+        };
+        let mut s = lock(state);
         s.remaining = s.remaining.saturating_sub(1);
         if let Err(e) = result
             && let Some(first) = s.errors.get_mut(slot as usize)
@@ -313,20 +295,28 @@ impl Ack {
             first.get_or_insert(e);
         }
         if s.remaining == 0 && s.waiting {
-            self.cv.notify_all();
+            cv.notify_all();
         }
     }
 
     pub(crate) fn is_abandoned(&self) -> bool {
-        // Nobody waits for a nowait submission, so nobody gives up on it.
-        self.unwaited.is_none() && self.lock().abandoned
+        match self {
+            Ack::Waited { state, .. } => lock(state).abandoned,
+            // Nobody waits for a nowait submission, so nobody gives up on it.
+            Ack::Unwaited(_) => false,
+        }
     }
 
     /// Waits for every part; then the answers by position. On timeout every submission gets the
-    /// timeout's error and the parts still waiting are dropped unwritten by their shards.
+    /// timeout's error and the parts still waiting are dropped unwritten by their shards. Nothing
+    /// to wait for on the unwaited slot ([`Engine::flush`] waits for those).
     fn wait(&self, limit: Duration) -> Vec<Result<(), SubmitError>> {
+        let (state, cv) = match self {
+            Ack::Waited { state, cv } => (state, cv),
+            Ack::Unwaited(_) => return Vec::new(),
+        };
         let deadline = Instant::now() + limit;
-        let mut s = self.lock();
+        let mut s = lock(state);
         while s.remaining > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -336,8 +326,7 @@ impl Ack {
                 return s.errors.iter().map(|_| Err(e.clone())).collect();
             }
             s.waiting = true;
-            s = self
-                .cv
+            s = cv
                 .wait_timeout(s, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
@@ -348,6 +337,11 @@ impl Ack {
             .map(|e| e.take().map_or(Ok(()), Err))
             .collect()
     }
+}
+
+/// Locks an acknowledgement's state, whether or not a holder panicked.
+fn lock(state: &Mutex<AckState>) -> std::sync::MutexGuard<'_, AckState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One shard's part of a submission.
@@ -372,7 +366,7 @@ impl SubmitPart {
     /// Answers this part: to the submitter waiting for it, or, for a submission nobody waits for
     /// ([`Engine::submit_nowait`]), a `refused` event per recipient when the spool did not take it.
     pub(crate) fn answer(&self, result: Result<(), SubmitError>) {
-        if let (Err(e), Some(u)) = (&result, &self.ack.unwaited) {
+        if let (Err(e), Ack::Unwaited(u)) = (&result, &*self.ack) {
             let now = Now::system();
             let mut events: Vec<DeliveryEvent> = self
                 .recipients
@@ -974,7 +968,7 @@ impl Engine {
         }
         let seed = Now::system().unix_ms << 16;
         let unwaited = Arc::new(Unwaited::new(events.clone()));
-        let unwaited_ack = Ack::unwaited(&unwaited);
+        let unwaited_ack = Arc::new(Ack::Unwaited(unwaited.clone()));
         Ok(Engine {
             shards,
             events,
