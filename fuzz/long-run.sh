@@ -8,8 +8,9 @@
 #   FUZZ_JOBS=2 fuzz/long-run.sh 600            # two targets at a time (one per core)
 #
 # The committed corpora (fuzz/corpus/TARGET) are read, not written: new inputs go to a scratch
-# directory (to keep some, `cargo fuzz cmin TARGET` after copying them in). A crash's input is kept in
-# fuzz/artifacts/TARGET/ and reproduced with `cargo fuzz run TARGET fuzz/artifacts/TARGET/crash-...`.
+# directory (to keep some, `cargo fuzz cmin TARGET` after copying them in). A crash's input and the
+# run's log are kept in fuzz/artifacts/TARGET/; the input is reproduced with
+# `cargo fuzz run TARGET fuzz/artifacts/TARGET/crash-...`.
 # Spools and other files the targets make go to a temporary directory removed after each target.
 # Exit 1 if any target crashed.
 set -euo pipefail
@@ -51,6 +52,8 @@ one() {
   if [ "$status" -ne 0 ]; then
     crash="YES (exit $status)"
     grep -a -E 'panicked at|SUMMARY' "$scratch/log" | head -5 >&2 || true
+    # The whole report (a panic's message, a leak's allocation stacks) beside the input.
+    cp "$scratch/log" "artifacts/$t/log-$(date -u +%Y%m%dT%H%M%S)"
   fi
   echo "| $t | ${n:-?} | ${s:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | $crash |" >"$rows_dir/$t"
   echo "$status" >"$rows_dir/$t.rc"

@@ -333,7 +333,8 @@ fn step(pool: &mut Pool, i: &mut Input<'_>) {
                     assert!(n <= cap);
                     out.set_len(n);
                     for ev in &out {
-                        assert!((VMTA_EVENT_DELIVERED..=VMTA_EVENT_CANCELLED).contains(&ev.kind));
+                        // `VMTA_EVENT_REFUSED` is the last kind.
+                        assert!((VMTA_EVENT_DELIVERED..=VMTA_EVENT_REFUSED).contains(&ev.kind));
                         for v in [
                             ev.recipient,
                             ev.tenant,
