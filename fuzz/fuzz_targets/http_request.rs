@@ -89,8 +89,7 @@ path = "{suppression}"
         Vec::new(),
     ));
     // The routes that wait on the shards run on the blocking pool: its threads are kept for the
-    // engine's life, not ended after 10 s idle, so threads do not start and end while LeakSanitizer
-    // looks (memory held by a thread half started or half ended can look leaked).
+    // engine's life rather than ended after 10 s idle, so inputs do not start and end threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .enable_all()
