@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes every cargo-fuzz target for SECONDS each (default 3600; FUZZ_RUNS ends a target earlier once it
 # has run that many inputs) and prints one table: inputs run, seconds, inputs per second, coverage
-# (edges), features, corpus size, peak memory and crashes per target. Extra libFuzzer flags per
-# target come from libfuzzer-flags.
+# (edges), features, corpus size, peak memory and crashes per target.
 #
 #   fuzz/long-run.sh [SECONDS] [TARGET...]      # e.g. fuzz/long-run.sh 600 bounce_parse reply
 #   FUZZ_RUNS=10000000 fuzz/long-run.sh 3600    # each target until 10 million inputs or an hour
@@ -29,8 +28,6 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^vmta-fuzz$')
 fi
 rows_dir=$(mktemp -d)
-# A target's extra libFuzzer flags (libfuzzer-flags).
-flags_for() { sed -n "s/^$1[[:space:]]\{1,\}\([^#]*\).*/\1/p" libfuzzer-flags; }
 # One target: fuzzes it and writes its table row to $rows_dir/TARGET (status in $rows_dir/TARGET.rc).
 one() {
   local t="$1" scratch status=0
@@ -40,7 +37,7 @@ one() {
   echo "long-run: $t for ${seconds}s${runs:+ or $runs inputs}" >&2
   TMPDIR="$scratch/tmp" RUST_BACKTRACE=0 cargo fuzz run "$t" "$scratch/inputs" "corpus/$t" -- \
     -max_total_time="$seconds" ${runs:+-runs="$runs"} -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="artifacts/$t/" $(flags_for "$t") >"$scratch/log" 2>&1 || status=$?
+    -artifact_prefix="artifacts/$t/" >"$scratch/log" 2>&1 || status=$?
   local ran n s rate final cov ft corp rss crash="no"
   ran=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 \2/p' "$scratch/log" | tail -1)
   # -a: a log quotes inputs, so it may hold any byte.

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod common;
+mod engine_threads;
 mod ffi;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| ffi::run(data, true));

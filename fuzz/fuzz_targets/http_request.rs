@@ -11,6 +11,8 @@
 //! temporary directory, a smarthost on 127.0.70.254:9 where nothing listens.
 #![no_main]
 
+mod engine_threads;
+
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
