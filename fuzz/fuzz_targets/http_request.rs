@@ -90,10 +90,7 @@ path = "{suppression}"
         dir.join("spool"),
         Vec::new(),
     ));
-    // The routes that wait on the shards run on the blocking pool: its threads are kept for the
-    // engine's life rather than ended after 10 s idle, so inputs do not start and end threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .enable_all()
         .build()
         .unwrap();
